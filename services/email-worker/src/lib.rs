@@ -1,0 +1,17 @@
+//! Warren's email worker: consumes `email.send` tasks and delivers them over
+//! SMTP, or into an outbox directory of `.eml` files.
+//!
+//! The shared runtime owns the queue (ack, retry, dead-lettering); this
+//! crate owns what an email is ([`message`]), how it is rendered
+//! ([`template`]), where it goes ([`transport`]) and the handler that ties
+//! them together ([`mailer`]).
+
+pub mod mailer;
+pub mod message;
+pub mod settings;
+pub mod template;
+pub mod transport;
+
+pub use mailer::{Mailer, MailerError};
+pub use message::SendEmail;
+pub use settings::{EmailSettings, Settings, SmtpSettings, SmtpTls, TransportKind};

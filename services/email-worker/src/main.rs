@@ -1,0 +1,36 @@
+//! The email worker: telemetry, settings, build, run until SIGTERM or ctrl-c.
+
+use anyhow::Context;
+use email_worker::{Mailer, SendEmail, Settings};
+use warren::runtime::Worker;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings: Settings = warren::settings::load().context("Could not load the settings")?;
+    warren::telemetry::init(&settings.telemetry, std::io::stdout)
+        .context("Could not set up logging")?;
+    let shutdown = warren::shutdown::on_signal();
+
+    let mailer =
+        Mailer::from_settings(&settings.email).context("Could not set up the mail transport")?;
+    let store = warren::idempotency::from_settings(&settings.idempotency)
+        .await
+        .context("Could not connect to the idempotency store")?;
+    let handler_mailer = mailer.clone();
+    let worker = Worker::new(
+        "email-worker",
+        "email",
+        &["email.#"],
+        settings.broker,
+        settings.consumer,
+    )
+    .with_idempotency(store)
+    .handle(move |ctx, task: SendEmail| {
+        let mailer = handler_mailer.clone();
+        async move { mailer.send(&ctx, task).await }
+    });
+
+    let result = worker.run(shutdown).await;
+    mailer.close().await;
+    result.context("The email worker stopped")
+}

@@ -1,0 +1,117 @@
+//! Connecting to RabbitMQ.
+//!
+//! Connections use lapin's automatic recovery: after a dropped connection it
+//! reconnects and replays channels, QoS, confirms and consumers. When
+//! recovery gives up, the runtime starts over with a fresh connection, so the
+//! two layers together survive a broker restart of any length.
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+
+use crate::settings::BrokerSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to the broker at {url}: {source}")]
+    Broker {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("could not connect to the broker at {url}: no answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+}
+
+/// Opens a connection named `name` (shown in the management UI).
+pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, ConnectError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .enable_auto_recover();
+    let url = settings.url.expose_secret();
+    match tokio::time::timeout(
+        settings.connect_timeout,
+        Connection::connect(url, properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(ConnectError::Broker {
+            url: settings.redacted_url(),
+            source,
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            url: settings.redacted_url(),
+            timeout: settings.connect_timeout,
+        }),
+    }
+}
+
+/// `<service>@<hostname>/<pid>`: who did it, in headers and connection names.
+pub fn worker_identity(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{service}@{host}/{}", std::process::id())
+}
+
+/// Exponential backoff with full jitter, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            failures: 0,
+        }
+    }
+
+    /// The delay before the next try.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.failures.min(16));
+        self.failures = self.failures.saturating_add(1);
+        let cap = exp.min(self.max);
+        // Full jitter keeps a fleet of replicas from reconnecting in lockstep
+        // when the broker comes back.
+        let factor: f64 = rand::random_range(0.5..=1.0);
+        cap.mul_f64(factor)
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = b.next_delay();
+        assert!(first <= Duration::from_millis(100) && first >= Duration::from_millis(50));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(2));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn identity_names_service_host_and_pid() {
+        let id = worker_identity("email-worker");
+        assert!(id.starts_with("email-worker@"));
+        assert!(id.ends_with(&format!("/{}", std::process::id())));
+    }
+}

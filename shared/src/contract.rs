@@ -1,0 +1,203 @@
+//! Warren's public message contract: every exchange, queue and header name,
+//! derived from one namespace so environments and tests share a broker.
+//!
+//! Changing anything here changes Warren's public API; the README and
+//! `asyncapi.yaml` describe the same names.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+/// Content type of every task body.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// AMQP `delivery_mode` for persistent messages.
+pub const PERSISTENT: u8 = 2;
+/// Highest priority a producer may set; the work queues use `x-max-priority`
+/// of [`QUEUE_MAX_PRIORITY`].
+pub const MAX_PRIORITY: u8 = 9;
+pub const QUEUE_MAX_PRIORITY: i32 = 10;
+
+/// Header names. `traceparent`/`tracestate` are W3C trace context; the rest
+/// are Warren's own.
+pub mod headers {
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    /// Attempt number of this delivery (absent: 1); on a parking-lot copy,
+    /// the attempts made.
+    pub const ATTEMPT: &str = "x-warren-attempt";
+    pub const ERROR_KIND: &str = "x-warren-error-kind";
+    pub const ERROR: &str = "x-warren-error";
+    pub const FIRST_FAILURE_AT: &str = "x-warren-first-failure-at";
+    pub const LAST_FAILURE_AT: &str = "x-warren-last-failure-at";
+    pub const WORKER: &str = "x-warren-worker";
+    pub const NEXT_ATTEMPT_AT: &str = "x-warren-next-attempt-at";
+    pub const DEAD_REASON: &str = "x-warren-dead-reason";
+    pub const ORIGINAL_EXCHANGE: &str = "x-warren-original-exchange";
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
+}
+
+/// Why a task sits in the parking lot (`x-warren-dead-reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// The failure will not heal (bad input, SMTP 5xx).
+    Permanent,
+    /// A transient failure outlasted the retry ladder.
+    AttemptsExhausted,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+}
+
+/// Every broker name of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    namespace: String,
+}
+
+impl Names {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The topic exchange producers publish tasks to.
+    pub fn tasks_exchange(&self) -> String {
+        format!("{}.tasks", self.namespace)
+    }
+
+    /// The direct exchange in front of every parking lot.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    /// The work queue of a service's queue stem (`email` -> `warren.email`).
+    pub fn work_queue(&self, stem: &str) -> String {
+        format!("{}.{}", self.namespace, stem)
+    }
+
+    /// The parking lot of a work queue (`warren.email.dead`).
+    pub fn dead_queue(&self, stem: &str) -> String {
+        format!("{}.{}.dead", self.namespace, stem)
+    }
+
+    /// One rung of the retry ladder (`warren.email.retry.30s`).
+    pub fn retry_queue(&self, stem: &str, delay: Duration) -> String {
+        format!("{}.{}.retry.{}", self.namespace, stem, delay_label(delay))
+    }
+}
+
+/// `1s`, `30s`, `2m`, `1h`, `200ms`: the suffix of a delay queue's name.
+pub fn delay_label(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms == 0 {
+        "0s".to_owned()
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Reads a header as a string, whichever AMQP string type carries it.
+pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    let value = headers?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads a header as an unsigned integer, whichever AMQP integer type a
+/// producer's client chose for it.
+pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    let value = headers?.inner().get(name)?;
+    let n: i64 = match *value {
+        AMQPValue::ShortShortInt(v) => v.into(),
+        AMQPValue::ShortShortUInt(v) => v.into(),
+        AMQPValue::ShortInt(v) => v.into(),
+        AMQPValue::ShortUInt(v) => v.into(),
+        AMQPValue::LongInt(v) => v.into(),
+        AMQPValue::LongUInt(v) => v.into(),
+        AMQPValue::LongLongInt(v) => v,
+        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        _ => return None,
+    };
+    u32::try_from(n).ok()
+}
+
+/// Sets a string header.
+pub fn set_str(table: &mut FieldTable, name: &str, value: impl Into<String>) {
+    table.insert(
+        ShortString::from(name),
+        AMQPValue::LongString(value.into().into()),
+    );
+}
+
+/// Sets an integer header (AMQP long-long, as most clients read it).
+pub fn set_int(table: &mut FieldTable, name: &str, value: i64) {
+    table.insert(ShortString::from(name), AMQPValue::LongLongInt(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_namespace() {
+        let n = Names::new("warren");
+        assert_eq!(n.tasks_exchange(), "warren.tasks");
+        assert_eq!(n.dead_exchange(), "warren.dead");
+        assert_eq!(n.work_queue("email"), "warren.email");
+        assert_eq!(n.dead_queue("email"), "warren.email.dead");
+        assert_eq!(
+            n.retry_queue("email", Duration::from_secs(120)),
+            "warren.email.retry.2m"
+        );
+        let t = Names::new("t-123");
+        assert_eq!(t.work_queue("email"), "t-123.email");
+    }
+
+    #[test]
+    fn delay_labels_are_short_and_exact() {
+        assert_eq!(delay_label(Duration::from_secs(1)), "1s");
+        assert_eq!(delay_label(Duration::from_secs(30)), "30s");
+        assert_eq!(delay_label(Duration::from_secs(600)), "10m");
+        assert_eq!(delay_label(Duration::from_secs(7200)), "2h");
+        assert_eq!(delay_label(Duration::from_millis(200)), "200ms");
+        assert_eq!(delay_label(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn integer_headers_are_read_whatever_their_amqp_type() {
+        let mut t = FieldTable::default();
+        t.insert("a".into(), AMQPValue::LongInt(3));
+        t.insert("b".into(), AMQPValue::ShortShortUInt(4));
+        t.insert("c".into(), AMQPValue::LongString("5".into()));
+        t.insert("d".into(), AMQPValue::LongLongInt(-1));
+        assert_eq!(header_u32(Some(&t), "a"), Some(3));
+        assert_eq!(header_u32(Some(&t), "b"), Some(4));
+        assert_eq!(header_u32(Some(&t), "c"), Some(5));
+        assert_eq!(header_u32(Some(&t), "d"), None);
+        assert_eq!(header_u32(None, "a"), None);
+    }
+}

@@ -1,0 +1,188 @@
+//! Remembering which task ids already succeeded, so a redelivery (after a
+//! crash between the side effect and the ack, or a duplicate publish) is
+//! acked without running the task again.
+//!
+//! One replica: the in-process [`MemoryStore`]. Several replicas: the shared
+//! [`RedisStore`]. Both sit behind [`IdempotencyStore`] and are chosen by
+//! settings.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
+
+use crate::settings::{IdempotencyBackend, IdempotencySettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("idempotency store (redis) failed: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A record of succeeded task ids.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Whether `key` was recorded as succeeded.
+    fn is_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Records `key` as succeeded.
+    fn mark_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// The key of a task: namespaced so environments sharing a Redis never see
+/// each other's ids.
+pub fn key(namespace: &str, task_type: &str, task_id: &str) -> String {
+    format!("{namespace}:done:{task_type}:{task_id}")
+}
+
+/// Builds the store the settings ask for; `None` when deduplication is off.
+pub async fn from_settings(
+    settings: &IdempotencySettings,
+) -> Result<Option<Arc<dyn IdempotencyStore>>, StoreError> {
+    Ok(match settings.backend {
+        IdempotencyBackend::Off => None,
+        IdempotencyBackend::Memory => Some(Arc::new(MemoryStore::new(
+            settings.memory_capacity,
+            settings.ttl,
+        ))),
+        IdempotencyBackend::Redis => Some(Arc::new(
+            RedisStore::connect(settings.redis_url.expose_secret(), settings.ttl).await?,
+        )),
+    })
+}
+
+/// In-process store, bounded: the oldest ids are forgotten first.
+pub struct MemoryStore {
+    inner: Mutex<MemoryInner>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    done: HashMap<String, Instant>,
+    order: VecDeque<String>,
+}
+
+impl MemoryStore {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            inner: Mutex::new(MemoryInner::default()),
+            capacity: capacity.max(1),
+            ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        // A panic while holding this lock cannot leave the maps inconsistent
+        // in a way that matters (worst case: one id is forgotten).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    fn is_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let hit = self
+            .lock()
+            .done
+            .get(key)
+            .is_some_and(|at| at.elapsed() < self.ttl);
+        Box::pin(async move { Ok(hit) })
+    }
+
+    fn mark_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut inner = self.lock();
+        if inner.done.insert(key.to_owned(), Instant::now()).is_none() {
+            inner.order.push_back(key.to_owned());
+        }
+        while inner.order.len() > self.capacity {
+            if let Some(old) = inner.order.pop_front() {
+                inner.done.remove(&old);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Shared store in Redis: `SET key 1 EX ttl`.
+pub struct RedisStore {
+    connection: ConnectionManager,
+    ttl_secs: u64,
+}
+
+impl RedisStore {
+    pub async fn connect(url: &str, ttl: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let connection = ConnectionManager::new(client).await?;
+        Ok(Self {
+            connection,
+            ttl_secs: ttl.as_secs().max(1),
+        })
+    }
+}
+
+impl IdempotencyStore for RedisStore {
+    fn is_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move { Ok(connection.exists(key).await?) })
+    }
+
+    fn mark_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut connection = self.connection.clone();
+        let ttl = self.ttl_secs;
+        Box::pin(async move {
+            let _: () = connection.set_ex(key, 1u8, ttl).await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_remembers_and_forgets_the_oldest() {
+        let s = MemoryStore::new(2, Duration::from_secs(60));
+        assert!(!s.is_done("a").await.unwrap());
+        s.mark_done("a").await.unwrap();
+        s.mark_done("b").await.unwrap();
+        assert!(s.is_done("a").await.unwrap());
+        s.mark_done("c").await.unwrap();
+        assert!(!s.is_done("a").await.unwrap());
+        assert!(s.is_done("b").await.unwrap() && s.is_done("c").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn memory_store_entries_expire() {
+        let s = MemoryStore::new(10, Duration::from_millis(0));
+        s.mark_done("a").await.unwrap();
+        assert!(!s.is_done("a").await.unwrap());
+    }
+
+    /// Against the Redis on 127.0.0.1:6379 (the test environment runs one).
+    #[tokio::test]
+    async fn redis_store_is_shared_between_instances() {
+        let url = "redis://127.0.0.1:6379/0";
+        let a = RedisStore::connect(url, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let b = RedisStore::connect(url, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let k = key(
+            &format!("test-{}", uuid::Uuid::new_v4()),
+            "email.send",
+            "t1",
+        );
+        assert!(!b.is_done(&k).await.unwrap());
+        a.mark_done(&k).await.unwrap();
+        assert!(b.is_done(&k).await.unwrap());
+        let mut c = a.connection.clone();
+        let ttl: i64 = c.ttl(&k).await.unwrap();
+        assert!(ttl > 0 && ttl <= 30, "ttl {ttl}");
+        let _: () = c.del(&k).await.unwrap();
+    }
+}

@@ -1,0 +1,183 @@
+//! Publishing with publisher confirms and `mandatory`: a nack or a returned
+//! (unroutable) message is an error the caller sees, never a silent loss.
+//!
+//! Producers use [`Publisher::publish_task`]; the runtime uses
+//! [`Publisher::publish_confirmed`] for retry and parking-lot copies.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use serde::Serialize;
+
+use crate::broker::{ConnectError, connect};
+use crate::contract::{self, CONTENT_TYPE_JSON, MAX_PRIORITY, Names, PERSISTENT};
+use crate::settings::BrokerSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("the broker did not take the message: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused the message (publisher confirm nack)")]
+    Nacked,
+    #[error(
+        "the broker could not route the message to any queue ({code} {text}): is the consumer's topology declared?"
+    )]
+    Returned { code: u16, text: String },
+    #[error("the task body could not be serialized: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("priority {0} is out of range 0-{MAX_PRIORITY}")]
+    InvalidPriority(u8),
+}
+
+/// Per-publish choices of a producer.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// The task id; a UUID v7 when left out.
+    pub id: Option<String>,
+    /// 0-9, 9 served first.
+    pub priority: Option<u8>,
+    /// Drop the task if nobody started it within this time (it is then
+    /// dead-lettered by the broker into the parking lot).
+    pub expiration: Option<Duration>,
+    /// Extra headers, e.g. `traceparent`.
+    pub headers: FieldTable,
+}
+
+/// A confirmed publishing channel. Cheap to clone; safe to share between
+/// tasks.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    names: Names,
+    // Keeps a connection that this publisher opened itself alive.
+    _connection: Option<std::sync::Arc<Connection>>,
+}
+
+impl Publisher {
+    /// Opens a connection of its own: for producers.
+    pub async fn connect(settings: &BrokerSettings) -> Result<Self, PublishError> {
+        let connection = connect(settings, "warren-producer").await?;
+        let names = Names::new(&settings.namespace);
+        let mut publisher = Self::on(&connection, names.clone()).await?;
+        // A producer may start before any worker: make sure the exchange
+        // exists so the publish reaches the broker's routing, where
+        // `mandatory` tells us if no queue is bound yet.
+        publisher
+            .channel
+            .exchange_declare(
+                names.tasks_exchange().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        publisher._connection = Some(std::sync::Arc::new(connection));
+        Ok(publisher)
+    }
+
+    /// A publisher on a channel of an existing connection.
+    pub async fn on(connection: &Connection, names: Names) -> Result<Self, PublishError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            names,
+            _connection: None,
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Publishes a task to the tasks exchange with routing key `task_type`
+    /// and returns its id once the broker has confirmed it.
+    pub async fn publish_task<T: Serialize + ?Sized>(
+        &self,
+        task_type: &str,
+        body: &T,
+        options: PublishOptions,
+    ) -> Result<String, PublishError> {
+        let payload = serde_json::to_vec(body)?;
+        let id = options
+            .id
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let priority = options.priority.unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(PublishError::InvalidPriority(priority));
+        }
+        let mut properties =
+            task_properties(&id, task_type, priority).with_headers(options.headers);
+        if let Some(ttl) = options.expiration {
+            properties = properties.with_expiration(ttl.as_millis().to_string().into());
+        }
+        self.publish_confirmed(
+            &self.names.tasks_exchange(),
+            task_type,
+            &payload,
+            properties,
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Publishes with `mandatory` and waits for the broker's confirm.
+    pub async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                payload,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(PublishError::Returned {
+                    code: returned.reply_code,
+                    text: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) => Err(PublishError::Nacked),
+            // confirm_select is always on for this channel.
+            Confirmation::NotRequested => Ok(()),
+        }
+    }
+}
+
+/// The AMQP properties of a fresh task, as the contract defines them.
+pub fn task_properties(id: &str, task_type: &str, priority: u8) -> BasicProperties {
+    let now = chrono::Utc::now().timestamp();
+    let mut headers = FieldTable::default();
+    contract::set_int(&mut headers, contract::headers::ATTEMPT, 1);
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_content_type(CONTENT_TYPE_JSON.into())
+        .with_delivery_mode(PERSISTENT)
+        .with_priority(priority)
+        .with_timestamp(u64::try_from(now).unwrap_or(0))
+        .with_type(task_type.into())
+        .with_headers(headers)
+}

@@ -1,0 +1,809 @@
+//! The consumer runtime: it owns everything between the broker and a
+//! handler, so handlers stay plain async functions.
+//!
+//! Per delivery: read the task's metadata, skip ids that already succeeded,
+//! decode the body, run the handler off the consumer loop (a panic is a
+//! failed attempt, not a dead worker), then ack, or publish a confirmed copy
+//! to a delay queue or the parking lot and ack the original. Nothing ever
+//! waits unacked in memory for a retry: RabbitMQ's `consumer_timeout` would
+//! close the channel under it, which is how Celery and Dramatiq lose work.
+//!
+//! Around that: prefetch and a concurrency limit, reconnects with backoff
+//! when the broker goes away (lapin's auto-recovery first, a fresh
+//! connection when that gives up), and a drain on shutdown that lets
+//! in-flight tasks finish within a deadline and hands the rest back.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::broker::{Backoff, ConnectError, connect, worker_identity};
+use crate::contract::{self, DeadReason, Names, PERSISTENT, headers};
+use crate::idempotency::{self, IdempotencyStore};
+use crate::publisher::{PublishError, Publisher};
+use crate::settings::{BrokerSettings, ConsumerSettings};
+use crate::task::{Outcome, Task, TaskContext, TaskError};
+use crate::topology::{Topology, TopologyError};
+
+/// Errors that stop a worker for good. Connection trouble is not among
+/// them: the runtime reconnects until it is told to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("the worker has no handlers")]
+    NoHandlers,
+}
+
+type ErasedHandler =
+    Arc<dyn Fn(TaskContext, &[u8]) -> BoxFuture<'static, Result<Outcome, TaskError>> + Send + Sync>;
+
+/// Whether the worker is connected and consuming, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    consuming: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl WorkerStatus {
+    /// Connected, topology declared, consuming.
+    pub fn is_ready(&self) -> bool {
+        self.consuming.load(Ordering::SeqCst)
+    }
+
+    /// Tasks being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// A worker consuming one queue and dispatching by task type.
+pub struct Worker {
+    service: String,
+    stem: String,
+    binding_keys: Vec<String>,
+    broker: BrokerSettings,
+    consumer: ConsumerSettings,
+    handlers: HashMap<&'static str, ErasedHandler>,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    status: Arc<WorkerStatus>,
+}
+
+impl Worker {
+    /// A worker of `service` consuming `{namespace}.{stem}`, bound to the
+    /// tasks exchange with `binding_keys` (e.g. `["email.#"]`).
+    pub fn new(
+        service: impl Into<String>,
+        stem: impl Into<String>,
+        binding_keys: &[&str],
+        broker: BrokerSettings,
+        consumer: ConsumerSettings,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            stem: stem.into(),
+            binding_keys: binding_keys.iter().map(|k| (*k).to_owned()).collect(),
+            broker,
+            consumer,
+            handlers: HashMap::new(),
+            idempotency: None,
+            status: Arc::default(),
+        }
+    }
+
+    /// Deduplicate by task id with this store.
+    pub fn with_idempotency(mut self, store: Option<Arc<dyn IdempotencyStore>>) -> Self {
+        self.idempotency = store;
+        self
+    }
+
+    /// Routes task type `T::TYPE` to `handler`. The body is decoded into `T`
+    /// first; a body that does not decode is dead-lettered at once.
+    pub fn handle<T, F, Fut>(mut self, handler: F) -> Self
+    where
+        T: Task,
+        F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome, TaskError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |ctx, body| match decode::<T>(body) {
+            Ok(task) => Box::pin(handler(ctx, task)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        });
+        self.handlers.insert(T::TYPE, erased);
+        self
+    }
+
+    /// The topology this worker declares.
+    pub fn topology(&self) -> Topology {
+        let keys: Vec<&str> = self.binding_keys.iter().map(String::as_str).collect();
+        Topology::new(
+            &Names::new(&self.broker.namespace),
+            &self.stem,
+            &keys,
+            &self.consumer.retry_delays,
+        )
+    }
+
+    /// Readiness and load, shared with the health endpoint.
+    pub fn status(&self) -> Arc<WorkerStatus> {
+        self.status.clone()
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains. Returns an error
+    /// only for what reconnecting cannot fix (a topology conflict).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+        if self.handlers.is_empty() {
+            return Err(RuntimeError::NoHandlers);
+        }
+        let identity = worker_identity(&self.service);
+        let topology = self.topology();
+        let concurrency = self
+            .consumer
+            .concurrency
+            .clamp(1, usize::from(self.consumer.prefetch.max(1)));
+        let inner = Arc::new(Inner {
+            names: Names::new(&self.broker.namespace),
+            queue: topology.work_queue.name.clone(),
+            identity: identity.clone(),
+            handlers: self.handlers,
+            idempotency: self.idempotency,
+            consumer: self.consumer,
+            topology,
+            status: self.status,
+        });
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let tracker = TaskTracker::new();
+        let mut backoff = Backoff::new(Duration::from_millis(250), self.broker.reconnect_max_delay);
+
+        info!(
+            queue = %inner.queue,
+            worker = %identity,
+            prefetch = inner.consumer.prefetch,
+            concurrency,
+            broker = %self.broker.redacted_url(),
+            "Worker starting."
+        );
+        loop {
+            let outcome = session(
+                &inner,
+                &self.broker,
+                &permits,
+                &tracker,
+                &shutdown,
+                &mut backoff,
+            )
+            .await;
+            inner.status.consuming.store(false, Ordering::SeqCst);
+            match outcome {
+                Ok(()) => break,
+                Err(SessionError::Topology(e)) => {
+                    error!(error = %e, "Broker topology conflicts with Warren's; stopping.");
+                    return Err(RuntimeError::Topology(e));
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Broker connection lost; reconnecting.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        // Reached after a clean drain, or when shutdown came while we were
+        // disconnected: whatever is still running cannot ack any more, and
+        // the broker already took its message back.
+        tracker.close();
+        if !tracker.is_empty() {
+            let _ = tokio::time::timeout(inner.consumer.shutdown_timeout, tracker.wait()).await;
+        }
+        info!(worker = %identity, "Worker stopped.");
+        Ok(())
+    }
+}
+
+/// What one delivery needs, shared by all of them.
+struct Inner {
+    names: Names,
+    queue: String,
+    identity: String,
+    handlers: HashMap<&'static str, ErasedHandler>,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    consumer: ConsumerSettings,
+    topology: Topology,
+    status: Arc<WorkerStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Topology(TopologyError),
+    #[error("{0}")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Publisher(#[from] PublishError),
+    #[error("the broker cancelled the consumer (was the queue deleted?)")]
+    ConsumerCancelled,
+}
+
+/// One connection's life: connect, declare, consume until shutdown (then
+/// drain) or until the connection is lost beyond lapin's recovery.
+async fn session(
+    inner: &Arc<Inner>,
+    broker: &BrokerSettings,
+    permits: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), SessionError> {
+    let connection = connect(broker, &inner.identity).await?;
+    match inner.topology.declare(&connection).await {
+        Ok(()) => {}
+        Err(e @ TopologyError::Conflict { .. }) => {
+            let _ = connection.close(200, "topology conflict".into()).await;
+            return Err(SessionError::Topology(e));
+        }
+        Err(TopologyError::Broker { source, .. }) => return Err(SessionError::Broker(source)),
+    }
+    let publisher = Publisher::on(&connection, inner.names.clone()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(inner.consumer.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{}#{}", inner.identity, uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            inner.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    inner.status.consuming.store(true, Ordering::SeqCst);
+    backoff.reset();
+    info!(queue = %inner.queue, "Consuming.");
+
+    let result = loop {
+        // Take a permit before the next delivery, so at most `concurrency`
+        // handlers run and the rest of the prefetch waits in the buffer.
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let inner = inner.clone();
+                let publisher = publisher.clone();
+                tracker.spawn(process(inner, publisher, delivery, permit));
+            }
+            Some(Err(e)) => {
+                drop(permit);
+                inner.status.consuming.store(false, Ordering::SeqCst);
+                warn!(error = %e, "Broker connection interrupted; waiting for recovery.");
+                match channel.wait_for_recovery(e).await {
+                    Ok(()) => {
+                        info!(queue = %inner.queue, "Broker connection recovered; consuming again.");
+                        inner.status.consuming.store(true, Ordering::SeqCst);
+                    }
+                    Err(e) => break Err(SessionError::Broker(e)),
+                }
+            }
+            None => break Err(SessionError::ConsumerCancelled),
+        }
+    };
+    inner.status.consuming.store(false, Ordering::SeqCst);
+    if result.is_ok() {
+        drain(inner, &channel, &tag, &mut consumer, tracker).await;
+    }
+    if channel.status().connected() {
+        let _ = channel.close(200, "worker stopping".into()).await;
+    }
+    let _ = connection.close(200, "worker stopping".into()).await;
+    result
+}
+
+/// Stops consuming, hands back what was prefetched but not started, and
+/// gives in-flight tasks until the deadline to finish.
+async fn drain(
+    inner: &Arc<Inner>,
+    channel: &Channel,
+    tag: &str,
+    consumer: &mut lapin::Consumer,
+    tracker: &TaskTracker,
+) {
+    if let Err(e) = channel
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await
+    {
+        warn!(error = %e, "Could not cancel the consumer; closing the channel hands its messages back.");
+    }
+    let mut handed_back = 0usize;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+    {
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+        handed_back += 1;
+    }
+    let in_flight = inner.status.in_flight();
+    info!(
+        in_flight,
+        handed_back,
+        deadline_ms = inner.consumer.shutdown_timeout.as_millis() as u64,
+        "Stopped consuming; waiting for in-flight tasks."
+    );
+    tracker.close();
+    if tokio::time::timeout(inner.consumer.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            unfinished = inner.status.in_flight(),
+            "In-flight tasks did not finish before the deadline; handing them back to the broker."
+        );
+    }
+}
+
+/// The task's metadata as read off a delivery.
+struct Meta {
+    ctx: TaskContext,
+    id_assigned: bool,
+}
+
+fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
+    let props = &delivery.properties;
+    let hdrs = props.headers().as_ref();
+    let (id, id_assigned) = match props.message_id() {
+        Some(id) if !id.as_str().is_empty() => (id.as_str().to_owned(), false),
+        _ => (uuid::Uuid::now_v7().to_string(), true),
+    };
+    let task_type = props
+        .kind()
+        .as_ref()
+        .map(|t| t.as_str().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    let published_at = props
+        .timestamp()
+        .and_then(|ts| i64::try_from(ts).ok())
+        .and_then(|ts| DateTime::from_timestamp(ts, 0));
+    Meta {
+        ctx: TaskContext {
+            id,
+            task_type,
+            attempt: contract::header_u32(hdrs, headers::ATTEMPT)
+                .unwrap_or(1)
+                .max(1),
+            max_attempts,
+            priority: props.priority().unwrap_or(0),
+            published_at,
+            redelivered: delivery.redelivered,
+        },
+        id_assigned,
+    }
+}
+
+/// Handles one delivery from start to ack. Never panics, never returns an
+/// error: every path ends in ack, a confirmed copy plus ack, or a hand-back.
+async fn process(
+    inner: Arc<Inner>,
+    publisher: Publisher,
+    delivery: Delivery,
+    permit: OwnedSemaphorePermit,
+) {
+    let Meta { ctx, id_assigned } = read_meta(&delivery, inner.consumer.max_attempts());
+    let span = info_span!(
+        "task",
+        task_id = %ctx.id,
+        task_type = %ctx.task_type,
+        attempt = ctx.attempt,
+        queue = %inner.queue,
+    );
+    async move {
+        inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
+        if id_assigned {
+            info!("Task arrived without a message_id; assigned one.");
+        }
+        let started = Instant::now();
+        let result = run_handler(&inner, &ctx, &delivery.data).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(Handled::Duplicate) => {
+                info!("Task already succeeded earlier; acking the duplicate without running it.");
+                ack(&delivery).await;
+            }
+            Ok(Handled::Done(outcome)) => {
+                if let (Some(store), Some(key)) = (&inner.idempotency, dedup_key(&inner, &ctx))
+                    && let Err(e) = store.mark_done(&key).await
+                {
+                    warn!(error = %e, "Could not record the task as done; a redelivery would run it again.");
+                }
+                ack(&delivery).await;
+                match &outcome.result {
+                    Some(result) => info!(elapsed_ms, result = %result, "Task succeeded."),
+                    None => info!(elapsed_ms, "Task succeeded."),
+                }
+            }
+            Err(err) if !err.is_permanent() && ctx.attempt < ctx.max_attempts => {
+                retry(&inner, &publisher, &delivery, &ctx, &err, elapsed_ms).await;
+            }
+            Err(err) => {
+                let reason = if err.is_permanent() {
+                    DeadReason::Permanent
+                } else {
+                    DeadReason::AttemptsExhausted
+                };
+                dead_letter(&inner, &publisher, &delivery, &ctx, &err, reason, elapsed_ms).await;
+            }
+        }
+        inner.status.in_flight.fetch_sub(1, Ordering::SeqCst);
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+enum Handled {
+    Done(Outcome),
+    Duplicate,
+}
+
+fn dedup_key(inner: &Inner, ctx: &TaskContext) -> Option<String> {
+    Some(idempotency::key(
+        inner.names.namespace(),
+        &ctx.task_type,
+        &ctx.id,
+    ))
+}
+
+async fn run_handler(
+    inner: &Arc<Inner>,
+    ctx: &TaskContext,
+    body: &[u8],
+) -> Result<Handled, TaskError> {
+    let Some(handler) = inner.handlers.get(ctx.task_type.as_str()) else {
+        return Err(TaskError::permanent(
+            "unknown_task_type",
+            format!(
+                "no handler for task type '{}' on queue '{}' (handled: {})",
+                ctx.task_type,
+                inner.queue,
+                inner
+                    .handlers
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    if let (Some(store), Some(key)) = (&inner.idempotency, dedup_key(inner, ctx)) {
+        match store.is_done(&key).await {
+            Ok(true) => return Ok(Handled::Duplicate),
+            Ok(false) => {}
+            Err(e) => return Err(TaskError::retry("idempotency_store", e)),
+        }
+    }
+    let future = handler(ctx.clone(), body);
+    let timeout = inner.consumer.task_timeout;
+    // A task of its own: a panic in the handler surfaces as a JoinError
+    // here instead of unwinding through the consumer.
+    match tokio::spawn(tokio::time::timeout(timeout, future)).await {
+        Ok(Ok(Ok(outcome))) => Ok(Handled::Done(outcome)),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_elapsed)) => Err(TaskError::retry(
+            "timeout",
+            format!(
+                "the handler did not finish within {}",
+                humantime::format_duration(timeout)
+            ),
+        )),
+        Err(join) if join.is_panic() => {
+            let payload = join.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            Err(TaskError::retry(
+                "panic",
+                format!("the handler panicked: {message}"),
+            ))
+        }
+        Err(join) => Err(TaskError::retry("cancelled", join)),
+    }
+}
+
+async fn retry(
+    inner: &Inner,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    ctx: &TaskContext,
+    err: &TaskError,
+    elapsed_ms: u64,
+) {
+    let next_attempt = ctx.attempt + 1;
+    let Some(rung) = inner
+        .topology
+        .rung_for(&inner.consumer.retry_delays, next_attempt)
+    else {
+        // No ladder configured: retrying means dead-lettering.
+        dead_letter(
+            inner,
+            publisher,
+            delivery,
+            ctx,
+            err,
+            DeadReason::AttemptsExhausted,
+            elapsed_ms,
+        )
+        .await;
+        return;
+    };
+    let now = Utc::now();
+    let next_at = now + chrono::Duration::from_std(rung.delay).unwrap_or_default();
+    let mut hdrs = failure_headers(inner, delivery, err, now);
+    contract::set_int(&mut hdrs, headers::ATTEMPT, i64::from(next_attempt));
+    contract::set_str(&mut hdrs, headers::NEXT_ATTEMPT_AT, rfc3339(next_at));
+    let props = copy_properties(&delivery.properties, ctx, hdrs);
+    match publisher
+        .publish_confirmed("", &rung.queue.name, &delivery.data, props)
+        .await
+    {
+        Ok(()) => {
+            ack(delivery).await;
+            warn!(
+                error = %err.message,
+                error_kind = %err.kind,
+                elapsed_ms,
+                next_attempt,
+                delay_ms = rung.delay.as_millis() as u64,
+                retry_queue = %rung.queue.name,
+                "Task failed; it will be retried."
+            );
+        }
+        Err(e) => {
+            // Not copied: give the original back so it is not lost.
+            warn!(error = %e, task_error = %err, "Could not publish the retry copy; handing the task back to the queue.");
+            nack_requeue(delivery).await;
+        }
+    }
+}
+
+async fn dead_letter(
+    inner: &Inner,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    ctx: &TaskContext,
+    err: &TaskError,
+    reason: DeadReason,
+    elapsed_ms: u64,
+) {
+    let mut hdrs = failure_headers(inner, delivery, err, Utc::now());
+    contract::set_int(&mut hdrs, headers::ATTEMPT, i64::from(ctx.attempt));
+    contract::set_str(&mut hdrs, headers::DEAD_REASON, reason.as_str());
+    let props = copy_properties(&delivery.properties, ctx, hdrs);
+    let dead_queue = &inner.topology.dead_queue.name;
+    match publisher
+        .publish_confirmed(
+            &inner.topology.dead_exchange,
+            &inner.queue,
+            &delivery.data,
+            props,
+        )
+        .await
+    {
+        Ok(()) => {
+            ack(delivery).await;
+            error!(
+                error = %err.message,
+                error_kind = %err.kind,
+                dead_reason = reason.as_str(),
+                elapsed_ms,
+                dead_queue = %dead_queue,
+                "Task dead-lettered."
+            );
+        }
+        Err(e) => {
+            // The queue's own dead-letter exchange still gets it to the
+            // parking lot, without our reason headers; the reason is in
+            // this log line.
+            error!(
+                error = %err.message,
+                error_kind = %err.kind,
+                publish_error = %e,
+                dead_queue = %dead_queue,
+                "Task dead-lettered by rejection (could not publish the annotated copy)."
+            );
+            if let Err(e) = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+            {
+                warn!(error = %e, "Could not reject the task; the broker will redeliver it.");
+            }
+        }
+    }
+}
+
+/// Headers of a failed task's copy: everything it carried (trace context
+/// included), plus why and when it failed and who saw it.
+fn failure_headers(
+    inner: &Inner,
+    delivery: &Delivery,
+    err: &TaskError,
+    now: DateTime<Utc>,
+) -> FieldTable {
+    let mut hdrs = delivery.properties.headers().clone().unwrap_or_default();
+    let existing = Some(&hdrs);
+    let first =
+        contract::header_str(existing, headers::FIRST_FAILURE_AT).unwrap_or_else(|| rfc3339(now));
+    let original_exchange = contract::header_str(existing, headers::ORIGINAL_EXCHANGE)
+        .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
+    let original_key = contract::header_str(existing, headers::ORIGINAL_ROUTING_KEY)
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    contract::set_str(&mut hdrs, headers::FIRST_FAILURE_AT, first);
+    contract::set_str(&mut hdrs, headers::LAST_FAILURE_AT, rfc3339(now));
+    contract::set_str(&mut hdrs, headers::ERROR_KIND, err.kind.as_ref());
+    contract::set_str(&mut hdrs, headers::ERROR, truncate(&err.message, 4096));
+    contract::set_str(&mut hdrs, headers::WORKER, inner.identity.as_str());
+    contract::set_str(&mut hdrs, headers::ORIGINAL_EXCHANGE, original_exchange);
+    contract::set_str(&mut hdrs, headers::ORIGINAL_ROUTING_KEY, original_key);
+    hdrs
+}
+
+/// The properties of a copy: the original's, with the task id and type made
+/// explicit, persistence forced, and no `expiration` (the task was already
+/// started; a retry must not vanish from its delay queue). `user_id` is
+/// dropped because the broker checks it against the publishing user.
+fn copy_properties(p: &BasicProperties, ctx: &TaskContext, hdrs: FieldTable) -> BasicProperties {
+    let mut out = BasicProperties::default()
+        .with_message_id(ctx.id.as_str().into())
+        .with_type(ctx.task_type.as_str().into())
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(hdrs);
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    out
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel is gone; the broker requeues the message and the
+        // idempotency store keeps a second run from repeating the work.
+        warn!(error = %e, "Could not ack the task; the broker will redeliver it.");
+    }
+}
+
+async fn nack_requeue(delivery: &Delivery) {
+    if let Err(e) = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+    {
+        debug!(error = %e, "Could not nack the task; the broker will redeliver it.");
+    }
+}
+
+/// Decodes a task body. Bad JSON and unknown fields are permanent: no retry
+/// makes them valid.
+pub fn decode<T: Task>(body: &[u8]) -> Result<T, TaskError> {
+    use serde_json::error::Category;
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        Category::Data if e.to_string().starts_with("unknown field") => {
+            TaskError::permanent("unknown_field", format!("the task body has {e}"))
+        }
+        Category::Data => {
+            TaskError::permanent("invalid_payload", format!("the task body is invalid: {e}"))
+        }
+        _ => TaskError::permanent(
+            "invalid_json",
+            format!("the task body is not valid JSON: {e}"),
+        ),
+    })
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ping {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    impl Task for Ping {
+        const TYPE: &'static str = "test.ping";
+    }
+
+    #[test]
+    fn decode_errors_are_permanent_and_named() {
+        let e = decode::<Ping>(b"{not json").unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(e.kind, "invalid_json");
+        let e = decode::<Ping>(br#"{"n": 1, "extra": true}"#).unwrap_err();
+        assert_eq!(e.kind, "unknown_field");
+        assert!(e.message.contains("extra"), "{}", e.message);
+        let e = decode::<Ping>(br#"{"n": "x"}"#).unwrap_err();
+        assert_eq!(e.kind, "invalid_payload");
+        assert!(decode::<Ping>(br#"{"n": 3}"#).is_ok());
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é...");
+    }
+}

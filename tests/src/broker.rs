@@ -1,0 +1,238 @@
+//! The real RabbitMQ, seen from a test: a namespace of its own, publishing
+//! tasks the way producers do, and reading queues and the parking lot.
+//!
+//! Each test gets a fresh namespace (`t-<random>`), so tests running side by
+//! side on the shared broker never see each other's messages; dropping the
+//! namespace deletes its queues and exchanges.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use warren::contract::{self, Names};
+use warren::publisher::{PublishOptions, Publisher};
+use warren::settings::BrokerSettings;
+use warren::topology::Topology;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A test's own corner of the broker.
+pub struct TestBroker {
+    pub names: Names,
+    pub connection: Connection,
+    pub channel: Channel,
+    pub publisher: Publisher,
+}
+
+/// A message read from a queue.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    pub routing_key: String,
+}
+
+impl Message {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.properties.headers().as_ref();
+        contract::header_str(headers, name)
+            .or_else(|| contract::header_u32(headers, name).map(|n| n.to_string()))
+    }
+
+    pub fn headers(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(table) = self.properties.headers() {
+            for (k, v) in table.inner() {
+                let shown = match v {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                out.insert(k.to_string(), shown);
+            }
+        }
+        out
+    }
+
+    pub fn message_id(&self) -> Option<String> {
+        self.properties.message_id().as_ref().map(|s| s.to_string())
+    }
+}
+
+impl TestBroker {
+    /// A fresh namespace on the local broker.
+    pub async fn new() -> anyhow::Result<Self> {
+        let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Self::with_namespace(namespace).await
+    }
+
+    pub async fn with_namespace(namespace: String) -> anyhow::Result<Self> {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .context("RabbitMQ must run on 127.0.0.1:5672 (guest/guest); scripts/test starts it")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let names = Names::new(namespace);
+        let publisher = Publisher::on(&connection, names.clone()).await?;
+        Ok(Self {
+            names,
+            connection,
+            channel,
+            publisher,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.names.namespace()
+    }
+
+    /// Broker settings pointing at this namespace.
+    pub fn settings(&self) -> BrokerSettings {
+        BrokerSettings {
+            namespace: self.namespace().to_owned(),
+            ..BrokerSettings::default()
+        }
+    }
+
+    /// The email worker's topology in this namespace, for tests that queue
+    /// tasks before any worker runs.
+    pub fn email_topology(&self, retry_delays: &[Duration]) -> Topology {
+        Topology::new(&self.names, "email", &["email.#"], retry_delays)
+    }
+
+    pub async fn declare_email_topology(&self, retry_delays: &[Duration]) -> anyhow::Result<()> {
+        self.email_topology(retry_delays)
+            .declare(&self.connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a task as a Warren producer does; returns its id.
+    pub async fn publish(
+        &self,
+        task_type: &str,
+        body: &serde_json::Value,
+        options: PublishOptions,
+    ) -> anyhow::Result<String> {
+        Ok(self
+            .publisher
+            .publish_task(task_type, body, options)
+            .await?)
+    }
+
+    /// Publishes raw bytes with hand-made properties (for malformed input and
+    /// producers that leave fields out).
+    pub async fn publish_raw(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        self.publisher
+            .publish_confirmed(&self.names.tasks_exchange(), routing_key, body, properties)
+            .await?;
+        Ok(())
+    }
+
+    /// Ready messages in a queue.
+    pub async fn depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let channel = self.connection.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "ok".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Takes (and acks) up to `n` messages from a queue, waiting up to
+    /// `timeout` for them to arrive.
+    pub async fn take(
+        &self,
+        queue: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Message>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await?
+            {
+                Some(m) => {
+                    m.delivery.acker.ack(BasicAckOptions::default()).await?;
+                    out.push(Message {
+                        body: m.delivery.data.clone(),
+                        properties: m.delivery.properties.clone(),
+                        routing_key: m.delivery.routing_key.to_string(),
+                    });
+                }
+                None if Instant::now() >= deadline => {
+                    bail!(
+                        "queue {queue}: got {} of {n} messages within {timeout:?}",
+                        out.len()
+                    )
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The parking lot of the email queue.
+    pub fn email_dead_queue(&self) -> String {
+        self.names.dead_queue("email")
+    }
+
+    /// Deletes this namespace's email topology and exchanges.
+    pub async fn cleanup(&self) -> anyhow::Result<()> {
+        cleanup_namespace(&self.connection, &self.names, &[Duration::ZERO]).await
+    }
+}
+
+/// Deletes a namespace's queues (any retry rung from 0 to 1 h in the usual
+/// steps, plus the given delays) and exchanges.
+pub async fn cleanup_namespace(
+    connection: &Connection,
+    names: &Names,
+    extra_delays: &[Duration],
+) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    let mut delays: Vec<Duration> = [
+        100, 200, 250, 300, 500, 1000, 2000, 5000, 30_000, 120_000, 600_000,
+    ]
+    .into_iter()
+    .map(Duration::from_millis)
+    .collect();
+    delays.extend_from_slice(extra_delays);
+    let mut queues = vec![names.work_queue("email"), names.dead_queue("email")];
+    queues.extend(delays.iter().map(|d| names.retry_queue("email", *d)));
+    for q in queues {
+        // Deleting a queue that does not exist is not an error in 3.x.
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [names.tasks_exchange(), names.dead_exchange()] {
+        let _ = channel
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = channel.close(200, "cleaned".into()).await;
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Helpers for Warren's integration tests, which run the real workers against real
+//! backing services: RabbitMQ, Redis and a real SMTP server over TCP.
+
+pub mod broker;
+pub mod smtp;
+pub mod worker;

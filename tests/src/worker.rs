@@ -1,0 +1,268 @@
+//! A real worker process under test: built by cargo, started with its
+//! settings in the environment, its JSON log lines collected, and stopped
+//! the ways production stops it (SIGTERM) or the ways it dies (SIGKILL).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+/// Builds a binary of the workspace once per test process and returns its
+/// path. Asking cargo (rather than guessing `target/debug/...`) keeps the
+/// binary fresh and honours `CARGO_TARGET_DIR`.
+pub fn binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().map_err(|_| anyhow!("poisoned"))?;
+    if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
+        return Ok(path.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json",
+            "-p",
+            package,
+            "--bin",
+            bin,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not run cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build -p {package} --bin {bin} failed");
+    }
+    let path = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo did not report an executable for {bin}"))?;
+    built.push((bin.to_owned(), path.clone()));
+    Ok(path)
+}
+
+/// A running worker process.
+pub struct WorkerProcess {
+    child: Child,
+    logs: Arc<Logs>,
+    pub name: String,
+}
+
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<serde_json::Value>>,
+    changed: Notify,
+}
+
+impl WorkerProcess {
+    /// Starts the email worker with `env` (`WARREN_...` settings). Inherited
+    /// `WARREN_*` variables are removed so the test alone decides.
+    pub async fn email(env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let path = binary("email-worker", "email-worker")?;
+        Self::start(path, "email-worker", env).await
+    }
+
+    pub async fn start(path: PathBuf, name: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(&path);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("WARREN_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("WARREN_TELEMETRY__LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,warren=debug")
+            .env("WARREN_CONFIG", "/nonexistent/warren.toml");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {}", path.display()))?;
+        let logs = Arc::new(Logs::default());
+        let echo = std::env::var_os("TEST_WORKER_LOGS").is_some();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = logs.clone();
+            let tag = name.to_owned();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if echo {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    let value = serde_json::from_str(&line)
+                        .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                    if let Ok(mut l) = logs.lines.lock() {
+                        l.push(value);
+                    }
+                    logs.changed.notify_waiters();
+                }
+            });
+        }
+        Ok(Self {
+            child,
+            logs,
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Log lines so far, parsed as JSON (non-JSON lines under `raw`).
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lines
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// Log lines whose message is `message`.
+    pub fn logs_with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// Waits until `count` log lines have the message `message`.
+    pub async fn wait_for_log(
+        &self,
+        message: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.logs.changed.notified();
+            let found = self.logs_with_message(message);
+            if found.len() >= count {
+                return Ok(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{}: saw {} of {count} '{message}' log lines within {timeout:?}; last lines:\n{}",
+                    self.name,
+                    found.len(),
+                    self.tail(30)
+                );
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+        }
+    }
+
+    /// Waits until the worker consumes.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        self.wait_for_log("Consuming.", 1, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+    }
+
+    /// The last `n` log lines, for failure messages.
+    pub fn tail(&self, n: usize) -> String {
+        let logs = self.logs();
+        logs[logs.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, ...).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("the worker has already exited")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not exit within {timeout:?}; last lines:\n{}",
+                    self.name,
+                    self.tail(20)
+                )
+            })?
+            .map_err(Into::into)
+    }
+}
+
+/// The settings of an email worker in namespace `namespace`, sending to the
+/// SMTP sink on `smtp_port` without TLS, with a short retry ladder.
+pub fn email_env(namespace: &str, smtp_port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("WARREN_BROKER__NAMESPACE", namespace.to_owned()),
+        ("WARREN_EMAIL__TRANSPORT", "smtp".to_owned()),
+        ("WARREN_EMAIL__SMTP__HOST", "127.0.0.1".to_owned()),
+        ("WARREN_EMAIL__SMTP__PORT", smtp_port.to_string()),
+        ("WARREN_EMAIL__SMTP__TLS", "none".to_owned()),
+        (
+            "WARREN_EMAIL__DEFAULT_FROM",
+            "Warren Tests <tests@warren.test>".to_owned(),
+        ),
+        (
+            "WARREN_EMAIL__TEMPLATES_DIR",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../services/email-worker/templates"
+            )
+            .to_owned(),
+        ),
+        (
+            "WARREN_CONSUMER__RETRY_DELAYS",
+            r#"["200ms","300ms"]"#.to_owned(),
+        ),
+        ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "10s".to_owned()),
+    ]
+}
+
+/// `env` with `overrides` replacing or adding keys.
+pub fn with(
+    mut env: Vec<(&'static str, String)>,
+    overrides: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    for (k, v) in overrides {
+        env.retain(|(key, _)| key != k);
+        env.push((k, (*v).to_owned()));
+    }
+    env
+}
