@@ -56,13 +56,19 @@ class Handler:
 
         delay_ms = max((int(m.group(1)) for m in map(SLOW.match, locals_) if m), default=0)
         if delay_ms:
-            await asyncio.sleep(delay_ms / 1000)
+            aborted = {"event": "aborted", "mail_from": envelope.mail_from,
+                       "rcpt_tos": rcpts}
+            try:
+                await asyncio.sleep(delay_ms / 1000)
+            except asyncio.CancelledError:
+                # aiosmtpd cancels the handler when the client disconnects.
+                emit({**aborted, "at": time.time()})
+                raise
             transport = getattr(server, "transport", None)
             if transport is None or transport.is_closing():
                 # The client vanished before our final reply: like a server
-                # whose client never saw the 250, do not keep the message.
-                emit({"event": "aborted", "mail_from": envelope.mail_from,
-                      "rcpt_tos": list(envelope.rcpt_tos), "at": time.time()})
+                # whose client never saw the 250, keep nothing.
+                emit({**aborted, "at": time.time()})
                 return "421 4.4.2 Client went away"
 
         code = None

@@ -282,6 +282,11 @@ async fn session(
     inner.status.consuming.store(true, Ordering::SeqCst);
     backoff.reset();
     info!(queue = %inner.queue, "Consuming.");
+    let watcher = tokio::spawn(watch_connection(
+        connection.status().clone(),
+        connection.events_listener(),
+        inner.clone(),
+    ));
 
     let result = loop {
         // Take a permit before the next delivery, so at most `concurrency`
@@ -307,19 +312,15 @@ async fn session(
             }
             Some(Err(e)) => {
                 drop(permit);
-                inner.status.consuming.store(false, Ordering::SeqCst);
-                warn!(error = %e, "Broker connection interrupted; waiting for recovery.");
-                match channel.wait_for_recovery(e).await {
-                    Ok(()) => {
-                        info!(queue = %inner.queue, "Broker connection recovered; consuming again.");
-                        inner.status.consuming.store(true, Ordering::SeqCst);
-                    }
-                    Err(e) => break Err(SessionError::Broker(e)),
+                debug!(error = %e, "The consumer saw a broker error; waiting for lapin's recovery.");
+                if let Err(e) = channel.wait_for_recovery(e).await {
+                    break Err(SessionError::Broker(e));
                 }
             }
             None => break Err(SessionError::ConsumerCancelled),
         }
     };
+    watcher.abort();
     inner.status.consuming.store(false, Ordering::SeqCst);
     if result.is_ok() {
         drain(inner, &channel, &tag, &mut consumer, tracker).await;
@@ -329,6 +330,43 @@ async fn session(
     }
     let _ = connection.close(200, "worker stopping".into()).await;
     result
+}
+
+/// Watches the connection: while lapin recovers a dropped connection by
+/// itself the consumer stream stays quiet, so this is where the outage and
+/// the recovery become visible (logs and readiness). Its events carry the
+/// broker's resource alarms; recovery is read off the connection state,
+/// which lapin keeps current in every path.
+async fn watch_connection(
+    status: lapin::ConnectionStatus,
+    events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
+    inner: Arc<Inner>,
+) {
+    futures::pin_mut!(events);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::ConnectionBlocked(reason)) => warn!(
+                    reason = %reason,
+                    "The broker blocked this connection (resource alarm); retry and dead-letter copies wait."
+                ),
+                Some(lapin::Event::ConnectionUnblocked) => info!("The broker unblocked this connection."),
+                Some(_) => {}
+                None => return,
+            },
+            _ = tick.tick() => {
+                let connected = status.connected();
+                let was = inner.status.consuming.swap(connected, Ordering::SeqCst);
+                if was && !connected {
+                    warn!(reconnecting = status.reconnecting(), "Broker connection interrupted; recovering.");
+                } else if !was && connected {
+                    info!(queue = %inner.queue, "Broker connection recovered; consuming again.");
+                }
+            }
+        }
+    }
 }
 
 /// Stops consuming, hands back what was prefetched but not started, and
@@ -431,6 +469,7 @@ async fn process(
         task_id = %ctx.id,
         task_type = %ctx.task_type,
         attempt = ctx.attempt,
+        redelivered = ctx.redelivered,
         queue = %inner.queue,
     );
     async move {

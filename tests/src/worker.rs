@@ -24,26 +24,31 @@ pub fn binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
+        // The same targets `cargo test --workspace` builds, so features
+        // unify the same way and nothing is rebuilt between the two.
         .args([
             "build",
             "--quiet",
             "--message-format=json",
-            "-p",
-            package,
-            "--bin",
-            bin,
+            "--workspace",
+            "--all-targets",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()
         .context("could not run cargo build")?;
     if !output.status.success() {
-        bail!("cargo build -p {package} --bin {bin} failed");
+        bail!("cargo build --workspace failed (wanted {package}'s {bin})");
     }
     let path = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
+        .filter(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == bin
+                && m["target"]["kind"][0] == "bin"
+                && m["profile"]["test"] == false
+        })
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .with_context(|| format!("cargo did not report an executable for {bin}"))?;
     built.push((bin.to_owned(), path.clone()));

@@ -1,0 +1,319 @@
+//! What must survive: a worker killed mid-task, a broker restart while tasks
+//! flow, and SIGTERM with tasks in flight.
+//!
+//! These tests kill processes and restart the shared broker, so they live in
+//! a test binary of their own (cargo runs test binaries one after another)
+//! and take a lock so they run one at a time within it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warren::publisher::PublishOptions;
+use warren_tests::broker::TestBroker;
+use warren_tests::smtp::SmtpSink;
+use warren_tests::worker::{WorkerProcess, email_env, with};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn rcpt(prefix: &str) -> String {
+    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+async fn wait_until<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_task_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let env = with(
+        email_env(broker.namespace(), sink.port()),
+        &[("WARREN_CONSUMER__CONCURRENCY", "1")],
+    );
+    let mut first = WorkerProcess::email(&env).await.unwrap();
+    first.wait_ready().await.unwrap();
+
+    // The sink holds the final reply for 3 s: the worker is mid-send.
+    let to = rcpt("slow3000");
+    let id = broker
+        .publish(
+            "email.send",
+            &json!({"to": to, "subject": "k", "text": "k"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    let queue = broker.names.work_queue("email");
+    let deadline = Instant::now() + WAIT;
+    while broker.depth(&queue).await.unwrap() != 0 {
+        assert!(Instant::now() < deadline, "the worker never took the task");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    first.signal("KILL").unwrap();
+    first.wait_exit(WAIT).await.unwrap();
+    assert!(first.logs_with_message("Task succeeded.").is_empty());
+
+    // The killed worker never got its 250; a fresh one gets the redelivery.
+    let second = WorkerProcess::email(&env).await.unwrap();
+    second.wait_ready().await.unwrap();
+    let done = second
+        .wait_for_log("Task succeeded.", 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done[0]["span"]["task_id"], id);
+    assert_eq!(done[0]["span"]["redelivered"], true);
+    sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    wait_until("the killed attempt to be seen as aborted", WAIT, || {
+        sink.aborted().iter().any(|a| a.rcpt_tos.contains(&to))
+    })
+    .await;
+    assert_eq!(sink.messages_to(&to).len(), 1);
+    assert_eq!(broker.depth(&queue).await.unwrap(), 0);
+    assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
+    broker.cleanup().await.unwrap();
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl must be installed");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+/// Publishes, reconnecting through a broker outage until the publish is
+/// confirmed.
+async fn publish_through_outage(
+    broker: &mut TestBroker,
+    namespace: &str,
+    id: &str,
+    body: &serde_json::Value,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let options = PublishOptions {
+            id: Some(id.to_owned()),
+            ..Default::default()
+        };
+        match broker.publish("email.send", body, options).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "could not publish {id}: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if let Ok(fresh) = TestBroker::with_namespace(namespace.to_owned()).await {
+                    *broker = fresh;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broker_restart_while_tasks_flow_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    let sink = SmtpSink::start().await.unwrap();
+    let env = with(
+        email_env(&namespace, sink.port()),
+        &[("WARREN_CONSUMER__CONCURRENCY", "4")],
+    );
+    let worker = WorkerProcess::email(&env).await.unwrap();
+    worker.wait_ready().await.unwrap();
+
+    let to = rcpt("restart");
+    let ids: Vec<String> = (0..60)
+        .map(|i| format!("restart-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i == 20 {
+            rabbitmqctl(&["stop_app"]);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
+        }
+        let body = json!({"to": to, "subject": id, "text": "flowing"});
+        publish_through_outage(&mut broker, &namespace, id, &body).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let received = || -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for m in sink.messages_to(&to) {
+            *seen.entry(m.subject().unwrap_or_default()).or_insert(0) += 1;
+        }
+        seen
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = received();
+        if wanted.iter().all(|id| seen.contains_key(*id)) {
+            break;
+        }
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|id| !seen.contains_key(**id))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks never arrived: {missing:?}\nworker:\n{}",
+            missing.len(),
+            worker.tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The worker noticed the outage and came back by itself.
+    let reconnected = !worker
+        .logs_with_message("Broker connection recovered; consuming again.")
+        .is_empty()
+        || worker.logs_with_message("Consuming.").len() >= 2;
+    assert!(
+        reconnected,
+        "no reconnect in the worker's log:\n{}",
+        worker.tail(40)
+    );
+    let duplicates: usize = received().values().map(|n| n - 1).sum();
+    eprintln!(
+        "broker restart: {} tasks delivered, {duplicates} duplicate sends",
+        ids.len()
+    );
+    assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
+    broker.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let env = with(
+        email_env(broker.namespace(), sink.port()),
+        &[
+            ("WARREN_CONSUMER__CONCURRENCY", "3"),
+            ("WARREN_CONSUMER__PREFETCH", "6"),
+            ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "10s"),
+        ],
+    );
+    let mut first = WorkerProcess::email(&env).await.unwrap();
+    first.wait_ready().await.unwrap();
+    let rcpts: Vec<String> = (0..6).map(|_| rcpt("slow1500")).collect();
+    for to in &rcpts {
+        broker
+            .publish(
+                "email.send",
+                &json!({"to": to, "subject": "drain", "text": "d"}),
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let queue = broker.names.work_queue("email");
+    let deadline = Instant::now() + WAIT;
+    while broker.depth(&queue).await.unwrap() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never prefetched the tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.signal("TERM").unwrap();
+    let status = first.wait_exit(WAIT).await.unwrap();
+    assert!(
+        status.success(),
+        "the worker must exit cleanly: {status:?}\n{}",
+        first.tail(20)
+    );
+    let drained = first
+        .wait_for_log("Stopped consuming; waiting for in-flight tasks.", 1, WAIT)
+        .await
+        .unwrap();
+    let in_flight = drained[0]["fields"]["in_flight"].as_u64().unwrap() as usize;
+    assert_eq!(in_flight, 3, "three handlers were running");
+    // The three in flight finished before the exit; the rest went back.
+    assert_eq!(
+        sink.messages().len(),
+        3,
+        "in-flight tasks must finish during the drain"
+    );
+    assert_eq!(broker.depth(&queue).await.unwrap(), 3);
+
+    let second = WorkerProcess::email(&env).await.unwrap();
+    second.wait_ready().await.unwrap();
+    sink.wait_for_messages(6, WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: HashSet<String> = sink
+        .messages()
+        .iter()
+        .flat_map(|m| m.rcpt_tos.clone())
+        .collect();
+    assert_eq!(got, rcpts.iter().cloned().collect::<HashSet<_>>());
+    assert_eq!(sink.messages().len(), 6, "nothing sent twice");
+    broker.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let env = with(
+        email_env(broker.namespace(), sink.port()),
+        &[("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "500ms")],
+    );
+    let mut first = WorkerProcess::email(&env).await.unwrap();
+    first.wait_ready().await.unwrap();
+    let to = rcpt("slow4000");
+    broker
+        .publish(
+            "email.send",
+            &json!({"to": to, "subject": "long", "text": "l"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    let queue = broker.names.work_queue("email");
+    let deadline = Instant::now() + WAIT;
+    while broker.depth(&queue).await.unwrap() != 0 {
+        assert!(Instant::now() < deadline, "the worker never took the task");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    first.signal("TERM").unwrap();
+    assert!(first.wait_exit(WAIT).await.unwrap().success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "the drain deadline bounds the shutdown"
+    );
+    first
+        .wait_for_log(
+            "In-flight tasks did not finish before the deadline; handing them back to the broker.",
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        broker.depth(&queue).await.unwrap(),
+        1,
+        "the task is back in its queue"
+    );
+
+    let second = WorkerProcess::email(&env).await.unwrap();
+    second.wait_ready().await.unwrap();
+    sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    broker.cleanup().await.unwrap();
+}
