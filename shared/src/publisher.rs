@@ -31,7 +31,16 @@ pub enum PublishError {
     Serialize(#[from] serde_json::Error),
     #[error("priority {0} is out of range 0-{MAX_PRIORITY}")]
     InvalidPriority(u8),
+    #[error(
+        "the broker did not confirm the message within {0:?} (is it blocked by a resource alarm?)"
+    )]
+    Timeout(Duration),
 }
+
+/// How long a publish may wait for the broker's confirm. A broker under a
+/// memory or disk alarm blocks publishers silently; an error after a while
+/// beats a task that hangs forever.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-publish choices of a producer.
 #[derive(Debug, Clone, Default)]
@@ -138,20 +147,24 @@ impl Publisher {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(routing_key),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                payload,
-                properties,
-            )
-            .await?
-            .await?;
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(routing_key),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    payload,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+            .await
+            .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {

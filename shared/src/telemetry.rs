@@ -19,11 +19,12 @@ pub fn init<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&settings.log_level))
-        // lapin logs every recoverable hiccup at error level; the runtime
-        // reports connection trouble itself, once, with context.
-        .add_directive("lapin=warn".parse().unwrap_or_default());
+    // lapin logs every recoverable hiccup at error level, and ERROR must
+    // mean a person has to look; the runtime reports connection trouble
+    // itself, once, with context. `RUST_LOG=lapin=debug` brings it back.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(&settings.log_level).add_directive("lapin=off".parse().unwrap_or_default())
+    });
     let registry = Registry::default().with(filter);
     match settings.log_format {
         LogFormat::Json => registry

@@ -1,0 +1,308 @@
+//! The consumer runtime itself, in process, against the real RabbitMQ:
+//! panics and timeouts are failed attempts, unknown task types and expired
+//! tasks reach the parking lot, and the concurrency limit holds.
+//!
+//! Handlers here are test doubles of *application* code; the broker, the
+//! queues and the runtime are the real ones.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use warren::contract::headers;
+use warren::publisher::PublishOptions;
+use warren::runtime::Worker;
+use warren::settings::ConsumerSettings;
+use warren::{Outcome, Task, TaskContext, TaskError};
+use warren_tests::broker::TestBroker;
+
+const WAIT: Duration = Duration::from_secs(30);
+const STEM: &str = "rt";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ping {
+    n: u32,
+}
+
+impl Task for Ping {
+    const TYPE: &'static str = "rt.ping";
+}
+
+fn consumer(concurrency: usize, prefetch: u16) -> ConsumerSettings {
+    ConsumerSettings {
+        prefetch,
+        concurrency,
+        retry_delays: vec![Duration::from_millis(100), Duration::from_millis(200)],
+        task_timeout: Duration::from_millis(500),
+        shutdown_timeout: Duration::from_secs(5),
+        ..ConsumerSettings::default()
+    }
+}
+
+struct Running {
+    broker: TestBroker,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn start<F, Fut>(settings: ConsumerSettings, handler: F) -> Running
+where
+    F: Fn(TaskContext, Ping) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Outcome, TaskError>> + Send + 'static,
+{
+    let broker = TestBroker::new().await.unwrap();
+    let worker =
+        Worker::new("runtime-test", STEM, &["rt.#"], broker.settings(), settings).handle(handler);
+    let status = worker.status();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move {
+        worker.run(token).await.unwrap();
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !status.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Running {
+        broker,
+        stop,
+        handle,
+    }
+}
+
+impl Running {
+    async fn publish(&self, task_type: &str, n: u32) -> String {
+        self.broker
+            .publish(task_type, &json!({ "n": n }), PublishOptions::default())
+            .await
+            .unwrap()
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .unwrap()
+            .unwrap();
+        let channel = self.broker.connection.create_channel().await.unwrap();
+        let names = &self.broker.names;
+        let mut queues = vec![names.work_queue(STEM), names.dead_queue(STEM)];
+        for d in [100, 200] {
+            queues.push(names.retry_queue(STEM, Duration::from_millis(d)));
+        }
+        for q in queues {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        self.broker.cleanup().await.unwrap();
+    }
+}
+
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_failed_attempt_not_a_dead_worker() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, a) = (calls.clone(), attempts.clone());
+    let run = start(consumer(2, 4), move |ctx, _task: Ping| {
+        let (c, a) = (c.clone(), a.clone());
+        async move {
+            a.lock().unwrap().push(ctx.attempt);
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("boom on the first attempt");
+            }
+            Ok(Outcome::done())
+        }
+    })
+    .await;
+    run.publish("rt.ping", 1).await;
+    eventually("two attempts", || calls.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2]);
+    // The worker is alive: the next task runs too.
+    run.publish("rt.ping", 2).await;
+    eventually("the next task", || calls.load(Ordering::SeqCst) == 3).await;
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn a_handler_over_its_timeout_is_retried() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let run = start(consumer(2, 4), move |ctx, _task: Ping| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            if ctx.attempt == 1 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Ok(Outcome::done())
+        }
+    })
+    .await;
+    run.publish("rt.ping", 1).await;
+    eventually("the retry after the timeout", || {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let work = run.broker.names.work_queue(STEM);
+    eventually_depth(&run.broker, &work, 0).await;
+    assert_eq!(
+        run.broker
+            .depth(&run.broker.names.dead_queue(STEM))
+            .await
+            .unwrap(),
+        0
+    );
+    run.finish().await;
+}
+
+async fn eventually_depth(broker: &TestBroker, queue: &str, n: u32) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broker.depth(queue).await.unwrap() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} never reached depth {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_task_types_and_permanent_errors_go_to_the_parking_lot_with_trace_context() {
+    let run = start(consumer(2, 4), |_ctx, task: Ping| async move {
+        if task.n == 13 {
+            Err(TaskError::permanent("unlucky", "13 is refused"))
+        } else {
+            Ok(Outcome::done())
+        }
+    })
+    .await;
+    let mut hdrs = lapin::types::FieldTable::default();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    warren::contract::set_str(&mut hdrs, headers::TRACEPARENT, traceparent);
+    let id = run
+        .broker
+        .publish(
+            "rt.ping",
+            &json!({"n": 13}),
+            PublishOptions {
+                headers: hdrs,
+                priority: Some(7),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let other = run.publish("rt.other", 1).await;
+    let dead = run
+        .broker
+        .take(&run.broker.names.dead_queue(STEM), 2, WAIT)
+        .await
+        .unwrap();
+    let find = |id: &str| {
+        dead.iter()
+            .find(|d| d.message_id().as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    let refused = find(&id);
+    assert_eq!(
+        refused.header(headers::ERROR_KIND).as_deref(),
+        Some("unlucky")
+    );
+    assert_eq!(
+        refused.header(headers::ERROR).as_deref(),
+        Some("13 is refused")
+    );
+    assert_eq!(
+        refused.header(headers::TRACEPARENT).as_deref(),
+        Some(traceparent)
+    );
+    assert_eq!(refused.properties.priority(), &Some(7));
+    let unknown = find(&other);
+    assert_eq!(
+        unknown.header(headers::ERROR_KIND).as_deref(),
+        Some("unknown_task_type")
+    );
+    assert!(unknown.header(headers::ERROR).unwrap().contains("rt.other"));
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_holds_with_a_larger_prefetch() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
+    let run = start(consumer(2, 10), move |_ctx, _task: Ping| {
+        let (r, p, d) = (r.clone(), p.clone(), d.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            d.fetch_add(1, Ordering::SeqCst);
+            Ok(Outcome::done())
+        }
+    })
+    .await;
+    for n in 0..8 {
+        run.publish("rt.ping", n).await;
+    }
+    eventually("all eight", || done.load(Ordering::SeqCst) == 8).await;
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn a_task_that_expires_in_the_queue_lands_in_the_parking_lot() {
+    // No worker: the topology alone, as a producer would find it.
+    let broker = TestBroker::new().await.unwrap();
+    let topology = warren::topology::Topology::new(&broker.names, STEM, &["rt.#"], &[]);
+    topology.declare(&broker.connection).await.unwrap();
+    let id = broker
+        .publish(
+            "rt.ping",
+            &json!({"n": 1}),
+            PublishOptions {
+                expiration: Some(Duration::from_millis(50)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let dead = broker
+        .take(&topology.dead_queue.name, 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(dead[0].message_id().as_deref(), Some(id.as_str()));
+    assert!(
+        dead[0].headers().contains_key("x-death"),
+        "{:?}",
+        dead[0].headers()
+    );
+    let channel = broker.connection.create_channel().await.unwrap();
+    for q in topology.queue_names() {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    broker.cleanup().await.unwrap();
+}
