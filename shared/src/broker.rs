@@ -20,14 +20,28 @@ pub enum ConnectError {
         #[source]
         source: lapin::Error,
     },
-    #[error("could not connect to the broker at {url}: no answer within {timeout:?}")]
+    #[error(
+        "could not connect to the broker at {url} within {timeout:?} (refused, unreachable or not answering)"
+    )]
     Timeout { url: String, timeout: Duration },
 }
 
 /// Opens a connection named `name` (shown in the management UI).
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, ConnectError> {
+    // lapin's default reconnect backoff doubles from 1 s: after a broker
+    // restart of a few seconds the next try may be half a minute away. Start
+    // small and cap at our own maximum; when lapin gives up, the runtime
+    // starts over with a fresh connection.
+    let max_delay = settings.reconnect_max_delay;
     let properties = ConnectionProperties::default()
         .with_connection_name(name.into())
+        .configure_backoff(move |b| {
+            b.with_min_delay(Duration::from_millis(250))
+                .with_max_delay(max_delay)
+                .with_factor(2.0)
+                .with_jitter()
+                .with_max_times(20)
+        })
         .enable_auto_recover();
     let url = settings.url.expose_secret();
     match tokio::time::timeout(

@@ -256,7 +256,10 @@ async fn session(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
-    let connection = connect(broker, &inner.identity).await?;
+    let connection = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        connection = connect(broker, &inner.identity) => connection?,
+    };
     match inner.topology.declare(&connection).await {
         Ok(()) => {}
         Err(e @ TopologyError::Conflict { .. }) => {

@@ -5,6 +5,8 @@
 //! sink, so they run in parallel. Tests that kill processes or restart the
 //! broker live in `resilience.rs`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 //! Handlers here are test doubles of *application* code; the broker, the
 //! queues and the runtime are the real ones.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Tests of the test harness itself: `SmtpSink` spoken to over TCP by a minimal
 //! hand-written SMTP client, so a failure here points at the sink, not at Warren.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};
