@@ -34,6 +34,9 @@ pub mod headers {
     pub const DEAD_REASON: &str = "x-warren-dead-reason";
     pub const ORIGINAL_EXCHANGE: &str = "x-warren-original-exchange";
     pub const ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
+    /// Publish time in milliseconds since the Unix epoch (the AMQP
+    /// `timestamp` property has whole seconds only), for queue-wait metrics.
+    pub const PUBLISHED_AT_MS: &str = "x-warren-published-at-ms";
 }
 
 /// Why a task sits in the parking lot (`x-warren-dead-reason`).

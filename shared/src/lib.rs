@@ -7,6 +7,8 @@
 pub mod broker;
 pub mod contract;
 pub mod idempotency;
+pub mod metrics;
+pub mod ops;
 pub mod publisher;
 pub mod runtime;
 pub mod settings;

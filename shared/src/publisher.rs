@@ -124,8 +124,14 @@ impl Publisher {
         if priority > MAX_PRIORITY {
             return Err(PublishError::InvalidPriority(priority));
         }
-        let mut properties =
-            task_properties(&id, task_type, priority).with_headers(options.headers);
+        let mut properties = task_properties(&id, task_type, priority);
+        if !options.headers.inner().is_empty() {
+            let mut headers = properties.headers().clone().unwrap_or_default();
+            for (k, v) in options.headers.inner() {
+                headers.insert(k.clone(), v.clone());
+            }
+            properties = properties.with_headers(headers);
+        }
         if let Some(ttl) = options.expiration {
             properties = properties.with_expiration(ttl.as_millis().to_string().into());
         }
@@ -141,6 +147,41 @@ impl Publisher {
 
     /// Publishes with `mandatory` and waits for the broker's confirm.
     pub async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.publish_for(Purpose::Task, exchange, routing_key, payload, properties)
+            .await
+    }
+
+    /// [`Publisher::publish_confirmed`], counted under `purpose` in
+    /// `warren_publish_confirms_total`.
+    pub async fn publish_for(
+        &self,
+        purpose: Purpose,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let result = self
+            .publish_inner(exchange, routing_key, payload, properties)
+            .await;
+        let label = match &result {
+            Ok(()) => "ack",
+            Err(PublishError::Nacked) => "nack",
+            Err(PublishError::Returned { .. }) => "returned",
+            Err(PublishError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        crate::metrics::publish_result(purpose.as_str(), label);
+        result
+    }
+
+    async fn publish_inner(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -180,11 +221,34 @@ impl Publisher {
     }
 }
 
+/// Why a message is published, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A new task from a producer.
+    Task,
+    /// A failed task's copy into a delay queue.
+    Retry,
+    /// A failed task's copy into the parking lot.
+    DeadLetter,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Task => "task",
+            Purpose::Retry => "retry",
+            Purpose::DeadLetter => "dead_letter",
+        }
+    }
+}
+
 /// The AMQP properties of a fresh task, as the contract defines them.
 pub fn task_properties(id: &str, task_type: &str, priority: u8) -> BasicProperties {
-    let now = chrono::Utc::now().timestamp();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let now = now_ms / 1000;
     let mut headers = FieldTable::default();
     contract::set_int(&mut headers, contract::headers::ATTEMPT, 1);
+    contract::set_int(&mut headers, contract::headers::PUBLISHED_AT_MS, now_ms);
     BasicProperties::default()
         .with_message_id(id.into())
         .with_content_type(CONTENT_TYPE_JSON.into())

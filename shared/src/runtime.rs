@@ -37,7 +37,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::broker::{Backoff, ConnectError, connect, worker_identity};
 use crate::contract::{self, DeadReason, Names, PERSISTENT, headers};
 use crate::idempotency::{self, IdempotencyStore};
-use crate::publisher::{PublishError, Publisher};
+use crate::metrics::{self, TaskMetrics};
+use crate::publisher::{PublishError, Publisher, Purpose};
 use crate::settings::{BrokerSettings, ConsumerSettings};
 use crate::task::{Outcome, Task, TaskContext, TaskError};
 use crate::topology::{Topology, TopologyError};
@@ -60,12 +61,22 @@ type ErasedHandler =
 pub struct WorkerStatus {
     consuming: AtomicBool,
     in_flight: AtomicUsize,
+    sessions: AtomicUsize,
 }
 
 impl WorkerStatus {
     /// Connected, topology declared, consuming.
     pub fn is_ready(&self) -> bool {
         self.consuming.load(Ordering::SeqCst)
+    }
+
+    /// `Ok` when ready, else why not: for `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("not consuming (connecting to the broker, recovering, or shutting down)".to_owned())
+        }
     }
 
     /// Tasks being handled right now.
@@ -283,6 +294,10 @@ async fn session(
         )
         .await?;
     inner.status.consuming.store(true, Ordering::SeqCst);
+    metrics::broker_connected(true);
+    if inner.status.sessions.fetch_add(1, Ordering::SeqCst) > 0 {
+        metrics::broker_reconnected();
+    }
     backoff.reset();
     info!(queue = %inner.queue, "Consuming.");
     let watcher = tokio::spawn(watch_connection(
@@ -325,6 +340,7 @@ async fn session(
     };
     watcher.abort();
     inner.status.consuming.store(false, Ordering::SeqCst);
+    metrics::broker_connected(false);
     if result.is_ok() {
         drain(inner, &channel, &tag, &mut consumer, tracker).await;
     }
@@ -362,9 +378,11 @@ async fn watch_connection(
             _ = tick.tick() => {
                 let connected = status.connected();
                 let was = inner.status.consuming.swap(connected, Ordering::SeqCst);
+                metrics::broker_connected(connected);
                 if was && !connected {
                     warn!(reconnecting = status.reconnecting(), "Broker connection interrupted; recovering.");
                 } else if !was && connected {
+                    metrics::broker_reconnected();
                     info!(queue = %inner.queue, "Broker connection recovered; consuming again.");
                 }
             }
@@ -417,6 +435,26 @@ async fn drain(
             "In-flight tasks did not finish before the deadline; handing them back to the broker."
         );
     }
+}
+
+/// Seconds the task waited in its queue: since the end of its retry delay
+/// for a retry, since its publish otherwise (milliseconds from Warren's
+/// header, whole seconds from the AMQP timestamp for other producers).
+fn queue_wait(delivery: &Delivery, ctx: &TaskContext) -> Option<f64> {
+    let hdrs = delivery.properties.headers().as_ref();
+    let now_ms = Utc::now().timestamp_millis();
+    let since_ms = if ctx.attempt > 1 {
+        contract::header_str(hdrs, headers::NEXT_ATTEMPT_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp_millis())
+    } else {
+        hdrs.and_then(|h| match h.inner().get(headers::PUBLISHED_AT_MS) {
+            Some(lapin::types::AMQPValue::LongLongInt(ms)) => Some(*ms),
+            _ => None,
+        })
+        .or_else(|| ctx.published_at.map(|t| t.timestamp_millis()))
+    }?;
+    Some((now_ms - since_ms).max(0) as f64 / 1000.0)
 }
 
 /// The task's metadata as read off a delivery.
@@ -477,16 +515,24 @@ async fn process(
     );
     async move {
         inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
+        let m = metrics::runtime().for_task(&inner.queue, &ctx.task_type);
+        m.received.inc();
+        m.in_progress.inc();
+        if let Some(wait) = queue_wait(&delivery, &ctx) {
+            m.queue_wait.observe(wait);
+        }
         if id_assigned {
             info!("Task arrived without a message_id; assigned one.");
         }
         let started = Instant::now();
         let result = run_handler(&inner, &ctx, &delivery.data).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
         match result {
             Ok(Handled::Duplicate) => {
                 info!("Task already succeeded earlier; acking the duplicate without running it.");
                 ack(&delivery).await;
+                m.duplicates.inc();
             }
             Ok(Handled::Done(outcome)) => {
                 if let (Some(store), Some(key)) = (&inner.idempotency, dedup_key(&inner, &ctx))
@@ -495,23 +541,33 @@ async fn process(
                     warn!(error = %e, "Could not record the task as done; a redelivery would run it again.");
                 }
                 ack(&delivery).await;
+                m.succeeded.inc();
+                m.duration("succeeded", elapsed.as_secs_f64());
                 match &outcome.result {
                     Some(result) => info!(elapsed_ms, result = %result, "Task succeeded."),
                     None => info!(elapsed_ms, "Task succeeded."),
                 }
             }
-            Err(err) if !err.is_permanent() && ctx.attempt < ctx.max_attempts => {
-                retry(&inner, &publisher, &delivery, &ctx, &err, elapsed_ms).await;
-            }
             Err(err) => {
-                let reason = if err.is_permanent() {
-                    DeadReason::Permanent
-                } else {
-                    DeadReason::AttemptsExhausted
+                let failed = Failed {
+                    inner: &inner,
+                    publisher: &publisher,
+                    delivery: &delivery,
+                    ctx: &ctx,
+                    err: &err,
+                    metrics: &m,
+                    elapsed,
                 };
-                dead_letter(&inner, &publisher, &delivery, &ctx, &err, reason, elapsed_ms).await;
+                if !err.is_permanent() && ctx.attempt < ctx.max_attempts {
+                    retry(failed).await;
+                } else if err.is_permanent() {
+                    dead_letter(failed, DeadReason::Permanent).await;
+                } else {
+                    dead_letter(failed, DeadReason::AttemptsExhausted).await;
+                }
             }
         }
+        m.in_progress.dec();
         inner.status.in_flight.fetch_sub(1, Ordering::SeqCst);
         drop(permit);
     }
@@ -590,30 +646,38 @@ async fn run_handler(
     }
 }
 
-async fn retry(
-    inner: &Inner,
-    publisher: &Publisher,
-    delivery: &Delivery,
-    ctx: &TaskContext,
-    err: &TaskError,
-    elapsed_ms: u64,
-) {
+/// One failed attempt being settled: everything retry and dead-lettering
+/// need.
+#[derive(Clone, Copy)]
+struct Failed<'a> {
+    inner: &'a Inner,
+    publisher: &'a Publisher,
+    delivery: &'a Delivery,
+    ctx: &'a TaskContext,
+    err: &'a TaskError,
+    metrics: &'a TaskMetrics,
+    elapsed: Duration,
+}
+
+/// Publishes the task's copy to the next delay queue, then acks the
+/// original; if the copy cannot be published, hands the original back.
+async fn retry(f: Failed<'_>) {
+    let Failed {
+        inner,
+        publisher,
+        delivery,
+        ctx,
+        err,
+        metrics: m,
+        elapsed,
+    } = f;
     let next_attempt = ctx.attempt + 1;
     let Some(rung) = inner
         .topology
         .rung_for(&inner.consumer.retry_delays, next_attempt)
     else {
         // No ladder configured: retrying means dead-lettering.
-        dead_letter(
-            inner,
-            publisher,
-            delivery,
-            ctx,
-            err,
-            DeadReason::AttemptsExhausted,
-            elapsed_ms,
-        )
-        .await;
+        dead_letter(f, DeadReason::AttemptsExhausted).await;
         return;
     };
     let now = Utc::now();
@@ -623,15 +687,17 @@ async fn retry(
     contract::set_str(&mut hdrs, headers::NEXT_ATTEMPT_AT, rfc3339(next_at));
     let props = copy_properties(&delivery.properties, ctx, hdrs);
     match publisher
-        .publish_confirmed("", &rung.queue.name, &delivery.data, props)
+        .publish_for(Purpose::Retry, "", &rung.queue.name, &delivery.data, props)
         .await
     {
         Ok(()) => {
             ack(delivery).await;
+            m.retried(&err.kind);
+            m.duration("retried", elapsed.as_secs_f64());
             warn!(
                 error = %err.message,
                 error_kind = %err.kind,
-                elapsed_ms,
+                elapsed_ms = elapsed.as_millis() as u64,
                 next_attempt,
                 delay_ms = rung.delay.as_millis() as u64,
                 retry_queue = %rung.queue.name,
@@ -646,22 +712,29 @@ async fn retry(
     }
 }
 
-async fn dead_letter(
-    inner: &Inner,
-    publisher: &Publisher,
-    delivery: &Delivery,
-    ctx: &TaskContext,
-    err: &TaskError,
-    reason: DeadReason,
-    elapsed_ms: u64,
-) {
+/// Publishes the task's copy, with the reason, to the parking lot, then
+/// acks the original; if the copy cannot be published, rejects the original
+/// so the queue's own dead-letter exchange parks it.
+async fn dead_letter(f: Failed<'_>, reason: DeadReason) {
+    let Failed {
+        inner,
+        publisher,
+        delivery,
+        ctx,
+        err,
+        metrics: m,
+        elapsed,
+    } = f;
+    m.dead_lettered(&err.kind, reason.as_str());
+    m.duration("dead_lettered", elapsed.as_secs_f64());
     let mut hdrs = failure_headers(inner, delivery, err, Utc::now());
     contract::set_int(&mut hdrs, headers::ATTEMPT, i64::from(ctx.attempt));
     contract::set_str(&mut hdrs, headers::DEAD_REASON, reason.as_str());
     let props = copy_properties(&delivery.properties, ctx, hdrs);
     let dead_queue = &inner.topology.dead_queue.name;
     match publisher
-        .publish_confirmed(
+        .publish_for(
+            Purpose::DeadLetter,
             &inner.topology.dead_exchange,
             &inner.queue,
             &delivery.data,
@@ -675,7 +748,7 @@ async fn dead_letter(
                 error = %err.message,
                 error_kind = %err.kind,
                 dead_reason = reason.as_str(),
-                elapsed_ms,
+                elapsed_ms = elapsed.as_millis() as u64,
                 dead_queue = %dead_queue,
                 "Task dead-lettered."
             );

@@ -164,6 +164,30 @@ impl fmt::Debug for IdempotencySettings {
     }
 }
 
+/// Where the ops endpoints (`/metrics`, `/healthz`, `/readyz`) listen.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSettings {
+    /// `host:port`; port 0 picks a free one (logged at start-up).
+    pub addr: String,
+}
+
+impl OpsSettings {
+    /// All interfaces on `port`: each service has its own default so several
+    /// run side by side on one host.
+    pub fn on_port(port: u16) -> Self {
+        Self {
+            addr: format!("0.0.0.0:{port}"),
+        }
+    }
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        Self::on_port(9400)
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -236,3 +236,55 @@ pub async fn cleanup_namespace(
     let _ = channel.close(200, "cleaned".into()).await;
     Ok(())
 }
+
+impl TestBroker {
+    /// The parking lot of the work queue with stem `stem` (`{ns}.{stem}.dead`).
+    pub fn dead_queue(&self, stem: &str) -> String {
+        self.names.dead_queue(stem)
+    }
+
+    /// Deletes this namespace's queues of the given stems (work queue,
+    /// parking lot, every usual retry rung plus `extra_delays`) and its
+    /// exchanges.
+    pub async fn cleanup_stems(
+        &self,
+        stems: &[&str],
+        extra_delays: &[Duration],
+    ) -> anyhow::Result<()> {
+        cleanup_namespace_stems(&self.connection, &self.names, stems, extra_delays).await
+    }
+}
+
+/// [`cleanup_namespace`] for any queue stems (`image`, ...), not only
+/// `email`.
+pub async fn cleanup_namespace_stems(
+    connection: &Connection,
+    names: &Names,
+    stems: &[&str],
+    extra_delays: &[Duration],
+) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    let mut delays: Vec<Duration> = [
+        100, 200, 250, 300, 500, 1000, 2000, 5000, 30_000, 120_000, 600_000,
+    ]
+    .into_iter()
+    .map(Duration::from_millis)
+    .collect();
+    delays.extend_from_slice(extra_delays);
+    for stem in stems {
+        let mut queues = vec![names.work_queue(stem), names.dead_queue(stem)];
+        queues.extend(delays.iter().map(|d| names.retry_queue(stem, *d)));
+        for q in queues {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    for x in [names.tasks_exchange(), names.dead_exchange()] {
+        let _ = channel
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = channel.close(200, "cleaned".into()).await;
+    Ok(())
+}

@@ -2,5 +2,6 @@
 //! backing services: RabbitMQ, Redis and a real SMTP server over TCP.
 
 pub mod broker;
+pub mod ops;
 pub mod smtp;
 pub mod worker;

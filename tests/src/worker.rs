@@ -183,6 +183,21 @@ impl WorkerProcess {
         }
     }
 
+    /// The ops endpoint's address, from the worker's start-up log line.
+    pub async fn ops_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let lines = self
+            .wait_for_log(
+                "Serving /metrics, /healthz and /readyz.",
+                1,
+                Duration::from_secs(30),
+            )
+            .await?;
+        let addr = lines[0]["fields"]["addr"]
+            .as_str()
+            .context("the ops log line has no addr")?;
+        Ok(addr.parse()?)
+    }
+
     /// Waits until the worker consumes.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         self.wait_for_log("Consuming.", 1, Duration::from_secs(30))
@@ -257,6 +272,8 @@ pub fn email_env(namespace: &str, smtp_port: u16) -> Vec<(&'static str, String)>
             r#"["200ms","300ms"]"#.to_owned(),
         ),
         ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "10s".to_owned()),
+        // Any free port: tests run many workers side by side.
+        ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
     ]
 }
 
@@ -270,4 +287,28 @@ pub fn with(
         env.push((k, (*v).to_owned()));
     }
     env
+}
+
+impl WorkerProcess {
+    /// Starts the image worker with `env` (see [`image_env`]).
+    pub async fn image(env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let path = binary("image-worker", "image-worker")?;
+        Self::start(path, "image-worker", env).await
+    }
+}
+
+/// The settings of an image worker in namespace `namespace`, with its local
+/// store rooted at `store_root`, two image threads and a short retry ladder.
+pub fn image_env(namespace: &str, store_root: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("WARREN_BROKER__NAMESPACE", namespace.to_owned()),
+        ("WARREN_IMAGE__STORE", "local".to_owned()),
+        ("WARREN_IMAGE__LOCAL_ROOT", store_root.display().to_string()),
+        ("WARREN_IMAGE__THREADS", "2".to_owned()),
+        (
+            "WARREN_CONSUMER__RETRY_DELAYS",
+            r#"["200ms","300ms"]"#.to_owned(),
+        ),
+        ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "10s".to_owned()),
+    ]
 }

@@ -337,3 +337,72 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
     sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
     broker.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn readyz_turns_unready_while_the_broker_is_down_and_ready_after() {
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let worker = WorkerProcess::email(&email_env(broker.namespace(), sink.port()))
+        .await
+        .unwrap();
+    worker.wait_ready().await.unwrap();
+    let ops = worker.ops_addr().await.unwrap();
+    let readyz = || async { warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0 };
+    assert_eq!(readyz().await, 200);
+
+    rabbitmqctl(&["stop_app"]);
+    let deadline = Instant::now() + WAIT;
+    let mut status = readyz().await;
+    while status != 503 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = readyz().await;
+    }
+    let (_, metrics) = warren_tests::ops::http_get(ops, "/metrics").await.unwrap();
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    assert_eq!(status, 503, "/readyz must fail while the broker is down");
+    assert_eq!(
+        warren_tests::ops::sample(&metrics, "warren_broker_connected", &[]),
+        0.0
+    );
+
+    let deadline = Instant::now() + WAIT;
+    while readyz().await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never recovered:\n{}",
+            worker.tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = warren_tests::ops::http_get(ops, "/metrics").await.unwrap();
+    assert_eq!(
+        warren_tests::ops::sample(&metrics, "warren_broker_connected", &[]),
+        1.0
+    );
+    assert!(warren_tests::ops::sample(&metrics, "warren_broker_reconnects_total", &[]) >= 1.0);
+    // And it consumes again.
+    let to = rcpt("after-outage");
+    broker_publish_after_restart(&broker, &to).await;
+    sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    let fresh = TestBroker::with_namespace(broker.namespace().to_owned())
+        .await
+        .unwrap();
+    fresh.cleanup().await.unwrap();
+}
+
+async fn broker_publish_after_restart(old: &TestBroker, to: &str) {
+    // The test's own connection died with the broker: publish on a new one.
+    let fresh = TestBroker::with_namespace(old.namespace().to_owned())
+        .await
+        .unwrap();
+    fresh
+        .publish(
+            "email.send",
+            &json!({"to": to, "subject": "back", "text": "b"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+}

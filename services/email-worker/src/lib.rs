@@ -8,6 +8,7 @@
 
 pub mod mailer;
 pub mod message;
+pub mod metrics;
 pub mod settings;
 pub mod template;
 pub mod transport;

@@ -144,7 +144,12 @@ impl Mailer {
             .transport
             .send(&ctx.id, &message, inner.send_timeout)
             .await
-            .map_err(|e| e.into_task_error())?;
+            .map_err(|e| {
+                let err = e.into_task_error();
+                crate::metrics::send_failed(&err.kind);
+                err
+            })?;
+        crate::metrics::sent(transport.as_str());
 
         tracing::info!(
             task_id = %ctx.id,

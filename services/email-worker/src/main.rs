@@ -1,7 +1,10 @@
 //! The email worker: telemetry, settings, build, run until SIGTERM or ctrl-c.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use email_worker::{Mailer, SendEmail, Settings};
+use tokio_util::sync::CancellationToken;
 use warren::runtime::Worker;
 
 #[tokio::main]
@@ -9,6 +12,8 @@ async fn main() -> anyhow::Result<()> {
     let settings: Settings = warren::settings::load().context("Could not load the settings")?;
     warren::telemetry::init(&settings.telemetry, std::io::stdout)
         .context("Could not set up logging")?;
+    warren::metrics::init("email-worker");
+    email_worker::metrics::init();
     let shutdown = warren::shutdown::on_signal();
 
     let mailer =
@@ -30,7 +35,26 @@ async fn main() -> anyhow::Result<()> {
         async move { mailer.send(&ctx, task).await }
     });
 
+    // The ops endpoints outlive the drain, so probes see "not ready" while
+    // in-flight tasks finish and the last scrape sees the final counts.
+    let status = worker.status();
+    let ops_stop = CancellationToken::new();
+    let ops = warren::ops::serve(
+        &settings.ops,
+        Arc::new(move || status.readiness()),
+        ops_stop.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "Could not listen on {} for the ops endpoints",
+            settings.ops.addr
+        )
+    })?;
+
     let result = worker.run(shutdown).await;
     mailer.close().await;
+    ops_stop.cancel();
+    let _ = ops.task.await;
     result.context("The email worker stopped")
 }

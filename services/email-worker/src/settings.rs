@@ -1,5 +1,5 @@
 //! The email worker's settings tree: the shared sections every worker has
-//! (broker, consumer, idempotency, telemetry) plus `[email]` and
+//! (broker, consumer, idempotency, telemetry, ops) plus `[email]` and
 //! `[email.smtp]`.
 //!
 //! Defaults come from [`Default`], then `warren.toml` (or `$WARREN_CONFIG`),
@@ -14,18 +14,37 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use warren::settings::{
-    BrokerSettings, ConsumerSettings, IdempotencySettings, SettingsError, TelemetrySettings,
+    BrokerSettings, ConsumerSettings, IdempotencySettings, OpsSettings, SettingsError,
+    TelemetrySettings,
 };
 
 /// Everything the email worker is configured with.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub broker: BrokerSettings,
     pub consumer: ConsumerSettings,
     pub idempotency: IdempotencySettings,
     pub telemetry: TelemetrySettings,
+    /// `/metrics`, `/healthz`, `/readyz`; port 9401 by default.
+    pub ops: OpsSettings,
     pub email: EmailSettings,
+}
+
+/// The email worker's default ops port.
+pub const DEFAULT_OPS_PORT: u16 = 9401;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            broker: BrokerSettings::default(),
+            consumer: ConsumerSettings::default(),
+            idempotency: IdempotencySettings::default(),
+            telemetry: TelemetrySettings::default(),
+            ops: OpsSettings::on_port(DEFAULT_OPS_PORT),
+            email: EmailSettings::default(),
+        }
+    }
 }
 
 impl Settings {

@@ -1,0 +1,82 @@
+//! The ops endpoints every service serves on a port of its own:
+//! `/metrics` (Prometheus text format), `/healthz` (the process is alive)
+//! and `/readyz` (connected, topology declared, consuming).
+//!
+//! Kept apart from any public API port so probes and scrapes never compete
+//! with user traffic and can be firewalled separately.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::OpsSettings;
+
+/// Answers whether the service is ready, and if not, why.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A running ops server.
+pub struct OpsServer {
+    pub local_addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Binds the ops port and serves until `shutdown` is cancelled. Logs the
+/// bound address (useful with port 0).
+pub async fn serve(
+    settings: &OpsSettings,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<OpsServer> {
+    let listener = TcpListener::bind(&settings.addr).await?;
+    let local_addr = listener.local_addr()?;
+    let app = router(readiness);
+    tracing::info!(addr = %local_addr, "Serving /metrics, /healthz and /readyz.");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "The ops endpoint failed.");
+        }
+    });
+    Ok(OpsServer { local_addr, task })
+}
+
+/// The routes, for services that mount them on a router of their own.
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}

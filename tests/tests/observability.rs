@@ -1,0 +1,180 @@
+//! What ops see: the counters a scrape of `/metrics` shows after known
+//! tasks, accepted by `promtool check metrics`, and the health endpoints.
+//! (`/readyz` across a broker outage lives in `resilience.rs`.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use warren::publisher::PublishOptions;
+use warren_tests::broker::TestBroker;
+use warren_tests::ops::{http_get, sample};
+use warren_tests::smtp::SmtpSink;
+use warren_tests::worker::{WorkerProcess, email_env};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn rcpt(prefix: &str) -> String {
+    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn a_scrape_shows_exactly_the_tasks_processed_and_promtool_accepts_it() {
+    let broker = TestBroker::new().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let worker = WorkerProcess::email(&email_env(broker.namespace(), sink.port()))
+        .await
+        .unwrap();
+    worker.wait_ready().await.unwrap();
+    let ops = worker.ops_addr().await.unwrap();
+
+    // Before any task: the series exist (or are absent, i.e. zero).
+    let (status, before) = http_get(ops, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(sample(&before, "warren_tasks_received_total", &[]), 0.0);
+    assert_eq!(
+        sample(
+            &before,
+            "warren_broker_connected",
+            &[("service", "email-worker")]
+        ),
+        1.0
+    );
+
+    // Three successes, one success after a retry, one dead letter.
+    for _ in 0..3 {
+        let body = json!({"to": rcpt("ok"), "subject": "m", "text": "m"});
+        broker
+            .publish("email.send", &body, PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    let body = json!({"to": rcpt("tempfail451x1"), "subject": "m", "text": "m"});
+    broker
+        .publish("email.send", &body, PublishOptions::default())
+        .await
+        .unwrap();
+    let body = json!({"to": rcpt("reject550"), "subject": "m", "text": "m"});
+    broker
+        .publish("email.send", &body, PublishOptions::default())
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("Task succeeded.", 4, WAIT)
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("Task dead-lettered.", 1, WAIT)
+        .await
+        .unwrap();
+
+    let (_, text) = http_get(ops, "/metrics").await.unwrap();
+    let q = broker.names.work_queue("email");
+    let task = [
+        ("service", "email-worker"),
+        ("queue", q.as_str()),
+        ("task", "email.send"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut l: Vec<(&str, &str)> = task.to_vec();
+        l.extend_from_slice(extra);
+        l
+    };
+    let expect = [
+        ("warren_tasks_received_total", with(&[]), 6.0),
+        ("warren_tasks_succeeded_total", with(&[]), 4.0),
+        (
+            "warren_tasks_retried_total",
+            with(&[("error_kind", "smtp_transient")]),
+            1.0,
+        ),
+        (
+            "warren_tasks_dead_lettered_total",
+            with(&[("error_kind", "smtp_permanent"), ("reason", "permanent")]),
+            1.0,
+        ),
+        ("warren_tasks_duplicates_total", with(&[]), 0.0),
+        ("warren_task_duration_seconds_count", with(&[]), 6.0),
+        (
+            "warren_task_duration_seconds_count",
+            with(&[("outcome", "retried")]),
+            1.0,
+        ),
+        ("warren_task_queue_wait_seconds_count", with(&[]), 6.0),
+        ("warren_tasks_in_progress", vec![("queue", q.as_str())], 0.0),
+        ("warren_emails_sent_total", vec![("transport", "smtp")], 4.0),
+        (
+            "warren_smtp_errors_total",
+            vec![("class", "transient")],
+            1.0,
+        ),
+        (
+            "warren_smtp_errors_total",
+            vec![("class", "permanent")],
+            1.0,
+        ),
+        (
+            "warren_publish_confirms_total",
+            vec![("purpose", "retry"), ("result", "ack")],
+            1.0,
+        ),
+        (
+            "warren_publish_confirms_total",
+            vec![("purpose", "dead_letter"), ("result", "ack")],
+            1.0,
+        ),
+        ("warren_build_info", vec![("service", "email-worker")], 1.0),
+    ];
+    for (name, labels, want) in expect {
+        assert_eq!(
+            sample(&text, name, &labels),
+            want,
+            "{name} {labels:?}\n{text}"
+        );
+    }
+
+    // promtool lints the exposition the way Prometheus ingests it.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian package prometheus) must be installed; scripts/prepare installs it",
+        );
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    broker.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_on_the_ops_port() {
+    let broker = TestBroker::new().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let mut worker = WorkerProcess::email(&email_env(broker.namespace(), sink.port()))
+        .await
+        .unwrap();
+    worker.wait_ready().await.unwrap();
+    let ops = worker.ops_addr().await.unwrap();
+    assert_eq!(http_get(ops, "/healthz").await.unwrap().0, 200);
+    assert_eq!(http_get(ops, "/readyz").await.unwrap().0, 200);
+    assert_eq!(http_get(ops, "/nope").await.unwrap().0, 404);
+    worker.signal("TERM").unwrap();
+    assert!(worker.wait_exit(WAIT).await.unwrap().success());
+    broker.cleanup().await.unwrap();
+}
