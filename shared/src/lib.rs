@@ -16,5 +16,6 @@ pub mod shutdown;
 pub mod task;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 
 pub use task::{Disposition, Outcome, Task, TaskContext, TaskError};

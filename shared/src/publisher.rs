@@ -10,6 +10,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::broker::{ConnectError, connect};
 use crate::contract::{self, CONTENT_TYPE_JSON, MAX_PRIORITY, Names, PERSISTENT};
@@ -135,13 +136,29 @@ impl Publisher {
         if let Some(ttl) = options.expiration {
             properties = properties.with_expiration(ttl.as_millis().to_string().into());
         }
-        self.publish_confirmed(
-            &self.names.tasks_exchange(),
-            task_type,
-            &payload,
-            properties,
-        )
-        .await?;
+        let exchange = self.names.tasks_exchange();
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {exchange}"),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = %exchange,
+            messaging.rabbitmq.destination.routing_key = %task_type,
+            messaging.message.id = %id,
+            messaging.message.body.size = payload.len(),
+        );
+        // A caller that set its own trace context keeps it; otherwise the
+        // task continues the caller's current trace through this span.
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        if !crate::trace::has_context(&headers) {
+            crate::trace::inject_span(&span, &mut headers);
+            properties = properties.with_headers(headers);
+        }
+        self.publish_confirmed(&exchange, task_type, &payload, properties)
+            .instrument(span)
+            .await?;
         Ok(id)
     }
 

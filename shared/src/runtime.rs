@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::broker::{Backoff, ConnectError, connect, worker_identity};
 use crate::contract::{self, DeadReason, Names, PERSISTENT, headers};
@@ -42,6 +43,7 @@ use crate::publisher::{PublishError, Publisher, Purpose};
 use crate::settings::{BrokerSettings, ConsumerSettings};
 use crate::task::{Outcome, Task, TaskContext, TaskError};
 use crate::topology::{Topology, TopologyError};
+use crate::trace;
 
 /// Errors that stop a worker for good. Connection trouble is not among
 /// them: the runtime reconnects until it is told to stop.
@@ -505,14 +507,33 @@ async fn process(
     permit: OwnedSemaphorePermit,
 ) {
     let Meta { ctx, id_assigned } = read_meta(&delivery, inner.consumer.max_attempts());
+    // Span fields follow the OpenTelemetry messaging conventions; the
+    // `task_*` ones are for the logs.
     let span = info_span!(
         "task",
+        otel.name = %format!("process {}", inner.queue),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %inner.queue,
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.message.id = %ctx.id,
+        messaging.message.body.size = delivery.data.len(),
         task_id = %ctx.id,
         task_type = %ctx.task_type,
         attempt = ctx.attempt,
         redelivered = ctx.redelivered,
         queue = %inner.queue,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    // The producer's (or the failed attempt's) span is this one's parent.
+    let _ = span.set_parent(trace::extract(delivery.properties.headers().as_ref()));
+    if let Some((trace_id, span_id)) = trace::ids(&span) {
+        span.record("trace_id", trace_id);
+        span.record("span_id", span_id);
+    }
     async move {
         inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
         let m = metrics::runtime().for_task(&inner.queue, &ctx.task_type);
@@ -798,6 +819,9 @@ fn failure_headers(
     contract::set_str(&mut hdrs, headers::WORKER, inner.identity.as_str());
     contract::set_str(&mut hdrs, headers::ORIGINAL_EXCHANGE, original_exchange);
     contract::set_str(&mut hdrs, headers::ORIGINAL_ROUTING_KEY, original_key);
+    // The next attempt (or whoever replays the parking lot) continues the
+    // trace from this attempt's span.
+    trace::inject_span(&tracing::Span::current(), &mut hdrs);
     hdrs
 }
 

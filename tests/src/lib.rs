@@ -3,5 +3,6 @@
 
 pub mod broker;
 pub mod ops;
+pub mod otlp;
 pub mod smtp;
 pub mod worker;

@@ -178,3 +178,99 @@ async fn health_and_readiness_answer_on_the_ops_port() {
     assert!(worker.wait_exit(WAIT).await.unwrap().success());
     broker.cleanup().await.unwrap();
 }
+
+/// One trace runs producer, queue, worker, retry, worker: the worker's span
+/// is a child of the producer's, and the retried attempt's span a child of
+/// the failed attempt's, all exported over OTLP to a receiver in the test.
+#[tokio::test]
+async fn a_producers_trace_context_reaches_the_worker_and_survives_a_retry() {
+    use warren_tests::otlp::OtlpReceiver;
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let env = warren_tests::worker::with(
+        email_env(broker.namespace(), sink.port()),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_SERVICE_NAME", "email-worker-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let worker = WorkerProcess::email(&env).await.unwrap();
+    worker.wait_ready().await.unwrap();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let producer_span = "00f067aa0ba902b7";
+    let mut headers = lapin::types::FieldTable::default();
+    warren::contract::set_str(
+        &mut headers,
+        "traceparent",
+        format!("00-{trace_id}-{producer_span}-01"),
+    );
+    let body = json!({"to": rcpt("tempfail451x1"), "subject": "traced", "text": "t"});
+    let id = broker
+        .publish(
+            "email.send",
+            &body,
+            PublishOptions {
+                headers,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let done = worker
+        .wait_for_log("Task succeeded.", 1, WAIT)
+        .await
+        .unwrap();
+    // Log lines carry the trace.
+    assert_eq!(done[0]["span"]["trace_id"], trace_id);
+
+    let name = format!("process {}", broker.names.work_queue("email"));
+    let spans = receiver
+        .wait_for(2, WAIT, |s| s.name == name && s.trace_id == trace_id)
+        .await
+        .unwrap();
+    let attempt = |n: &str| {
+        spans
+            .iter()
+            .find(|s| s.attribute("attempt").as_deref() == Some(n))
+            .cloned()
+            .unwrap()
+    };
+    let (first, second) = (attempt("1"), attempt("2"));
+    assert_eq!(
+        first.parent_span_id, producer_span,
+        "the first attempt continues the producer's span"
+    );
+    assert_eq!(
+        second.parent_span_id, first.span_id,
+        "the retry continues the failed attempt's span"
+    );
+    assert_eq!(first.service, "email-worker-under-test");
+    for span in [&first, &second] {
+        assert_eq!(
+            span.attribute("messaging.system").as_deref(),
+            Some("rabbitmq")
+        );
+        assert_eq!(
+            span.attribute("messaging.operation.type").as_deref(),
+            Some("process")
+        );
+        assert_eq!(
+            span.attribute("messaging.message.id").as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            span.attribute("messaging.destination.name"),
+            Some(broker.names.work_queue("email"))
+        );
+    }
+    assert_eq!(
+        second.attribute("messaging.rabbitmq.destination.routing_key"),
+        Some(broker.names.work_queue("email")),
+        "the retry came back through the delay queue"
+    );
+    broker.cleanup().await.unwrap();
+}

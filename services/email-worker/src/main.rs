@@ -10,8 +10,8 @@ use warren::runtime::Worker;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings: Settings = warren::settings::load().context("Could not load the settings")?;
-    warren::telemetry::init(&settings.telemetry, std::io::stdout)
-        .context("Could not set up logging")?;
+    let telemetry = warren::telemetry::init(&settings.telemetry, "email-worker", std::io::stdout)
+        .context("Could not set up logging and tracing")?;
     warren::metrics::init("email-worker");
     email_worker::metrics::init();
     let shutdown = warren::shutdown::on_signal();
@@ -56,5 +56,6 @@ async fn main() -> anyhow::Result<()> {
     mailer.close().await;
     ops_stop.cancel();
     let _ = ops.task.await;
+    telemetry.shutdown().await;
     result.context("The email worker stopped")
 }

@@ -1,0 +1,99 @@
+//! W3C trace context in AMQP headers, so one trace runs producer, queue,
+//! worker, retry, worker.
+//!
+//! Producers inject `traceparent`/`tracestate` into a task's headers; the
+//! runtime extracts them as the parent of the task's span, and injects its
+//! own span into retry and parking-lot copies.
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::contract::{self, headers};
+
+struct HeaderInjector<'a>(&'a mut FieldTable);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0
+            .insert(ShortString::from(key), AMQPValue::LongString(value.into()));
+    }
+}
+
+struct HeaderExtractor<'a>(Option<&'a FieldTable>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.0?.inner().get(key)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|t| t.inner().keys().map(|k| k.as_str()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The trace context a message carries (empty when it carries none).
+pub fn extract(headers: Option<&FieldTable>) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// Writes `span`'s context into `headers` (replacing any previous one);
+/// does nothing when tracing is not set up for the span.
+pub fn inject_span(span: &tracing::Span, table: &mut FieldTable) {
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(table));
+    }
+}
+
+/// Whether the headers already carry a trace context.
+pub fn has_context(table: &FieldTable) -> bool {
+    contract::header_str(Some(table), headers::TRACEPARENT).is_some()
+}
+
+/// The trace and span id of `span`, as hex, when tracing is set up.
+pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_header_round_trips() {
+        let mut t = FieldTable::default();
+        contract::set_str(
+            &mut t,
+            headers::TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let cx = extract(Some(&t));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        let mut out = FieldTable::default();
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut out));
+        assert_eq!(
+            contract::header_str(Some(&out), headers::TRACEPARENT).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert!(!extract(None).span().span_context().is_valid());
+    }
+}
