@@ -89,6 +89,16 @@ impl Names {
         format!("{}.{}", self.namespace, stem)
     }
 
+    /// The topic exchange task lifecycle events go to.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// The stream queue that keeps task events for replay.
+    pub fn events_stream(&self) -> String {
+        format!("{}.events.stream", self.namespace)
+    }
+
     /// The parking lot of a work queue (`warren.email.dead`).
     pub fn dead_queue(&self, stem: &str) -> String {
         format!("{}.{}.dead", self.namespace, stem)

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod contract;
+pub mod events;
 pub mod idempotency;
 pub mod metrics;
 pub mod ops;

@@ -37,6 +37,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::broker::{Backoff, ConnectError, connect, worker_identity};
 use crate::contract::{self, DeadReason, Names, PERSISTENT, headers};
+use crate::events::{EventPublisher, TaskEvent, TaskState};
 use crate::idempotency::{self, IdempotencyStore};
 use crate::metrics::{self, TaskMetrics};
 use crate::publisher::{PublishError, Publisher, Purpose};
@@ -282,6 +283,12 @@ async fn session(
         Err(TopologyError::Broker { source, .. }) => return Err(SessionError::Broker(source)),
     }
     let publisher = Publisher::on(&connection, inner.names.clone()).await?;
+    let events = if inner.consumer.events {
+        Some(EventPublisher::on(&connection, &inner.names).await?)
+    } else {
+        None
+    };
+    let out = Outbound { publisher, events };
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(inner.consumer.prefetch, BasicQosOptions::default())
@@ -327,8 +334,7 @@ async fn session(
         match next {
             Some(Ok(delivery)) => {
                 let inner = inner.clone();
-                let publisher = publisher.clone();
-                tracker.spawn(process(inner, publisher, delivery, permit));
+                tracker.spawn(process(inner, out.clone(), delivery, permit));
             }
             Some(Err(e)) => {
                 drop(permit);
@@ -500,9 +506,25 @@ fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
 
 /// Handles one delivery from start to ack. Never panics, never returns an
 /// error: every path ends in ack, a confirmed copy plus ack, or a hand-back.
+/// What a delivery publishes through: copies (confirmed) and events (fire
+/// and forget).
+#[derive(Clone)]
+struct Outbound {
+    publisher: Publisher,
+    events: Option<EventPublisher>,
+}
+
+impl Outbound {
+    async fn emit(&self, event: Option<TaskEvent>) {
+        if let (Some(events), Some(event)) = (&self.events, event) {
+            events.emit(&event).await;
+        }
+    }
+}
+
 async fn process(
     inner: Arc<Inner>,
-    publisher: Publisher,
+    out: Outbound,
     delivery: Delivery,
     permit: OwnedSemaphorePermit,
 ) {
@@ -545,6 +567,14 @@ async fn process(
         if id_assigned {
             info!("Task arrived without a message_id; assigned one.");
         }
+        let event = |state| {
+            let mut e = TaskEvent::new(&ctx.id, &ctx.task_type, state, ctx.attempt);
+            e.by = Some(inner.identity.clone());
+            e
+        };
+        if inner.handlers.contains_key(ctx.task_type.as_str()) {
+            out.emit(Some(event(TaskState::Running))).await;
+        }
         let started = Instant::now();
         let result = run_handler(&inner, &ctx, &delivery.data).await;
         let elapsed = started.elapsed();
@@ -564,6 +594,9 @@ async fn process(
                 ack(&delivery).await;
                 m.succeeded.inc();
                 m.duration("succeeded", elapsed.as_secs_f64());
+                let mut done = event(TaskState::Succeeded);
+                done.result.clone_from(&outcome.result);
+                out.emit(Some(done)).await;
                 match &outcome.result {
                     Some(result) => info!(elapsed_ms, result = %result, "Task succeeded."),
                     None => info!(elapsed_ms, "Task succeeded."),
@@ -572,20 +605,25 @@ async fn process(
             Err(err) => {
                 let failed = Failed {
                     inner: &inner,
-                    publisher: &publisher,
+                    publisher: &out.publisher,
                     delivery: &delivery,
                     ctx: &ctx,
                     err: &err,
                     metrics: &m,
                     elapsed,
                 };
-                if !err.is_permanent() && ctx.attempt < ctx.max_attempts {
-                    retry(failed).await;
+                let settled = if !err.is_permanent() && ctx.attempt < ctx.max_attempts {
+                    retry(failed).await
                 } else if err.is_permanent() {
-                    dead_letter(failed, DeadReason::Permanent).await;
+                    dead_letter(failed, DeadReason::Permanent).await
                 } else {
-                    dead_letter(failed, DeadReason::AttemptsExhausted).await;
-                }
+                    dead_letter(failed, DeadReason::AttemptsExhausted).await
+                };
+                out.emit(settled.map(|mut e| {
+                    e.by = Some(inner.identity.clone());
+                    e
+                }))
+                .await;
             }
         }
         m.in_progress.dec();
@@ -682,7 +720,8 @@ struct Failed<'a> {
 
 /// Publishes the task's copy to the next delay queue, then acks the
 /// original; if the copy cannot be published, hands the original back.
-async fn retry(f: Failed<'_>) {
+/// Returns the event that tells what happened, if anything was settled.
+async fn retry(f: Failed<'_>) -> Option<TaskEvent> {
     let Failed {
         inner,
         publisher,
@@ -698,8 +737,7 @@ async fn retry(f: Failed<'_>) {
         .rung_for(&inner.consumer.retry_delays, next_attempt)
     else {
         // No ladder configured: retrying means dead-lettering.
-        dead_letter(f, DeadReason::AttemptsExhausted).await;
-        return;
+        return dead_letter(f, DeadReason::AttemptsExhausted).await;
     };
     let now = Utc::now();
     let next_at = now + chrono::Duration::from_std(rung.delay).unwrap_or_default();
@@ -724,11 +762,17 @@ async fn retry(f: Failed<'_>) {
                 retry_queue = %rung.queue.name,
                 "Task failed; it will be retried."
             );
+            let mut e = TaskEvent::new(&ctx.id, &ctx.task_type, TaskState::Retrying, ctx.attempt);
+            e.error_kind = Some(err.kind.to_string());
+            e.error = Some(err.message.clone());
+            e.next_attempt_at = Some(next_at);
+            Some(e)
         }
         Err(e) => {
             // Not copied: give the original back so it is not lost.
             warn!(error = %e, task_error = %err, "Could not publish the retry copy; handing the task back to the queue.");
             nack_requeue(delivery).await;
+            None
         }
     }
 }
@@ -736,7 +780,7 @@ async fn retry(f: Failed<'_>) {
 /// Publishes the task's copy, with the reason, to the parking lot, then
 /// acks the original; if the copy cannot be published, rejects the original
 /// so the queue's own dead-letter exchange parks it.
-async fn dead_letter(f: Failed<'_>, reason: DeadReason) {
+async fn dead_letter(f: Failed<'_>, reason: DeadReason) -> Option<TaskEvent> {
     let Failed {
         inner,
         publisher,
@@ -748,6 +792,15 @@ async fn dead_letter(f: Failed<'_>, reason: DeadReason) {
     } = f;
     m.dead_lettered(&err.kind, reason.as_str());
     m.duration("dead_lettered", elapsed.as_secs_f64());
+    let mut event = TaskEvent::new(
+        &ctx.id,
+        &ctx.task_type,
+        TaskState::DeadLettered,
+        ctx.attempt,
+    );
+    event.error_kind = Some(err.kind.to_string());
+    event.error = Some(err.message.clone());
+    event.reason = Some(reason.as_str().to_owned());
     let mut hdrs = failure_headers(inner, delivery, err, Utc::now());
     contract::set_int(&mut hdrs, headers::ATTEMPT, i64::from(ctx.attempt));
     contract::set_str(&mut hdrs, headers::DEAD_REASON, reason.as_str());
@@ -791,9 +844,11 @@ async fn dead_letter(f: Failed<'_>, reason: DeadReason) {
                 .await
             {
                 warn!(error = %e, "Could not reject the task; the broker will redeliver it.");
+                return None;
             }
         }
     }
+    Some(event)
 }
 
 /// Headers of a failed task's copy: everything it carried (trace context

@@ -89,6 +89,9 @@ pub struct ConsumerSettings {
     /// handed back to the broker.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Emit task lifecycle events (started, retrying, succeeded,
+    /// dead-lettered) to `{ns}.events`, for the gateway's status view.
+    pub events: bool,
 }
 
 impl Default for ConsumerSettings {
@@ -103,6 +106,7 @@ impl Default for ConsumerSettings {
             max_attempts: None,
             task_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(30),
+            events: true,
         }
     }
 }

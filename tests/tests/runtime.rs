@@ -308,3 +308,92 @@ async fn a_task_that_expires_in_the_queue_lands_in_the_parking_lot() {
     }
     broker.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn lifecycle_events_reach_the_stream_in_order() {
+    use futures::StreamExt;
+    use warren::events::{self, StatusView, TaskState};
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let run = start(consumer(2, 4), move |_ctx, task: Ping| {
+        let c = c.clone();
+        async move {
+            if task.n == 7 && c.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(TaskError::retry("flaky", "first try fails"));
+            }
+            Ok(Outcome::with_result(json!({"n": task.n})))
+        }
+    })
+    .await;
+    let names = run.broker.names.clone();
+    events::declare_stream(&run.broker.connection, &names, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let ok = run.publish("rt.ping", 1).await;
+    let flaky = run.publish("rt.ping", 7).await;
+    let bad = run
+        .broker
+        .publish("rt.ping", &json!({"n": "x"}), PublishOptions::default())
+        .await
+        .unwrap();
+
+    let mut stream = Box::pin(
+        events::follow(&run.broker.connection, &names)
+            .await
+            .unwrap(),
+    );
+    let mut view = StatusView::new(100);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let finished = |v: &StatusView| {
+        [&ok, &flaky, &bad]
+            .iter()
+            .all(|id| v.get(id).is_some_and(|s| s.state.is_final()))
+    };
+    while !finished(&view) {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events within the deadline")
+            .expect("the stream goes on")
+            .unwrap();
+        view.apply(next);
+    }
+    let states = |id: &str| {
+        view.events(id)
+            .iter()
+            .map(|e| e.event.state)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(states(&ok), vec![TaskState::Running, TaskState::Succeeded]);
+    assert_eq!(view.get(&ok).unwrap().result, Some(json!({"n": 1})));
+    assert_eq!(
+        states(&flaky),
+        vec![
+            TaskState::Running,
+            TaskState::Retrying,
+            TaskState::Running,
+            TaskState::Succeeded
+        ]
+    );
+    let f = view.get(&flaky).unwrap();
+    assert_eq!(f.attempt, 2);
+    assert_eq!(f.error_kind.as_deref(), Some("flaky"));
+    let b = view.get(&bad).unwrap();
+    assert_eq!(b.state, TaskState::DeadLettered);
+    assert_eq!(b.reason.as_deref(), Some("permanent"));
+    assert_eq!(b.error_kind.as_deref(), Some("invalid_payload"));
+    let channel = run.broker.connection.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(
+            names.events_stream().as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = channel
+        .exchange_delete(
+            names.events_exchange().as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await;
+    run.finish().await;
+}
