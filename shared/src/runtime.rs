@@ -25,7 +25,6 @@ use futures::future::BoxFuture;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
@@ -258,6 +257,8 @@ enum SessionError {
     Publisher(#[from] PublishError),
     #[error("the broker cancelled the consumer (was the queue deleted?)")]
     ConsumerCancelled,
+    #[error("a publish failed on a broken channel")]
+    ChannelBroken,
 }
 
 /// One connection's life: connect, declare, consume until shutdown (then
@@ -288,7 +289,12 @@ async fn session(
     } else {
         None
     };
-    let out = Outbound { publisher, events };
+    let restart = CancellationToken::new();
+    let out = Outbound {
+        publisher,
+        events,
+        restart: restart.clone(),
+    };
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(inner.consumer.prefetch, BasicQosOptions::default())
@@ -329,6 +335,7 @@ async fn session(
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
+            _ = restart.cancelled() => break Err(SessionError::ChannelBroken),
             next = consumer.next() => next,
         };
         match next {
@@ -512,6 +519,8 @@ fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
 struct Outbound {
     publisher: Publisher,
     events: Option<EventPublisher>,
+    /// Cancelled when a publish broke on the channel: the session restarts.
+    restart: CancellationToken,
 }
 
 impl Outbound {
@@ -606,6 +615,7 @@ async fn process(
                 let failed = Failed {
                     inner: &inner,
                     publisher: &out.publisher,
+                    restart: &out.restart,
                     delivery: &delivery,
                     ctx: &ctx,
                     err: &err,
@@ -711,11 +721,23 @@ async fn run_handler(
 struct Failed<'a> {
     inner: &'a Inner,
     publisher: &'a Publisher,
+    restart: &'a CancellationToken,
     delivery: &'a Delivery,
     ctx: &'a TaskContext,
     err: &'a TaskError,
     metrics: &'a TaskMetrics,
     elapsed: Duration,
+}
+
+impl Failed<'_> {
+    /// A copy that failed on a broken channel (closed by a soft error such
+    /// as a deleted exchange, or by a lost connection) asks for a fresh
+    /// session: new channels, topology declared again.
+    fn out_failed(&self, e: &PublishError) {
+        if matches!(e, PublishError::Broker(_)) {
+            self.restart.cancel();
+        }
+    }
 }
 
 /// Publishes the task's copy to the next delay queue, then acks the
@@ -730,6 +752,7 @@ async fn retry(f: Failed<'_>) -> Option<TaskEvent> {
         err,
         metrics: m,
         elapsed,
+        ..
     } = f;
     let next_attempt = ctx.attempt + 1;
     let Some(rung) = inner
@@ -771,6 +794,8 @@ async fn retry(f: Failed<'_>) -> Option<TaskEvent> {
         Err(e) => {
             // Not copied: give the original back so it is not lost.
             warn!(error = %e, task_error = %err, "Could not publish the retry copy; handing the task back to the queue.");
+            f.out_failed(&e);
+            tokio::time::sleep(HAND_BACK_PAUSE).await;
             nack_requeue(delivery).await;
             None
         }
@@ -789,6 +814,7 @@ async fn dead_letter(f: Failed<'_>, reason: DeadReason) -> Option<TaskEvent> {
         err,
         metrics: m,
         elapsed,
+        ..
     } = f;
     m.dead_lettered(&err.kind, reason.as_str());
     m.duration("dead_lettered", elapsed.as_secs_f64());
@@ -828,28 +854,30 @@ async fn dead_letter(f: Failed<'_>, reason: DeadReason) -> Option<TaskEvent> {
             );
         }
         Err(e) => {
-            // The queue's own dead-letter exchange still gets it to the
-            // parking lot, without our reason headers; the reason is in
-            // this log line.
+            // Rejecting would route it through the queue's dead-letter
+            // exchange, but if that is what broke (deleted, blocked) the
+            // broker drops it. Give it back instead, after a pause so a
+            // persistent failure does not spin; the session is restarted
+            // on channel errors, which re-declares the topology.
             error!(
                 error = %err.message,
                 error_kind = %err.kind,
                 publish_error = %e,
                 dead_queue = %dead_queue,
-                "Task dead-lettered by rejection (could not publish the annotated copy)."
+                "Could not publish the task to the parking lot; handing it back to the queue."
             );
-            if let Err(e) = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-            {
-                warn!(error = %e, "Could not reject the task; the broker will redeliver it.");
-                return None;
-            }
+            f.out_failed(&e);
+            tokio::time::sleep(HAND_BACK_PAUSE).await;
+            nack_requeue(delivery).await;
+            return None;
         }
     }
     Some(event)
 }
+
+/// How long a task whose copy could not be published waits before it is
+/// handed back, so a persistent failure does not turn into a hot loop.
+const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
 
 /// Headers of a failed task's copy: everything it carried (trace context
 /// included), plus why and when it failed and who saw it.

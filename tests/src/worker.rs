@@ -22,6 +22,13 @@ pub fn binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
         return Ok(path.clone());
     }
+    // A prebuilt binary directory, for running tests against binaries
+    // built elsewhere (or while another crate of the workspace is broken).
+    if let Some(dir) = std::env::var_os("TEST_BIN_DIR") {
+        let path = PathBuf::from(dir).join(bin);
+        built.push((bin.to_owned(), path.clone()));
+        return Ok(path);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
         // The same targets `cargo test --workspace` builds, so features

@@ -622,3 +622,73 @@ async fn start_up_against_a_conflicting_queue_names_the_argument() {
     }
     broker.cleanup().await.unwrap();
 }
+
+/// An operator deletes Warren's queue and exchange under a running worker:
+/// the consumer is cancelled and the publish channel closed by a soft
+/// error; the worker starts a fresh session, declares everything again,
+/// and a task whose parking-lot copy failed is handed back, not dropped.
+#[tokio::test]
+async fn topology_deleted_under_a_running_worker_is_declared_again() {
+    let s = setup(&[]).await;
+    let channel = s.broker.connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            s.broker.names.work_queue("email").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    s.worker.wait_for_log("Consuming.", 2, WAIT).await.unwrap();
+    let to = rcpt("redeclared");
+    s.broker
+        .publish(
+            "email.send",
+            &json!({"to": to, "subject": "s", "text": "t"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    s.sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+
+    // Now the parking lot's exchange goes away: the dead-letter copy fails.
+    channel
+        .exchange_delete(
+            s.broker.names.dead_exchange().as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let bad = rcpt("reject550");
+    let id = s
+        .broker
+        .publish(
+            "email.send",
+            &json!({"to": bad, "subject": "s", "text": "t"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    let dead = s
+        .broker
+        .take(&s.broker.email_dead_queue(), 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(dead[0].message_id().as_deref(), Some(id.as_str()));
+    assert_eq!(
+        dead[0].header(headers::ERROR_KIND).as_deref(),
+        Some("smtp_permanent")
+    );
+    s.worker
+        .wait_for_log(
+            "Could not publish the task to the parking lot; handing it back to the queue.",
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        s.worker.logs_with_message("Consuming.").len() >= 3,
+        "a fresh session"
+    );
+    s.broker.cleanup().await.unwrap();
+}
