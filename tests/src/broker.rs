@@ -212,29 +212,7 @@ pub async fn cleanup_namespace(
     names: &Names,
     extra_delays: &[Duration],
 ) -> anyhow::Result<()> {
-    let channel = connection.create_channel().await?;
-    let mut delays: Vec<Duration> = [
-        100, 200, 250, 300, 500, 1000, 2000, 5000, 30_000, 120_000, 600_000,
-    ]
-    .into_iter()
-    .map(Duration::from_millis)
-    .collect();
-    delays.extend_from_slice(extra_delays);
-    let mut queues = vec![names.work_queue("email"), names.dead_queue("email")];
-    queues.extend(delays.iter().map(|d| names.retry_queue("email", *d)));
-    for q in queues {
-        // Deleting a queue that does not exist is not an error in 3.x.
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for x in [names.tasks_exchange(), names.dead_exchange()] {
-        let _ = channel
-            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = channel.close(200, "cleaned".into()).await;
-    Ok(())
+    cleanup_namespace_stems(connection, names, &["email"], extra_delays).await
 }
 
 impl TestBroker {
@@ -280,7 +258,18 @@ pub async fn cleanup_namespace_stems(
                 .await;
         }
     }
-    for x in [names.tasks_exchange(), names.dead_exchange()] {
+    // Workers declare the events exchange; a gateway, the events stream.
+    let _ = channel
+        .queue_delete(
+            names.events_stream().as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    for x in [
+        names.tasks_exchange(),
+        names.dead_exchange(),
+        names.events_exchange(),
+    ] {
         let _ = channel
             .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
             .await;
