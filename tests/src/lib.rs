@@ -4,5 +4,6 @@
 pub mod broker;
 pub mod ops;
 pub mod otlp;
+pub mod prometheus;
 pub mod smtp;
 pub mod worker;

@@ -319,3 +319,54 @@ pub fn image_env(namespace: &str, store_root: &std::path::Path) -> Vec<(&'static
         ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "10s".to_owned()),
     ]
 }
+
+impl WorkerProcess {
+    /// Starts the gateway with `env` (see [`gateway_env`]).
+    pub async fn gateway(env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let path = binary("gateway", "gateway")?;
+        Self::start(path, "gateway", env).await
+    }
+
+    /// The gateway's HTTP API address, from its start-up log line.
+    pub async fn http_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let lines = self
+            .wait_for_log("Serving the HTTP API.", 1, Duration::from_secs(30))
+            .await?;
+        let addr = lines[0]["fields"]["addr"]
+            .as_str()
+            .context("the HTTP API log line has no addr")?;
+        Ok(addr.parse()?)
+    }
+
+    /// Waits until the gateway has read the events stream up to now (it is
+    /// ready from then on).
+    pub async fn wait_caught_up(&self) -> anyhow::Result<()> {
+        self.wait_for_log(
+            "Caught up with the task events.",
+            1,
+            Duration::from_secs(30),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The settings of a gateway in namespace `namespace`: any free ports, the
+/// image store at `store_root` (the image worker's), and the workers'
+/// short test ladder of [`email_env`] and [`image_env`] for delays.
+pub fn gateway_env(namespace: &str, store_root: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("WARREN_BROKER__NAMESPACE", namespace.to_owned()),
+        ("WARREN_HTTP__ADDR", "127.0.0.1:0".to_owned()),
+        ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ("WARREN_IMAGE__STORE", "local".to_owned()),
+        ("WARREN_IMAGE__LOCAL_ROOT", store_root.display().to_string()),
+        (
+            "WARREN_TASKS__RETRY_DELAYS",
+            r#"["200ms","300ms"]"#.to_owned(),
+        ),
+        // Short enough for tests to see an unknown task's 404.
+        ("WARREN_EVENTS__UNKNOWN_WAIT", "1s".to_owned()),
+        ("WARREN_EVENTS__RETENTION", "1h".to_owned()),
+    ]
+}

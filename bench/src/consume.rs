@@ -1,0 +1,215 @@
+//! Section 1: N no-op tasks through Warren's runtime against a bare lapin
+//! consumer, same queue, prefetch and concurrency, alternating per round.
+//!
+//! Warren runs as a production worker does by default (`Variant::Defaults`):
+//! the in-process idempotency store, task lifecycle events, metrics, spans
+//! and a JSON log line per task. Two leaner variants show what the optional
+//! features cost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use warren::settings::ConsumerSettings;
+
+use crate::bare::{BareConsumer, Progress};
+use crate::broker::BenchBroker;
+use crate::config::Config;
+use crate::report::{Report, at_least, thousands};
+use crate::stats::{median, ratio, round};
+use crate::task::{BINDING, STEM, pad_for};
+use crate::warren_side::{InProcess, Options, noop};
+
+/// How long one consume run may take before the bench gives up.
+pub fn budget(n: usize) -> Duration {
+    Duration::from_secs(60 + n as u64 / 200)
+}
+
+/// Which of Warren's optional per-task features are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The defaults: idempotency store (memory) and task events on.
+    Defaults,
+    /// Task events off (`consumer.events = false`).
+    EventsOff,
+    /// Task events and the idempotency store off: the runtime's floor.
+    Lean,
+}
+
+impl Variant {
+    pub fn key(self) -> &'static str {
+        match self {
+            Variant::Defaults => "warren",
+            Variant::EventsOff => "warren_events_off",
+            Variant::Lean => "warren_events_and_idempotency_off",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Defaults => "Warren defaults",
+            Variant::EventsOff => "events off",
+            Variant::Lean => "events + idempotency off",
+        }
+    }
+
+    pub fn idempotency(self) -> bool {
+        self != Variant::Lean
+    }
+
+    pub fn events(self) -> bool {
+        self == Variant::Defaults
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Warren(Variant),
+    Bare,
+}
+
+impl Contender {
+    fn key(self) -> &'static str {
+        match self {
+            Contender::Warren(v) => v.key(),
+            Contender::Bare => "bare_lapin",
+        }
+    }
+}
+
+/// Warren's options for a bench worker on the `bench` queue.
+pub fn options(cfg: &Config, variant: Variant) -> Options {
+    Options {
+        stem: STEM.to_owned(),
+        binding_keys: vec![BINDING.to_owned()],
+        prefetch: cfg.prefetch,
+        concurrency: cfg.concurrency,
+        retry_delays: ConsumerSettings::default().retry_delays,
+        idempotency: variant.idempotency(),
+        events: variant.events(),
+    }
+}
+
+/// One Warren consume run over a freshly filled queue: msg/s from the
+/// first handler start to the last ack.
+pub async fn warren_once(
+    cfg: &Config,
+    bench: &BenchBroker,
+    pad: &str,
+    variant: Variant,
+) -> anyhow::Result<f64> {
+    bench.purge(STEM).await?;
+    bench.prefill(STEM, cfg.n, pad).await?;
+    let worker = InProcess::start(bench, &options(cfg, variant), cfg.n, noop());
+    let done = worker.wait_done(budget(cfg.n)).await;
+    worker.stop().await?;
+    let (first, end) = done?;
+    Ok(cfg.n as f64 / (end - first).as_secs_f64())
+}
+
+/// One bare consume run over a freshly filled queue: msg/s from the first
+/// delivery to the last ack.
+pub async fn bare_once(cfg: &Config, bench: &BenchBroker, pad: &str) -> anyhow::Result<f64> {
+    bench.purge(STEM).await?;
+    bench.prefill(STEM, cfg.n, pad).await?;
+    let consumer = BareConsumer {
+        url: bench.url.clone(),
+        queue: bench.queue(STEM),
+        prefetch: cfg.prefetch,
+        concurrency: cfg.concurrency,
+    };
+    let progress = Arc::new(Progress::default());
+    tokio::time::timeout(
+        budget(cfg.n),
+        consumer.run(
+            Some(cfg.n),
+            CancellationToken::new(),
+            Arc::new(|_| {}),
+            progress.clone(),
+            None,
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the bare consumer did not finish in time"))??;
+    let (first, end) = progress
+        .span()
+        .ok_or_else(|| anyhow::anyhow!("the bare consumer consumed nothing"))?;
+    Ok(cfg.n as f64 / (end - first).as_secs_f64())
+}
+
+pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyhow::Result<()> {
+    let pad = pad_for(cfg.size);
+    let variants = [Variant::Defaults, Variant::EventsOff, Variant::Lean];
+    let contenders = [
+        Contender::Warren(Variant::Defaults),
+        Contender::Bare,
+        Contender::Warren(Variant::EventsOff),
+        Contender::Warren(Variant::Lean),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for r in 0..cfg.rounds {
+        // Rotate the order each round, so no contender always runs first
+        // (or right after the broker's busiest moment).
+        for k in 0..contenders.len() {
+            let i = (k + r) % contenders.len();
+            let rate = match contenders[i] {
+                Contender::Warren(v) => warren_once(cfg, bench, &pad, v).await?,
+                Contender::Bare => bare_once(cfg, bench, &pad).await?,
+            };
+            report.note(format!(
+                "consume round {}/{}: {} {} msg/s",
+                r + 1,
+                cfg.rounds,
+                contenders[i].key(),
+                thousands(rate)
+            ));
+            rates[i].push(rate);
+        }
+    }
+    bench.purge(STEM).await?;
+    let median_of = |c: Contender| {
+        contenders
+            .iter()
+            .position(|x| *x == c)
+            .map(|i| median(&rates[i]))
+            .unwrap_or(f64::NAN)
+    };
+    let bare = median_of(Contender::Bare);
+    let mut section = serde_json::Map::new();
+    for (i, c) in contenders.iter().enumerate() {
+        section.insert(
+            c.key().to_owned(),
+            json!({
+                "rates_msg_per_s": rates[i].iter().map(|x| round(*x, 1)).collect::<Vec<_>>(),
+                "median_msg_per_s": round(median(&rates[i]), 1),
+            }),
+        );
+    }
+    let label = format!("msg/s, median of {}", cfg.rounds);
+    for v in variants {
+        let w = median_of(Contender::Warren(v));
+        let r = ratio(w, bare);
+        section.insert(format!("ratio_{}_to_bare", v.key()), json!(round(r, 4)));
+        let (target, met) = if v == Variant::Defaults {
+            (">= 0.90", at_least(r, 0.9))
+        } else {
+            ("", None)
+        };
+        report.row(
+            "consume",
+            format!("{label} ({})", v.label()),
+            thousands(w),
+            thousands(bare),
+            Some(r),
+            target,
+            met,
+        );
+    }
+    section.insert("target_ratio".to_owned(), json!(0.9));
+    section.insert("prefetch".to_owned(), json!(cfg.prefetch));
+    section.insert("concurrency".to_owned(), json!(cfg.concurrency));
+    section.insert("body_bytes".to_owned(), json!(cfg.size));
+    report.sections.insert("consume".to_owned(), section.into());
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Section 2: Warren's confirmed producer against a bare lapin confirmed
+//! producer: same N, body, properties and publishes in flight, each
+//! publish waiting for its own confirm (as a request handler publishing a
+//! task does), alternating per round.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+use tokio::task::JoinSet;
+use warren::publisher::{PublishOptions, Publisher};
+
+use crate::bare::BarePublisher;
+use crate::broker::BenchBroker;
+use crate::config::Config;
+use crate::report::{Report, at_least, thousands};
+use crate::stats::{median, ratio, round};
+use crate::task::{BenchBody, STEM, TASK_TYPE, pad_for};
+use crate::warren_side::init_telemetry;
+
+async fn warren_once(cfg: &Config, bench: &BenchBroker, pad: &Arc<str>) -> anyhow::Result<f64> {
+    init_telemetry();
+    let connection = warren::broker::connect(&bench.settings(), "warren-bench-producer").await?;
+    let publisher = Publisher::on(&connection, bench.names.clone()).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let n = cfg.n;
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..cfg.publish_concurrency.max(1) {
+        let publisher = publisher.clone();
+        let next = next.clone();
+        let pad = pad.clone();
+        set.spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= n {
+                    return anyhow::Ok(());
+                }
+                let body = BenchBody {
+                    seq: seq as u64,
+                    sent_at_us: 0,
+                    pad: &pad,
+                };
+                publisher
+                    .publish_task(TASK_TYPE, &body, PublishOptions::default())
+                    .await?;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let elapsed = start.elapsed();
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+async fn bare_once(cfg: &Config, bench: &BenchBroker, pad: &Arc<str>) -> anyhow::Result<f64> {
+    let publisher =
+        Arc::new(BarePublisher::connect(&bench.url, &bench.names.tasks_exchange()).await?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let n = cfg.n;
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..cfg.publish_concurrency.max(1) {
+        let publisher = publisher.clone();
+        let next = next.clone();
+        let pad = pad.clone();
+        set.spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= n {
+                    return anyhow::Ok(());
+                }
+                let body = BenchBody {
+                    seq: seq as u64,
+                    sent_at_us: 0,
+                    pad: &pad,
+                };
+                publisher.publish(&body).await?;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let elapsed = start.elapsed();
+    publisher.close().await;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyhow::Result<()> {
+    let pad: Arc<str> = pad_for(cfg.size).into();
+    let mut warren = Vec::new();
+    let mut bare = Vec::new();
+    for r in 0..cfg.rounds {
+        for k in 0..2 {
+            bench.purge(STEM).await?;
+            if (k + r) % 2 == 0 {
+                let rate = warren_once(cfg, bench, &pad).await?;
+                report.note(format!(
+                    "publish round {}/{}: warren {} msg/s",
+                    r + 1,
+                    cfg.rounds,
+                    thousands(rate)
+                ));
+                warren.push(rate);
+            } else {
+                let rate = bare_once(cfg, bench, &pad).await?;
+                report.note(format!(
+                    "publish round {}/{}: bare_lapin {} msg/s",
+                    r + 1,
+                    cfg.rounds,
+                    thousands(rate)
+                ));
+                bare.push(rate);
+            }
+        }
+    }
+    bench.purge(STEM).await?;
+    let (w, b) = (median(&warren), median(&bare));
+    let r = ratio(w, b);
+    report.sections.insert(
+        "publish".to_owned(),
+        json!({
+            "warren": { "rates_msg_per_s": warren.iter().map(|x| round(*x, 1)).collect::<Vec<_>>(), "median_msg_per_s": round(w, 1) },
+            "bare_lapin": { "rates_msg_per_s": bare.iter().map(|x| round(*x, 1)).collect::<Vec<_>>(), "median_msg_per_s": round(b, 1) },
+            "ratio_warren_to_bare": round(r, 4),
+            "target_ratio": 0.9,
+            "publishes_in_flight": cfg.publish_concurrency,
+            "body_bytes": cfg.size,
+        }),
+    );
+    report.row(
+        "publish",
+        format!("confirmed msg/s, median of {}", cfg.rounds),
+        thousands(w),
+        thousands(b),
+        Some(r),
+        ">= 0.90",
+        at_least(r, 0.9),
+    );
+    Ok(())
+}
