@@ -312,6 +312,8 @@ pub fn image_env(namespace: &str, store_root: &std::path::Path) -> Vec<(&'static
         ("WARREN_IMAGE__STORE", "local".to_owned()),
         ("WARREN_IMAGE__LOCAL_ROOT", store_root.display().to_string()),
         ("WARREN_IMAGE__THREADS", "2".to_owned()),
+        // Any free port: tests run many workers side by side.
+        ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
         (
             "WARREN_CONSUMER__RETRY_DELAYS",
             r#"["200ms","300ms"]"#.to_owned(),

@@ -377,6 +377,48 @@ async fn exif_orientation_is_honoured_and_two_outputs_share_one_decode() {
         .collect();
     assert_eq!(decodes.len(), 1, "{decodes:?}");
     assert_eq!(decodes[0]["fields"]["outputs"], 2);
+
+    // The ops port counts what was done: 400x200 source pixels, and the
+    // bytes of both outputs by format.
+    let ops = s.worker.ops_addr().await.expect("ops address");
+    let (status, metrics) = warren_tests::ops::http_get(ops, "/metrics")
+        .await
+        .expect("scrape");
+    assert_eq!(status, 200);
+    use warren_tests::ops::sample;
+    assert_eq!(
+        sample(&metrics, "warren_image_pixels_processed_total", &[]),
+        80_000.0
+    );
+    let written = |format| {
+        let key = result["outputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["format"] == format)
+            .and_then(|o| o["bytes"].as_f64())
+            .unwrap_or(-1.0);
+        (
+            sample(
+                &metrics,
+                "warren_image_bytes_written_total",
+                &[("format", format)],
+            ),
+            key,
+        )
+    };
+    for format in ["png", "jpeg"] {
+        let (counted, reported) = written(format);
+        assert_eq!(counted, reported, "{format} bytes written");
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "warren_tasks_succeeded_total",
+            &[("service", "image-worker")]
+        ),
+        1.0
+    );
     s.cleanup().await;
 }
 

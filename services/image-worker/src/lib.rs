@@ -13,6 +13,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod key;
+pub mod metrics;
 pub mod pipeline;
 pub mod pool;
 pub mod settings;

@@ -1,7 +1,10 @@
 //! The image worker: telemetry, settings, build, run until SIGTERM or ctrl-c.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use image_worker::{Settings, ThumbnailTask, Thumbnailer};
+use tokio_util::sync::CancellationToken;
 use warren::runtime::Worker;
 
 #[tokio::main]
@@ -9,6 +12,8 @@ async fn main() -> anyhow::Result<()> {
     let settings: Settings = warren::settings::load().context("Could not load the settings")?;
     let telemetry = warren::telemetry::init(&settings.telemetry, "image-worker", std::io::stdout)
         .context("Could not set up logging and tracing")?;
+    warren::metrics::init("image-worker");
+    image_worker::metrics::init();
     let shutdown = warren::shutdown::on_signal();
 
     let thumbnailer = Thumbnailer::from_settings(&settings.image)
@@ -35,7 +40,26 @@ async fn main() -> anyhow::Result<()> {
         async move { thumbnailer.thumbnail(&ctx, task).await }
     });
 
+    // The ops endpoints outlive the drain, so probes see "not ready" while
+    // in-flight tasks finish and the last scrape sees the final counts.
+    let status = worker.status();
+    let ops_stop = CancellationToken::new();
+    let ops = warren::ops::serve(
+        &settings.ops,
+        Arc::new(move || status.readiness()),
+        ops_stop.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "Could not listen on {} for the ops endpoints",
+            settings.ops.addr
+        )
+    })?;
+
     let result = worker.run(shutdown).await;
+    ops_stop.cancel();
+    let _ = ops.task.await;
     telemetry.shutdown().await;
     result.context("The image worker stopped")
 }

@@ -18,14 +18,32 @@ use warren::settings::{
 };
 
 /// Everything the image worker is configured with.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub broker: BrokerSettings,
     pub consumer: ConsumerSettings,
     pub idempotency: IdempotencySettings,
     pub telemetry: TelemetrySettings,
+    /// `/metrics`, `/healthz`, `/readyz`; port 9402 by default.
+    pub ops: warren::settings::OpsSettings,
     pub image: ImageSettings,
+}
+
+/// The image worker's default ops port.
+pub const DEFAULT_OPS_PORT: u16 = 9402;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            broker: BrokerSettings::default(),
+            consumer: ConsumerSettings::default(),
+            idempotency: IdempotencySettings::default(),
+            telemetry: TelemetrySettings::default(),
+            ops: warren::settings::OpsSettings::on_port(DEFAULT_OPS_PORT),
+            image: ImageSettings::default(),
+        }
+    }
 }
 
 impl Settings {

@@ -110,6 +110,7 @@ impl Thumbnailer {
             .run(move || pipeline::render(&bytes, &outputs, background, limits))
             .await?;
         let Rendered { source, outputs } = rendered;
+        crate::metrics::pixels(source.width, source.height);
         tracing::info!(
             task_id = %ctx.id,
             format = source.format.as_str(),
@@ -130,6 +131,7 @@ impl Thumbnailer {
                 .store
                 .put(&output.key, output.bytes, output.format.content_type())
                 .await?;
+            crate::metrics::bytes_written(output.format.as_str(), bytes);
             written.push(json!({
                 "key": output.key.as_str(),
                 "format": output.format.as_str(),
