@@ -72,6 +72,10 @@ impl TestBroker {
     }
 
     pub async fn with_namespace(namespace: String) -> anyhow::Result<Self> {
+        // Build the worker binaries first: the build blocks this thread,
+        // and a broker connection opened before it could miss heartbeats
+        // and be dropped while cargo runs.
+        crate::worker::binary("email-worker", "email-worker")?;
         let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
             .context("RabbitMQ must run on 127.0.0.1:5672 (guest/guest); scripts/test starts it")?;

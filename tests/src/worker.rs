@@ -31,14 +31,18 @@ pub fn binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
-        // The same targets `cargo test --workspace` builds, so features
+        // The targets `cargo test --workspace` builds (not the benches, which
+        // would compile everything again in release mode), so features
         // unify the same way and nothing is rebuilt between the two.
         .args([
             "build",
             "--quiet",
             "--message-format=json",
             "--workspace",
-            "--all-targets",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--examples",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
