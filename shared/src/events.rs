@@ -335,16 +335,43 @@ impl StatusView {
         }
     }
 
-    /// Applies one event; events at or before the last applied offset are
-    /// ignored, so replaying is harmless.
-    pub fn apply(&mut self, streamed: StreamedEvent) {
+    /// Applies one event and returns whether it was new: events at or
+    /// before the last applied offset are ignored, so replaying is harmless.
+    ///
+    /// A `queued` event older than the task's latest event is history
+    /// only. The gateway emits `queued` once the broker has confirmed the
+    /// task, on another connection than the worker's `running`, so it can
+    /// reach the stream after `running` or even `succeeded`; its timestamp
+    /// is taken before the publish. Such a late event supplies `queued_at`
+    /// and takes its place in the task's history by time, but does not
+    /// turn a running or finished task back into `queued`. A `queued`
+    /// event newer than everything else (a replay from the parking lot, a
+    /// task published again with the same id) does.
+    pub fn apply(&mut self, streamed: StreamedEvent) -> bool {
         if let Some(last) = self.last_offset
             && streamed.offset <= last
             && streamed.offset != 0
         {
-            return;
+            return false;
         }
         self.last_offset = Some(streamed.offset);
+        if streamed.event.state == TaskState::Queued
+            && let Some(entry) = self.tasks.get_mut(&streamed.event.task_id)
+            && streamed.event.at < entry.status.updated_at
+        {
+            let at = streamed.event.at;
+            let queued_at = entry.status.queued_at.get_or_insert(at);
+            *queued_at = (*queued_at).min(at);
+            if entry.events.len() < MAX_EVENTS_PER_TASK {
+                let position = entry
+                    .events
+                    .iter()
+                    .position(|e| e.event.at > at)
+                    .unwrap_or(entry.events.len());
+                entry.events.insert(position, streamed);
+            }
+            return true;
+        }
         let e = &streamed.event;
         let touched = streamed.offset;
         let entry = self
@@ -410,6 +437,7 @@ impl StatusView {
         entry.touched = touched;
         self.order.push_back((e.task_id.clone(), touched));
         self.evict();
+        true
     }
 
     fn evict(&mut self) {
@@ -494,6 +522,37 @@ mod tests {
         v.apply(ev(3, "a", TaskState::Retrying, 1));
         assert_eq!(v.events("a").len(), 6);
         assert!(v.get("unknown").is_none());
+    }
+
+    #[test]
+    fn a_late_queued_event_is_history_only() {
+        let at = |offset: u64, state, when| {
+            let mut e = ev(offset, "a", state, 1);
+            e.event.at = when;
+            e
+        };
+        let t0 = Utc::now();
+        let later = t0 + chrono::Duration::milliseconds(5);
+        let mut v = StatusView::new(10);
+        assert!(v.apply(at(1, TaskState::Running, later)));
+        assert!(v.apply(at(2, TaskState::Succeeded, later)));
+        // The producer's `queued`, stamped before the publish, arrives last.
+        assert!(v.apply(at(3, TaskState::Queued, t0)));
+        let s = v.get("a").unwrap();
+        assert_eq!(s.state, TaskState::Succeeded);
+        assert_eq!(s.queued_at, Some(t0));
+        assert!(s.finished_at.is_some());
+        let order: Vec<_> = v.events("a").iter().map(|e| e.offset).collect();
+        assert_eq!(order, vec![3, 1, 2], "queued first, in lifecycle order");
+        // Queued anew later (a replay from the parking lot) does count.
+        let replayed = later + chrono::Duration::seconds(1);
+        assert!(v.apply(at(4, TaskState::Queued, replayed)));
+        let s = v.get("a").unwrap();
+        assert_eq!((s.state, s.queued_at), (TaskState::Queued, Some(replayed)));
+        assert!(s.finished_at.is_none());
+        // A replay of an old offset changes nothing.
+        assert!(!v.apply(at(3, TaskState::Queued, t0)));
+        assert_eq!(v.events("a").len(), 4);
     }
 
     #[test]
