@@ -30,21 +30,26 @@ const MAX_VERBATIM_ID_LEN: usize = 128;
 ///
 /// `to`, `cc` and `bcc` take a single mailbox string or an array of them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendEmail {
+    /// One or more RFC 5322 mailboxes: `a@x.org` or `Name <a@x.org>`.
     #[serde(deserialize_with = "one_or_many")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::recipients))]
     pub to: Vec<String>,
     #[serde(
         default,
         deserialize_with = "one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::recipients))]
     pub cc: Vec<String>,
     #[serde(
         default,
         deserialize_with = "one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::recipients))]
     pub bcc: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
@@ -58,7 +63,9 @@ pub struct SendEmail {
     pub html: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// The template's variables; only with `template`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub variables: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<AttachmentSpec>,
@@ -70,6 +77,7 @@ impl Task for SendEmail {
 
 /// One attachment, as published.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentSpec {
     pub filename: String,
@@ -77,6 +85,28 @@ pub struct AttachmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     pub content_base64: String,
+}
+
+/// OpenAPI schemas the derive cannot infer (the `openapi` feature).
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+
+    /// `to`, `cc`, `bcc`: one mailbox, or an array of them.
+    pub fn recipients() -> Schema {
+        let mailbox = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("An RFC 5322 mailbox: `a@x.org` or `Name <a@x.org>`."))
+        };
+        Schema::OneOf(
+            OneOfBuilder::new()
+                .item(mailbox())
+                .item(ArrayBuilder::new().items(mailbox()))
+                .description(Some("One mailbox, or an array of mailboxes."))
+                .build(),
+        )
+    }
 }
 
 /// Accepts `"a@x.org"`, `["a@x.org", "b@x.org"]` or `null`.

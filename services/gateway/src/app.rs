@@ -1,0 +1,196 @@
+//! Building the gateway from its settings and running it until shutdown:
+//! the broker link (publishing, and the events stream followed into the
+//! status view) and the HTTP API.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use email_worker::message::EmailAddress;
+use image_worker::thumbnailer::{ThumbnailerError, policy};
+use image_worker::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warren::broker::worker_identity;
+use warren::contract::Names;
+use warren::ops::Readiness;
+
+use crate::api::{self, AppInner, AppState, Limits};
+use crate::broker::{Broker, SessionError};
+use crate::enqueue::Checks;
+use crate::settings::Settings;
+use crate::status::Tracker;
+
+/// The sender the email checks assume when a task names none; only its
+/// validity matters (the worker applies its own `email.default_from`).
+const PLACEHOLDER_FROM: &str = "Warren <warren@localhost>";
+/// How long in-flight requests may take to finish after shutdown began.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Start-up and run errors.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Image(#[from] ThumbnailerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not listen on {addr} for the HTTP API: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Broker(#[from] SessionError),
+}
+
+/// A gateway ready to run.
+pub struct Gateway {
+    settings: Settings,
+    broker: Arc<Broker>,
+    tracker: Arc<Tracker>,
+    store: Store,
+    checks: Checks,
+}
+
+impl Gateway {
+    /// Checks the settings and opens the image store; connects nothing yet.
+    pub fn build(settings: Settings) -> Result<Self, GatewayError> {
+        let image = policy(&settings.image)?;
+        let store = Store::from_settings(&settings.image)?;
+        let default_from = EmailAddress::parse("default_from", PLACEHOLDER_FROM)
+            .unwrap_or_else(|e| unreachable!("the placeholder sender is valid: {e}"));
+        let mut retry_delays = settings.tasks.retry_delays.clone();
+        retry_delays.sort();
+        retry_delays.dedup();
+        let checks = Checks {
+            default_from,
+            max_attachment_bytes: settings.email.max_attachment_bytes,
+            image,
+            retry_delays,
+        };
+        let names = Names::new(&settings.broker.namespace);
+        let broker = Arc::new(Broker::new(names, worker_identity("gateway")));
+        let tracker = Arc::new(Tracker::new(settings.events.max_tracked_tasks));
+        Ok(Self {
+            settings,
+            broker,
+            tracker,
+            store,
+            checks,
+        })
+    }
+
+    /// Ready once connected, the events stream declared, and the view
+    /// caught up with what the stream held.
+    pub fn readiness(&self) -> Readiness {
+        let broker = self.broker.clone();
+        let tracker = self.tracker.clone();
+        Arc::new(move || {
+            if !broker.is_connected() {
+                Err("not connected to the broker".to_owned())
+            } else if !tracker.is_stream_declared() {
+                Err("the events stream is not declared yet".to_owned())
+            } else if !tracker.is_caught_up() {
+                Err("still reading the events stream".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests
+    /// finish (open SSE streams end at once).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let Self {
+            settings,
+            broker,
+            tracker,
+            store,
+            checks,
+        } = self;
+        let listener = TcpListener::bind(&settings.http.addr)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: settings.http.addr.clone(),
+                source,
+            })?;
+        let addr: SocketAddr = listener.local_addr().map_err(GatewayError::Serve)?;
+        let max_upload_bytes = settings
+            .http
+            .max_upload_bytes
+            .min(usize::try_from(settings.image.max_source_bytes).unwrap_or(usize::MAX));
+        let state = AppState::new(AppInner {
+            broker: broker.clone(),
+            tracker: tracker.clone(),
+            checks,
+            store,
+            limits: Limits {
+                max_body_bytes: settings.http.max_body_bytes,
+                max_upload_bytes,
+                request_timeout: settings.http.request_timeout,
+                unknown_wait: settings.events.unknown_wait,
+                keep_alive: settings.events.keep_alive,
+            },
+            shutdown: shutdown.clone(),
+        });
+        tracing::info!(
+            identity = %broker.identity(),
+            namespace = %settings.broker.namespace,
+            broker = %settings.broker.redacted_url(),
+            retention = %humantime::format_duration(settings.events.retention),
+            max_tracked_tasks = settings.events.max_tracked_tasks,
+            "Gateway starting."
+        );
+        let following = {
+            let broker = broker.clone();
+            let broker_settings = settings.broker.clone();
+            let retention = settings.events.retention;
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let result = broker
+                    .run(broker_settings, retention, tracker, shutdown.clone())
+                    .await;
+                // What reconnecting cannot fix stops the gateway.
+                if result.is_err() {
+                    shutdown.cancel();
+                }
+                result
+            })
+        };
+
+        tracing::info!(addr = %addr, "Serving the HTTP API.");
+        let server = tokio::spawn(
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        shutdown.cancelled().await;
+        // Stop accepting; let in-flight requests finish, within a bound.
+        let abort = server.abort_handle();
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+            Ok(Ok(served)) => served.map_err(GatewayError::Serve),
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "The HTTP server ended abnormally.");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!("Requests still running after the drain timeout were cut off.");
+                abort.abort();
+                Ok(())
+            }
+        };
+        let followed = match following.await {
+            Ok(result) => result.map_err(GatewayError::from),
+            Err(join) => {
+                tracing::error!(error = %join, "The broker task ended abnormally.");
+                Ok(())
+            }
+        };
+        tracing::info!("Gateway stopped.");
+        followed.and(served)
+    }
+}

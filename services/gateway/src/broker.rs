@@ -1,0 +1,282 @@
+//! The gateway's link to RabbitMQ: two connections, reconnected as one.
+//!
+//! One publishes (tasks with confirms and `mandatory`, and the `queued`
+//! events); the other declares the events stream and follows it into the
+//! [`Tracker`]. Kept apart because RabbitMQ throttles a publishing
+//! connection under a resource alarm, and the status view must keep
+//! reading then. When either is lost beyond lapin's own recovery, both are
+//! dropped and opened again with backoff; the stream is then read from its
+//! first offset again, and the view skips what it already holds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::ExchangeDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use lapin::{Connection, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+use warren::broker::{Backoff, ConnectError, connect};
+use warren::contract::Names;
+use warren::events::{self, EventPublisher};
+use warren::publisher::{PublishError, Publisher};
+use warren::settings::BrokerSettings;
+
+use crate::status::Tracker;
+
+/// With no event for this long, the follower has read what the stream
+/// held: the view is caught up.
+pub const CATCH_UP_QUIET: Duration = Duration::from_millis(300);
+
+/// What a handler publishes through, while connected.
+#[derive(Clone)]
+pub struct Outbound {
+    pub publisher: Publisher,
+    pub events: EventPublisher,
+    status: lapin::ConnectionStatus,
+}
+
+impl Outbound {
+    pub fn is_connected(&self) -> bool {
+        self.status.connected()
+    }
+}
+
+/// The broker side of the gateway.
+pub struct Broker {
+    names: Names,
+    identity: String,
+    outbound: RwLock<Option<Outbound>>,
+    following: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Publisher(#[from] PublishError),
+    #[error(
+        "the events stream {stream} exists with other arguments than events.retention asks for ({source}); \
+         delete it (it is re-created on start-up, losing its events) or set events.retention to its x-max-age"
+    )]
+    StreamConflict {
+        stream: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker ended the events stream consumer (was the stream deleted?)")]
+    StreamEnded,
+    #[error("the publishing connection was lost")]
+    PublishingLost,
+}
+
+impl Broker {
+    pub fn new(names: Names, identity: String) -> Self {
+        Self {
+            names,
+            identity,
+            outbound: RwLock::new(None),
+            following: AtomicBool::new(false),
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// `gateway@<host>/<pid>`: the `by` of the events it emits.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The publishing side, if connected.
+    pub fn outbound(&self) -> Option<Outbound> {
+        self.outbound
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(Outbound::is_connected)
+    }
+
+    /// Connected on both sides and following the stream.
+    pub fn is_connected(&self) -> bool {
+        self.following.load(Ordering::SeqCst) && self.outbound().is_some()
+    }
+
+    fn set_outbound(&self, outbound: Option<Outbound>) {
+        *self.outbound.write().unwrap_or_else(|e| e.into_inner()) = outbound;
+    }
+
+    /// Connects, declares, follows; reconnects until `shutdown`. Returns an
+    /// error only for what reconnecting cannot fix (the stream exists with
+    /// other arguments).
+    pub async fn run(
+        self: Arc<Self>,
+        settings: BrokerSettings,
+        retention: Duration,
+        tracker: Arc<Tracker>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut backoff = Backoff::new(Duration::from_millis(250), settings.reconnect_max_delay);
+        loop {
+            let result = self
+                .session(&settings, retention, &tracker, &shutdown, &mut backoff)
+                .await;
+            self.set_outbound(None);
+            self.following.store(false, Ordering::SeqCst);
+            warren::metrics::broker_connected(false);
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e @ SessionError::StreamConflict { .. }) => {
+                    tracing::error!(error = %e, "The events stream conflicts with the settings; stopping.");
+                    return Err(e);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Broker connection lost; reconnecting."
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        settings: &BrokerSettings,
+        retention: Duration,
+        tracker: &Tracker,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), SessionError> {
+        let connections = async {
+            let publishing = connect(settings, &format!("{} publish", self.identity)).await?;
+            let following = connect(settings, &format!("{} events", self.identity)).await?;
+            Ok::<_, ConnectError>((publishing, following))
+        };
+        let (publishing, following) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = connections => c?,
+        };
+        let result = self
+            .connected(
+                &publishing,
+                &following,
+                retention,
+                tracker,
+                shutdown,
+                backoff,
+            )
+            .await;
+        self.set_outbound(None);
+        for c in [&publishing, &following] {
+            let _ = c.close(200, "gateway stopping".into()).await;
+        }
+        result
+    }
+
+    async fn connected(
+        &self,
+        publishing: &Connection,
+        following: &Connection,
+        retention: Duration,
+        tracker: &Tracker,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), SessionError> {
+        declare_tasks_exchange(publishing, &self.names).await?;
+        events::declare_stream(following, &self.names, retention)
+            .await
+            .map_err(|source| {
+                if is_precondition_failed(&source) {
+                    SessionError::StreamConflict {
+                        stream: self.names.events_stream(),
+                        source,
+                    }
+                } else {
+                    SessionError::Broker(source)
+                }
+            })?;
+        tracker.set_stream_declared();
+        let publisher = Publisher::on(publishing, self.names.clone()).await?;
+        let events = EventPublisher::on(publishing, &self.names).await?;
+        self.set_outbound(Some(Outbound {
+            publisher,
+            events,
+            status: publishing.status().clone(),
+        }));
+        let stream = events::follow(following, &self.names).await?;
+        futures::pin_mut!(stream);
+        self.following.store(true, Ordering::SeqCst);
+        warren::metrics::broker_connected(true);
+        backoff.reset();
+        tracing::info!(
+            stream = %self.names.events_stream(),
+            "Following the task events."
+        );
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    let status = publishing.status();
+                    if !status.connected() && !status.reconnecting() && !status.connecting() {
+                        return Err(SessionError::PublishingLost);
+                    }
+                }
+                next = tokio::time::timeout(CATCH_UP_QUIET, stream.next()) => match next {
+                    Err(_quiet) => tracker.mark_caught_up(),
+                    Ok(Some(Ok(event))) => {
+                        tracker.apply(event);
+                    }
+                    Ok(Some(Err(e))) => return Err(SessionError::Broker(e)),
+                    Ok(None) => return Err(SessionError::StreamEnded),
+                },
+            }
+        }
+    }
+}
+
+/// Producers declare the tasks exchange too, so a publish reaches the
+/// broker's routing (where `mandatory` says whether a worker's queue is
+/// bound) even before any worker has started.
+async fn declare_tasks_exchange(
+    connection: &Connection,
+    names: &Names,
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            names.tasks_exchange().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}

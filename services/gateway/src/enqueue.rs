@@ -1,0 +1,451 @@
+//! From an accepted HTTP request to a confirmed task on the broker: the
+//! checks every task gets (id, type, priority, delay), the checks the
+//! workers themselves would make (`email.send`, `image.thumbnail`), the
+//! publish, and the `queued` event.
+//!
+//! A task is published with confirms and `mandatory`; only an ack from
+//! the broker makes it accepted (202). A delayed task goes to the delay
+//! queue of the workers' retry ladder whose delay is the smallest at least
+//! as long as the one asked for, through the default exchange; when it
+//! expires there the broker moves it to the work queue.
+
+use std::time::Duration;
+
+use email_worker::SendEmail;
+use email_worker::message::{EmailAddress, EmailRequest, ParsePolicy};
+use image_worker::spec::SpecPolicy;
+use image_worker::{ThumbnailSpec, ThumbnailTask};
+use serde_json::Value;
+use warren::Task;
+use warren::contract::MAX_PRIORITY;
+use warren::events::{TaskEvent, TaskState};
+use warren::publisher::{PublishError, PublishOptions, task_properties};
+
+use crate::broker::Broker;
+use crate::problem::{self, Problem};
+use crate::status::Tracker;
+
+/// Longest task id the gateway accepts: ids appear in URLs.
+pub const MAX_ID_LEN: usize = 128;
+/// Ids whose status URL would be another route.
+const RESERVED_IDS: &[&str] = &["email", "image"];
+/// Longest task type (an AMQP routing key is at most 255 bytes).
+pub const MAX_TYPE_LEN: usize = 200;
+
+/// The fields of `email.send`, to find them in the worker's messages.
+const EMAIL_FIELDS: &[&str] = &[
+    "to",
+    "cc",
+    "bcc",
+    "from",
+    "reply_to",
+    "subject",
+    "text",
+    "html",
+    "template",
+    "variables",
+    "attachments",
+];
+/// The fields of `image.thumbnail`.
+const IMAGE_FIELDS: &[&str] = &["source", "outputs", "destination_prefix", "background"];
+
+/// What the worker-side checks need.
+pub struct Checks {
+    pub default_from: EmailAddress,
+    pub max_attachment_bytes: usize,
+    pub image: SpecPolicy,
+    /// The workers' retry ladder, sorted, without duplicates.
+    pub retry_delays: Vec<Duration>,
+}
+
+/// A task ready to publish.
+#[derive(Debug, Clone)]
+pub struct Enqueue {
+    pub task_type: String,
+    pub payload: Value,
+    pub id: String,
+    pub priority: u8,
+    /// The delay it will actually wait (a rung of the ladder).
+    pub delay: Option<Duration>,
+}
+
+impl Checks {
+    /// `delay` mapped onto the ladder: the smallest rung at least as long.
+    /// `None` for no delay (absent or zero).
+    pub fn rung_for(&self, raw: Option<&str>, field: &str) -> Result<Option<Duration>, Problem> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let wanted = humantime::parse_duration(raw.trim()).map_err(|e| {
+            Problem::invalid(
+                "invalid_value",
+                field,
+                format!("{field} {raw:?} is not a duration like 30s, 2m or 500ms ({e})"),
+            )
+        })?;
+        if wanted.is_zero() {
+            return Ok(None);
+        }
+        match self.retry_delays.iter().find(|d| **d >= wanted) {
+            Some(rung) => Ok(Some(*rung)),
+            None => Err(Problem::invalid(
+                "delay_too_long",
+                field,
+                match self.retry_delays.last() {
+                    Some(max) => format!(
+                        "{field} {} is longer than the longest delay the workers offer ({}); \
+                         delays are served by the retry ladder's delay queues (tasks.retry_delays)",
+                        humantime::format_duration(wanted),
+                        humantime::format_duration(*max)
+                    ),
+                    None => format!("{field} is not available: tasks.retry_delays is empty"),
+                },
+            )),
+        }
+    }
+
+    /// Checks the payload of a task type the workers here know, as the
+    /// worker will; `prefix` goes before field names (`payload.`).
+    pub fn check_payload(
+        &self,
+        task_type: &str,
+        payload: &Value,
+        task_id: &str,
+        prefix: &str,
+    ) -> Result<(), Problem> {
+        if task_type == SendEmail::TYPE {
+            let wire: SendEmail = serde_path_to_error::deserialize(payload)
+                .map_err(|e| problem::from_serde(e, prefix))?;
+            let policy = ParsePolicy {
+                default_from: &self.default_from,
+                max_attachment_bytes: self.max_attachment_bytes,
+            };
+            EmailRequest::parse(wire, &policy)
+                .map_err(|e| Problem::refused_by_worker(&e, EMAIL_FIELDS, prefix))?;
+        } else if task_type == ThumbnailTask::TYPE {
+            let wire: ThumbnailTask = serde_path_to_error::deserialize(payload)
+                .map_err(|e| problem::from_serde(e, prefix))?;
+            ThumbnailSpec::parse(wire, task_id, &self.image)
+                .map_err(|e| Problem::refused_by_worker(&e, IMAGE_FIELDS, prefix))?;
+        }
+        Ok(())
+    }
+}
+
+/// A task id from the client, or a new UUID v7.
+pub fn task_id(raw: Option<&str>, field: &str) -> Result<String, Problem> {
+    let Some(raw) = raw else {
+        return Ok(uuid::Uuid::now_v7().to_string());
+    };
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_ID_LEN
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b':'));
+    if !ok {
+        return Err(Problem::invalid(
+            "invalid_value",
+            field,
+            format!(
+                "{field} {raw:?} is not a task id: 1 to {MAX_ID_LEN} characters of [A-Za-z0-9._~:-]"
+            ),
+        ));
+    }
+    // `/v1/tasks/email` and `/v1/tasks/image` are routes of their own.
+    if RESERVED_IDS.contains(&raw) {
+        return Err(Problem::invalid(
+            "invalid_value",
+            field,
+            format!("{field} {raw:?} is reserved (it names an endpoint); choose another"),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A priority 0-9 (default 0).
+pub fn priority(raw: Option<u8>, field: &str) -> Result<u8, Problem> {
+    match raw {
+        None => Ok(0),
+        Some(p) if p <= MAX_PRIORITY => Ok(p),
+        Some(p) => Err(Problem::invalid(
+            "invalid_value",
+            field,
+            format!("{field} {p} is out of range 0-{MAX_PRIORITY} (9 is served first)"),
+        )),
+    }
+}
+
+/// A task type such as `email.send`: dot-separated segments of
+/// `[A-Za-z0-9_-]`; the first names the worker queue (`{ns}.email`).
+pub fn task_type(raw: &str, field: &str) -> Result<(), Problem> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_TYPE_LEN
+        && raw.split('.').all(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        });
+    if !ok {
+        return Err(Problem::invalid(
+            "invalid_value",
+            field,
+            format!(
+                "{field} {raw:?} is not a task type: dot-separated names of [A-Za-z0-9_-], like email.send"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The queue stem of a task type: `email` for `email.send`.
+pub fn stem(task_type: &str) -> &str {
+    task_type.split('.').next().unwrap_or(task_type)
+}
+
+/// Publishes the task, waits for the broker's confirm, then emits its
+/// `queued` event and remembers it as just published.
+pub async fn publish(broker: &Broker, tracker: &Tracker, task: &Enqueue) -> Result<(), Problem> {
+    let Some(out) = broker.outbound() else {
+        return Err(Problem::unavailable(
+            "broker_unavailable",
+            "the gateway is not connected to the broker right now; try again shortly",
+        ));
+    };
+    // Stamped before the publish: a worker's `running` always comes later.
+    let mut queued = TaskEvent::new(&task.id, &task.task_type, TaskState::Queued, 1);
+    queued.by = Some(broker.identity().to_owned());
+    let published = match task.delay {
+        None => out
+            .publisher
+            .publish_task(
+                &task.task_type,
+                &task.payload,
+                PublishOptions {
+                    id: Some(task.id.clone()),
+                    priority: Some(task.priority),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|_| ()),
+        Some(delay) => {
+            let queue = broker.names().retry_queue(stem(&task.task_type), delay);
+            let body = serde_json::to_vec(&task.payload).map_err(PublishError::from);
+            match body {
+                Ok(body) => {
+                    let mut properties = task_properties(&task.id, &task.task_type, task.priority);
+                    let mut headers = properties.headers().clone().unwrap_or_default();
+                    warren::trace::inject_span(&tracing::Span::current(), &mut headers);
+                    properties = properties.with_headers(headers);
+                    out.publisher
+                        .publish_confirmed("", &queue, &body, properties)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = published {
+        tracing::warn!(
+            error = %e,
+            task_id = %task.id,
+            task_type = %task.task_type,
+            "The broker did not accept a task."
+        );
+        return Err(publish_problem(broker, task, e));
+    }
+    out.events.emit(&queued).await;
+    tracker.published(queued);
+    tracing::info!(
+        task_id = %task.id,
+        task_type = %task.task_type,
+        priority = task.priority,
+        delay_ms = task.delay.map(|d| d.as_millis() as u64),
+        "Task enqueued."
+    );
+    Ok(())
+}
+
+fn publish_problem(broker: &Broker, task: &Enqueue, e: PublishError) -> Problem {
+    let p = match e {
+        PublishError::Returned { .. } => match task.delay {
+            None => Problem::unavailable(
+                "unroutable",
+                format!(
+                    "no queue takes task type {}: no worker for it has declared its queue {} yet (is a worker for it running?)",
+                    task.task_type,
+                    broker.names().work_queue(stem(&task.task_type))
+                ),
+            ),
+            Some(delay) => Problem::unavailable(
+                "unroutable",
+                format!(
+                    "the delay queue {} does not exist: no worker for {} with a {} rung in its retry ladder has started \
+                     (tasks.retry_delays must match the workers' consumer.retry_delays)",
+                    broker.names().retry_queue(stem(&task.task_type), delay),
+                    task.task_type,
+                    humantime::format_duration(delay)
+                ),
+            ),
+        },
+        PublishError::Nacked => Problem::unavailable(
+            "broker_nack",
+            "the broker refused the task (publisher confirm nack); try again",
+        ),
+        PublishError::Timeout(t) => Problem::unavailable(
+            "broker_timeout",
+            format!(
+                "the broker did not confirm the task within {}; it may be blocked by a resource alarm. \
+                 The task may or may not have been queued: retry with the same id",
+                humantime::format_duration(t)
+            ),
+        ),
+        PublishError::InvalidPriority(p) => {
+            return priority(Some(p), "priority").err().unwrap_or_else(|| {
+                Problem::internal(format!("priority {p} was refused by the publisher"))
+            });
+        }
+        PublishError::Serialize(e) => {
+            return Problem::internal(format!("the task could not be serialized: {e}"));
+        }
+        PublishError::Connect(e) => Problem::unavailable("broker_unavailable", e.to_string()),
+        PublishError::Broker(e) => Problem::unavailable(
+            "broker_unavailable",
+            format!("the broker did not take the task: {e}"),
+        ),
+    };
+    p.with_task_id(task.id.clone())
+}
+
+#[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn checks() -> Checks {
+        let settings = image_worker::ImageSettings::default();
+        Checks {
+            default_from: EmailAddress::parse("from", "warren@localhost").unwrap(),
+            max_attachment_bytes: 10,
+            image: image_worker::thumbnailer::policy(&settings).unwrap(),
+            retry_delays: [200, 300, 5000]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn delays_map_to_the_smallest_rung_that_is_long_enough() {
+        let c = checks();
+        assert_eq!(c.rung_for(None, "delay").unwrap(), None);
+        assert_eq!(c.rung_for(Some("0s"), "delay").unwrap(), None);
+        assert_eq!(
+            c.rung_for(Some("250ms"), "delay").unwrap(),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(
+            c.rung_for(Some("5s"), "delay").unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        let p = c.rung_for(Some("6s"), "delay").unwrap_err();
+        assert_eq!(
+            (p.status, p.slug(), p.field.as_deref()),
+            (422, "delay_too_long", Some("delay"))
+        );
+        let p = c.rung_for(Some("soon"), "delay").unwrap_err();
+        assert_eq!(p.field.as_deref(), Some("delay"));
+    }
+
+    #[test]
+    fn emails_are_checked_as_the_worker_checks_them() {
+        let c = checks();
+        let ok = json!({"to": "ada@example.com", "subject": "Hi", "text": "x"});
+        c.check_payload("email.send", &ok, "t", "").unwrap();
+        let p = c
+            .check_payload(
+                "email.send",
+                &json!({"to": "ada@", "subject": "Hi", "text": "x"}),
+                "t",
+                "",
+            )
+            .unwrap_err();
+        assert_eq!(
+            (p.status, p.slug(), p.field.as_deref()),
+            (422, "invalid_address", Some("to"))
+        );
+        assert_eq!(p.error_kind.as_deref(), Some("invalid_address"));
+        let p = c
+            .check_payload(
+                "email.send",
+                &json!({"to": "a@b.c", "subject": "Hi"}),
+                "t",
+                "payload.",
+            )
+            .unwrap_err();
+        assert_eq!(p.slug(), "invalid_payload");
+        let p = c
+            .check_payload(
+                "email.send",
+                &json!({"to": "a@b.c", "sbject": "Hi"}),
+                "t",
+                "payload.",
+            )
+            .unwrap_err();
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("unknown_field", Some("payload.sbject"))
+        );
+    }
+
+    #[test]
+    fn thumbnails_are_checked_as_the_worker_checks_them() {
+        let c = checks();
+        let ok =
+            json!({"source": {"key": "uploads/a.png"}, "outputs": [{"width": 10, "height": 10}]});
+        c.check_payload("image.thumbnail", &ok, "t", "").unwrap();
+        let bad =
+            json!({"source": {"key": "../etc/passwd"}, "outputs": [{"width": 10, "height": 10}]});
+        let p = c
+            .check_payload("image.thumbnail", &bad, "t", "")
+            .unwrap_err();
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("invalid_key", Some("source.key"))
+        );
+        let bad = json!({"source": {"key": "a.png"}, "outputs": [{"width": 10, "height": "x"}]});
+        let p = c
+            .check_payload("image.thumbnail", &bad, "t", "")
+            .unwrap_err();
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("invalid_type", Some("outputs[0].height"))
+        );
+        // Types no worker here knows are not checked.
+        c.check_payload("report.build", &json!([1, 2]), "t", "")
+            .unwrap();
+    }
+
+    #[test]
+    fn ids_types_and_priorities_are_checked() {
+        assert!(task_id(None, "id").unwrap().len() == 36);
+        assert_eq!(
+            task_id(Some("order-42:welcome"), "id").unwrap(),
+            "order-42:welcome"
+        );
+        assert!(task_id(Some("a/b"), "id").is_err());
+        assert!(task_id(Some(""), "id").is_err());
+        assert!(task_id(Some("email"), "id").is_err());
+        assert!(task_type("email.send", "type").is_ok());
+        assert!(task_type("email..send", "type").is_err());
+        assert!(task_type("email send", "type").is_err());
+        assert_eq!(stem("image.thumbnail"), "image");
+        assert_eq!(priority(Some(9), "priority").unwrap(), 9);
+        assert_eq!(
+            priority(Some(10), "priority").unwrap_err().field.as_deref(),
+            Some("priority")
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! The OpenAPI document of the API, generated from the handlers'
+//! `#[utoipa::path]` attributes and the schemas of the request and
+//! response types (the email worker's `SendEmail` included, through its
+//! `openapi` feature). Served at `GET /openapi.json`.
+
+use std::sync::OnceLock;
+
+use utoipa::OpenApi;
+
+use crate::api::model::{
+    Accepted, ImageUpload, State, StatusBody, TaskEventDoc, TaskRequest, ThumbnailOutputDoc,
+    ThumbnailSourceDoc, ThumbnailTaskDoc,
+};
+use crate::problem::ProblemDocument;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Warren gateway",
+        description = "Enqueue Warren tasks over HTTP, upload images for thumbnails, and ask what happened to a task. \
+            Every task is accepted (202) only once RabbitMQ has confirmed it. Task statuses come from the \
+            task events stream, kept for `events.retention`. Errors are RFC 9457 problem documents.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(
+        crate::api::tasks::enqueue_email,
+        crate::api::tasks::enqueue_image,
+        crate::api::tasks::enqueue_task,
+        crate::upload::upload_image,
+        crate::api::status::task_status,
+        crate::api::status::task_events,
+    ),
+    components(schemas(
+        Accepted,
+        ProblemDocument,
+        State,
+        StatusBody,
+        TaskEventDoc,
+        TaskRequest,
+        ImageUpload,
+        ThumbnailTaskDoc,
+        ThumbnailSourceDoc,
+        ThumbnailOutputDoc,
+        email_worker::SendEmail,
+        email_worker::message::AttachmentSpec,
+    )),
+    tags(
+        (name = "tasks", description = "Enqueue tasks and follow them."),
+        (name = "images", description = "Upload an image and get thumbnails."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, rendered once.
+pub fn json() -> Result<String, String> {
+    static JSON: OnceLock<Result<String, String>> = OnceLock::new();
+    JSON.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+}
+
+#[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_route_and_schema() {
+        let doc: serde_json::Value = serde_json::from_str(&json().unwrap()).unwrap();
+        for path in [
+            "/v1/tasks",
+            "/v1/tasks/email",
+            "/v1/tasks/image",
+            "/v1/images",
+            "/v1/tasks/{id}",
+            "/v1/tasks/{id}/events",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        }
+        let schemas = &doc["components"]["schemas"];
+        for schema in [
+            "SendEmail",
+            "ThumbnailTask",
+            "Problem",
+            "StatusBody",
+            "TaskEvent",
+            "Accepted",
+        ] {
+            assert!(schemas.get(schema).is_some(), "{schema} missing");
+        }
+        // SendEmail's recipients accept one mailbox or many.
+        assert!(schemas["SendEmail"]["properties"]["to"]["oneOf"].is_array());
+        assert_eq!(
+            doc["paths"]["/v1/images"]["post"]["requestBody"]["content"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            vec!["multipart/form-data"]
+        );
+    }
+}

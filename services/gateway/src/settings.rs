@@ -1,0 +1,211 @@
+//! The gateway's settings tree: the shared sections (broker, telemetry,
+//! ops) plus `[http]`, `[events]`, `[tasks]`, `[email]` and the image
+//! worker's own `[image]` section, so the gateway writes uploads to the
+//! very store the image worker reads.
+//!
+//! Defaults come from [`Default`], then `warren.toml` (or `$WARREN_CONFIG`),
+//! then `WARREN_HTTP__ADDR`-style environment variables; see
+//! [`warren::settings::load`].
+
+use std::time::Duration;
+
+use image_worker::ImageSettings;
+use serde::{Deserialize, Serialize};
+use warren::settings::{BrokerSettings, OpsSettings, SettingsError, TelemetrySettings};
+
+/// The gateway's default ops port (`/metrics`, `/healthz`, `/readyz`).
+pub const DEFAULT_OPS_PORT: u16 = 9403;
+
+/// Everything the gateway is configured with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub telemetry: TelemetrySettings,
+    /// `/metrics`, `/healthz`, `/readyz`; port 9403 by default.
+    pub ops: OpsSettings,
+    pub http: HttpSettings,
+    pub events: EventsSettings,
+    pub tasks: TasksSettings,
+    pub email: EmailChecks,
+    /// The image worker's `[image]` section: the store uploads go to and
+    /// the limits `image.thumbnail` tasks are checked against.
+    pub image: ImageSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            broker: BrokerSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            ops: OpsSettings::on_port(DEFAULT_OPS_PORT),
+            http: HttpSettings::default(),
+            events: EventsSettings::default(),
+            tasks: TasksSettings::default(),
+            email: EmailChecks::default(),
+            image: ImageSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the layered settings (defaults, file, environment).
+    pub fn load() -> Result<Self, SettingsError> {
+        warren::settings::load::<Self>()
+    }
+}
+
+/// `[http]`: the public API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// `host:port`; port 0 picks a free one (logged at start-up).
+    pub addr: String,
+    /// Largest JSON request body. Big enough for an email with the email
+    /// worker's default 5 MiB of attachments in base64.
+    pub max_body_bytes: usize,
+    /// Largest uploaded file of `POST /v1/images`; also capped by
+    /// `image.max_source_bytes`, which the image worker enforces.
+    pub max_upload_bytes: usize,
+    /// Bound on one request, from its first byte to the response headers
+    /// (an upload's body included; an SSE stream's events not).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:8080".to_owned(),
+            max_body_bytes: 8 * 1024 * 1024,
+            max_upload_bytes: 32 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[events]`: the status view built from the events stream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// How long the stream `{ns}.events.stream` keeps events (its
+    /// `x-max-age`). A task older than this is unknown to a gateway that
+    /// starts later. Changing it needs the stream deleted (RabbitMQ refuses
+    /// to redeclare a queue with other arguments).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Most tasks held in memory; past it, the least recently updated are
+    /// forgotten (and answer `unknown`). About 4 KB per email task and
+    /// 7 KB per thumbnail task (its result is kept), so the default costs
+    /// 200-350 MB.
+    pub max_tracked_tasks: usize,
+    /// How long `GET /v1/tasks/{id}/events` waits for an unknown task to
+    /// appear before answering 404.
+    #[serde(with = "humantime_serde")]
+    pub unknown_wait: Duration,
+    /// How often an idle SSE stream sends a keep-alive comment.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_tracked_tasks: 50_000,
+            unknown_wait: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// `[tasks]`: how enqueued tasks are published.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksSettings {
+    /// The workers' retry ladder (`consumer.retry_delays`): a delayed task
+    /// waits in the delay queue of the smallest rung at least as long as
+    /// the delay asked for. Must match the workers', whose start-up
+    /// declares those queues.
+    #[serde(with = "duration_list")]
+    pub retry_delays: Vec<Duration>,
+}
+
+impl Default for TasksSettings {
+    fn default() -> Self {
+        Self {
+            retry_delays: warren::settings::ConsumerSettings::default().retry_delays,
+        }
+    }
+}
+
+/// `[email]`: what `email.send` tasks are checked against before they are
+/// published, as the email worker would check them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailChecks {
+    /// The email worker's `email.max_attachment_bytes`.
+    pub max_attachment_bytes: usize,
+}
+
+impl Default for EmailChecks {
+    fn default() -> Self {
+        Self {
+            max_attachment_bytes: 5 * 1024 * 1024,
+        }
+    }
+}
+
+/// `["1s", "5s", "2m"]` <-> `Vec<Duration>`.
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            list.iter()
+                .map(|d| humantime::format_duration(*d).to_string()),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Duration>, D::Error> {
+        let raw = Vec::<humantime_serde::Serde<Duration>>::deserialize(deserializer)?;
+        Ok(raw.into_iter().map(|d| d.into_inner()).collect())
+    }
+}
+
+#[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_survive_a_serialize_deserialize_round_trip() {
+        // figment seeds its defaults by serializing `Settings::default()` and
+        // reads them back through `Deserialize`, so both halves must agree.
+        let json = serde_json::to_value(Settings::default()).unwrap();
+        let back: Settings = serde_json::from_value(json).unwrap();
+        assert_eq!(back.http.addr, "0.0.0.0:8080");
+        assert_eq!(back.ops.addr, "0.0.0.0:9403");
+        assert_eq!(back.events.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(back.tasks.retry_delays.len(), 5);
+        assert_eq!(back.image.output_prefix, "thumbnails/{task_id}");
+    }
+
+    #[test]
+    fn durations_parse_and_unknown_keys_are_rejected() {
+        let tasks: TasksSettings =
+            serde_json::from_value(serde_json::json!({"retry_delays": ["200ms", "1m"]})).unwrap();
+        assert_eq!(
+            tasks.retry_delays,
+            vec![Duration::from_millis(200), Duration::from_secs(60)]
+        );
+        let typo: Result<HttpSettings, _> =
+            serde_json::from_value(serde_json::json!({"max_body_byte": 1}));
+        assert!(typo.is_err());
+    }
+}
