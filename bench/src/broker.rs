@@ -177,9 +177,29 @@ impl BenchBroker {
         Ok(())
     }
 
-    /// Deletes every queue and exchange of the namespace.
+    /// Deletes every queue and exchange of the namespace, on a fresh
+    /// connection (the broker may have been restarted under the run, which
+    /// kills this one), trying for up to a minute.
     pub async fn cleanup(&self) -> anyhow::Result<()> {
-        let channel = self.connection.create_channel().await?;
+        let _ = self.connection.close(200, "bench done".into()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.delete_everything().await {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "could not delete namespace {}; delete its queues and exchanges by hand",
+                        self.namespace()
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
+    }
+
+    async fn delete_everything(&self) -> anyhow::Result<()> {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
         for t in &self.topologies {
             for q in t.queue_names() {
                 channel
@@ -205,7 +225,7 @@ impl BenchBroker {
                 .await?;
         }
         let _ = channel.close(200, "bench cleaned up".into()).await;
-        let _ = self.connection.close(200, "bench done".into()).await;
+        let _ = connection.close(200, "bench cleaned up".into()).await;
         Ok(())
     }
 }

@@ -61,6 +61,7 @@ async fn sections(
             continue;
         }
         eprintln!("Section {section} ...");
+        let warnings_before = warren_side::unexpected_warnings();
         match section {
             Section::Consume => consume::run(cfg, bench, report).await?,
             Section::Publish => publish::run(cfg, bench, report).await?,
@@ -69,6 +70,15 @@ async fn sections(
             Section::Memory => process::memory(cfg, bench, report).await?,
             Section::Replicas => process::replicas(cfg, bench, report).await?,
             Section::Retry => retry::run(cfg, bench, mgmt, report).await?,
+        }
+        let warnings = warren_side::unexpected_warnings() - warnings_before;
+        if warnings > 0 {
+            report.note(format!(
+                "{section}: the in-process runtime logged {warnings} unexpected warnings or errors (copied to stderr)"
+            ));
+        }
+        if let Some(Value::Object(s)) = report.sections.get_mut(section.as_str()) {
+            s.insert("unexpected_runtime_warnings".to_owned(), json!(warnings));
         }
     }
     Ok(())

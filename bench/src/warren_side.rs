@@ -2,9 +2,11 @@
 //! process set up as a production worker is (JSON logs at `info` through
 //! `warren::telemetry`, OpenTelemetry spans without an exporter,
 //! Prometheus metrics), only the log lines go to `/dev/null` instead of a
-//! terminal.
+//! terminal. Warnings and errors the bench does not expect are copied to
+//! stderr and counted, so a figure never hides a runtime in trouble.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -24,16 +26,60 @@ use crate::task::{BenchTask, TASK_TYPE};
 /// The `service` label of the in-process workers.
 pub const SERVICE: &str = "warren-bench";
 
+/// The runtime's expected warning: the retry run fails every task once on
+/// purpose.
+const EXPECTED_WARNING: &str = "Task failed; it will be retried.";
+
+static UNEXPECTED: AtomicU64 = AtomicU64::new(0);
+static DEV_NULL: OnceLock<Option<std::fs::File>> = OnceLock::new();
+
+/// Where the in-process log lines go: `/dev/null` (one write per line, as
+/// to a terminal or a pipe), and stderr as well for an unexpected WARN or
+/// ERROR.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        // The level comes right after the timestamp: look at the head of
+        // the line only, so the check costs the measured process nothing.
+        let head = &line[..line.len().min(96)];
+        let warning = [&b"\"level\":\"WARN\""[..], b"\"level\":\"ERROR\""]
+            .iter()
+            .any(|level| head.windows(level.len()).any(|w| w == *level));
+        if warning && !String::from_utf8_lossy(line).contains(EXPECTED_WARNING) {
+            UNEXPECTED.fetch_add(1, Ordering::Relaxed);
+            let _ = std::io::stderr().write_all(line);
+        }
+        if let Some(mut null) = DEV_NULL.get().and_then(Option::as_ref) {
+            let _ = null.write_all(line);
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Unexpected warnings and errors the in-process runtime logged so far.
+pub fn unexpected_warnings() -> u64 {
+    UNEXPECTED.load(Ordering::Relaxed)
+}
+
 /// Sets up logs, traces and metrics once per process, as `email-worker`'s
-/// `main` does; log lines are written to `/dev/null`.
+/// `main` does; log lines go to [`LogWriter`].
 pub fn init_telemetry() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-            // Fails only if a subscriber is already installed (a test
-            // harness's): then that one stays.
-            let _ = warren::telemetry::init(&TelemetrySettings::default(), SERVICE, Arc::new(null));
-        }
+        DEV_NULL.get_or_init(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .ok()
+        });
+        // Fails only if a subscriber is already installed (a test
+        // harness's): then that one stays.
+        let _ = warren::telemetry::init(&TelemetrySettings::default(), SERVICE, || LogWriter);
         warren::metrics::init(SERVICE);
     });
 }
