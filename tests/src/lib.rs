@@ -2,6 +2,7 @@
 //! backing services: RabbitMQ, Redis and a real SMTP server over TCP.
 
 pub mod broker;
+pub mod deploy;
 pub mod http;
 pub mod ops;
 pub mod otlp;
