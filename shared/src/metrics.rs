@@ -207,6 +207,12 @@ impl RuntimeMetrics {
             duplicates: self.duplicates.with_label_values(&labels),
             queue_wait: self.queue_wait.with_label_values(&labels),
             in_progress: self.in_progress.with_label_values(&[service(), queue]),
+            succeeded_duration: self.duration.with_label_values(&[
+                service(),
+                queue,
+                task,
+                "succeeded",
+            ]),
         }
     }
 }
@@ -219,6 +225,8 @@ pub struct TaskMetrics {
     pub duplicates: IntCounter,
     pub queue_wait: Histogram,
     pub in_progress: IntGauge,
+    /// The duration histogram of successes, the hot path's.
+    pub succeeded_duration: Histogram,
 }
 
 impl TaskMetrics {

@@ -175,7 +175,16 @@ impl Worker {
         let inner = Arc::new(Inner {
             names: Names::new(&self.broker.namespace),
             queue: topology.work_queue.name.clone(),
+            span_name: format!("process {}", topology.work_queue.name),
             identity: identity.clone(),
+            task_metrics: self
+                .handlers
+                .keys()
+                .map(|&task| {
+                    let m = metrics::runtime().for_task(&topology.work_queue.name, task);
+                    (task, Arc::new(m))
+                })
+                .collect(),
             handlers: self.handlers,
             idempotency: self.idempotency,
             consumer: self.consumer,
@@ -237,8 +246,14 @@ impl Worker {
 struct Inner {
     names: Names,
     queue: String,
+    /// `process {queue}`, the OpenTelemetry name of a task's span.
+    span_name: String,
     identity: String,
     handlers: HashMap<&'static str, ErasedHandler>,
+    /// Metric handles of each handled task type, looked up once: their
+    /// series exist (at zero) from the start, and a task costs no label
+    /// lookups.
+    task_metrics: HashMap<&'static str, Arc<metrics::TaskMetrics>>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
     consumer: ConsumerSettings,
     topology: Topology,
@@ -538,36 +553,39 @@ async fn process(
     permit: OwnedSemaphorePermit,
 ) {
     let Meta { ctx, id_assigned } = read_meta(&delivery, inner.consumer.max_attempts());
-    // Span fields follow the OpenTelemetry messaging conventions; the
-    // `task_*` ones are for the logs.
+    // The span's fields are what a log line needs; every one of them is
+    // formatted into JSON when the span opens, for every task, so the
+    // OpenTelemetry messaging attributes, which only an exporter reads,
+    // are set on the exported span alone (see `trace::messaging_attributes`).
     let span = info_span!(
         "task",
-        otel.name = %format!("process {}", inner.queue),
+        otel.name = %inner.span_name,
         otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %inner.queue,
-        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
-        messaging.message.id = %ctx.id,
-        messaging.message.body.size = delivery.data.len(),
         task_id = %ctx.id,
         task_type = %ctx.task_type,
         attempt = ctx.attempt,
         redelivered = ctx.redelivered,
-        queue = %inner.queue,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
     // The producer's (or the failed attempt's) span is this one's parent.
     let _ = span.set_parent(trace::extract(delivery.properties.headers().as_ref()));
-    if let Some((trace_id, span_id)) = trace::ids(&span) {
-        span.record("trace_id", trace_id);
-        span.record("span_id", span_id);
+    trace::record_ids(&span);
+    if trace::exporting() {
+        trace::messaging_attributes(
+            &span,
+            &inner.queue,
+            delivery.routing_key.as_str(),
+            &ctx.id,
+            delivery.data.len(),
+        );
     }
     async move {
         inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
-        let m = metrics::runtime().for_task(&inner.queue, &ctx.task_type);
+        let m = match inner.task_metrics.get(ctx.task_type.as_str()) {
+            Some(m) => Arc::clone(m),
+            None => Arc::new(metrics::runtime().for_task(&inner.queue, &ctx.task_type)),
+        };
         m.received.inc();
         m.in_progress.inc();
         if let Some(wait) = queue_wait(&delivery, &ctx) {
@@ -602,7 +620,7 @@ async fn process(
                 }
                 ack(&delivery).await;
                 m.succeeded.inc();
-                m.duration("succeeded", elapsed.as_secs_f64());
+                m.succeeded_duration.observe(elapsed.as_secs_f64());
                 let mut done = event(TaskState::Succeeded);
                 done.result.clone_from(&outcome.result);
                 out.emit(Some(done)).await;

@@ -69,6 +69,7 @@ where
 {
     install_crypto_provider();
     let exporting = otlp_configured();
+    crate::trace::set_exporting(exporting);
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service.to_owned());

@@ -5,6 +5,8 @@
 //! runtime extracts them as the parent of the task's span, and injects its
 //! own span into retry and parking-lot copies.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -58,6 +60,50 @@ pub fn inject_span(span: &tracing::Span, table: &mut FieldTable) {
 /// Whether the headers already carry a trace context.
 pub fn has_context(table: &FieldTable) -> bool {
     contract::header_str(Some(table), headers::TRACEPARENT).is_some()
+}
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (set once by `telemetry::init`).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+pub(crate) fn set_exporting(on: bool) {
+    EXPORTING.store(on, Ordering::Relaxed);
+}
+
+/// Records `span`'s trace and span id in its `trace_id` and `span_id`
+/// fields, for the log lines, in one call: the JSON log layer re-encodes a
+/// span's fields on every record.
+pub fn record_ids(span: &tracing::Span) {
+    let Some((trace_id, span_id)) = ids(span) else {
+        return;
+    };
+    tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
+}
+
+/// The OpenTelemetry messaging attributes of a consumer's `process` span.
+pub fn messaging_attributes(
+    span: &tracing::Span,
+    queue: &str,
+    routing_key: &str,
+    message_id: &str,
+    body_size: usize,
+) {
+    span.set_attribute("messaging.system", "rabbitmq");
+    span.set_attribute("messaging.operation.type", "process");
+    span.set_attribute("messaging.operation.name", "process");
+    span.set_attribute("messaging.destination.name", queue.to_owned());
+    span.set_attribute(
+        "messaging.rabbitmq.destination.routing_key",
+        routing_key.to_owned(),
+    );
+    span.set_attribute("messaging.message.id", message_id.to_owned());
+    span.set_attribute(
+        "messaging.message.body.size",
+        i64::try_from(body_size).unwrap_or(i64::MAX),
+    );
 }
 
 /// The trace and span id of `span`, as hex, when tracing is set up.
