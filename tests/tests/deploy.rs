@@ -94,10 +94,6 @@ const PROCESS_BASELINE_BYTES: f64 = 64.0 * MIB;
 /// kept (README, "Limits and known behaviour of the gateway").
 const GATEWAY_BYTES_PER_TRACKED_TASK: f64 = 7_000.0;
 
-/// Maximal uploads at once that the gateway's memory limit leaves room for
-/// above a full status view (each is held whole while it is stored).
-const GATEWAY_CONCURRENT_UPLOADS: f64 = 8.0;
-
 /// What an email task in the worker costs, in multiples of its attachments'
 /// decoded size: the delivery's base64, the decoded bytes, the MIME
 /// message's base64 and slack.
@@ -1921,12 +1917,14 @@ fn resources_cover_what_each_service_may_hold_and_run() {
             Service::Gateway => {
                 let view = number("events.max_tracked_tasks") * GATEWAY_BYTES_PER_TRACKED_TASK;
                 let upload = number("http.max_upload_bytes").min(number("image.max_source_bytes"));
+                // Uploads are held whole while stored, at most this many at once.
+                let uploads = number("http.max_concurrent_uploads");
                 (
                     view,
-                    view + GATEWAY_CONCURRENT_UPLOADS * upload,
+                    view + uploads * upload,
                     format!(
                         "a full status view (events.max_tracked_tasks x {GATEWAY_BYTES_PER_TRACKED_TASK} \
-                         bytes), then {GATEWAY_CONCURRENT_UPLOADS} uploads of http.max_upload_bytes"
+                         bytes), then http.max_concurrent_uploads ({uploads}) uploads of http.max_upload_bytes"
                     ),
                 )
             }

@@ -135,6 +135,9 @@ impl Gateway {
                 unknown_wait: settings.events.unknown_wait,
                 keep_alive: settings.events.keep_alive,
             },
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                settings.http.max_concurrent_uploads.max(1),
+            )),
             shutdown: shutdown.clone(),
         });
         tracing::info!(

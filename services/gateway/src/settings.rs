@@ -67,6 +67,11 @@ pub struct HttpSettings {
     /// Largest uploaded file of `POST /v1/images`; also capped by
     /// `image.max_source_bytes`, which the image worker enforces.
     pub max_upload_bytes: usize,
+    /// Uploads read at the same time; each is held whole in memory (up to
+    /// `max_upload_bytes`) until it is stored, so this bounds the memory
+    /// they take. Further uploads wait for a turn within
+    /// `request_timeout`.
+    pub max_concurrent_uploads: usize,
     /// Bound on one request, from its first byte to the response headers
     /// (an upload's body included; an SSE stream's events not).
     #[serde(with = "humantime_serde")]
@@ -79,6 +84,7 @@ impl Default for HttpSettings {
             addr: "0.0.0.0:8080".to_owned(),
             max_body_bytes: 8 * 1024 * 1024,
             max_upload_bytes: 32 * 1024 * 1024,
+            max_concurrent_uploads: 8,
             request_timeout: Duration::from_secs(30),
         }
     }

@@ -74,6 +74,10 @@ pub async fn upload_image(
             r.body_text(),
         )
     })?;
+    // Wait for a turn before reading the body: at most
+    // `http.max_concurrent_uploads` files are held in memory at once (the
+    // request timeout bounds the wait). The semaphore is never closed.
+    let _turn = app.uploads.acquire().await.ok();
     let limit = app.limits.max_upload_bytes;
     let mut file: Option<(Option<String>, Vec<u8>)> = None;
     let mut outputs: Option<Value> = None;

@@ -52,6 +52,8 @@ pub struct AppInner {
     pub checks: Checks,
     pub store: Store,
     pub limits: Limits,
+    /// Turns for `POST /v1/images`: `http.max_concurrent_uploads` permits.
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Cancelled at shutdown: open SSE streams end.
     pub shutdown: CancellationToken,
 }
@@ -278,6 +280,11 @@ mod tests {
 
     /// The whole API with no broker behind it.
     fn app(store: &std::path::Path) -> (Router, Arc<Tracker>) {
+        let (state, tracker) = state(store);
+        (router(state), tracker)
+    }
+
+    fn state(store: &std::path::Path) -> (AppState, Arc<Tracker>) {
         let settings = image_worker::ImageSettings {
             local_root: store.to_owned(),
             ..Default::default()
@@ -300,9 +307,10 @@ mod tests {
                 unknown_wait: Duration::from_millis(10),
                 keep_alive: Duration::from_secs(15),
             },
+            uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: CancellationToken::new(),
         });
-        (router(state), tracker)
+        (state, tracker)
     }
 
     async fn call(app: &Router, request: HttpRequest<Body>) -> (StatusCode, String, Value) {
@@ -325,6 +333,31 @@ mod tests {
             .header(header::CONTENT_TYPE, content_type)
             .body(body.into())
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upload_waits_for_a_turn_before_its_body_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = state(dir.path());
+        let uploads = state.uploads.clone();
+        let app = router(state);
+        let turn = uploads.clone().acquire_owned().await.unwrap();
+        let mut body = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+        body.extend_from_slice(b"\x89PNG\r\n\x1a\n0000");
+        body.extend_from_slice(b"\r\n--B--\r\n");
+        let request = post("/v1/images", "multipart/form-data; boundary=B", body);
+        let mut upload = tokio::spawn(async move { call(&app, request).await });
+        // The only turn is taken: the upload waits, and reads nothing.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut upload)
+                .await
+                .is_err(),
+            "the upload went ahead without a turn"
+        );
+        drop(turn);
+        let (status, _, _) = upload.await.unwrap();
+        assert_ne!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(uploads.available_permits(), 1, "the turn is given back");
     }
 
     #[tokio::test]
