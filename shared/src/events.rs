@@ -9,9 +9,11 @@
 //! readers can build the same status view from the start of retention and
 //! then follow it, without a database.
 //!
-//! Emitting never slows a task down: events are published without waiting
-//! for the broker's confirm. An event can be lost if the broker dies at that
-//! moment; the task itself cannot.
+//! Emitting never slows a task down: events are queued in memory and
+//! written by a task of their own, without waiting for the broker's
+//! confirm. An event can be lost if the broker dies at that moment, or
+//! dropped (and counted) if the broker stops taking them; the task itself
+//! cannot.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -113,53 +115,100 @@ impl TaskEvent {
     }
 }
 
+/// Events waiting to be written; past this, new ones are dropped (and
+/// counted) rather than slowing tasks down or growing without bound.
+const EVENT_BUFFER: usize = 8192;
+
+enum Outgoing {
+    Event(TaskEvent),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Publishes events, fire and forget, on a channel of its own.
+///
+/// [`EventPublisher::emit`] hands the event to a task that writes events
+/// in order, one after the other, so a task never waits for its events to
+/// reach the socket (lapin's `basic_publish` waits for that).
 #[derive(Clone)]
 pub struct EventPublisher {
-    channel: Channel,
-    exchange: String,
+    tx: tokio::sync::mpsc::Sender<Outgoing>,
 }
 
 impl EventPublisher {
-    /// Declares `{ns}.events` and opens a channel for it.
+    /// Declares `{ns}.events`, opens a channel for it and starts the task
+    /// that writes to it (it ends when the last handle is dropped).
     pub async fn on(connection: &Connection, names: &Names) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
         declare_exchange(&channel, names).await?;
-        Ok(Self {
-            channel,
-            exchange: names.events_exchange(),
-        })
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+        tokio::spawn(write_events(channel, names.events_exchange(), rx));
+        Ok(Self { tx })
     }
 
-    /// Publishes `event` without waiting for a confirm. Errors are logged at
-    /// debug: a lost event never fails the task it describes.
-    pub async fn emit(&self, event: &TaskEvent) {
-        let body = match serde_json::to_vec(event) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(error = %e, "Could not serialize a task event.");
-                return;
-            }
-        };
-        let properties = BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_delivery_mode(crate::contract::PERSISTENT)
-            .with_type("warren.task_event".into())
-            .with_message_id(uuid::Uuid::now_v7().to_string().into())
-            .with_timestamp(u64::try_from(event.at.timestamp()).unwrap_or(0));
-        let published = self
-            .channel
-            .basic_publish(
-                ShortString::from(self.exchange.as_str()),
-                ShortString::from(event.routing_key()),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await;
-        if let Err(e) = published {
-            tracing::debug!(error = %e, "Could not publish a task event.");
+    /// Queues `event` for publishing, without waiting. Events of one
+    /// publisher reach the broker in the order they were emitted. When the
+    /// buffer is full (the broker is not taking them) the event is dropped
+    /// and counted in `warren_task_events_dropped_total`: a lost event
+    /// never fails or slows the task it describes.
+    pub fn emit(&self, event: TaskEvent) {
+        if self.tx.try_send(Outgoing::Event(event)).is_err() {
+            crate::metrics::task_event_dropped();
+            tracing::debug!("The task events buffer is full; an event was dropped.");
         }
+    }
+
+    /// Waits, at most `timeout`, until the events emitted so far have been
+    /// written to the connection; before closing it, so none is lost.
+    pub async fn flush(&self, timeout: Duration) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(Outgoing::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(timeout, written).await;
+        }
+    }
+}
+
+async fn write_events(
+    channel: Channel,
+    exchange: String,
+    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
+) {
+    let exchange = ShortString::from(exchange);
+    while let Some(outgoing) = rx.recv().await {
+        match outgoing {
+            Outgoing::Event(event) => publish_event(&channel, &exchange, &event).await,
+            Outgoing::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn publish_event(channel: &Channel, exchange: &ShortString, event: &TaskEvent) {
+    let body = match serde_json::to_vec(event) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not serialize a task event.");
+            return;
+        }
+    };
+    let properties = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE_JSON.into())
+        .with_delivery_mode(crate::contract::PERSISTENT)
+        .with_type("warren.task_event".into())
+        .with_message_id(uuid::Uuid::now_v7().to_string().into())
+        .with_timestamp(u64::try_from(event.at.timestamp()).unwrap_or(0));
+    let published = channel
+        .basic_publish(
+            exchange.clone(),
+            ShortString::from(event.routing_key()),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await;
+    if let Err(e) = published {
+        crate::metrics::task_event_dropped();
+        tracing::debug!(error = %e, "Could not publish a task event.");
     }
 }
 

@@ -108,6 +108,7 @@ pub struct RuntimeMetrics {
     pub broker_connected: IntGaugeVec,
     pub broker_reconnects: IntCounterVec,
     pub publish_confirms: IntCounterVec,
+    pub task_events_dropped: IntCounterVec,
 }
 
 impl RuntimeMetrics {
@@ -193,6 +194,11 @@ impl RuntimeMetrics {
                 "Publishes by purpose (task, retry, dead_letter) and broker answer (ack, nack, returned, timeout, error).",
                 &["service", "purpose", "result"],
             ),
+            task_events_dropped: counter(
+                "warren_task_events_dropped_total",
+                "Task lifecycle events not published: the buffer was full or the publish failed.",
+                &["service"],
+            ),
         }
     }
 
@@ -253,6 +259,14 @@ impl TaskMetrics {
             .with_label_values(&[s, q, t, outcome])
             .observe(seconds);
     }
+}
+
+/// Counts a task event that was not published.
+pub fn task_event_dropped() {
+    runtime()
+        .task_events_dropped
+        .with_label_values(&[service()])
+        .inc();
 }
 
 /// Records a publish's outcome.

@@ -374,6 +374,10 @@ async fn session(
     if result.is_ok() {
         drain(inner, &channel, &tag, &mut consumer, tracker).await;
     }
+    // The finished tasks' last events, before the connection goes.
+    if let Some(events) = &out.events {
+        events.flush(Duration::from_secs(2)).await;
+    }
     if channel.status().connected() {
         let _ = channel.close(200, "worker stopping".into()).await;
     }
@@ -539,9 +543,9 @@ struct Outbound {
 }
 
 impl Outbound {
-    async fn emit(&self, event: Option<TaskEvent>) {
+    fn emit(&self, event: Option<TaskEvent>) {
         if let (Some(events), Some(event)) = (&self.events, event) {
-            events.emit(&event).await;
+            events.emit(event);
         }
     }
 }
@@ -600,7 +604,7 @@ async fn process(
             e
         };
         if inner.handlers.contains_key(ctx.task_type.as_str()) {
-            out.emit(Some(event(TaskState::Running))).await;
+            out.emit(Some(event(TaskState::Running)));
         }
         let started = Instant::now();
         let result = run_handler(&inner, &ctx, &delivery.data).await;
@@ -623,7 +627,7 @@ async fn process(
                 m.succeeded_duration.observe(elapsed.as_secs_f64());
                 let mut done = event(TaskState::Succeeded);
                 done.result.clone_from(&outcome.result);
-                out.emit(Some(done)).await;
+                out.emit(Some(done));
                 match &outcome.result {
                     Some(result) => info!(elapsed_ms, result = %result, "Task succeeded."),
                     None => info!(elapsed_ms, "Task succeeded."),
@@ -650,8 +654,7 @@ async fn process(
                 out.emit(settled.map(|mut e| {
                     e.by = Some(inner.identity.clone());
                     e
-                }))
-                .await;
+                }));
             }
         }
         m.in_progress.dec();

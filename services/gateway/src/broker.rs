@@ -179,6 +179,11 @@ impl Broker {
                 backoff,
             )
             .await;
+        // The `queued` events of tasks already confirmed, before the
+        // connection goes.
+        if let Some(out) = self.outbound() {
+            out.events.flush(Duration::from_secs(2)).await;
+        }
         self.set_outbound(None);
         for c in [&publishing, &following] {
             let _ = c.close(200, "gateway stopping".into()).await;

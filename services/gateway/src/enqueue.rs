@@ -254,7 +254,7 @@ pub async fn publish(broker: &Broker, tracker: &Tracker, task: &Enqueue) -> Resu
         );
         return Err(publish_problem(broker, task, e));
     }
-    out.events.emit(&queued).await;
+    out.events.emit(queued.clone());
     tracker.published(queued);
     tracing::info!(
         task_id = %task.id,
