@@ -9,11 +9,10 @@
 //! readers can build the same status view from the start of retention and
 //! then follow it, without a database.
 //!
-//! Emitting never slows a task down: events are queued in memory and
-//! written by a task of their own, without waiting for the broker's
-//! confirm. An event can be lost if the broker dies at that moment, or
-//! dropped (and counted) if the broker stops taking them; the task itself
-//! cannot.
+//! Emitting does not hold a task up: events are queued in a bounded
+//! buffer and written in order by a task of their own, without waiting for
+//! the broker's confirm (only a full buffer makes a task wait). An event can
+//! be lost if the connection fails at that moment; the task itself cannot.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -115,9 +114,13 @@ impl TaskEvent {
     }
 }
 
-/// Events waiting to be written; past this, new ones are dropped (and
-/// counted) rather than slowing tasks down or growing without bound.
-const EVENT_BUFFER: usize = 8192;
+/// Events waiting to be written. When the broker takes them more slowly
+/// than tasks produce them, emitting waits for room: tasks slow down
+/// rather than events being lost or memory growing without bound.
+const EVENT_BUFFER: usize = 1024;
+/// Events written in one go: their frames are queued in order, then the
+/// writes are awaited together.
+const EVENT_BATCH: usize = 64;
 
 enum Outgoing {
     Event(TaskEvent),
@@ -127,8 +130,9 @@ enum Outgoing {
 /// Publishes events, fire and forget, on a channel of its own.
 ///
 /// [`EventPublisher::emit`] hands the event to a task that writes events
-/// in order, one after the other, so a task never waits for its events to
-/// reach the socket (lapin's `basic_publish` waits for that).
+/// in order, in batches, so a task does not wait for its events to reach
+/// the socket (lapin's `basic_publish` waits for that) unless the buffer is
+/// full.
 #[derive(Clone)]
 pub struct EventPublisher {
     tx: tokio::sync::mpsc::Sender<Outgoing>,
@@ -145,15 +149,14 @@ impl EventPublisher {
         Ok(Self { tx })
     }
 
-    /// Queues `event` for publishing, without waiting. Events of one
-    /// publisher reach the broker in the order they were emitted. When the
-    /// buffer is full (the broker is not taking them) the event is dropped
-    /// and counted in `warren_task_events_dropped_total`: a lost event
-    /// never fails or slows the task it describes.
-    pub fn emit(&self, event: TaskEvent) {
-        if self.tx.try_send(Outgoing::Event(event)).is_err() {
+    /// Queues `event` for publishing; waits only while the buffer is full.
+    /// Events of one publisher reach the broker in the order they were
+    /// emitted. One that cannot be published (the connection is gone) is
+    /// counted in `warren_task_events_dropped_total`: a lost event never
+    /// fails the task it describes.
+    pub async fn emit(&self, event: TaskEvent) {
+        if self.tx.send(Outgoing::Event(event)).await.is_err() {
             crate::metrics::task_event_dropped();
-            tracing::debug!("The task events buffer is full; an event was dropped.");
         }
     }
 
@@ -173,18 +176,47 @@ async fn write_events(
     mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
 ) {
     let exchange = ShortString::from(exchange);
-    while let Some(outgoing) = rx.recv().await {
-        match outgoing {
-            Outgoing::Event(event) => publish_event(&channel, &exchange, &event).await,
-            Outgoing::Flush(done) => {
-                let _ = done.send(());
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    while rx.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut flushed = Vec::new();
+        for outgoing in batch.drain(..) {
+            match outgoing {
+                Outgoing::Event(event) => {
+                    writes.push(Some(Box::pin(publish_event(&channel, &exchange, event))));
+                }
+                Outgoing::Flush(done) => flushed.push(done),
             }
+        }
+        // Polled in order: each write queues its frames on its first poll
+        // (lapin has no await before that), so the events keep their order
+        // on the wire while the batch waits for the socket once.
+        std::future::poll_fn(|cx| {
+            let mut done = true;
+            for slot in &mut writes {
+                if let Some(write) = slot {
+                    if write.as_mut().poll(cx).is_ready() {
+                        *slot = None;
+                    } else {
+                        done = false;
+                    }
+                }
+            }
+            if done {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        for done in flushed {
+            let _ = done.send(());
         }
     }
 }
 
-async fn publish_event(channel: &Channel, exchange: &ShortString, event: &TaskEvent) {
-    let body = match serde_json::to_vec(event) {
+async fn publish_event(channel: &Channel, exchange: &ShortString, event: TaskEvent) {
+    let body = match serde_json::to_vec(&event) {
         Ok(b) => b,
         Err(e) => {
             tracing::debug!(error = %e, "Could not serialize a task event.");
@@ -208,7 +240,7 @@ async fn publish_event(channel: &Channel, exchange: &ShortString, event: &TaskEv
         .await;
     if let Err(e) = published {
         crate::metrics::task_event_dropped();
-        tracing::debug!(error = %e, "Could not publish a task event.");
+        tracing::debug!(error = %e, task_id = %event.task_id, "Could not publish a task event.");
     }
 }
 
@@ -355,6 +387,28 @@ pub struct TaskStatus {
     pub result: Option<serde_json::Value>,
 }
 
+impl TaskStatus {
+    /// A task's status before `event`, its first, is applied: only its
+    /// identity, state and time.
+    pub fn first(event: &TaskEvent) -> Self {
+        Self {
+            task_id: event.task_id.clone(),
+            task_type: event.task_type.clone(),
+            state: event.state,
+            attempt: event.attempt,
+            queued_at: None,
+            started_at: None,
+            updated_at: event.at,
+            finished_at: None,
+            next_attempt_at: None,
+            error_kind: None,
+            error: None,
+            reason: None,
+            result: None,
+        }
+    }
+}
+
 /// The status of every task seen in the stream, bounded in memory: past
 /// `capacity` tasks the least recently updated are forgotten, and each task
 /// keeps at most `MAX_EVENTS_PER_TASK` events.
@@ -427,21 +481,7 @@ impl StatusView {
             .tasks
             .entry(e.task_id.clone())
             .or_insert_with(|| Entry {
-                status: TaskStatus {
-                    task_id: e.task_id.clone(),
-                    task_type: e.task_type.clone(),
-                    state: e.state,
-                    attempt: e.attempt,
-                    queued_at: None,
-                    started_at: None,
-                    updated_at: e.at,
-                    finished_at: None,
-                    next_attempt_at: None,
-                    error_kind: None,
-                    error: None,
-                    reason: None,
-                    result: None,
-                },
+                status: TaskStatus::first(e),
                 events: Vec::new(),
                 touched,
             });

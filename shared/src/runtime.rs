@@ -543,9 +543,9 @@ struct Outbound {
 }
 
 impl Outbound {
-    fn emit(&self, event: Option<TaskEvent>) {
+    async fn emit(&self, event: Option<TaskEvent>) {
         if let (Some(events), Some(event)) = (&self.events, event) {
-            events.emit(event);
+            events.emit(event).await;
         }
     }
 }
@@ -604,7 +604,7 @@ async fn process(
             e
         };
         if inner.handlers.contains_key(ctx.task_type.as_str()) {
-            out.emit(Some(event(TaskState::Running)));
+            out.emit(Some(event(TaskState::Running))).await;
         }
         let started = Instant::now();
         let result = run_handler(&inner, &ctx, &delivery.data).await;
@@ -627,7 +627,7 @@ async fn process(
                 m.succeeded_duration.observe(elapsed.as_secs_f64());
                 let mut done = event(TaskState::Succeeded);
                 done.result.clone_from(&outcome.result);
-                out.emit(Some(done));
+                out.emit(Some(done)).await;
                 match &outcome.result {
                     Some(result) => info!(elapsed_ms, result = %result, "Task succeeded."),
                     None => info!(elapsed_ms, "Task succeeded."),
@@ -654,7 +654,8 @@ async fn process(
                 out.emit(settled.map(|mut e| {
                     e.by = Some(inner.identity.clone());
                     e
-                }));
+                }))
+                .await;
             }
         }
         m.in_progress.dec();

@@ -244,8 +244,9 @@ pub fn figment_for<T: Serialize + Default>() -> Figment {
         .merge(Env::prefixed("WARREN_").split("__").ignore(&["config"]))
 }
 
-/// `["1s", "5s", "2m"]` <-> `Vec<Duration>`.
-mod duration_list {
+/// `["1s", "5s", "2m"]` <-> `Vec<Duration>`, for `#[serde(with = ...)]`
+/// (the retry ladder here, a service's own duration lists).
+pub mod duration_list {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -254,7 +254,7 @@ pub async fn publish(broker: &Broker, tracker: &Tracker, task: &Enqueue) -> Resu
         );
         return Err(publish_problem(broker, task, e));
     }
-    out.events.emit(queued.clone());
+    out.events.emit(queued.clone()).await;
     tracker.published(queued);
     tracing::info!(
         task_id = %task.id,

@@ -133,7 +133,7 @@ pub struct TasksSettings {
     /// waits in the delay queue of the smallest rung at least as long as
     /// the delay asked for. Must match the workers', whose start-up
     /// declares those queues.
-    #[serde(with = "duration_list")]
+    #[serde(with = "warren::settings::duration_list")]
     pub retry_delays: Vec<Duration>,
 }
 
@@ -159,27 +159,6 @@ impl Default for EmailChecks {
         Self {
             max_attachment_bytes: 5 * 1024 * 1024,
         }
-    }
-}
-
-/// `["1s", "5s", "2m"]` <-> `Vec<Duration>`.
-mod duration_list {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(list: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(
-            list.iter()
-                .map(|d| humantime::format_duration(*d).to_string()),
-        )
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<Duration>, D::Error> {
-        let raw = Vec::<humantime_serde::Serde<Duration>>::deserialize(deserializer)?;
-        Ok(raw.into_iter().map(|d| d.into_inner()).collect())
     }
 }
 

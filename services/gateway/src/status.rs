@@ -133,19 +133,9 @@ impl Tracker {
             return None;
         }
         Some(TaskStatus {
-            task_id: e.task_id.clone(),
-            task_type: e.task_type.clone(),
             state: TaskState::Queued,
-            attempt: e.attempt,
             queued_at: Some(e.at),
-            started_at: None,
-            updated_at: e.at,
-            finished_at: None,
-            next_attempt_at: None,
-            error_kind: None,
-            error: None,
-            reason: None,
-            result: None,
+            ..TaskStatus::first(e)
         })
     }
 
