@@ -148,14 +148,19 @@ impl Gateway {
             max_tracked_tasks = settings.events.max_tracked_tasks,
             "Gateway starting."
         );
+        // The broker connections outlive the HTTP drain: requests in flight
+        // at SIGTERM still get their publish confirmed (and their `queued`
+        // event written) before the connections close.
+        let broker_stop = CancellationToken::new();
         let following = {
             let broker = broker.clone();
             let broker_settings = settings.broker.clone();
             let retention = settings.events.retention;
             let shutdown = shutdown.clone();
+            let broker_stop = broker_stop.clone();
             tokio::spawn(async move {
                 let result = broker
-                    .run(broker_settings, retention, tracker, shutdown.clone())
+                    .run(broker_settings, retention, tracker, broker_stop)
                     .await;
                 // What reconnecting cannot fix stops the gateway.
                 if result.is_err() {
@@ -186,6 +191,7 @@ impl Gateway {
                 Ok(())
             }
         };
+        broker_stop.cancel();
         let followed = match following.await {
             Ok(result) => result.map_err(GatewayError::from),
             Err(join) => {
