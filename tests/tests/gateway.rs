@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::{Value, json};
 use warren_tests::broker::TestBroker;
 use warren_tests::http::{self, Multipart, SseEvent};
@@ -114,20 +113,6 @@ impl World {
             )
             .await
             .expect("cleanup");
-        let channel = self.broker.connection.create_channel().await.unwrap();
-        let names = &self.broker.names;
-        let _ = channel
-            .queue_delete(
-                names.events_stream().as_str().into(),
-                QueueDeleteOptions::default(),
-            )
-            .await;
-        let _ = channel
-            .exchange_delete(
-                names.events_exchange().as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
     }
 }
 

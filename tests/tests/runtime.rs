@@ -95,18 +95,9 @@ impl Running {
             .await
             .unwrap()
             .unwrap();
-        let channel = self.broker.connection.create_channel().await.unwrap();
-        let names = &self.broker.names;
-        let mut queues = vec![names.work_queue(STEM), names.dead_queue(STEM)];
-        for d in [100, 200] {
-            queues.push(names.retry_queue(STEM, Duration::from_millis(d)));
-        }
-        for q in queues {
-            let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        self.broker.cleanup().await.unwrap();
+        // The stem's queues (the test ladder's rungs are among the usual
+        // ones), the exchanges and the events stream.
+        self.broker.cleanup_stems(&[STEM], &[]).await.unwrap();
     }
 }
 
@@ -382,18 +373,5 @@ async fn lifecycle_events_reach_the_stream_in_order() {
     assert_eq!(b.state, TaskState::DeadLettered);
     assert_eq!(b.reason.as_deref(), Some("permanent"));
     assert_eq!(b.error_kind.as_deref(), Some("invalid_payload"));
-    let channel = run.broker.connection.create_channel().await.unwrap();
-    let _ = channel
-        .queue_delete(
-            names.events_stream().as_str().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await;
-    let _ = channel
-        .exchange_delete(
-            names.events_exchange().as_str().into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await;
     run.finish().await;
 }
