@@ -355,8 +355,14 @@ mod tests {
             "the upload went ahead without a turn"
         );
         drop(turn);
-        let (status, _, _) = upload.await.unwrap();
-        assert_ne!(status, StatusCode::REQUEST_TIMEOUT);
+        // With its turn it reads the file and stores it (the publish after
+        // that fails here: there is no broker).
+        let (status, _, body) = upload.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let stored = std::fs::read_dir(dir.path().join("uploads"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(stored, 1, "the upload was stored once it had a turn");
         assert_eq!(uploads.available_permits(), 1, "the turn is given back");
     }
 
