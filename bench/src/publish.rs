@@ -19,75 +19,82 @@ use crate::stats::{median, ratio, round};
 use crate::task::{BenchBody, STEM, TASK_TYPE, pad_for};
 use crate::warren_side::init_telemetry;
 
-async fn warren_once(cfg: &Config, bench: &BenchBroker, pad: &Arc<str>) -> anyhow::Result<f64> {
-    init_telemetry();
-    let connection = warren::broker::connect(&bench.settings(), "warren-bench-producer").await?;
-    let publisher = Publisher::on(&connection, bench.names.clone()).await?;
+/// Publishes `n` bodies with `concurrency` publishes in flight, each
+/// awaiting its confirm; `publish` publishes the body with sequence number
+/// `seq`. Returns the rate in msg/s.
+async fn publish_n<F, Fut>(n: usize, concurrency: usize, publish: F) -> anyhow::Result<f64>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
-    let n = cfg.n;
     let start = Instant::now();
     let mut set = JoinSet::new();
-    for _ in 0..cfg.publish_concurrency.max(1) {
-        let publisher = publisher.clone();
+    for _ in 0..concurrency.max(1) {
+        let publish = publish.clone();
         let next = next.clone();
-        let pad = pad.clone();
         set.spawn(async move {
             loop {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
                 if seq >= n {
                     return anyhow::Ok(());
                 }
-                let body = BenchBody {
-                    seq: seq as u64,
-                    sent_at_us: 0,
-                    pad: &pad,
-                };
-                publisher
-                    .publish_task(TASK_TYPE, &body, PublishOptions::default())
-                    .await?;
+                publish(seq as u64).await?;
             }
         });
     }
     while let Some(r) = set.join_next().await {
         r??;
     }
-    let elapsed = start.elapsed();
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn warren_once(cfg: &Config, bench: &BenchBroker, pad: &Arc<str>) -> anyhow::Result<f64> {
+    init_telemetry();
+    let connection = warren::broker::connect(&bench.settings(), "warren-bench-producer").await?;
+    // In an Arc like the bare publisher, so both sides pay the same per
+    // publish to reach it.
+    let publisher = Arc::new(Publisher::on(&connection, bench.names.clone()).await?);
+    let pad = pad.clone();
+    let rate = publish_n(cfg.n, cfg.publish_concurrency, move |seq| {
+        let (publisher, pad) = (publisher.clone(), pad.clone());
+        async move {
+            let body = BenchBody {
+                seq,
+                sent_at_us: 0,
+                pad: &pad,
+            };
+            publisher
+                .publish_task(TASK_TYPE, &body, PublishOptions::default())
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
     let _ = connection.close(200, "bench done".into()).await;
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok(rate)
 }
 
 async fn bare_once(cfg: &Config, bench: &BenchBroker, pad: &Arc<str>) -> anyhow::Result<f64> {
     let publisher =
         Arc::new(BarePublisher::connect(&bench.url, &bench.names.tasks_exchange()).await?);
-    let next = Arc::new(AtomicUsize::new(0));
-    let n = cfg.n;
-    let start = Instant::now();
-    let mut set = JoinSet::new();
-    for _ in 0..cfg.publish_concurrency.max(1) {
-        let publisher = publisher.clone();
-        let next = next.clone();
-        let pad = pad.clone();
-        set.spawn(async move {
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= n {
-                    return anyhow::Ok(());
-                }
-                let body = BenchBody {
-                    seq: seq as u64,
-                    sent_at_us: 0,
-                    pad: &pad,
-                };
-                publisher.publish(&body).await?;
-            }
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
-    let elapsed = start.elapsed();
+    let pad = pad.clone();
+    let driver = publisher.clone();
+    let rate = publish_n(cfg.n, cfg.publish_concurrency, move |seq| {
+        let (publisher, pad) = (driver.clone(), pad.clone());
+        async move {
+            let body = BenchBody {
+                seq,
+                sent_at_us: 0,
+                pad: &pad,
+            };
+            publisher.publish(&body).await?;
+            Ok(())
+        }
+    })
+    .await?;
     publisher.close().await;
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok(rate)
 }
 
 pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyhow::Result<()> {

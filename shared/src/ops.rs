@@ -49,6 +49,36 @@ pub async fn serve(
     Ok(OpsServer { local_addr, task })
 }
 
+/// The ops port could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("could not listen on {addr} for the ops endpoints")]
+pub struct OpsBindError {
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Serves the ops endpoints while `work` (a service's run, drain included)
+/// goes on, and stops them once it is over: probes see "not ready" while
+/// the service drains, and the last scrape sees its final counts.
+pub async fn serve_during<T>(
+    settings: &OpsSettings,
+    readiness: Readiness,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, OpsBindError> {
+    let stop = CancellationToken::new();
+    let server = serve(settings, readiness, stop.clone())
+        .await
+        .map_err(|source| OpsBindError {
+            addr: settings.addr.clone(),
+            source,
+        })?;
+    let result = work.await;
+    stop.cancel();
+    let _ = server.task.await;
+    Ok(result)
+}
+
 /// The routes, for services that mount them on a router of their own.
 pub fn router(readiness: Readiness) -> Router {
     Router::new()

@@ -137,3 +137,71 @@ pub trait Task: serde::de::DeserializeOwned + Send + 'static {
     /// The routing key producers publish this task with, e.g. `email.send`.
     const TYPE: &'static str;
 }
+
+/// Longest task id kept verbatim by [`safe_task_id`]; longer ones are
+/// hashed, so a file name made from one stays well under 255 bytes.
+const MAX_VERBATIM_ID_LEN: usize = 128;
+
+/// A form of the task id that is safe as one file name or object-key
+/// segment and inside a Message-ID.
+///
+/// Ids made of `[A-Za-z0-9._-]` (as UUIDs are), not too long, not starting
+/// or ending with a dot and without `..`, are kept verbatim. Anything else
+/// becomes `id=` and a stable 128-bit FNV-1a hash of the id: `=` never
+/// appears in a verbatim id, so the two forms cannot collide.
+pub fn safe_task_id(task_id: &str) -> String {
+    let verbatim = !task_id.is_empty()
+        && task_id.len() <= MAX_VERBATIM_ID_LEN
+        && task_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !task_id.starts_with('.')
+        && !task_id.ends_with('.')
+        && !task_id.contains("..");
+    if verbatim {
+        task_id.to_owned()
+    } else {
+        format!("id={:032x}", fnv1a_128(task_id.as_bytes()))
+    }
+}
+
+/// FNV-1a, 128 bits. Chosen over `DefaultHasher` because its output must not
+/// change between Rust releases: a redelivery must map to the same
+/// Message-ID, file name and key prefix.
+fn fnv1a_128(bytes: &[u8]) -> u128 {
+    const OFFSET_BASIS: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
+        (hash ^ u128::from(b)).wrapping_mul(PRIME)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_are_kept_when_safe_and_hashed_stably_otherwise() {
+        let uuid = "0191b2c4-7e5a-7b3c-9d8e-1f2a3b4c5d6e";
+        assert_eq!(safe_task_id(uuid), uuid);
+        assert_eq!(safe_task_id("order_42.v2"), "order_42.v2");
+        for unsafe_id in [
+            "a/b",
+            "a b",
+            "<x@y>",
+            "..",
+            "a..b",
+            ".hidden",
+            "",
+            "é",
+            &"a".repeat(200),
+        ] {
+            let clean = safe_task_id(unsafe_id);
+            assert!(clean.starts_with("id="), "{unsafe_id:?} -> {clean}");
+            assert_eq!(clean.len(), 3 + 32);
+            // Stable: the same id always maps to the same value.
+            assert_eq!(clean, safe_task_id(unsafe_id));
+        }
+        assert_ne!(safe_task_id("a/b"), safe_task_id("a/c"));
+    }
+}

@@ -132,18 +132,13 @@ async fn main() -> anyhow::Result<()> {
             .with_label_values(&[SERVICE, &queue, TASK_TYPE]);
         report_progress(move || acked.get(), shutdown.clone());
         let status = worker.status();
-        let ops_stop = CancellationToken::new();
-        let ops = warren::ops::serve(
+        warren::ops::serve_during(
             &settings.ops,
             Arc::new(move || status.readiness()),
-            ops_stop.clone(),
+            worker.run(shutdown),
         )
-        .await
-        .context("Could not listen for the ops endpoints")?;
-        let result = worker.run(shutdown).await;
-        ops_stop.cancel();
-        let _ = ops.task.await;
-        result.map_err(anyhow::Error::from)
+        .await?
+        .map_err(anyhow::Error::from)
     };
     telemetry.shutdown().await;
     result.context("The noop worker stopped")

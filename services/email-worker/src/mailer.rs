@@ -190,9 +190,9 @@ impl fmt::Debug for Mailer {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::message::sanitize_task_id;
     use serde_json::Value;
     use std::path::Path;
+    use warren::task::safe_task_id;
 
     fn context(id: &str) -> TaskContext {
         TaskContext {
@@ -235,7 +235,7 @@ mod tests {
             .send(&context("task/42"), task(payload.clone()))
             .await
             .unwrap();
-        let id = sanitize_task_id("task/42");
+        let id = safe_task_id("task/42");
         assert_eq!(
             outcome.result,
             Some(json!({

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use email_worker::{Mailer, SendEmail, Settings};
-use tokio_util::sync::CancellationToken;
 use warren::runtime::Worker;
 
 #[tokio::main]
@@ -35,27 +34,14 @@ async fn main() -> anyhow::Result<()> {
         async move { mailer.send(&ctx, task).await }
     });
 
-    // The ops endpoints outlive the drain, so probes see "not ready" while
-    // in-flight tasks finish and the last scrape sees the final counts.
     let status = worker.status();
-    let ops_stop = CancellationToken::new();
-    let ops = warren::ops::serve(
-        &settings.ops,
-        Arc::new(move || status.readiness()),
-        ops_stop.clone(),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "Could not listen on {} for the ops endpoints",
-            settings.ops.addr
-        )
-    })?;
-
-    let result = worker.run(shutdown).await;
-    mailer.close().await;
-    ops_stop.cancel();
-    let _ = ops.task.await;
+    let result =
+        warren::ops::serve_during(&settings.ops, Arc::new(move || status.readiness()), async {
+            let result = worker.run(shutdown).await;
+            mailer.close().await;
+            result
+        })
+        .await;
     telemetry.shutdown().await;
-    result.context("The email worker stopped")
+    result?.context("The email worker stopped")
 }

@@ -18,13 +18,10 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use warren::task::safe_task_id;
 use warren::{Task, TaskError};
 
 use crate::template::{Rendered, TemplateName, Templates};
-
-/// Longest task id used verbatim in a Message-ID and an outbox file name;
-/// longer ids are hashed so the file name stays well under 255 bytes.
-const MAX_VERBATIM_ID_LEN: usize = 128;
 
 /// The body of an `email.send` task, as published.
 ///
@@ -634,7 +631,7 @@ pub struct MessageId(String);
 
 impl MessageId {
     pub fn for_task(task_id: &str, from: &EmailAddress) -> Self {
-        Self(format!("<{}@{}>", sanitize_task_id(task_id), from.domain()))
+        Self(format!("<{}@{}>", safe_task_id(task_id), from.domain()))
     }
 
     /// With the angle brackets, as in the header.
@@ -647,38 +644,6 @@ impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A form of the task id safe in a Message-ID and as a file name.
-///
-/// Ids made of `[A-Za-z0-9._-]` (as UUIDs are), not too long, not starting
-/// or ending with a dot and without `..`, are kept verbatim. Anything else is
-/// replaced by `id=` and a stable 128-bit FNV-1a hash of the id: `=` never
-/// appears in a verbatim id, so the two forms cannot collide.
-pub fn sanitize_task_id(task_id: &str) -> String {
-    let verbatim = !task_id.is_empty()
-        && task_id.len() <= MAX_VERBATIM_ID_LEN
-        && task_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !task_id.starts_with('.')
-        && !task_id.ends_with('.')
-        && !task_id.contains("..");
-    if verbatim {
-        task_id.to_owned()
-    } else {
-        format!("id={:032x}", fnv1a_128(task_id.as_bytes()))
-    }
-}
-
-/// FNV-1a, 128 bits. Chosen over `DefaultHasher` because its output must not
-/// change between Rust releases: the Message-ID of a redelivery must match.
-fn fnv1a_128(bytes: &[u8]) -> u128 {
-    const OFFSET_BASIS: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
-        (hash ^ u128::from(b)).wrapping_mul(PRIME)
-    })
 }
 
 #[cfg(test)]
@@ -920,31 +885,10 @@ mod tests {
 
     #[test]
     fn task_ids_are_sanitized_for_message_ids() {
-        let uuid = "0191b2c4-7e5a-7b3c-9d8e-1f2a3b4c5d6e";
-        assert_eq!(sanitize_task_id(uuid), uuid);
-        assert_eq!(sanitize_task_id("order_42.v2"), "order_42.v2");
-        for unsafe_id in [
-            "a/b",
-            "a b",
-            "<x@y>",
-            "..",
-            "a..b",
-            ".hidden",
-            "",
-            "é",
-            &"a".repeat(200),
-        ] {
-            let clean = sanitize_task_id(unsafe_id);
-            assert!(clean.starts_with("id="), "{unsafe_id:?} -> {clean}");
-            assert_eq!(clean.len(), 3 + 32);
-            // Stable: the same id always maps to the same value.
-            assert_eq!(clean, sanitize_task_id(unsafe_id));
-        }
-        assert_ne!(sanitize_task_id("a/b"), sanitize_task_id("a/c"));
         let from = EmailAddress::parse("from", "me@mail.example.org").unwrap();
         assert_eq!(
             MessageId::for_task("a/b", &from).as_str(),
-            format!("<{}@mail.example.org>", sanitize_task_id("a/b"))
+            format!("<{}@mail.example.org>", safe_task_id("a/b"))
         );
     }
 }

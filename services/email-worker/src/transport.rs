@@ -24,8 +24,8 @@ use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 use warren::TaskError;
 
-use crate::message::sanitize_task_id;
 use crate::settings::{EmailSettings, SmtpSettings, SmtpTls, TransportKind};
+use warren::task::safe_task_id;
 
 /// lettre's SMTP error.
 pub type SmtpError = lettre::transport::smtp::Error;
@@ -266,7 +266,7 @@ impl Outbox {
 
     /// The file a task's message is written to.
     pub fn path_for(&self, task_id: &str) -> PathBuf {
-        self.dir.join(format!("{}.eml", sanitize_task_id(task_id)))
+        self.dir.join(format!("{}.eml", safe_task_id(task_id)))
     }
 
     /// Writes the message atomically and returns the file's path. Creates
@@ -284,7 +284,7 @@ impl Outbox {
         // systems; a leading dot keeps it out of `*.eml` globs.
         let temp = self.dir.join(format!(
             ".{}.{}.{}.tmp",
-            sanitize_task_id(task_id),
+            safe_task_id(task_id),
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));

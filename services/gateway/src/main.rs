@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use gateway::{Gateway, Settings};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,21 +15,9 @@ async fn main() -> anyhow::Result<()> {
     let ops_settings = settings.ops.clone();
     let gateway = Gateway::build(settings).context("Could not set up the gateway")?;
 
-    // The ops endpoints outlive the HTTP API's drain, so probes see "not
-    // ready" while requests finish and the last scrape sees final counts.
-    let ops_stop = CancellationToken::new();
-    let ops = warren::ops::serve(&ops_settings, gateway.readiness(), ops_stop.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "Could not listen on {} for the ops endpoints",
-                ops_settings.addr
-            )
-        })?;
-
-    let result = gateway.run(shutdown).await;
-    ops_stop.cancel();
-    let _ = ops.task.await;
+    // The ops endpoints outlive the HTTP API's drain.
+    let readiness = gateway.readiness();
+    let result = warren::ops::serve_during(&ops_settings, readiness, gateway.run(shutdown)).await;
     telemetry.shutdown().await;
-    result.context("The gateway stopped")
+    result?.context("The gateway stopped")
 }

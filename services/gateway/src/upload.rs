@@ -14,7 +14,6 @@ use axum::extract::{Multipart, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use image_worker::decode::SourceFormat;
-use image_worker::key::key_safe_task_id;
 use image_worker::{StoreKey, ThumbnailTask};
 use serde_json::{Value, json};
 use warren::Task;
@@ -132,7 +131,7 @@ pub async fn upload_image(
     let delay = app.checks.rung_for(params.delay.as_deref(), "delay")?;
     let raw_key = format!(
         "uploads/{}/{}",
-        key_safe_task_id(&id),
+        warren::task::safe_task_id(&id),
         sanitize_name(name.as_deref(), format)
     );
     let key = StoreKey::parse("the upload's key", &raw_key).map_err(|e| {

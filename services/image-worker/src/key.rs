@@ -15,8 +15,6 @@ use warren::TaskError;
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Longest single segment (a file name on most file systems).
 pub const MAX_SEGMENT_BYTES: usize = 255;
-/// Longest task id used verbatim in a key; longer ones are hashed.
-const MAX_VERBATIM_ID_LEN: usize = 128;
 
 /// A validated, relative object key such as `uploads/2024/cat.jpg`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -126,42 +124,9 @@ impl PrefixTemplate {
     pub fn render(&self, task_id: &str) -> Result<StoreKey, TaskError> {
         let rendered = self
             .0
-            .replace(TASK_ID_PLACEHOLDER, &key_safe_task_id(task_id));
+            .replace(TASK_ID_PLACEHOLDER, &warren::task::safe_task_id(task_id));
         StoreKey::parse("the output prefix", &rendered)
     }
-}
-
-/// A form of the task id that is one safe key segment.
-///
-/// Ids made of `[A-Za-z0-9._-]` (as UUIDs are), not too long, not starting
-/// or ending with a dot and without `..`, are kept verbatim. Anything else
-/// becomes `id=` and a stable 128-bit FNV-1a hash of the id: `=` never
-/// appears in a verbatim id, so the two forms cannot collide. The same rule
-/// as the email worker's outbox file names.
-pub fn key_safe_task_id(task_id: &str) -> String {
-    let verbatim = !task_id.is_empty()
-        && task_id.len() <= MAX_VERBATIM_ID_LEN
-        && task_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !task_id.starts_with('.')
-        && !task_id.ends_with('.')
-        && !task_id.contains("..");
-    if verbatim {
-        task_id.to_owned()
-    } else {
-        format!("id={:032x}", fnv1a_128(task_id.as_bytes()))
-    }
-}
-
-/// FNV-1a, 128 bits: its output never changes between Rust releases, so a
-/// redelivery maps to the same prefix.
-fn fnv1a_128(bytes: &[u8]) -> u128 {
-    const OFFSET_BASIS: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
-        (hash ^ u128::from(b)).wrapping_mul(PRIME)
-    })
 }
 
 #[cfg(test)]

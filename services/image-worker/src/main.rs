@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use image_worker::{Settings, ThumbnailTask, Thumbnailer};
-use tokio_util::sync::CancellationToken;
 use warren::runtime::Worker;
 
 #[tokio::main]
@@ -40,26 +39,13 @@ async fn main() -> anyhow::Result<()> {
         async move { thumbnailer.thumbnail(&ctx, task).await }
     });
 
-    // The ops endpoints outlive the drain, so probes see "not ready" while
-    // in-flight tasks finish and the last scrape sees the final counts.
     let status = worker.status();
-    let ops_stop = CancellationToken::new();
-    let ops = warren::ops::serve(
+    let result = warren::ops::serve_during(
         &settings.ops,
         Arc::new(move || status.readiness()),
-        ops_stop.clone(),
+        worker.run(shutdown),
     )
-    .await
-    .with_context(|| {
-        format!(
-            "Could not listen on {} for the ops endpoints",
-            settings.ops.addr
-        )
-    })?;
-
-    let result = worker.run(shutdown).await;
-    ops_stop.cancel();
-    let _ = ops.task.await;
+    .await;
     telemetry.shutdown().await;
-    result.context("The image worker stopped")
+    result?.context("The image worker stopped")
 }
