@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use warren::contract::Names;
-use warren_tests::broker::TestBroker;
-use warren_tests::deploy::{
+use warren_deploy_check::{
     Dockerfile, Manifest, Service, Settings, cargo_build_command, compose_environment,
     compose_mounts, compose_ports, container_env, deploy_tool, find, go_duration, k8s_dir,
     k8s_files, k8s_manifests, known_non_setting_variable, manifest_data, mounted_host_path,
     process_lock, process_lock_async, quantity, read, repo_root, run, shell_words, yaml_documents,
 };
+use warren_tests::broker::TestBroker;
 use warren_tests::ops::http_get;
 use warren_tests::worker::WorkerProcess;
 
@@ -1060,9 +1060,10 @@ fn compose_mounts_exist_and_the_configs_they_mount_point_at_real_services_and_po
         .into_owned();
     {
         let _guard = process_lock();
-        if let Err(e) =
-            warren_tests::prometheus::promtool(&config_dir, &["check", "config", &config_name])
-        {
+        if let Err(e) = warren_deploy_check::prometheus::promtool(
+            &config_dir,
+            &["check", "config", &config_name],
+        ) {
             problems.push(format!("{e:#}"));
         }
     }
@@ -1075,7 +1076,8 @@ fn compose_mounts_exist_and_the_configs_they_mount_point_at_real_services_and_po
         .filter_map(Value::as_str)
     {
         let _guard = process_lock();
-        if let Err(e) = warren_tests::prometheus::promtool(&config_dir, &["check", "rules", rules])
+        if let Err(e) =
+            warren_deploy_check::prometheus::promtool(&config_dir, &["check", "rules", rules])
         {
             problems.push(format!("{e:#}"));
         }
