@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
-use pulldown_cmark::{Event, HeadingLevel, Parser, Tag, TagEnd};
+use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Parser, Tag, TagEnd};
 
 use crate::repo::repo_root;
 
@@ -124,6 +124,28 @@ pub fn links(markdown: &str) -> Vec<Link> {
             _ => None,
         })
         .collect()
+}
+
+/// The text of every fenced code block of `markdown` whose info string is
+/// `lang` (` ```toml `), in order.
+pub fn code_blocks(markdown: &str, lang: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut open: Option<String> = None;
+    for event in Parser::new(markdown) {
+        match event {
+            Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(info))) => {
+                open = (info.split_whitespace().next() == Some(lang)).then(String::new);
+            }
+            Event::Text(text) => {
+                if let Some(block) = open.as_mut() {
+                    block.push_str(&text);
+                }
+            }
+            Event::End(TagEnd::CodeBlock) => blocks.extend(open.take()),
+            _ => {}
+        }
+    }
+    blocks
 }
 
 /// Whether a link target points into the repository (rather than at a web
@@ -263,6 +285,12 @@ mod tests {
         assert!(body.contains("### Limits"));
         assert!(!body.contains("## Settings"));
         assert!(section(PAGE, "Nothing").is_none());
+    }
+
+    #[test]
+    fn code_blocks_by_language() {
+        assert_eq!(code_blocks(PAGE, "sh"), ["# not a heading [nor](a-link.md)\n"]);
+        assert!(code_blocks(PAGE, "toml").is_empty());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use warren::contract::Names;
 use warren_deploy_check::{
-    Dockerfile, Manifest, Service, Settings, cargo_build_command, compose_environment,
+    Dockerfile, docs, Manifest, Service, Settings, cargo_build_command, compose_environment,
     compose_mounts, compose_ports, container_env, deploy_tool, find, go_duration, k8s_dir,
     k8s_files, k8s_manifests, known_non_setting_variable, manifest_data, mounted_host_path,
     process_lock, process_lock_async, quantity, read, repo_root, run, shell_words, yaml_documents,
@@ -31,7 +31,7 @@ use warren_tests::broker::TestBroker;
 use warren_tests::ops::http_get;
 use warren_tests::worker::WorkerProcess;
 
-/// Settings that are secrets (README, "Settings"): in Kubernetes they come
+/// Settings that are secrets (docs/operations.md, "Settings"): in Kubernetes they come
 /// from Secrets, never from ConfigMaps or the pod spec.
 const SECRET_VARIABLES: [&str; 5] = [
     "WARREN_BROKER__URL",
@@ -86,12 +86,12 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// Resident memory of a Warren process before it holds any task, rounded
 /// up from the benchmark's 31 MiB peak for a worker with the defaults
-/// (README, "Performance").
+/// (docs/performance.md).
 const PROCESS_BASELINE_BYTES: f64 = 64.0 * MIB;
 
 /// The gateway's status view per tracked task, at its largest: about
 /// 3.7 KB for an email task and 7 KB for a thumbnail task, whose result is
-/// kept (README, "Limits and known behaviour of the gateway").
+/// kept (docs/gateway.md, "Limits and known behaviour of the gateway").
 const GATEWAY_BYTES_PER_TRACKED_TASK: f64 = 7_000.0;
 
 /// What an email task in the worker costs, in multiples of its attachments'
@@ -248,7 +248,7 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
 // Dockerfile
 
 #[test]
-fn the_dockerfile_builds_every_service_binary_with_the_readmes_release_command() {
+fn the_dockerfile_builds_every_service_binary_with_the_documented_release_command() {
     let file = dockerfile();
     let builder = file
         .stage("builder")
@@ -266,15 +266,15 @@ fn the_dockerfile_builds_every_service_binary_with_the_readmes_release_command()
     );
     let command = &commands[0];
 
-    let readme: BTreeSet<String> = read("README.md")
+    let documented: BTreeSet<String> = read("docs/deploy.md")
         .lines()
         .filter(|l| l.trim_start().starts_with("cargo build --release"))
         .filter_map(cargo_build_command)
         .collect();
     assert_eq!(
-        readme,
+        documented,
         BTreeSet::from([command.clone()]),
-        "the README's release build must be the Dockerfile's"
+        "the release build in docs/deploy.md must be the Dockerfile's"
     );
 
     let words = shell_words(command);
@@ -1477,38 +1477,22 @@ fn services_that_share_work_agree_on_the_settings_they_share() {
     report(problems);
 }
 
-/// The README's `## title` section, up to the next `## ` heading.
-fn readme_section<'a>(readme: &'a str, title: &str) -> &'a str {
-    readme
-        .split("\n## ")
-        .find(|s| s.lines().next() == Some(title))
-        .unwrap_or_else(|| panic!("README has no section {title}"))
-}
-
-/// The anchor GitHub gives a heading: lower case, spaces to hyphens,
-/// other punctuation dropped.
-fn github_anchor(heading: &str) -> String {
-    heading
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
+/// The section under the heading `title` of the docs page `page`, its
+/// subsections included.
+fn doc_section<'a>(text: &'a str, page: &str, title: &str) -> &'a str {
+    docs::section(text, title).unwrap_or_else(|| panic!("{page} has no section {title}"))
 }
 
 #[test]
-fn the_readme_lists_every_port_compose_publishes() {
+fn the_docs_list_every_port_compose_publishes() {
     let compose = compose();
-    let readme = read("README.md");
-    let section = readme_section(&readme, "Running with Docker");
+    let deploy = read("docs/deploy.md");
+    let section = doc_section(&deploy, "docs/deploy.md", "Running with Docker");
     let mut problems = Vec::new();
     for (name, spec) in compose["services"].as_object().unwrap() {
         if !section.contains(&format!("`{name}`")) {
             problems.push(format!(
-                "README, Running with Docker, does not list the service `{name}`"
+                "docs/deploy.md, Running with Docker, does not list the service `{name}`"
             ));
         }
         for port in compose_ports(spec).unwrap() {
@@ -1518,7 +1502,7 @@ fn the_readme_lists_every_port_compose_publishes() {
                 .any(|n| n == host.to_string());
             if !mentioned {
                 problems.push(format!(
-                    "README, Running with Docker, does not list {name}'s port {host}"
+                    "docs/deploy.md, Running with Docker, does not list {name}'s port {host}"
                 ));
             }
         }
@@ -2281,7 +2265,7 @@ fn keda_scales_each_worker_on_ready_plus_unacked_messages_of_its_own_queue() {
 }
 
 // ---------------------------------------------------------------------------
-// README, "Running in production"
+// docs/observability.md and docs/deploy.md, "Running in production"
 
 /// Every panel of a Grafana dashboard, those inside rows included; rows
 /// themselves are headings, not panels.
@@ -2295,10 +2279,10 @@ fn dashboard_panels(panels: &Value, out: &mut Vec<String>) {
 }
 
 #[test]
-fn the_readme_explains_every_dashboard_panel_and_alert_and_links_what_it_cites() {
-    let readme = read("README.md");
-    let observability = readme_section(&readme, "Observability");
-    let production = readme_section(&readme, "Running in production");
+fn the_docs_explain_every_dashboard_panel_and_alert_and_link_what_they_cite() {
+    let observability = read("docs/observability.md");
+    let deploy = read("docs/deploy.md");
+    let production = doc_section(&deploy, "docs/deploy.md", "Running in production");
     let mut problems = Vec::new();
 
     // Each dashboard and each of its panels, by title.
@@ -2314,7 +2298,7 @@ fn the_readme_explains_every_dashboard_panel_and_alert_and_links_what_it_cites()
         let title = dashboard["title"].as_str().unwrap_or_default();
         if !observability.contains(&format!("**{title}**")) {
             problems.push(format!(
-                "README does not describe the dashboard **{title}**"
+                "docs/observability.md does not describe the dashboard **{title}**"
             ));
         }
         let mut panels = Vec::new();
@@ -2323,7 +2307,7 @@ fn the_readme_explains_every_dashboard_panel_and_alert_and_links_what_it_cites()
         for panel in panels {
             if !observability.contains(&format!("*{panel}*")) {
                 problems.push(format!(
-                    "README does not say what the panel *{panel}* of {title} shows"
+                    "docs/observability.md does not say what the panel *{panel}* of {title} shows"
                 ));
             }
         }
@@ -2344,18 +2328,17 @@ fn the_readme_explains_every_dashboard_panel_and_alert_and_links_what_it_cites()
     assert!(!alerts.is_empty(), "alerts.yml has no alerts");
     for alert in alerts {
         for (section, text) in [
-            ("Observability", observability),
-            ("Running in production", production),
+            ("docs/observability.md", observability.as_str()),
+            ("docs/deploy.md, Running in production", production),
         ] {
             if !text.contains(&format!("| `{alert}` |")) {
-                problems.push(format!(
-                    "README, {section}, has no row for the alert {alert}"
-                ));
+                problems.push(format!("{section} has no row for the alert {alert}"));
             }
         }
     }
 
-    // What the issue asks of the section, and links that lead somewhere.
+    // What the issue asks of the section, and links to what it cites (that
+    // every relative link leads to a file and heading is the docs check's).
     for heading in [
         "What a replica buys",
         "Autoscaling",
@@ -2364,29 +2347,23 @@ fn the_readme_explains_every_dashboard_panel_and_alert_and_links_what_it_cites()
     ] {
         if !production.contains(&format!("\n### {heading}\n")) {
             problems.push(format!(
-                "README, Running in production, has no ### {heading}"
+                "docs/deploy.md, Running in production, has no ### {heading}"
             ));
         }
     }
-    let anchors: BTreeSet<String> = readme
-        .lines()
-        .filter_map(|l| l.strip_prefix('#'))
-        .map(|l| github_anchor(l.trim_start_matches('#').trim()))
-        .collect();
-    for wanted in ["performance", "dashboards", "alerts"] {
-        if !production.contains(&format!("](#{wanted})")) {
+    for wanted in [
+        "performance.md",
+        "observability.md#dashboards",
+        "observability.md#alerts",
+    ] {
+        if !production.contains(&format!("]({wanted})")) {
             problems.push(format!(
-                "README, Running in production, does not link #{wanted}"
+                "docs/deploy.md, Running in production, does not link {wanted}"
             ));
         }
     }
-    for section in [production, readme_section(&readme, "Running with Docker")] {
-        for link in section.split("](#").skip(1) {
-            let anchor = link.split(')').next().unwrap_or_default();
-            if !anchors.contains(anchor) {
-                problems.push(format!("README links #{anchor}, which is no heading"));
-            }
-        }
+    for file in ["docs/deploy.md", "docs/observability.md"] {
+        problems.extend(docs::broken_links(file));
     }
     report(problems);
 }
