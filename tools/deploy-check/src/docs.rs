@@ -289,7 +289,10 @@ mod tests {
 
     #[test]
     fn code_blocks_by_language() {
-        assert_eq!(code_blocks(PAGE, "sh"), ["# not a heading [nor](a-link.md)\n"]);
+        assert_eq!(
+            code_blocks(PAGE, "sh"),
+            ["# not a heading [nor](a-link.md)\n"]
+        );
         assert!(code_blocks(PAGE, "toml").is_empty());
     }
 

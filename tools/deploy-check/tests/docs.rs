@@ -120,9 +120,7 @@ fn settings_block_problems(page: &str, defaults: Value, complete: &[&str]) -> Ve
     let mut shown = Vec::new();
     leaves(&documented, "", &mut shown);
     for (path, value) in &shown {
-        let default = path
-            .split('.')
-            .try_fold(&defaults, |v, key| v.get(key));
+        let default = path.split('.').try_fold(&defaults, |v, key| v.get(key));
         match default {
             None => problems.push(format!("{page}: {path} is no setting of the service")),
             Some(default) if default != value => problems.push(format!(
@@ -135,9 +133,10 @@ fn settings_block_problems(page: &str, defaults: Value, complete: &[&str]) -> Ve
     let mut all = Vec::new();
     leaves(&defaults, "", &mut all);
     for (path, _) in all {
-        let in_complete = complete
-            .iter()
-            .any(|s| path.strip_prefix(s).is_some_and(|rest| rest.starts_with('.')));
+        let in_complete = complete.iter().any(|s| {
+            path.strip_prefix(s)
+                .is_some_and(|rest| rest.starts_with('.'))
+        });
         if in_complete && !named.contains(&path) {
             problems.push(format!("{page}: the settings tree leaves out {path}"));
         }
