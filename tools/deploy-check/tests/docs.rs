@@ -1,7 +1,8 @@
 //! The docs, checked against the repository and the code: every relative
 //! link of `README.md` and `docs/*.md` leads to a file and a heading that
 //! exist, the README stays a landing page from which every docs page is one
-//! hop away, and the settings trees the docs print are the code's defaults.
+//! hop away, the paths of "Where things live" exist, and the settings trees
+//! the docs print are the code's defaults.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use serde_json::Value;
-use warren_deploy_check::{docs, read};
+use warren_deploy_check::{docs, read, repo_root};
 
 fn report(problems: Vec<String>) {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
@@ -165,5 +166,43 @@ fn the_settings_trees_in_the_docs_are_the_codes_defaults() {
         defaults::<gateway::Settings>(),
         &["ops", "http", "events", "tasks", "email"],
     ));
+    report(problems);
+}
+
+/// The code spans of `markdown` that name a path of the repository
+/// (`shared/src/settings.rs`, `deploy/k8s/`, `.ci/run`); not those with a
+/// placeholder (`services/<service>/src`).
+fn code_paths(markdown: &str) -> Vec<String> {
+    use pulldown_cmark::{Event, Parser};
+    Parser::new(markdown)
+        .filter_map(|event| match event {
+            Event::Code(code)
+                if code.contains('/')
+                    && !code.contains(|c: char| c.is_whitespace() || c == '<' || c == '*') =>
+            {
+                Some(code.into_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn where_things_live_names_paths_that_exist() {
+    let index = read("docs/README.md");
+    let table = docs::section(&index, "Where things live")
+        .expect("docs/README.md has a section Where things live");
+    let paths = code_paths(table);
+    assert!(paths.len() > 10, "too few paths found: {paths:?}");
+    let root = repo_root();
+    let problems = paths
+        .into_iter()
+        .filter(|p| {
+            // A module may be a file or a folder: `shared/src/runtime`.
+            let path = root.join(p.trim_end_matches('/'));
+            !(path.exists() || path.with_extension("rs").exists())
+        })
+        .map(|p| format!("docs/README.md, Where things live: no such path {p}"))
+        .collect();
     report(problems);
 }
