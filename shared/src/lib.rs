@@ -14,9 +14,8 @@ pub mod publisher;
 pub mod runtime;
 pub mod settings;
 pub mod shutdown;
-pub mod task;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;
 
-pub use task::{Disposition, Outcome, Task, TaskContext, TaskError};
+pub use warren_core::{Disposition, Outcome, Task, TaskContext, TaskError, safe_task_id};

@@ -41,9 +41,9 @@ use crate::idempotency::{self, IdempotencyStore};
 use crate::metrics::{self, TaskMetrics};
 use crate::publisher::{PublishError, Publisher, Purpose};
 use crate::settings::{BrokerSettings, ConsumerSettings};
-use crate::task::{Outcome, Task, TaskContext, TaskError};
 use crate::topology::{Topology, TopologyError};
 use crate::trace;
+use crate::{Outcome, Task, TaskContext, TaskError};
 
 /// Errors that stop a worker for good. Connection trouble is not among
 /// them: the runtime reconnects until it is told to stop.
@@ -136,7 +136,7 @@ impl Worker {
         Fut: Future<Output = Result<Outcome, TaskError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let erased: ErasedHandler = Arc::new(move |ctx, body| match decode::<T>(body) {
+        let erased: ErasedHandler = Arc::new(move |ctx, body| match T::decode(body) {
             Ok(task) => Box::pin(handler(ctx, task)),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         });
@@ -985,24 +985,6 @@ async fn nack_requeue(delivery: &Delivery) {
     }
 }
 
-/// Decodes a task body. Bad JSON and unknown fields are permanent: no retry
-/// makes them valid.
-pub fn decode<T: Task>(body: &[u8]) -> Result<T, TaskError> {
-    use serde_json::error::Category;
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        Category::Data if e.to_string().starts_with("unknown field") => {
-            TaskError::permanent("unknown_field", format!("the task body has {e}"))
-        }
-        Category::Data => {
-            TaskError::permanent("invalid_payload", format!("the task body is invalid: {e}"))
-        }
-        _ => TaskError::permanent(
-            "invalid_json",
-            format!("the task body is not valid JSON: {e}"),
-        ),
-    })
-}
-
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -1021,29 +1003,6 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Ping {
-        #[allow(dead_code)]
-        n: u32,
-    }
-    impl Task for Ping {
-        const TYPE: &'static str = "test.ping";
-    }
-
-    #[test]
-    fn decode_errors_are_permanent_and_named() {
-        let e = decode::<Ping>(b"{not json").unwrap_err();
-        assert!(e.is_permanent());
-        assert_eq!(e.kind, "invalid_json");
-        let e = decode::<Ping>(br#"{"n": 1, "extra": true}"#).unwrap_err();
-        assert_eq!(e.kind, "unknown_field");
-        assert!(e.message.contains("extra"), "{}", e.message);
-        let e = decode::<Ping>(br#"{"n": "x"}"#).unwrap_err();
-        assert_eq!(e.kind, "invalid_payload");
-        assert!(decode::<Ping>(br#"{"n": 3}"#).is_ok());
-    }
 
     #[test]
     fn truncation_respects_char_boundaries() {
