@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use warren::publisher::PublishOptions;
+use warren::PublishOptions;
 use warren_tests::broker::TestBroker;
 use warren_tests::ops::http_get;
 use warren_tests::prometheus::{

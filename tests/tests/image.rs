@@ -18,8 +18,8 @@ use image::{
     DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage,
 };
 use serde_json::{Value, json};
+use warren::PublishOptions;
 use warren::contract::headers;
-use warren::publisher::PublishOptions;
 use warren_tests::broker::{Message, TestBroker};
 use warren_tests::worker::{WorkerProcess, binary, image_env, with};
 

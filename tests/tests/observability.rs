@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use warren::publisher::PublishOptions;
+use warren::PublishOptions;
 use warren_tests::broker::TestBroker;
 use warren_tests::ops::{http_get, sample};
 use warren_tests::smtp::SmtpSink;

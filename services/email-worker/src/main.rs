@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use email_worker::{Mailer, SendEmail, Settings};
-use warren::runtime::Worker;
+use warren::Worker;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use warren::Task;
 use warren::contract::MAX_PRIORITY;
 use warren::events::{TaskEvent, TaskState};
-use warren::publisher::{PublishError, PublishOptions, task_properties};
+use warren::{PublishError, PublishOptions, task_properties};
 use warren_tasks::email::{EmailAddress, EmailRequest, ParsePolicy, SendEmail};
 use warren_tasks::image::{SpecPolicy, ThumbnailSpec, ThumbnailTask};
 

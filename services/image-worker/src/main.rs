@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use image_worker::{Settings, ThumbnailTask, Thumbnailer};
-use warren::runtime::Worker;
+use warren::Worker;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
