@@ -247,32 +247,17 @@ mod tests {
 
     #[test]
     fn names_that_could_leave_the_directory_are_refused() {
+        // `TemplateName` refuses them when the task is parsed (the
+        // contract crate's tests list them); a name that skipped that
+        // check still stays inside the directory: minijinja's loader
+        // refuses `..` segments as well.
         let outer = tempfile::tempdir().unwrap();
         // A template outside templates_dir that traversal would reach.
         write(outer.path(), "secret", "body.txt", "leaked");
         let dir = outer.path().join("templates");
         std::fs::create_dir_all(&dir).unwrap();
         let templates = Templates::new(&dir);
-        for name in [
-            "../secret",
-            "..",
-            ".",
-            "a/b",
-            "a\\b",
-            "",
-            "we lcome",
-            "wélcome",
-            "x.html",
-        ] {
-            let err = TemplateName::parse(name).unwrap_err();
-            assert_eq!(err.kind, "invalid_payload", "{name:?}");
-        }
-        assert_eq!(
-            TemplateName::parse("Welcome_v2-b").unwrap().as_str(),
-            "Welcome_v2-b"
-        );
-        // Even a name that skipped the check stays inside the directory:
-        // minijinja's loader refuses `..` segments as well.
+        assert!(TemplateName::parse("../secret").is_err());
         let err = templates
             .render_named("../secret", &Map::new())
             .unwrap_err();

@@ -14,10 +14,10 @@
 //! the broker's confirm (only a full buffer makes a task wait). An event can
 //! be lost if the connection fails at that moment; the task itself cannot.
 //!
-//! The rooms: [`model`] (the event and its states, as JSON on the wire),
-//! [`publish`] (emitting, in order, off the task's path), [`stream`]
-//! (reading the stream from its first retained event) and [`view`] (the
-//! status of every task, folded from the events). The exchange and the
+//! The rooms: `model` (the event and its states, as JSON on the wire),
+//! `publish` (emitting, in order, off the task's path), `stream` (reading
+//! the stream from its first retained event) and `view` (the status of
+//! every task, folded from the events). The exchange and the
 //! stream are declared with the rest of the topology
 //! ([`crate::topology`]).
 
