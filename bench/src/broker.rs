@@ -107,7 +107,7 @@ impl BenchBroker {
         let mut pending = FuturesUnordered::new();
         for seq in 0..n {
             let id = uuid::Uuid::now_v7().to_string();
-            let props = warren::publisher::task_properties(&id, TASK_TYPE, 0);
+            let props = warren::task_properties(&id, TASK_TYPE, 0);
             let body = BenchBody {
                 seq: seq as u64,
                 sent_at_us: 0,

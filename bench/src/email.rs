@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use email_worker::{EmailSettings, Mailer, SendEmail, SmtpSettings, SmtpTls, TransportKind};
+use email_worker::{EmailSettings, Mailer, SmtpSettings, SmtpTls, TransportKind};
 use lettre::Message;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
@@ -17,7 +17,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::task::JoinSet;
-use warren::TaskContext;
+use warren::{Task, TaskContext};
+use warren_tasks::email::SendEmail;
 
 use crate::config::Config;
 use crate::report::{Report, thousands};
@@ -77,7 +78,7 @@ async fn warren_once(n: usize, concurrency: usize, port: u16) -> anyhow::Result<
                     published_at: None,
                     redelivered: false,
                 };
-                let task: SendEmail = warren::runtime::decode(&body)?;
+                let task = SendEmail::decode(&body)?;
                 mailer.send(&ctx, task).await?;
             }
         });

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warren::publisher::{PublishOptions, Publisher};
+use warren::{PublishOptions, Publisher};
 
 use crate::bare::{BareConsumer, BarePublisher, Progress};
 use crate::broker::BenchBroker;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use tokio::task::JoinSet;
-use warren::publisher::{PublishOptions, Publisher};
+use warren::{PublishOptions, Publisher};
 
 use crate::bare::BarePublisher;
 use crate::broker::BenchBroker;

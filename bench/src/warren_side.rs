@@ -1,4 +1,4 @@
-//! Warren's side, in process: the real `warren::runtime::Worker` with the
+//! Warren's side, in process: the real `warren::Worker` with the
 //! process set up as a production worker is (JSON logs at `info` through
 //! `warren::telemetry`, OpenTelemetry spans without an exporter,
 //! Prometheus metrics), only the log lines go to `/dev/null` instead of a
@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::idempotency::{IdempotencyStore, MemoryStore};
-use warren::runtime::{RuntimeError, Worker, WorkerStatus};
 use warren::settings::{ConsumerSettings, IdempotencySettings, TelemetrySettings};
 use warren::{Outcome, TaskContext, TaskError};
+use warren::{RuntimeError, Worker, WorkerStatus};
 
 use crate::broker::BenchBroker;
 use crate::task::{BenchTask, TASK_TYPE};

@@ -9,8 +9,8 @@
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use warren::publisher::{PublishOptions, Publisher};
 use warren::settings::BrokerSettings;
+use warren::{PublishOptions, Publisher};
 
 #[derive(Default, Deserialize, Serialize)]
 #[serde(default)]

@@ -2,7 +2,8 @@
 //! derived from one namespace so environments and tests share a broker.
 //!
 //! Changing anything here changes Warren's public API; the README and
-//! `asyncapi.yaml` describe the same names.
+//! `asyncapi.yaml` describe the same names (`shared/tests/asyncapi.rs`
+//! holds the document to them).
 
 use std::time::Duration;
 
@@ -37,6 +38,50 @@ pub mod headers {
     /// Publish time in milliseconds since the Unix epoch (the AMQP
     /// `timestamp` property has whole seconds only), for queue-wait metrics.
     pub const PUBLISHED_AT_MS: &str = "x-warren-published-at-ms";
+
+    /// Every header Warren writes.
+    pub const ALL: &[&str] = &[
+        TRACEPARENT,
+        TRACESTATE,
+        ATTEMPT,
+        ERROR_KIND,
+        ERROR,
+        FIRST_FAILURE_AT,
+        LAST_FAILURE_AT,
+        WORKER,
+        NEXT_ATTEMPT_AT,
+        DEAD_REASON,
+        ORIGINAL_EXCHANGE,
+        ORIGINAL_ROUTING_KEY,
+        PUBLISHED_AT_MS,
+    ];
+}
+
+/// AMQP `type` of a task lifecycle event on the events exchange.
+pub const EVENT_MESSAGE_TYPE: &str = "warren.task_event";
+
+/// Headers and arguments RabbitMQ itself sets or reads, which Warren's
+/// readers rely on (and `asyncapi.yaml` documents). Warren never writes the
+/// `x-death` family; the broker adds it whenever it dead-letters a message.
+pub mod broker_headers {
+    /// Added to deliveries from a stream: the message's offset. Also the
+    /// consumer argument that says where to start reading (`first`).
+    pub const STREAM_OFFSET: &str = "x-stream-offset";
+    /// Each time the broker dead-lettered the message: queue, reason,
+    /// count, time.
+    pub const X_DEATH: &str = "x-death";
+    pub const X_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+    pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
+    pub const X_FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
+
+    /// Every one of them.
+    pub const ALL: &[&str] = &[
+        STREAM_OFFSET,
+        X_DEATH,
+        X_FIRST_DEATH_QUEUE,
+        X_FIRST_DEATH_REASON,
+        X_FIRST_DEATH_EXCHANGE,
+    ];
 }
 
 /// Why a task sits in the parking lot (`x-warren-dead-reason`).
@@ -49,6 +94,9 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
+    /// Both reasons.
+    pub const ALL: [DeadReason; 2] = [DeadReason::Permanent, DeadReason::AttemptsExhausted];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::Permanent => "permanent",

@@ -262,7 +262,7 @@ impl TaskMetrics {
 }
 
 /// Counts a task event that was not published.
-pub fn task_event_dropped() {
+pub(crate) fn task_event_dropped() {
     runtime()
         .task_events_dropped
         .with_label_values(&[service()])
@@ -270,7 +270,7 @@ pub fn task_event_dropped() {
 }
 
 /// Records a publish's outcome.
-pub fn publish_result(purpose: &str, result: &str) {
+pub(crate) fn publish_result(purpose: &str, result: &str) {
     runtime()
         .publish_confirms
         .with_label_values(&[service(), purpose, result])
@@ -286,7 +286,7 @@ pub fn broker_connected(up: bool) {
 }
 
 /// Counts a reconnect.
-pub fn broker_reconnected() {
+pub(crate) fn broker_reconnected() {
     runtime()
         .broker_reconnects
         .with_label_values(&[service()])

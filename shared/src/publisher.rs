@@ -76,18 +76,7 @@ impl Publisher {
         // A producer may start before any worker: make sure the exchange
         // exists so the publish reaches the broker's routing, where
         // `mandatory` tells us if no queue is bound yet.
-        publisher
-            .channel
-            .exchange_declare(
-                names.tasks_exchange().into(),
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        crate::topology::declare_tasks_exchange(&publisher.channel, &names).await?;
         publisher._connection = Some(std::sync::Arc::new(connection));
         Ok(publisher)
     }
@@ -176,7 +165,7 @@ impl Publisher {
 
     /// [`Publisher::publish_confirmed`], counted under `purpose` in
     /// `warren_publish_confirms_total`.
-    pub async fn publish_for(
+    pub(crate) async fn publish_for(
         &self,
         purpose: Purpose,
         exchange: &str,
@@ -240,7 +229,7 @@ impl Publisher {
 
 /// Why a message is published, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// A new task from a producer.
     Task,
     /// A failed task's copy into a delay queue.
@@ -250,7 +239,7 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Purpose::Task => "task",
             Purpose::Retry => "retry",

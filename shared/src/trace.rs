@@ -44,7 +44,7 @@ impl Extractor for HeaderExtractor<'_> {
 }
 
 /// The trace context a message carries (empty when it carries none).
-pub fn extract(headers: Option<&FieldTable>) -> Context {
+pub(crate) fn extract(headers: Option<&FieldTable>) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
@@ -58,14 +58,14 @@ pub fn inject_span(span: &tracing::Span, table: &mut FieldTable) {
 }
 
 /// Whether the headers already carry a trace context.
-pub fn has_context(table: &FieldTable) -> bool {
+pub(crate) fn has_context(table: &FieldTable) -> bool {
     contract::header_str(Some(table), headers::TRACEPARENT).is_some()
 }
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are exported (set once by `telemetry::init`).
-pub fn exporting() -> bool {
+pub(crate) fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
@@ -76,7 +76,7 @@ pub(crate) fn set_exporting(on: bool) {
 /// Records `span`'s trace and span id in its `trace_id` and `span_id`
 /// fields, for the log lines, in one call: the JSON log layer re-encodes a
 /// span's fields on every record.
-pub fn record_ids(span: &tracing::Span) {
+pub(crate) fn record_ids(span: &tracing::Span) {
     let Some((trace_id, span_id)) = ids(span) else {
         return;
     };
@@ -84,7 +84,7 @@ pub fn record_ids(span: &tracing::Span) {
 }
 
 /// The OpenTelemetry messaging attributes of a consumer's `process` span.
-pub fn messaging_attributes(
+pub(crate) fn messaging_attributes(
     span: &tracing::Span,
     queue: &str,
     routing_key: &str,
@@ -107,7 +107,7 @@ pub fn messaging_attributes(
 }
 
 /// The trace and span id of `span`, as hex, when tracing is set up.
-pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
+pub(crate) fn ids(span: &tracing::Span) -> Option<(String, String)> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid()

@@ -16,9 +16,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use warren::contract::{self, Names};
-use warren::publisher::{PublishOptions, Publisher};
 use warren::settings::BrokerSettings;
 use warren::topology::Topology;
+use warren::{PublishOptions, Publisher};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

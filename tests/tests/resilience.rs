@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use warren::publisher::PublishOptions;
+use warren::PublishOptions;
 use warren_tests::broker::TestBroker;
 use warren_tests::worker::WorkerProcess;
 use warren_tests::{EmailWorld, rcpt, wait_until};

@@ -18,8 +18,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
+use warren::Worker;
 use warren::contract::Names;
-use warren::runtime::Worker;
 use warren::settings::{
     BrokerSettings, ConsumerSettings, IdempotencySettings, OpsSettings, TelemetrySettings,
 };

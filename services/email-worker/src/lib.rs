@@ -1,10 +1,11 @@
 //! Warren's email worker: consumes `email.send` tasks and delivers them over
 //! SMTP, or into an outbox directory of `.eml` files.
 //!
-//! The shared runtime owns the queue (ack, retry, dead-lettering); this
-//! crate owns what an email is ([`message`]), how it is rendered
-//! ([`template`]), where it goes ([`transport`]) and the handler that ties
-//! them together ([`mailer`]).
+//! The shared runtime owns the queue (ack, retry, dead-lettering) and the
+//! contract crate (`warren_tasks::email`) what an `email.send` task is and
+//! how it parses; this crate owns how it is rendered ([`template`]) and
+//! built into a message ([`message`]), where it goes ([`transport`]) and
+//! the handler that ties them together ([`mailer`]).
 
 pub mod mailer;
 pub mod message;

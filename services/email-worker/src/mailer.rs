@@ -17,7 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 use warren::{Outcome, TaskContext, TaskError};
 
-use crate::message::{EmailAddress, EmailRequest, ParsePolicy, SendEmail};
+use crate::message::{EmailAddress, EmailRequest, ParsePolicy, Render, SendEmail};
 use crate::settings::{EmailSettings, TransportKind};
 use crate::template::Templates;
 use crate::transport::{SmtpError, Transport};
@@ -192,7 +192,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
     use std::path::Path;
-    use warren::task::safe_task_id;
+    use warren::safe_task_id;
 
     fn context(id: &str) -> TaskContext {
         TaskContext {

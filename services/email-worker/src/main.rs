@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use email_worker::{Mailer, SendEmail, Settings};
-use warren::runtime::Worker;
+use warren::Worker;
+use warren_tasks::email::QUEUE;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,8 +24,8 @@ async fn main() -> anyhow::Result<()> {
     let handler_mailer = mailer.clone();
     let worker = Worker::new(
         "email-worker",
-        "email",
-        &["email.#"],
+        QUEUE.stem,
+        QUEUE.binding_keys,
         settings.broker,
         settings.consumer,
     )

@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use warren::TaskError;
 
 use crate::settings::{EmailSettings, SmtpSettings, SmtpTls, TransportKind};
-use warren::task::safe_task_id;
+use warren::safe_task_id;
 
 /// lettre's SMTP error.
 pub type SmtpError = lettre::transport::smtp::Error;
@@ -313,7 +313,7 @@ async fn write_then_rename(temp: &Path, target: &Path, bytes: &[u8]) -> io::Resu
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::message::{EmailAddress, EmailRequest, ParsePolicy, SendEmail};
+    use crate::message::{EmailAddress, EmailRequest, ParsePolicy, Render, SendEmail};
     use crate::template::Templates;
     use serde_json::json;
 

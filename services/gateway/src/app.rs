@@ -7,14 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use email_worker::message::EmailAddress;
-use image_worker::thumbnailer::{ThumbnailerError, policy};
-use image_worker::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warren::broker::worker_identity;
 use warren::contract::Names;
 use warren::ops::Readiness;
+use warren_store::{SettingError, Store, StoreError, policy};
+use warren_tasks::email::EmailAddress;
 
 use crate::api::{self, AppInner, AppState, Limits};
 use crate::broker::{Broker, SessionError};
@@ -32,7 +31,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Image(#[from] ThumbnailerError),
+    Image(#[from] SettingError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("could not listen on {addr} for the HTTP API: {source}")]

@@ -13,16 +13,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::ExchangeDeclareOptions;
+use lapin::Connection;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::FieldTable;
-use lapin::{Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use warren::broker::{Backoff, ConnectError, connect};
-use warren::contract::Names;
 use warren::events::{self, EventPublisher};
-use warren::publisher::{PublishError, Publisher};
 use warren::settings::BrokerSettings;
+use warren::{Names, PublishError, Publisher, topology};
 
 use crate::status::Tracker;
 
@@ -200,7 +197,12 @@ impl Broker {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
-        declare_tasks_exchange(publishing, &self.names).await?;
+        // Producers declare the tasks exchange too, so a publish reaches the
+        // broker's routing (where `mandatory` says whether a worker's queue
+        // is bound) even before any worker has started.
+        let channel = publishing.create_channel().await?;
+        topology::declare_tasks_exchange(&channel, &self.names).await?;
+        let _ = channel.close(200, "declared".into()).await;
         events::declare_stream(following, &self.names, retention)
             .await
             .map_err(|source| {
@@ -253,29 +255,6 @@ impl Broker {
             }
         }
     }
-}
-
-/// Producers declare the tasks exchange too, so a publish reaches the
-/// broker's routing (where `mandatory` says whether a worker's queue is
-/// bound) even before any worker has started.
-async fn declare_tasks_exchange(
-    connection: &Connection,
-    names: &Names,
-) -> Result<(), lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .exchange_declare(
-            names.tasks_exchange().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let _ = channel.close(200, "declared".into()).await;
-    Ok(())
 }
 
 fn is_precondition_failed(e: &lapin::Error) -> bool {

@@ -11,15 +11,13 @@
 
 use std::time::Duration;
 
-use email_worker::SendEmail;
-use email_worker::message::{EmailAddress, EmailRequest, ParsePolicy};
-use image_worker::spec::SpecPolicy;
-use image_worker::{ThumbnailSpec, ThumbnailTask};
 use serde_json::Value;
 use warren::Task;
 use warren::contract::MAX_PRIORITY;
 use warren::events::{TaskEvent, TaskState};
-use warren::publisher::{PublishError, PublishOptions, task_properties};
+use warren::{PublishError, PublishOptions, task_properties};
+use warren_tasks::email::{EmailAddress, EmailRequest, ParsePolicy, SendEmail};
+use warren_tasks::image::{SpecPolicy, ThumbnailSpec, ThumbnailTask};
 
 use crate::broker::Broker;
 use crate::problem::{self, Problem};
@@ -31,23 +29,6 @@ pub const MAX_ID_LEN: usize = 128;
 const RESERVED_IDS: &[&str] = &["email", "image"];
 /// Longest task type (an AMQP routing key is at most 255 bytes).
 pub const MAX_TYPE_LEN: usize = 200;
-
-/// The fields of `email.send`, to find them in the worker's messages.
-const EMAIL_FIELDS: &[&str] = &[
-    "to",
-    "cc",
-    "bcc",
-    "from",
-    "reply_to",
-    "subject",
-    "text",
-    "html",
-    "template",
-    "variables",
-    "attachments",
-];
-/// The fields of `image.thumbnail`.
-const IMAGE_FIELDS: &[&str] = &["source", "outputs", "destination_prefix", "background"];
 
 /// What the worker-side checks need.
 pub struct Checks {
@@ -121,12 +102,12 @@ impl Checks {
                 max_attachment_bytes: self.max_attachment_bytes,
             };
             EmailRequest::parse(wire, &policy)
-                .map_err(|e| Problem::refused_by_worker(&e, EMAIL_FIELDS, prefix))?;
+                .map_err(|e| Problem::refused_by_worker(&e, prefix))?;
         } else if task_type == ThumbnailTask::TYPE {
             let wire: ThumbnailTask = serde_path_to_error::deserialize(payload)
                 .map_err(|e| problem::from_serde(e, prefix))?;
             ThumbnailSpec::parse(wire, task_id, &self.image)
-                .map_err(|e| Problem::refused_by_worker(&e, IMAGE_FIELDS, prefix))?;
+                .map_err(|e| Problem::refused_by_worker(&e, prefix))?;
         }
         Ok(())
     }
@@ -325,11 +306,11 @@ mod tests {
     use serde_json::json;
 
     fn checks() -> Checks {
-        let settings = image_worker::ImageSettings::default();
+        let settings = warren_store::ImageSettings::default();
         Checks {
             default_from: EmailAddress::parse("from", "warren@localhost").unwrap(),
             max_attachment_bytes: 10,
-            image: image_worker::thumbnailer::policy(&settings).unwrap(),
+            image: warren_store::policy(&settings).unwrap(),
             retry_delays: [200, 300, 5000]
                 .into_iter()
                 .map(Duration::from_millis)

@@ -1,16 +1,17 @@
 //! The OpenAPI document of the API, generated from the handlers'
 //! `#[utoipa::path]` attributes and the schemas of the request and
-//! response types (the email worker's `SendEmail` included, through its
-//! `openapi` feature). Served at `GET /openapi.json`.
+//! response types, the task bodies' derived in the contract crate
+//! (`warren_tasks`, through its `openapi` feature). Served at
+//! `GET /openapi.json`.
 
 use std::sync::OnceLock;
 
 use utoipa::OpenApi;
 
-use crate::api::model::{
-    Accepted, ImageUpload, State, StatusBody, TaskEventDoc, TaskRequest, ThumbnailOutputDoc,
-    ThumbnailSourceDoc, ThumbnailTaskDoc,
-};
+use warren_tasks::email::{AttachmentSpec, SendEmail};
+use warren_tasks::image::{Fit, OutputFormat, OutputWire, SourceWire, ThumbnailTask};
+
+use crate::api::model::{Accepted, ImageUpload, State, StatusBody, TaskEventDoc, TaskRequest};
 use crate::problem::ProblemDocument;
 
 #[derive(OpenApi)]
@@ -38,11 +39,13 @@ use crate::problem::ProblemDocument;
         TaskEventDoc,
         TaskRequest,
         ImageUpload,
-        ThumbnailTaskDoc,
-        ThumbnailSourceDoc,
-        ThumbnailOutputDoc,
-        email_worker::SendEmail,
-        email_worker::message::AttachmentSpec,
+        ThumbnailTask,
+        SourceWire,
+        OutputWire,
+        Fit,
+        OutputFormat,
+        SendEmail,
+        AttachmentSpec,
     )),
     tags(
         (name = "tasks", description = "Enqueue tasks and follow them."),
@@ -94,6 +97,19 @@ mod tests {
         }
         // SendEmail's recipients accept one mailbox or many.
         assert!(schemas["SendEmail"]["properties"]["to"]["oneOf"].is_array());
+        // The thumbnail schemas are derived from the contract's wire types:
+        // unknown fields refused, outputs bounded, fits enumerated.
+        let task = &schemas["ThumbnailTask"];
+        assert_eq!(task["additionalProperties"], false);
+        assert_eq!(
+            task["properties"]["outputs"]["items"]["$ref"],
+            "#/components/schemas/ThumbnailOutput"
+        );
+        assert_eq!(task["properties"]["outputs"]["maxItems"], 16);
+        assert_eq!(
+            schemas["Fit"]["enum"],
+            serde_json::json!(["contain", "cover", "fill"])
+        );
         assert_eq!(
             doc["paths"]["/v1/images"]["post"]["requestBody"]["content"]
                 .as_object()

@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use warren::TaskError;
+use warren_tasks::ParseError;
 
 /// The media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -153,21 +153,21 @@ impl Problem {
     }
 
     /// 422: the worker's own parsing refuses the task. `prefix` is put in
-    /// front of the field the worker's message names (`payload.` for the
-    /// generic endpoint).
-    pub fn refused_by_worker(err: &TaskError, known_fields: &[&str], prefix: &str) -> Self {
+    /// front of the field the error names (`payload.` for the generic
+    /// endpoint).
+    pub fn refused_by_worker(err: &ParseError, prefix: &str) -> Self {
         let mut p = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &err.kind,
+            err.kind,
             "The task would be refused by its worker",
             err.message.clone(),
         );
-        if let Some(field) = field_in_message(&err.message, known_fields) {
-            p = p.with_field(format!("{prefix}{field}"));
-        } else if !prefix.is_empty() {
-            p = p.with_field(prefix.trim_end_matches('.'));
-        }
-        p.error_kind = Some(err.kind.to_string());
+        p = if !err.field.is_empty() {
+            p.with_field(format!("{prefix}{}", err.field))
+        } else {
+            p.with_field(prefix.trim_end_matches('.'))
+        };
+        p.error_kind = Some(err.kind.to_owned());
         p
     }
 
@@ -266,28 +266,6 @@ fn quoted<'a>(message: &'a str, start: &str) -> Option<&'a str> {
     Some(rest.split_once('`')?.0)
 }
 
-/// The field a worker's error message is about. Worker messages start
-/// with the field (`to holds ...`, `outputs[0]: ...`,
-/// `attachments[1].filename is blank`); a few name it later (`the email
-/// has no recipients: to is empty`). Only names in `known` count.
-pub fn field_in_message(message: &str, known: &[&str]) -> Option<String> {
-    let is_path_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']');
-    let root = |path: &str| -> bool {
-        let head = path.split(['.', '[']).next().unwrap_or_default();
-        known.contains(&head)
-    };
-    let tokens = message
-        .split(|c: char| !is_path_char(c))
-        .map(|t| t.trim_end_matches('.'))
-        .filter(|t| !t.is_empty());
-    for token in tokens {
-        if root(token) {
-            return Some(token.to_owned());
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 // A failing unwrap is how a test reports failure.
 #[allow(clippy::unwrap_used)]
@@ -344,33 +322,6 @@ mod tests {
         let err = serde_path_to_error::deserialize::<_, Outer>(&mut de).unwrap_err();
         let p = from_serde(err, "");
         assert_eq!((p.status, p.slug()), (400, "malformed_json"));
-    }
-
-    #[test]
-    fn worker_messages_name_their_field() {
-        let known = ["to", "subject", "attachments", "text", "outputs", "source"];
-        let f = |m| field_in_message(m, &known);
-        assert_eq!(
-            f("to holds \"x\", which is not a valid mailbox").as_deref(),
-            Some("to")
-        );
-        assert_eq!(
-            f("the email has no recipients: to is empty").as_deref(),
-            Some("to")
-        );
-        assert_eq!(
-            f("attachments[1].filename is blank").as_deref(),
-            Some("attachments[1].filename")
-        );
-        assert_eq!(
-            f("outputs[0]: quality must be 1-100").as_deref(),
-            Some("outputs[0]")
-        );
-        assert_eq!(
-            f("source.key \"../x\" is refused").as_deref(),
-            Some("source.key")
-        );
-        assert_eq!(f("nothing known here"), None);
     }
 
     #[test]

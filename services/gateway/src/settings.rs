@@ -1,7 +1,7 @@
 //! The gateway's settings tree: the shared sections (broker, telemetry,
 //! ops) plus `[http]`, `[events]`, `[tasks]`, `[email]` and the image
-//! worker's own `[image]` section, so the gateway writes uploads to the
-//! very store the image worker reads.
+//! store's `[image]` section (`warren_store`), the one the image worker
+//! reads, so the gateway writes uploads to the very store the worker reads.
 //!
 //! Defaults come from [`Default`], then `warren.toml` (or `$WARREN_CONFIG`),
 //! then `WARREN_HTTP__ADDR`-style environment variables; see
@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use image_worker::ImageSettings;
 use serde::{Deserialize, Serialize};
 use warren::settings::{BrokerSettings, OpsSettings, SettingsError, TelemetrySettings};
+use warren_store::ImageSettings;
 
 /// The gateway's default ops port (`/metrics`, `/healthz`, `/readyz`).
 pub const DEFAULT_OPS_PORT: u16 = 9403;
@@ -28,8 +28,9 @@ pub struct Settings {
     pub events: EventsSettings,
     pub tasks: TasksSettings,
     pub email: EmailChecks,
-    /// The image worker's `[image]` section: the store uploads go to and
-    /// the limits `image.thumbnail` tasks are checked against.
+    /// The image store's `[image]` section, as the image worker reads it:
+    /// the store uploads go to and the limits `image.thumbnail` tasks are
+    /// checked against.
     pub image: ImageSettings,
 }
 

@@ -13,10 +13,9 @@ use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use image_worker::decode::SourceFormat;
-use image_worker::{StoreKey, ThumbnailTask};
 use serde_json::{Value, json};
 use warren::Task;
+use warren_tasks::image::{SourceFormat, StoreKey, ThumbnailTask};
 
 use crate::api::model::{Accepted, EnqueueParams, ImageUpload};
 use crate::api::tasks::{accept, parse_params};
@@ -131,12 +130,12 @@ pub async fn upload_image(
     let delay = app.checks.rung_for(params.delay.as_deref(), "delay")?;
     let raw_key = format!(
         "uploads/{}/{}",
-        warren::task::safe_task_id(&id),
+        warren::safe_task_id(&id),
         sanitize_name(name.as_deref(), format)
     );
     let key = StoreKey::parse("the upload's key", &raw_key).map_err(|e| {
         Problem::invalid(
-            &e.kind,
+            e.kind,
             "file",
             format!("the file name is refused: {}", e.message),
         )
@@ -150,7 +149,7 @@ pub async fn upload_image(
 
     let size = bytes.len();
     app.store
-        .put(&key, bytes, content_type(format))
+        .put(&key, bytes, format.content_type())
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, key = %key, "Could not store an upload.");
@@ -207,15 +206,6 @@ fn multipart_problem(e: MultipartError) -> Problem {
     }
 }
 
-fn content_type(format: SourceFormat) -> &'static str {
-    match format {
-        SourceFormat::Jpeg => "image/jpeg",
-        SourceFormat::Png => "image/png",
-        SourceFormat::Webp => "image/webp",
-        SourceFormat::Gif => "image/gif",
-    }
-}
-
 /// A safe file name: the last path segment of what the client sent, of
 /// `[A-Za-z0-9._-]` only (others become `_`), no leading dot, at most
 /// 100 characters, with an extension that matches the sniffed format.
@@ -243,12 +233,7 @@ pub fn sanitize_name(raw: Option<&str>, format: SourceFormat) -> String {
     if !name.chars().any(|c| c.is_ascii_alphanumeric()) {
         name = "upload".to_owned();
     }
-    let extensions: &[&str] = match format {
-        SourceFormat::Jpeg => &["jpg", "jpeg"],
-        SourceFormat::Png => &["png"],
-        SourceFormat::Webp => &["webp"],
-        SourceFormat::Gif => &["gif"],
-    };
+    let extensions = format.extensions();
     let has_extension = name
         .rsplit_once('.')
         .is_some_and(|(_, ext)| extensions.contains(&ext.to_ascii_lowercase().as_str()));

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use image_worker::{Settings, ThumbnailTask, Thumbnailer};
-use warren::runtime::Worker;
+use warren::Worker;
+use warren_tasks::image::QUEUE;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,8 +29,8 @@ async fn main() -> anyhow::Result<()> {
         .context("Could not connect to the idempotency store")?;
     let worker = Worker::new(
         "image-worker",
-        "image",
-        &["image.#"],
+        QUEUE.stem,
+        QUEUE.binding_keys,
         settings.broker,
         settings.consumer,
     )

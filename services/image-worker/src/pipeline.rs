@@ -20,7 +20,7 @@ use warren::TaskError;
 use crate::decode::{Layout, Pixels, Probe, SourceFormat};
 use crate::encode::{encode, flatten};
 use crate::error::{self, PROCESSING_FAILED};
-use crate::key::StoreKey;
+use crate::spec::StoreKey;
 use crate::spec::{Fit, Limits, OutputSpec, Rgb};
 
 /// The resampling filter of the last step. Lanczos3 keeps thumbnails

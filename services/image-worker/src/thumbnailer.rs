@@ -13,12 +13,12 @@ use std::time::Instant;
 use serde_json::json;
 use warren::{Outcome, TaskContext, TaskError};
 
-use crate::key::PrefixTemplate;
+use warren_store::{SettingError, Store, StoreError, policy};
+use warren_tasks::image::{Source, SpecPolicy, ThumbnailSpec, ThumbnailTask};
+
 use crate::pipeline::{self, Rendered};
 use crate::pool::CpuPool;
 use crate::settings::ImageSettings;
-use crate::spec::{Limits, Rgb, Source, SpecPolicy, ThumbnailSpec, ThumbnailTask};
-use crate::store::{Store, StoreError};
 
 /// Start-up errors: the settings describe no thumbnailer that can work.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +27,8 @@ pub enum ThumbnailerError {
     Store(#[from] StoreError),
     #[error("could not start the image threads: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
-    #[error("image.{setting}: {reason}")]
-    Setting {
-        setting: &'static str,
-        reason: String,
-    },
+    #[error(transparent)]
+    Setting(#[from] SettingError),
 }
 
 /// Handles `image.thumbnail` tasks. Clone freely.
@@ -162,57 +159,6 @@ impl Thumbnailer {
     }
 }
 
-/// The task-parsing policy `[image]` describes.
-pub fn policy(settings: &ImageSettings) -> Result<SpecPolicy, ThumbnailerError> {
-    let setting = |setting, reason: String| ThumbnailerError::Setting { setting, reason };
-    let output_prefix = PrefixTemplate::parse(&settings.output_prefix)
-        .map_err(|reason| setting("output_prefix", reason))?;
-    let default_background = Rgb::parse(&settings.default_background).ok_or_else(|| {
-        setting(
-            "default_background",
-            format!(
-                "{:?} is not a colour like #ffffff",
-                settings.default_background
-            ),
-        )
-    })?;
-    if !(1..=100).contains(&settings.default_quality) {
-        return Err(setting(
-            "default_quality",
-            format!("must be 1-100, not {}", settings.default_quality),
-        ));
-    }
-    for (name, value) in [
-        ("max_width", u64::from(settings.max_width)),
-        ("max_height", u64::from(settings.max_height)),
-        ("max_pixels", settings.max_pixels),
-        ("max_alloc_bytes", settings.max_alloc_bytes),
-        ("max_source_bytes", settings.max_source_bytes),
-    ] {
-        if value == 0 {
-            return Err(setting(name, "must be greater than zero".to_owned()));
-        }
-    }
-    if settings.store_timeout.is_zero() {
-        return Err(setting(
-            "store_timeout",
-            "must be greater than zero".to_owned(),
-        ));
-    }
-    Ok(SpecPolicy {
-        limits: Limits {
-            max_width: settings.max_width,
-            max_height: settings.max_height,
-            max_pixels: settings.max_pixels,
-            max_alloc_bytes: settings.max_alloc_bytes,
-        },
-        max_inline_bytes: settings.max_inline_bytes,
-        default_quality: settings.default_quality,
-        default_background,
-        output_prefix,
-    })
-}
-
 #[cfg(test)]
 // A failing unwrap is how a test reports failure.
 #[allow(clippy::unwrap_used)]
@@ -293,29 +239,30 @@ mod tests {
         assert!(png_out.color().has_alpha());
     }
 
+    /// The gateway judges uploads with the contract's sniffing; the decoder
+    /// has its own. They must agree on every signature.
     #[test]
-    fn bad_settings_are_refused_at_start_up() {
-        let ok = ImageSettings::default();
-        assert!(policy(&ok).is_ok());
-        for bad in [
-            ImageSettings {
-                output_prefix: "thumbs".into(),
-                ..ImageSettings::default()
-            },
-            ImageSettings {
-                default_background: "white".into(),
-                ..ImageSettings::default()
-            },
-            ImageSettings {
-                default_quality: 0,
-                ..ImageSettings::default()
-            },
-            ImageSettings {
-                max_pixels: 0,
-                ..ImageSettings::default()
-            },
-        ] {
-            assert!(policy(&bad).is_err(), "{bad:?}");
+    fn the_contracts_sniffing_agrees_with_the_decoders() {
+        let samples: [&[u8]; 7] = [
+            &[0xFF, 0xD8, 0xFF, 0xE0],
+            b"\x89PNG\r\n\x1a\n....",
+            b"GIF87a..",
+            b"GIF89a..",
+            b"RIFF\0\0\0\0WEBPVP8 ",
+            b"RIFF\0\0\0\0WAVEfmt ",
+            b"plain text",
+        ];
+        for bytes in samples {
+            assert_eq!(
+                crate::decode::SourceFormat::sniff(bytes).map(|f| f.as_str()),
+                warren_tasks::image::SourceFormat::sniff(bytes).map(|f| f.as_str()),
+                "{bytes:?}"
+            );
         }
+        let png = png(2, 2);
+        assert_eq!(
+            warren_tasks::image::SourceFormat::sniff(&png),
+            Some(warren_tasks::image::SourceFormat::Png)
+        );
     }
 }

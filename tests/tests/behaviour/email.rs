@@ -12,8 +12,8 @@ use lapin::BasicProperties;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
+use warren::PublishOptions;
 use warren::contract::headers;
-use warren::publisher::PublishOptions;
 use warren_tests::broker::TestBroker;
 use warren_tests::smtp::SmtpSink;
 use warren_tests::worker::{WorkerProcess, email_env, with};
@@ -320,7 +320,7 @@ async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_is_sent() {
         ),
     ];
     for (id, body, _, _) in &cases {
-        let props = warren::publisher::task_properties(id, "email.send", 0);
+        let props = warren::task_properties(id, "email.send", 0);
         s.broker
             .publish_raw("email.send", body, props)
             .await

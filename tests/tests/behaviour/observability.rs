@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use warren::publisher::PublishOptions;
+use warren::PublishOptions;
 use warren_tests::ops::{http_get, sample};
 use warren_tests::{EmailWorld, WAIT, rcpt};
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use warren::publisher::PublishOptions;
+use warren::PublishOptions;
 use warren_deploy_check::prometheus::{
     PrometheusServer, QueryAnswer, dashboard_queries, deploy_dir, local_config, promtool,
     sample_value, substitute,

@@ -23,10 +23,10 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use image_worker::Store;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use warren_store::Store;
 
 use crate::broker::Broker;
 use crate::enqueue::Checks;
@@ -272,9 +272,9 @@ mod tests {
 
     use axum::body::Body;
     use axum::http::Request as HttpRequest;
-    use email_worker::message::EmailAddress;
     use tower::ServiceExt;
     use warren::contract::Names;
+    use warren_tasks::email::EmailAddress;
 
     use super::*;
 
@@ -285,7 +285,7 @@ mod tests {
     }
 
     fn state(store: &std::path::Path) -> (AppState, Arc<Tracker>) {
-        let settings = image_worker::ImageSettings {
+        let settings = warren_store::ImageSettings {
             local_root: store.to_owned(),
             ..Default::default()
         };
@@ -296,7 +296,7 @@ mod tests {
             checks: Checks {
                 default_from: EmailAddress::parse("from", "warren@localhost").unwrap(),
                 max_attachment_bytes: 1024,
-                image: image_worker::thumbnailer::policy(&settings).unwrap(),
+                image: warren_store::policy(&settings).unwrap(),
                 retry_delays: vec![Duration::from_secs(1)],
             },
             store: Store::from_settings(&settings).unwrap(),

@@ -1,11 +1,11 @@
 //! The API's request and response bodies, as the OpenAPI document shows
 //! them.
 //!
-//! Task payloads are the workers' own wire types ([`SendEmail`] from the
-//! email worker, `ThumbnailTask` from the image worker), checked by the
-//! workers' own parsing; the types here only wrap them.
-//!
-//! [`SendEmail`]: email_worker::SendEmail
+//! Task payloads are the contract crate's wire types
+//! ([`SendEmail`](warren_tasks::email::SendEmail),
+//! [`ThumbnailTask`](warren_tasks::image::ThumbnailTask)), with their
+//! schemas derived there and their parsing the workers' own; the types
+//! here only wrap them.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -262,73 +262,8 @@ pub struct ImageUpload {
     /// Optional JSON array of thumbnail outputs, as in `image.thumbnail`;
     /// default `[{"width": 256, "height": 256, "fit": "contain", "format":
     /// "jpeg"}]`.
-    #[schema(value_type = Option<Vec<ThumbnailOutputDoc>>)]
+    #[schema(value_type = Option<Vec<warren_tasks::image::OutputWire>>)]
     pub outputs: Option<String>,
-}
-
-/// `image.thumbnail`: the image worker's `ThumbnailTask`, described here
-/// because that crate does not derive OpenAPI schemas (a unit test keeps
-/// the two in step).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = ThumbnailTask)]
-#[schema(example = json!({
-    "source": {"key": "uploads/cat.jpg"},
-    "outputs": [
-        {"width": 256, "height": 256},
-        {"width": 64, "height": 64, "fit": "cover", "format": "webp", "quality": 70, "name": "square.webp"}
-    ]
-}))]
-#[serde(deny_unknown_fields)]
-pub struct ThumbnailTaskDoc {
-    pub source: ThumbnailSourceDoc,
-    /// 1 to 16 outputs.
-    pub outputs: Vec<ThumbnailOutputDoc>,
-    /// Where the outputs go; default `image.output_prefix` with the task id
-    /// (`thumbnails/{task_id}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination_prefix: Option<String>,
-    /// `#rrggbb` behind transparent pixels in outputs without alpha (JPEG).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub background: Option<String>,
-}
-
-/// Exactly one of `key` (an object in the image store) and `base64` (the
-/// image itself, at most `image.max_inline_bytes`).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = ThumbnailSource)]
-#[serde(deny_unknown_fields)]
-pub struct ThumbnailSourceDoc {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base64: Option<String>,
-}
-
-/// One thumbnail to write.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = ThumbnailOutput)]
-#[serde(deny_unknown_fields)]
-pub struct ThumbnailOutputDoc {
-    #[schema(minimum = 1)]
-    pub width: u32,
-    #[schema(minimum = 1)]
-    pub height: u32,
-    /// `contain` (default), `cover` or `fill`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^(contain|cover|fill)$")]
-    pub fit: Option<String>,
-    /// `jpeg` (default), `png` or `webp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^(jpeg|png|webp)$")]
-    pub format: Option<String>,
-    /// 1-100, JPEG and WebP only; default `image.default_quality`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 100)]
-    pub quality: Option<u8>,
-    /// The object's name under the prefix; default
-    /// `{width}x{height}-{fit}.{ext}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
 }
 
 #[cfg(test)]
@@ -337,33 +272,6 @@ pub struct ThumbnailOutputDoc {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    /// Every field the documentation shows must exist on the real type
-    /// (whose unknown fields are an error).
-    #[test]
-    fn the_thumbnail_schema_matches_the_image_workers_type() {
-        let documented = ThumbnailTaskDoc {
-            source: ThumbnailSourceDoc {
-                key: Some("uploads/a.png".into()),
-                base64: None,
-            },
-            outputs: vec![ThumbnailOutputDoc {
-                width: 1,
-                height: 2,
-                fit: Some("cover".into()),
-                format: Some("webp".into()),
-                quality: Some(50),
-                name: Some("x.webp".into()),
-            }],
-            destination_prefix: Some("out/1".into()),
-            background: Some("#000000".into()),
-        };
-        let json = serde_json::to_value(&documented).unwrap();
-        serde_json::from_value::<image_worker::ThumbnailTask>(json).unwrap();
-        let inline = json!({"source": {"base64": "AAAA"}, "outputs": []});
-        serde_json::from_value::<ThumbnailTaskDoc>(inline.clone()).unwrap();
-        serde_json::from_value::<image_worker::ThumbnailTask>(inline).unwrap();
-    }
 
     /// The SSE data schema shows every field a real event serializes.
     #[test]

@@ -8,11 +8,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use email_worker::SendEmail;
-use image_worker::ThumbnailTask;
 use warren::Task;
+use warren_tasks::email::SendEmail;
+use warren_tasks::image::ThumbnailTask;
 
-use super::model::{Accepted, EnqueueParams, TaskRequest, ThumbnailTaskDoc};
+use super::model::{Accepted, EnqueueParams, TaskRequest};
 use super::{AppState, json_body};
 use crate::enqueue::{self, Enqueue};
 use crate::problem::{self, Problem, ProblemDocument};
@@ -62,7 +62,7 @@ pub async fn enqueue_email(
     tag = "tasks",
     params(EnqueueParams),
     request_body(
-        content = ThumbnailTaskDoc,
+        content = ThumbnailTask,
         description = "The `image.thumbnail` body, checked as the image worker checks it (keys, sizes, quality). Whether `source.key` exists is the worker's to find out."
     ),
     responses(

@@ -1,9 +1,14 @@
 //! What a handler sees and answers: the task's metadata, its outcome, and an
 //! error that says whether the task is retried later or dead-lettered now.
 //!
-//! Handlers know nothing about AMQP. The runtime turns a delivery into a
-//! [`TaskContext`] plus a typed payload, and turns the handler's answer into an
-//! ack, a copy in a delay queue, or a copy in the parking lot.
+//! Handlers know nothing about AMQP. The runtime (`warren`) turns a delivery
+//! into a [`TaskContext`] plus a typed payload, and turns the handler's
+//! answer into an ack, a copy in a delay queue, or a copy in the parking lot.
+//!
+//! This crate has no I/O, so the task contract crate (`warren-tasks`) can
+//! implement [`Task`] for its wire types and turn its parse errors into
+//! [`TaskError`]s without pulling in an AMQP client. Everything here is
+//! re-exported at the root of `warren`; use it from there.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -133,9 +138,51 @@ impl std::error::Error for TaskError {}
 /// A task type with its JSON payload: the runtime deserializes the body into
 /// `Self` (unknown fields are rejected by the type's serde attributes) before
 /// it calls the handler.
+///
+/// ```
+/// use warren_core::Task;
+///
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Ping {
+///     n: u32,
+/// }
+///
+/// impl Task for Ping {
+///     const TYPE: &'static str = "test.ping";
+/// }
+///
+/// assert_eq!(Ping::decode(br#"{"n": 3}"#).map(|p| p.n), Ok(3));
+/// assert_eq!(Ping::decode(b"{").err().map(|e| e.kind), Some("invalid_json".into()));
+/// ```
 pub trait Task: serde::de::DeserializeOwned + Send + 'static {
     /// The routing key producers publish this task with, e.g. `email.send`.
     const TYPE: &'static str;
+
+    /// Decodes a task body as the runtime does before it calls the handler.
+    /// Bad JSON and unknown fields are permanent: no retry makes them valid.
+    fn decode(body: &[u8]) -> Result<Self, TaskError> {
+        decode_json(body)
+    }
+}
+
+/// The JSON decoding behind [`Task::decode`], with its error kinds:
+/// `invalid_json` (not JSON), `unknown_field`, `invalid_payload` (JSON of
+/// the wrong shape).
+fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, TaskError> {
+    use serde_json::error::Category;
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        Category::Data if e.to_string().starts_with("unknown field") => {
+            TaskError::permanent("unknown_field", format!("the task body has {e}"))
+        }
+        Category::Data => {
+            TaskError::permanent("invalid_payload", format!("the task body is invalid: {e}"))
+        }
+        _ => TaskError::permanent(
+            "invalid_json",
+            format!("the task body is not valid JSON: {e}"),
+        ),
+    })
 }
 
 /// Longest task id kept verbatim by [`safe_task_id`]; longer ones are
@@ -177,8 +224,33 @@ fn fnv1a_128(bytes: &[u8]) -> u128 {
 }
 
 #[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ping {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    impl Task for Ping {
+        const TYPE: &'static str = "test.ping";
+    }
+
+    #[test]
+    fn decode_errors_are_permanent_and_named() {
+        let e = Ping::decode(b"{not json").unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(e.kind, "invalid_json");
+        let e = Ping::decode(br#"{"n": 1, "extra": true}"#).unwrap_err();
+        assert_eq!(e.kind, "unknown_field");
+        assert!(e.message.contains("extra"), "{}", e.message);
+        let e = Ping::decode(br#"{"n": "x"}"#).unwrap_err();
+        assert_eq!(e.kind, "invalid_payload");
+        assert!(Ping::decode(br#"{"n": 3}"#).is_ok());
+    }
 
     #[test]
     fn task_ids_are_kept_when_safe_and_hashed_stably_otherwise() {

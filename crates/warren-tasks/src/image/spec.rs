@@ -1,144 +1,15 @@
-//! What an `image.thumbnail` task asks for: the wire format
-//! ([`ThumbnailTask`], which the runtime decodes with unknown fields
-//! rejected) and the parsed domain type ([`ThumbnailSpec`]) the pipeline
-//! works from.
-//!
-//! Parse, don't validate: once a [`ThumbnailSpec`] exists, its keys cannot
-//! escape the store, its sizes are within the limits, its quality is 1-100
-//! and no two outputs share a key.
+//! The parsed `image.thumbnail` task ([`ThumbnailSpec`]) and what parsing
+//! needs from the settings ([`SpecPolicy`]).
 
 use std::collections::HashSet;
 use std::fmt;
 
 use base64::Engine;
-use serde::Deserialize;
-use warren::{Task, TaskError};
 
-use crate::error::{self, INVALID_PAYLOAD, SOURCE_TOO_LARGE};
-use crate::key::{PrefixTemplate, StoreKey};
-
-/// The `image.thumbnail` body, as producers send it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThumbnailTask {
-    pub source: SourceWire,
-    pub outputs: Vec<OutputWire>,
-    /// Where the outputs go; default: `image.output_prefix` with the task id.
-    #[serde(default)]
-    pub destination_prefix: Option<String>,
-    /// `#rrggbb` behind transparent pixels in outputs without alpha (JPEG);
-    /// default: `image.default_background`.
-    #[serde(default)]
-    pub background: Option<String>,
-}
-
-impl Task for ThumbnailTask {
-    const TYPE: &'static str = "image.thumbnail";
-}
-
-/// `{"key": "uploads/cat.jpg"}` or `{"base64": "..."}`: exactly one.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceWire {
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub base64: Option<String>,
-}
-
-/// One requested output.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputWire {
-    pub width: u32,
-    pub height: u32,
-    #[serde(default)]
-    pub fit: Fit,
-    #[serde(default)]
-    pub format: OutputFormat,
-    /// 1-100; JPEG and WebP only. Default: `image.default_quality`.
-    #[serde(default)]
-    pub quality: Option<u8>,
-    /// The object's name under the prefix; default
-    /// `{width}x{height}-{fit}.{ext}`.
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// How the image is fitted into `width` x `height`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fit {
-    /// The whole image, aspect ratio kept, as large as fits in the box: one
-    /// side equals the box, the other is at most the box (no padding).
-    #[default]
-    Contain,
-    /// Exactly the box, aspect ratio kept, the overflow cropped evenly
-    /// from both sides.
-    Cover,
-    /// Exactly the box, stretched.
-    Fill,
-}
-
-impl Fit {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fit::Contain => "contain",
-            Fit::Cover => "cover",
-            Fit::Fill => "fill",
-        }
-    }
-}
-
-/// The encoding of an output.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    #[default]
-    Jpeg,
-    Png,
-    Webp,
-}
-
-impl OutputFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutputFormat::Jpeg => "jpeg",
-            OutputFormat::Png => "png",
-            OutputFormat::Webp => "webp",
-        }
-    }
-
-    pub fn extension(self) -> &'static str {
-        match self {
-            OutputFormat::Jpeg => "jpg",
-            OutputFormat::Png => "png",
-            OutputFormat::Webp => "webp",
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            OutputFormat::Jpeg => "image/jpeg",
-            OutputFormat::Png => "image/png",
-            OutputFormat::Webp => "image/webp",
-        }
-    }
-
-    /// Whether the format keeps an alpha channel.
-    pub fn has_alpha(self) -> bool {
-        !matches!(self, OutputFormat::Jpeg)
-    }
-
-    /// Largest width or height the format can hold.
-    pub fn max_side(self) -> u32 {
-        match self {
-            OutputFormat::Jpeg => 65_535,
-            OutputFormat::Png => u32::MAX,
-            OutputFormat::Webp => 16_383,
-        }
-    }
-}
+use super::key::{PrefixTemplate, StoreKey};
+use super::kinds::{INVALID_PAYLOAD, SOURCE_TOO_LARGE};
+use super::wire::{Fit, OutputFormat, ThumbnailTask};
+use crate::ParseError;
 
 /// An sRGB colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +122,7 @@ impl OutputSpec {
         format: OutputFormat,
         quality: u8,
         key: StoreKey,
-    ) -> Result<Self, TaskError> {
+    ) -> Result<Self, ParseError> {
         check_output(width, height, format, Some(quality), None)?;
         Ok(Self {
             width,
@@ -296,17 +167,22 @@ pub struct ThumbnailSpec {
 pub const MAX_OUTPUTS: usize = 16;
 
 impl ThumbnailSpec {
-    /// Parses the wire task of task `task_id`. Every error is permanent.
+    /// Parses the wire task of task `task_id`.
     pub fn parse(
         task: ThumbnailTask,
         task_id: &str,
         policy: &SpecPolicy,
-    ) -> Result<Self, TaskError> {
+    ) -> Result<Self, ParseError> {
         let source = match (task.source.key, task.source.base64) {
             (Some(key), None) => Source::Key(StoreKey::parse("source.key", &key)?),
             (None, Some(data)) => Source::Inline(decode_inline(&data, policy.max_inline_bytes)?),
-            (Some(_), Some(_)) => return Err(invalid("source has both key and base64; give one")),
-            (None, None) => return Err(invalid("source needs a key or base64 data")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "source",
+                    "source has both key and base64; give one",
+                ));
+            }
+            (None, None) => return Err(invalid("source", "source needs a key or base64 data")),
         };
         let prefix = match task.destination_prefix {
             Some(raw) => StoreKey::parse("destination_prefix", &raw)?,
@@ -314,24 +190,31 @@ impl ThumbnailSpec {
         };
         let background = match task.background {
             Some(raw) => Rgb::parse(&raw).ok_or_else(|| {
-                invalid(format!("background {raw:?} is not a colour like #ffffff"))
+                invalid(
+                    "background",
+                    format!("background {raw:?} is not a colour like #ffffff"),
+                )
             })?,
             None => policy.default_background,
         };
         if task.outputs.is_empty() {
-            return Err(invalid("outputs is empty; ask for at least one"));
+            return Err(invalid("outputs", "outputs is empty; ask for at least one"));
         }
         if task.outputs.len() > MAX_OUTPUTS {
-            return Err(invalid(format!(
-                "{} outputs requested; at most {MAX_OUTPUTS} per task",
-                task.outputs.len()
-            )));
+            return Err(invalid(
+                "outputs",
+                format!(
+                    "{} outputs requested; at most {MAX_OUTPUTS} per task",
+                    task.outputs.len()
+                ),
+            ));
         }
         let mut outputs = Vec::with_capacity(task.outputs.len());
         let mut keys = HashSet::new();
         for (i, o) in task.outputs.into_iter().enumerate() {
+            let field = format!("outputs[{i}]");
             check_output(o.width, o.height, o.format, o.quality, Some(&policy.limits))
-                .map_err(|e| invalid(format!("outputs[{i}]: {}", e.message)))?;
+                .map_err(|e| invalid(&field, format!("{field}: {}", e.message)))?;
             let name = match o.name {
                 Some(name) => name,
                 None => format!(
@@ -344,9 +227,10 @@ impl ThumbnailSpec {
             };
             let key = prefix.join(&format!("outputs[{i}].name"), &name)?;
             if !keys.insert(key.clone()) {
-                return Err(invalid(format!(
-                    "outputs[{i}] would write {key}, as an earlier output does; give it a name"
-                )));
+                return Err(invalid(
+                    &field,
+                    format!("{field} would write {key}, as an earlier output does; give it a name"),
+                ));
             }
             outputs.push(OutputSpec {
                 width: o.width,
@@ -394,8 +278,8 @@ impl ThumbnailSpec {
     }
 }
 
-fn invalid(message: impl fmt::Display) -> TaskError {
-    error::permanent(INVALID_PAYLOAD, message)
+fn invalid(field: &str, message: impl fmt::Display) -> ParseError {
+    ParseError::new(INVALID_PAYLOAD, field, message)
 }
 
 fn check_output(
@@ -404,52 +288,61 @@ fn check_output(
     format: OutputFormat,
     quality: Option<u8>,
     limits: Option<&Limits>,
-) -> Result<(), TaskError> {
+) -> Result<(), ParseError> {
     if width == 0 || height == 0 {
-        return Err(invalid(format!(
-            "width and height must be at least 1 (got {width}x{height})"
-        )));
+        return Err(invalid(
+            "",
+            format!("width and height must be at least 1 (got {width}x{height})"),
+        ));
     }
     if let Some(why) = limits.and_then(|l| l.exceeded_by(width, height)) {
-        return Err(invalid(format!("the output size is refused: {why}")));
+        return Err(invalid("", format!("the output size is refused: {why}")));
     }
     let max = format.max_side();
     if width > max || height > max {
-        return Err(invalid(format!(
-            "{} holds at most {max} pixels a side (got {width}x{height})",
-            format.as_str()
-        )));
+        return Err(invalid(
+            "",
+            format!(
+                "{} holds at most {max} pixels a side (got {width}x{height})",
+                format.as_str()
+            ),
+        ));
     }
     if let Some(q) = quality
         && !(1..=100).contains(&q)
     {
-        return Err(invalid(format!("quality must be 1-100 (got {q})")));
+        return Err(invalid("", format!("quality must be 1-100 (got {q})")));
     }
     Ok(())
 }
 
 /// Decodes inline base64, refusing more than `max` decoded bytes before
 /// decoding anything.
-fn decode_inline(data: &str, max: usize) -> Result<Vec<u8>, TaskError> {
+fn decode_inline(data: &str, max: usize) -> Result<Vec<u8>, ParseError> {
     let engine = base64::engine::general_purpose::STANDARD;
     let data = data.trim();
     // Well-formed base64 of n bytes is 4 * ceil(n / 3) characters, so this
     // refuses an oversized source before decoding (allocating) it.
     let at_least = (data.len() / 4 * 3).saturating_sub(2);
     if at_least > max {
-        return Err(error::permanent(
+        return Err(ParseError::new(
             SOURCE_TOO_LARGE,
+            "source.base64",
             format!(
                 "source.base64 is at least {at_least} bytes decoded, over image.max_inline_bytes ({max}); put the image in the store and send its key"
             ),
         ));
     }
-    let bytes = engine
-        .decode(data)
-        .map_err(|e| invalid(format!("source.base64 is not valid base64: {e}")))?;
+    let bytes = engine.decode(data).map_err(|e| {
+        invalid(
+            "source.base64",
+            format!("source.base64 is not valid base64: {e}"),
+        )
+    })?;
     if bytes.len() > max {
-        return Err(error::permanent(
+        return Err(ParseError::new(
             SOURCE_TOO_LARGE,
+            "source.base64",
             format!(
                 "source.base64 is {} bytes decoded, over image.max_inline_bytes ({max})",
                 bytes.len()
@@ -457,7 +350,7 @@ fn decode_inline(data: &str, max: usize) -> Result<Vec<u8>, TaskError> {
         ));
     }
     if bytes.is_empty() {
-        return Err(invalid("source.base64 is empty"));
+        return Err(invalid("source.base64", "source.base64 is empty"));
     }
     Ok(bytes)
 }
@@ -467,6 +360,7 @@ fn decode_inline(data: &str, max: usize) -> Result<Vec<u8>, TaskError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::image::kinds::INVALID_KEY;
     use serde_json::{Value, json};
 
     fn policy() -> SpecPolicy {
@@ -484,7 +378,7 @@ mod tests {
         }
     }
 
-    fn parse(body: Value) -> Result<ThumbnailSpec, TaskError> {
+    fn parse(body: Value) -> Result<ThumbnailSpec, ParseError> {
         let task: ThumbnailTask = serde_json::from_value(body).unwrap();
         ThumbnailSpec::parse(task, "task-1", &policy())
     }
@@ -537,101 +431,108 @@ mod tests {
             "outputs": [{"width": 1, "height": 1}],
         }))
         .unwrap_err();
-        assert_eq!(e.kind, SOURCE_TOO_LARGE);
+        assert_eq!(
+            (e.kind, e.field.as_str()),
+            (SOURCE_TOO_LARGE, "source.base64")
+        );
         let e = parse(json!({"source": {"base64": "!!!"}, "outputs": [{"width": 1, "height": 1}]}))
             .unwrap_err();
         assert_eq!(e.kind, INVALID_PAYLOAD);
     }
 
     #[test]
-    fn bad_tasks_are_permanent_errors_with_a_reason() {
+    fn bad_tasks_name_the_field_the_kind_and_the_reason() {
+        let one = json!([{"width": 1, "height": 1}]);
         let cases = [
             (
-                json!({"source": {}, "outputs": [{"width": 1, "height": 1}]}),
+                json!({"source": {}, "outputs": one}),
                 INVALID_PAYLOAD,
+                "source",
                 "key or base64",
             ),
             (
-                json!({"source": {"key": "a", "base64": "aGk="}, "outputs": [{"width": 1, "height": 1}]}),
+                json!({"source": {"key": "a", "base64": "aGk="}, "outputs": one}),
                 INVALID_PAYLOAD,
+                "source",
                 "both",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": []}),
                 INVALID_PAYLOAD,
+                "outputs",
                 "at least one",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": [{"width": 0, "height": 1}]}),
                 INVALID_PAYLOAD,
+                "outputs[0]",
                 "at least 1",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": [{"width": 25000, "height": 1}]}),
                 INVALID_PAYLOAD,
+                "outputs[0]",
                 "limit",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": [{"width": 9000, "height": 9000}]}),
                 INVALID_PAYLOAD,
+                "outputs[0]",
                 "pixels",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": [{"width": 17000, "height": 10, "format": "webp"}]}),
                 INVALID_PAYLOAD,
+                "outputs[0]",
                 "16383",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": [{"width": 1, "height": 1, "quality": 0}]}),
                 INVALID_PAYLOAD,
+                "outputs[0]",
                 "1-100",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": [{"width": 1, "height": 1}, {"width": 1, "height": 1}]}),
                 INVALID_PAYLOAD,
+                "outputs[1]",
                 "earlier output",
             ),
             (
-                json!({"source": {"key": "a"}, "outputs": [{"width": 1, "height": 1}], "background": "white"}),
+                json!({"source": {"key": "a"}, "outputs": one, "background": "white"}),
                 INVALID_PAYLOAD,
+                "background",
                 "colour",
             ),
             (
-                json!({"source": {"key": "../a"}, "outputs": [{"width": 1, "height": 1}]}),
-                crate::error::INVALID_KEY,
+                json!({"source": {"key": "../a"}, "outputs": one}),
+                INVALID_KEY,
+                "source.key",
                 "..",
             ),
             (
-                json!({"source": {"key": "a"}, "outputs": [{"width": 1, "height": 1}], "destination_prefix": "/tmp/x"}),
-                crate::error::INVALID_KEY,
+                json!({"source": {"key": "a"}, "outputs": one, "destination_prefix": "/tmp/x"}),
+                INVALID_KEY,
+                "destination_prefix",
                 "absolute",
             ),
             (
                 json!({"source": {"key": "a"}, "outputs": [{"width": 1, "height": 1, "name": "../x.jpg"}]}),
-                crate::error::INVALID_KEY,
+                INVALID_KEY,
+                "outputs[0].name",
                 "single name",
             ),
         ];
-        for (body, kind, needle) in cases {
+        for (body, kind, field, needle) in cases {
             let e = parse(body.clone()).unwrap_err();
-            assert!(e.is_permanent(), "{body}");
-            assert_eq!(e.kind, kind, "{body}: {}", e.message);
+            assert_eq!(
+                (e.kind, e.field.as_str()),
+                (kind, field),
+                "{body}: {}",
+                e.message
+            );
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
-    }
-
-    #[test]
-    fn unknown_fields_are_rejected_by_the_wire_types() {
-        let r: Result<ThumbnailTask, _> = serde_json::from_value(json!({
-            "source": {"key": "a", "url": "http://x"},
-            "outputs": [{"width": 1, "height": 1}],
-        }));
-        assert!(r.unwrap_err().to_string().starts_with("unknown field"));
-        let r: Result<ThumbnailTask, _> = serde_json::from_value(json!({
-            "source": {"key": "a"},
-            "outputs": [{"width": 1, "height": 1, "fit": "stretch"}],
-        }));
-        assert!(r.is_err());
     }
 
     #[test]

@@ -18,9 +18,11 @@ use object_store::local::LocalFileSystem;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use secrecy::ExposeSecret;
 use warren::TaskError;
+use warren_tasks::image::StoreKey;
+use warren_tasks::image::kinds::{
+    INVALID_KEY, SOURCE_NOT_FOUND, SOURCE_TOO_LARGE, STORE_UNAVAILABLE,
+};
 
-use crate::error::{self, INVALID_KEY, SOURCE_NOT_FOUND, SOURCE_TOO_LARGE, STORE_UNAVAILABLE};
-use crate::key::StoreKey;
 use crate::settings::{ImageSettings, StoreKind};
 
 /// Start-up errors: the settings describe no usable store.
@@ -48,7 +50,7 @@ pub enum StoreError {
     },
 }
 
-/// The object store of the image worker. Cheap to clone.
+/// The image store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
@@ -135,12 +137,12 @@ impl Store {
     /// Reads a source object, refusing one over `max_bytes` before reading
     /// its body.
     pub async fn get(&self, key: &StoreKey, max_bytes: u64) -> Result<Vec<u8>, TaskError> {
-        let path = key.to_path();
+        let path = path(key);
         let read = async {
             let result = self.inner.get(&path).await?;
             let size = result.meta.size;
             if size > max_bytes {
-                return Ok(Err(error::permanent(
+                return Ok(Err(TaskError::permanent(
                     SOURCE_TOO_LARGE,
                     format!(
                         "source {key} is {size} bytes, over image.max_source_bytes ({max_bytes})"
@@ -170,7 +172,7 @@ impl Store {
             attributes.insert(Attribute::ContentType, content_type.into());
             options.attributes = attributes;
         }
-        let path = key.to_path();
+        let path = path(key);
         let write = self.inner.put_opts(&path, PutPayload::from(bytes), options);
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(_)) => Ok(()),
@@ -180,7 +182,7 @@ impl Store {
     }
 
     fn timed_out(&self, doing: &str, key: &StoreKey) -> TaskError {
-        error::retry(
+        TaskError::retry(
             STORE_UNAVAILABLE,
             format!(
                 "{doing} {key} took longer than image.store_timeout ({:?})",
@@ -200,27 +202,34 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The key as the object store's path type. `StoreKey`'s rules are
+/// stricter than `Path::parse`'s (a test holds them together), so the
+/// fallback, which percent-encodes, is never taken.
+fn path(key: &StoreKey) -> object_store::path::Path {
+    object_store::path::Path::parse(key.as_str()).unwrap_or_else(|_| key.as_str().into())
+}
+
 fn read_error(key: &StoreKey, e: object_store::Error) -> TaskError {
     match e {
-        object_store::Error::NotFound { .. } => error::permanent(
+        object_store::Error::NotFound { .. } => TaskError::permanent(
             SOURCE_NOT_FOUND,
             format!("source {key} does not exist in the store"),
         ),
-        object_store::Error::InvalidPath { source } => error::permanent(
+        object_store::Error::InvalidPath { source } => TaskError::permanent(
             INVALID_KEY,
             format!("the store refuses source key {key}: {source}"),
         ),
-        other => error::retry(STORE_UNAVAILABLE, format!("could not read {key}: {other}")),
+        other => TaskError::retry(STORE_UNAVAILABLE, format!("could not read {key}: {other}")),
     }
 }
 
 fn write_error(key: &StoreKey, e: object_store::Error) -> TaskError {
     match e {
-        object_store::Error::InvalidPath { source } => error::permanent(
+        object_store::Error::InvalidPath { source } => TaskError::permanent(
             INVALID_KEY,
             format!("the store refuses output key {key}: {source}"),
         ),
-        other => error::retry(STORE_UNAVAILABLE, format!("could not write {key}: {other}")),
+        other => TaskError::retry(STORE_UNAVAILABLE, format!("could not write {key}: {other}")),
     }
 }
 
@@ -232,6 +241,21 @@ mod tests {
 
     fn key(k: &str) -> StoreKey {
         StoreKey::parse("k", k).unwrap()
+    }
+
+    #[test]
+    fn every_key_the_contract_accepts_is_a_store_path_unchanged() {
+        for k in [
+            "cat.jpg",
+            "uploads/a b/c.jpg",
+            "unicodé/ünïcode.webp",
+            "..hidden-but-not-a-dot-segment/x",
+            "a%20b/{braces}/q?.png",
+        ] {
+            let parsed = object_store::path::Path::parse(key(k).as_str()).unwrap();
+            assert_eq!(parsed.as_ref(), k);
+            assert_eq!(path(&key(k)).as_ref(), k);
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,76 @@
+//! Reading the events stream from its first retained event, then
+//! following it: every reader builds the same view, and a restarted one
+//! rebuilds it, without a database.
+
+use futures::{Stream, StreamExt};
+use lapin::Connection;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::TaskEvent;
+use crate::contract::{Names, broker_headers};
+
+/// An event read from the stream, with its offset (unique and increasing).
+#[derive(Debug, Clone)]
+pub struct StreamedEvent {
+    pub offset: u64,
+    pub event: TaskEvent,
+}
+
+/// Reads the stream from its first retained event, then follows it. Each
+/// item is acked as it is read (streams need acks to keep credit flowing;
+/// acking does not remove anything). Unreadable entries are skipped.
+pub async fn follow(
+    connection: &Connection,
+    names: &Names,
+) -> Result<
+    impl Stream<Item = Result<StreamedEvent, lapin::Error>> + Send + 'static + use<>,
+    lapin::Error,
+> {
+    let channel = connection.create_channel().await?;
+    // Streams require a prefetch; it bounds how far ahead the broker sends.
+    channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        broker_headers::STREAM_OFFSET.into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let consumer = channel
+        .basic_consume(
+            names.events_stream().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?;
+    let stream = consumer.filter_map(move |delivery| {
+        let channel = channel.clone();
+        async move {
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => return Some(Err(e)),
+            };
+            let offset = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| match h.inner().get(broker_headers::STREAM_OFFSET) {
+                    Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).ok(),
+                    Some(AMQPValue::LongUInt(n)) => Some(u64::from(*n)),
+                    Some(AMQPValue::LongInt(n)) => u64::try_from(*n).ok(),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            drop(channel);
+            match serde_json::from_slice::<TaskEvent>(&delivery.data) {
+                Ok(event) => Some(Ok(StreamedEvent { offset, event })),
+                Err(e) => {
+                    tracing::debug!(error = %e, offset, "Skipped an unreadable task event.");
+                    None
+                }
+            }
+        }
+    });
+    Ok(stream)
+}

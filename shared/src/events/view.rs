@@ -1,0 +1,305 @@
+//! The status of every task seen in the stream, folded from its events
+//! and bounded in memory: what `GET /v1/tasks/{id}` answers.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{StreamedEvent, TaskEvent, TaskState};
+
+/// What is known about one task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskStatus {
+    pub task_id: String,
+    pub task_type: String,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+impl TaskStatus {
+    /// A task's status before `event`, its first, is applied: only its
+    /// identity, state and time.
+    pub fn first(event: &TaskEvent) -> Self {
+        Self {
+            task_id: event.task_id.clone(),
+            task_type: event.task_type.clone(),
+            state: event.state,
+            attempt: event.attempt,
+            queued_at: None,
+            started_at: None,
+            updated_at: event.at,
+            finished_at: None,
+            next_attempt_at: None,
+            error_kind: None,
+            error: None,
+            reason: None,
+            result: None,
+        }
+    }
+}
+
+/// The status of every task seen in the stream, bounded in memory: past
+/// `capacity` tasks the least recently updated are forgotten, and each task
+/// keeps at most `MAX_EVENTS_PER_TASK` events.
+pub struct StatusView {
+    tasks: HashMap<String, Entry>,
+    order: VecDeque<(String, u64)>,
+    capacity: usize,
+    last_offset: Option<u64>,
+}
+
+struct Entry {
+    status: TaskStatus,
+    events: Vec<StreamedEvent>,
+    touched: u64,
+}
+
+/// Events kept per task for replay (`/events`).
+pub const MAX_EVENTS_PER_TASK: usize = 64;
+
+impl StatusView {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tasks: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            last_offset: None,
+        }
+    }
+
+    /// Applies one event and returns whether it was new: events at or
+    /// before the last applied offset are ignored, so replaying is harmless.
+    ///
+    /// A `queued` event older than the task's latest event is history
+    /// only. The gateway emits `queued` once the broker has confirmed the
+    /// task, on another connection than the worker's `running`, so it can
+    /// reach the stream after `running` or even `succeeded`; its timestamp
+    /// is taken before the publish. Such a late event supplies `queued_at`
+    /// and takes its place in the task's history by time, but does not
+    /// turn a running or finished task back into `queued`. A `queued`
+    /// event newer than everything else (a replay from the parking lot, a
+    /// task published again with the same id) does.
+    pub fn apply(&mut self, streamed: StreamedEvent) -> bool {
+        if let Some(last) = self.last_offset
+            && streamed.offset <= last
+            && streamed.offset != 0
+        {
+            return false;
+        }
+        self.last_offset = Some(streamed.offset);
+        if streamed.event.state == TaskState::Queued
+            && let Some(entry) = self.tasks.get_mut(&streamed.event.task_id)
+            && streamed.event.at < entry.status.updated_at
+        {
+            let at = streamed.event.at;
+            let queued_at = entry.status.queued_at.get_or_insert(at);
+            *queued_at = (*queued_at).min(at);
+            if entry.events.len() < MAX_EVENTS_PER_TASK {
+                let position = entry
+                    .events
+                    .iter()
+                    .position(|e| e.event.at > at)
+                    .unwrap_or(entry.events.len());
+                entry.events.insert(position, streamed);
+            }
+            return true;
+        }
+        let e = &streamed.event;
+        let touched = streamed.offset;
+        let entry = self
+            .tasks
+            .entry(e.task_id.clone())
+            .or_insert_with(|| Entry {
+                status: TaskStatus::first(e),
+                events: Vec::new(),
+                touched,
+            });
+        let s = &mut entry.status;
+        // A final state sticks, unless the task is queued anew (replayed
+        // from the parking lot, or published again with the same id).
+        if !s.state.is_final() || e.state == TaskState::Queued || entry.events.is_empty() {
+            s.state = e.state;
+            s.attempt = e.attempt;
+        }
+        s.updated_at = e.at;
+        match e.state {
+            TaskState::Queued => {
+                s.queued_at = Some(e.at);
+                s.finished_at = None;
+            }
+            TaskState::Running => {
+                s.started_at.get_or_insert(e.at);
+                s.next_attempt_at = None;
+            }
+            TaskState::Retrying => {
+                s.next_attempt_at = e.next_attempt_at;
+                s.error_kind.clone_from(&e.error_kind);
+                s.error.clone_from(&e.error);
+            }
+            TaskState::Succeeded => {
+                s.finished_at = Some(e.at);
+                s.result.clone_from(&e.result);
+                s.next_attempt_at = None;
+            }
+            TaskState::DeadLettered => {
+                s.finished_at = Some(e.at);
+                s.error_kind.clone_from(&e.error_kind);
+                s.error.clone_from(&e.error);
+                s.reason.clone_from(&e.reason);
+                s.next_attempt_at = None;
+            }
+        }
+        if entry.events.len() < MAX_EVENTS_PER_TASK {
+            entry.events.push(streamed.clone());
+        }
+        entry.touched = touched;
+        self.order.push_back((e.task_id.clone(), touched));
+        self.evict();
+        true
+    }
+
+    fn evict(&mut self) {
+        while self.tasks.len() > self.capacity {
+            let Some((id, touched)) = self.order.pop_front() else {
+                break;
+            };
+            // Only the newest mention of a task counts.
+            if self.tasks.get(&id).is_some_and(|e| e.touched == touched) {
+                self.tasks.remove(&id);
+            }
+        }
+        // Keep the order queue from growing without bound on busy tasks.
+        if self.order.len() > self.capacity * 4 {
+            let tasks = &self.tasks;
+            self.order
+                .retain(|(id, t)| tasks.get(id).is_some_and(|e| e.touched == *t));
+        }
+    }
+
+    pub fn get(&self, task_id: &str) -> Option<&TaskStatus> {
+        self.tasks.get(task_id).map(|e| &e.status)
+    }
+
+    /// The task's events so far, oldest first.
+    pub fn events(&self, task_id: &str) -> Vec<StreamedEvent> {
+        self.tasks
+            .get(task_id)
+            .map(|e| e.events.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn last_offset(&self) -> Option<u64> {
+        self.last_offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(offset: u64, id: &str, state: TaskState, attempt: u32) -> StreamedEvent {
+        StreamedEvent {
+            offset,
+            event: TaskEvent::new(id, "email.send", state, attempt),
+        }
+    }
+
+    #[test]
+    fn the_view_follows_a_task_through_its_life() {
+        let mut v = StatusView::new(10);
+        v.apply(ev(1, "a", TaskState::Queued, 1));
+        assert_eq!(v.get("a").map(|s| s.state), Some(TaskState::Queued));
+        v.apply(ev(2, "a", TaskState::Running, 1));
+        let mut retry = ev(3, "a", TaskState::Retrying, 1);
+        retry.event.error_kind = Some("smtp_transient".into());
+        v.apply(retry);
+        assert_eq!(
+            v.get("a").unwrap().error_kind.as_deref(),
+            Some("smtp_transient")
+        );
+        v.apply(ev(4, "a", TaskState::Running, 2));
+        let mut done = ev(5, "a", TaskState::Succeeded, 2);
+        done.event.result = Some(serde_json::json!({"ok": true}));
+        v.apply(done);
+        let s = v.get("a").unwrap();
+        assert_eq!((s.state, s.attempt), (TaskState::Succeeded, 2));
+        assert!(s.finished_at.is_some() && s.started_at.is_some() && s.queued_at.is_some());
+        assert_eq!(v.events("a").len(), 5);
+        // A late, stale event does not reopen a finished task.
+        v.apply(ev(6, "a", TaskState::Running, 2));
+        assert_eq!(v.get("a").unwrap().state, TaskState::Succeeded);
+        // Replays of old offsets are ignored.
+        v.apply(ev(3, "a", TaskState::Retrying, 1));
+        assert_eq!(v.events("a").len(), 6);
+        assert!(v.get("unknown").is_none());
+    }
+
+    #[test]
+    fn a_late_queued_event_is_history_only() {
+        let at = |offset: u64, state, when| {
+            let mut e = ev(offset, "a", state, 1);
+            e.event.at = when;
+            e
+        };
+        let t0 = Utc::now();
+        let later = t0 + chrono::Duration::milliseconds(5);
+        let mut v = StatusView::new(10);
+        assert!(v.apply(at(1, TaskState::Running, later)));
+        assert!(v.apply(at(2, TaskState::Succeeded, later)));
+        // The producer's `queued`, stamped before the publish, arrives last.
+        assert!(v.apply(at(3, TaskState::Queued, t0)));
+        let s = v.get("a").unwrap();
+        assert_eq!(s.state, TaskState::Succeeded);
+        assert_eq!(s.queued_at, Some(t0));
+        assert!(s.finished_at.is_some());
+        let order: Vec<_> = v.events("a").iter().map(|e| e.offset).collect();
+        assert_eq!(order, vec![3, 1, 2], "queued first, in lifecycle order");
+        // Queued anew later (a replay from the parking lot) does count.
+        let replayed = later + chrono::Duration::seconds(1);
+        assert!(v.apply(at(4, TaskState::Queued, replayed)));
+        let s = v.get("a").unwrap();
+        assert_eq!((s.state, s.queued_at), (TaskState::Queued, Some(replayed)));
+        assert!(s.finished_at.is_none());
+        // A replay of an old offset changes nothing.
+        assert!(!v.apply(at(3, TaskState::Queued, t0)));
+        assert_eq!(v.events("a").len(), 4);
+    }
+
+    #[test]
+    fn the_view_is_bounded() {
+        let mut v = StatusView::new(2);
+        v.apply(ev(1, "a", TaskState::Queued, 1));
+        v.apply(ev(2, "b", TaskState::Queued, 1));
+        v.apply(ev(3, "a", TaskState::Running, 1));
+        v.apply(ev(4, "c", TaskState::Queued, 1));
+        assert_eq!(v.len(), 2);
+        assert!(
+            v.get("b").is_none(),
+            "the least recently updated goes first"
+        );
+        assert!(v.get("a").is_some() && v.get("c").is_some());
+    }
+}

@@ -1,0 +1,235 @@
+//! One delivery, from its metadata to the handler's answer: read the
+//! task's id, type and attempt off the AMQP properties, open its span
+//! (continuing the producer's trace), skip ids that already succeeded, run
+//! the handler on a task of its own (a panic or a timeout is a failed
+//! attempt, not a dead worker), and hand the answer to [`settle`].
+//!
+//! [`settle`]: super::settle
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, info_span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::Inner;
+use super::record::{Recorder, Started};
+use super::session::Outbound;
+use super::settle::{self, Failure};
+use crate::contract::{self, headers};
+use crate::metrics;
+use crate::{Outcome, TaskContext, TaskError, trace};
+
+/// Handles one delivery from start to ack. Never panics, never returns an
+/// error: every path ends in ack, a confirmed copy plus ack, or a hand-back.
+pub(super) async fn process(
+    inner: Arc<Inner>,
+    out: Outbound,
+    delivery: Delivery,
+    permit: OwnedSemaphorePermit,
+) {
+    let Meta { ctx, id_assigned } = read_meta(&delivery, inner.consumer.max_attempts());
+    // The span's fields are what a log line needs; every one of them is
+    // formatted into JSON when the span opens, for every task, so the
+    // OpenTelemetry messaging attributes, which only an exporter reads,
+    // are set on the exported span alone (see `trace::messaging_attributes`).
+    let span = info_span!(
+        "task",
+        otel.name = %inner.span_name,
+        otel.kind = "consumer",
+        task_id = %ctx.id,
+        task_type = %ctx.task_type,
+        attempt = ctx.attempt,
+        redelivered = ctx.redelivered,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    // The producer's (or the failed attempt's) span is this one's parent.
+    let _ = span.set_parent(trace::extract(delivery.properties.headers().as_ref()));
+    trace::record_ids(&span);
+    if trace::exporting() {
+        trace::messaging_attributes(
+            &span,
+            &inner.queue,
+            delivery.routing_key.as_str(),
+            &ctx.id,
+            delivery.data.len(),
+        );
+    }
+    async move {
+        inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
+        let metrics = match inner.task_metrics.get(ctx.task_type.as_str()) {
+            Some(m) => Arc::clone(m),
+            None => Arc::new(metrics::runtime().for_task(&inner.queue, &ctx.task_type)),
+        };
+        let rec = Recorder {
+            ctx: &ctx,
+            metrics: &metrics,
+            events: out.events.as_ref(),
+            by: &inner.identity,
+        };
+        let queue_wait = queue_wait(&delivery, &ctx);
+        let handled = inner.handlers.contains_key(ctx.task_type.as_str());
+        rec.record(Started {
+            queue_wait,
+            id_assigned,
+            handled,
+        })
+        .await;
+        let started = Instant::now();
+        let result = run_handler(&inner, &ctx, &delivery.data).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(Handled::Duplicate) => settle::duplicate(&delivery, &rec).await,
+            Ok(Handled::Done(outcome)) => {
+                settle::success(&inner, &delivery, &rec, &outcome, elapsed).await;
+            }
+            Err(err) => {
+                let (out, delivery, rec, err) = (&out, &delivery, &rec, &err);
+                let inner = &*inner;
+                settle::failure(Failure {
+                    inner,
+                    out,
+                    delivery,
+                    rec,
+                    err,
+                    elapsed,
+                })
+                .await;
+            }
+        }
+        metrics.in_progress.dec();
+        inner.status.in_flight.fetch_sub(1, Ordering::SeqCst);
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the handler's run came to, when it did not fail.
+enum Handled {
+    Done(Outcome),
+    /// The id already succeeded; the handler did not run.
+    Duplicate,
+}
+
+async fn run_handler(
+    inner: &Arc<Inner>,
+    ctx: &TaskContext,
+    body: &[u8],
+) -> Result<Handled, TaskError> {
+    let Some(handler) = inner.handlers.get(ctx.task_type.as_str()) else {
+        return Err(TaskError::permanent(
+            "unknown_task_type",
+            format!(
+                "no handler for task type '{}' on queue '{}' (handled: {})",
+                ctx.task_type,
+                inner.queue,
+                inner
+                    .handlers
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    if let Some(store) = &inner.idempotency {
+        match store.is_done(&inner.dedup_key(ctx)).await {
+            Ok(true) => return Ok(Handled::Duplicate),
+            Ok(false) => {}
+            Err(e) => return Err(TaskError::retry("idempotency_store", e)),
+        }
+    }
+    let future = handler(ctx.clone(), body);
+    let timeout = inner.consumer.task_timeout;
+    // A task of its own: a panic in the handler surfaces as a JoinError
+    // here instead of unwinding through the consumer.
+    match tokio::spawn(tokio::time::timeout(timeout, future)).await {
+        Ok(Ok(Ok(outcome))) => Ok(Handled::Done(outcome)),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_elapsed)) => Err(TaskError::retry(
+            "timeout",
+            format!(
+                "the handler did not finish within {}",
+                humantime::format_duration(timeout)
+            ),
+        )),
+        Err(join) if join.is_panic() => {
+            let payload = join.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            Err(TaskError::retry(
+                "panic",
+                format!("the handler panicked: {message}"),
+            ))
+        }
+        Err(join) => Err(TaskError::retry("cancelled", join)),
+    }
+}
+
+/// Seconds the task waited in its queue: since the end of its retry delay
+/// for a retry, since its publish otherwise (milliseconds from Warren's
+/// header, whole seconds from the AMQP timestamp for other producers).
+fn queue_wait(delivery: &Delivery, ctx: &TaskContext) -> Option<f64> {
+    let hdrs = delivery.properties.headers().as_ref();
+    let now_ms = Utc::now().timestamp_millis();
+    let since_ms = if ctx.attempt > 1 {
+        contract::header_str(hdrs, headers::NEXT_ATTEMPT_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp_millis())
+    } else {
+        hdrs.and_then(|h| match h.inner().get(headers::PUBLISHED_AT_MS) {
+            Some(lapin::types::AMQPValue::LongLongInt(ms)) => Some(*ms),
+            _ => None,
+        })
+        .or_else(|| ctx.published_at.map(|t| t.timestamp_millis()))
+    }?;
+    Some((now_ms - since_ms).max(0) as f64 / 1000.0)
+}
+
+/// The task's metadata as read off a delivery.
+struct Meta {
+    ctx: TaskContext,
+    id_assigned: bool,
+}
+
+fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
+    let props = &delivery.properties;
+    let hdrs = props.headers().as_ref();
+    let (id, id_assigned) = match props.message_id() {
+        Some(id) if !id.as_str().is_empty() => (id.as_str().to_owned(), false),
+        _ => (uuid::Uuid::now_v7().to_string(), true),
+    };
+    let task_type = props
+        .kind()
+        .as_ref()
+        .map(|t| t.as_str().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    let published_at = props
+        .timestamp()
+        .and_then(|ts| i64::try_from(ts).ok())
+        .and_then(|ts| DateTime::from_timestamp(ts, 0));
+    Meta {
+        ctx: TaskContext {
+            id,
+            task_type,
+            attempt: contract::header_u32(hdrs, headers::ATTEMPT)
+                .unwrap_or(1)
+                .max(1),
+            max_attempts,
+            priority: props.priority().unwrap_or(0),
+            published_at,
+            redelivered: delivery.redelivered,
+        },
+        id_assigned,
+    }
+}

@@ -1,0 +1,200 @@
+//! One connection's life: connect, declare the topology, open the
+//! publishing and consuming channels, consume until shutdown (then drain)
+//! or until the connection is lost beyond lapin's recovery; and the watch
+//! that makes an outage and its recovery visible in logs and readiness.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::Inner;
+use super::delivery::process;
+use super::drain::drain;
+use crate::broker::{Backoff, ConnectError, connect};
+use crate::events::EventPublisher;
+use crate::metrics;
+use crate::publisher::{PublishError, Publisher};
+use crate::settings::BrokerSettings;
+use crate::topology::TopologyError;
+
+/// What a delivery publishes through: copies (confirmed) and events (fire
+/// and forget).
+#[derive(Clone)]
+pub(super) struct Outbound {
+    pub(super) publisher: Publisher,
+    pub(super) events: Option<EventPublisher>,
+    /// Cancelled when a publish broke on the channel: the session restarts.
+    pub(super) restart: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Topology(TopologyError),
+    #[error("{0}")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Publisher(#[from] PublishError),
+    #[error("the broker cancelled the consumer (was the queue deleted?)")]
+    ConsumerCancelled,
+    #[error("a publish failed on a broken channel")]
+    ChannelBroken,
+}
+
+/// One connection's life: connect, declare, consume until shutdown (then
+/// drain) or until the connection is lost beyond lapin's recovery.
+pub(super) async fn session(
+    inner: &Arc<Inner>,
+    broker: &BrokerSettings,
+    permits: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), SessionError> {
+    let connection = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        connection = connect(broker, &inner.identity) => connection?,
+    };
+    match inner.topology.declare(&connection).await {
+        Ok(()) => {}
+        Err(e @ TopologyError::Conflict { .. }) => {
+            let _ = connection.close(200, "topology conflict".into()).await;
+            return Err(SessionError::Topology(e));
+        }
+        Err(TopologyError::Broker { source, .. }) => return Err(SessionError::Broker(source)),
+    }
+    let publisher = Publisher::on(&connection, inner.names.clone()).await?;
+    let events = if inner.consumer.events {
+        Some(EventPublisher::on(&connection, &inner.names).await?)
+    } else {
+        None
+    };
+    let restart = CancellationToken::new();
+    let out = Outbound {
+        publisher,
+        events,
+        restart: restart.clone(),
+    };
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(inner.consumer.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{}#{}", inner.identity, uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            inner.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    inner.status.consuming.store(true, Ordering::SeqCst);
+    metrics::broker_connected(true);
+    if inner.status.sessions.fetch_add(1, Ordering::SeqCst) > 0 {
+        metrics::broker_reconnected();
+    }
+    backoff.reset();
+    info!(queue = %inner.queue, "Consuming.");
+    let watcher = tokio::spawn(watch_connection(
+        connection.status().clone(),
+        connection.events_listener(),
+        inner.clone(),
+    ));
+
+    let result = loop {
+        // Take a permit before the next delivery, so at most `concurrency`
+        // handlers run and the rest of the prefetch waits in the buffer.
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = restart.cancelled() => break Err(SessionError::ChannelBroken),
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let inner = inner.clone();
+                tracker.spawn(process(inner, out.clone(), delivery, permit));
+            }
+            Some(Err(e)) => {
+                drop(permit);
+                debug!(error = %e, "The consumer saw a broker error; waiting for lapin's recovery.");
+                if let Err(e) = channel.wait_for_recovery(e).await {
+                    break Err(SessionError::Broker(e));
+                }
+            }
+            None => break Err(SessionError::ConsumerCancelled),
+        }
+    };
+    watcher.abort();
+    inner.status.consuming.store(false, Ordering::SeqCst);
+    metrics::broker_connected(false);
+    if result.is_ok() {
+        drain(inner, &channel, &tag, &mut consumer, tracker).await;
+    }
+    // The finished tasks' last events, before the connection goes.
+    if let Some(events) = &out.events {
+        events.flush(Duration::from_secs(2)).await;
+    }
+    if channel.status().connected() {
+        let _ = channel.close(200, "worker stopping".into()).await;
+    }
+    let _ = connection.close(200, "worker stopping".into()).await;
+    result
+}
+
+/// Watches the connection: while lapin recovers a dropped connection by
+/// itself the consumer stream stays quiet, so this is where the outage and
+/// the recovery become visible (logs and readiness). Its events carry the
+/// broker's resource alarms; recovery is read off the connection state,
+/// which lapin keeps current in every path.
+async fn watch_connection(
+    status: lapin::ConnectionStatus,
+    events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
+    inner: Arc<Inner>,
+) {
+    futures::pin_mut!(events);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::ConnectionBlocked(reason)) => warn!(
+                    reason = %reason,
+                    "The broker blocked this connection (resource alarm); retry and dead-letter copies wait."
+                ),
+                Some(lapin::Event::ConnectionUnblocked) => info!("The broker unblocked this connection."),
+                Some(_) => {}
+                None => return,
+            },
+            _ = tick.tick() => {
+                let connected = status.connected();
+                let was = inner.status.consuming.swap(connected, Ordering::SeqCst);
+                metrics::broker_connected(connected);
+                if was && !connected {
+                    warn!(reconnecting = status.reconnecting(), "Broker connection interrupted; recovering.");
+                } else if !was && connected {
+                    metrics::broker_reconnected();
+                    info!(queue = %inner.queue, "Broker connection recovered; consuming again.");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Settling a delivery: an ack once the work is done, or, for a failed
+//! attempt, a confirmed copy first (to the next delay queue while attempts
+//! remain and the failure may heal, to the parking lot with its reason
+//! otherwise) and then the ack. A copy that cannot be published hands the
+//! original back to its queue: nothing is lost, and nothing waits unacked
+//! in memory for a retry.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use tracing::{debug, warn};
+
+use super::Inner;
+use super::record::{DeadLettered, Duplicate, HandedBack, Recorder, Retried, Succeeded};
+use super::session::Outbound;
+use crate::contract::{self, DeadReason, PERSISTENT, headers};
+use crate::publisher::{PublishError, Purpose};
+use crate::{Outcome, TaskContext, TaskError, trace};
+
+/// Acks a duplicate of a task that already succeeded.
+pub(super) async fn duplicate(delivery: &Delivery, rec: &Recorder<'_>) {
+    ack(delivery).await;
+    rec.record(Duplicate).await;
+}
+
+/// Marks the task done (for the idempotency store) and acks it.
+pub(super) async fn success(
+    inner: &Inner,
+    delivery: &Delivery,
+    rec: &Recorder<'_>,
+    outcome: &Outcome,
+    elapsed: Duration,
+) {
+    if let Some(store) = &inner.idempotency
+        && let Err(e) = store.mark_done(&inner.dedup_key(rec.ctx)).await
+    {
+        warn!(error = %e, "Could not record the task as done; a redelivery would run it again.");
+    }
+    ack(delivery).await;
+    let result = outcome.result.as_ref();
+    rec.record(Succeeded { result, elapsed }).await;
+}
+
+/// One failed attempt being settled: everything retry and dead-lettering
+/// need.
+#[derive(Clone, Copy)]
+pub(super) struct Failure<'a> {
+    pub(super) inner: &'a Inner,
+    pub(super) out: &'a Outbound,
+    pub(super) delivery: &'a Delivery,
+    pub(super) rec: &'a Recorder<'a>,
+    pub(super) err: &'a TaskError,
+    pub(super) elapsed: Duration,
+}
+
+/// Settles a failed attempt: retried while attempts remain and the
+/// failure may heal, else parked with its reason.
+pub(super) async fn failure(f: Failure<'_>) {
+    let ctx = f.rec.ctx;
+    if f.err.is_permanent() {
+        dead_letter(f, DeadReason::Permanent).await;
+    } else if ctx.attempt < ctx.max_attempts {
+        retry(f).await;
+    } else {
+        dead_letter(f, DeadReason::AttemptsExhausted).await;
+    }
+}
+
+impl Failure<'_> {
+    /// The copy was not published: give the original back, after a pause
+    /// so a persistent failure does not spin. A copy that failed on a
+    /// broken channel (closed by a soft error such as a deleted exchange,
+    /// or by a lost connection) asks for a fresh session: new channels,
+    /// topology declared again.
+    async fn hand_back(&self, copy: Purpose, queue: &str, e: &PublishError) {
+        let error = self.err;
+        self.rec
+            .record(HandedBack {
+                error,
+                copy,
+                publish_error: e,
+                queue,
+            })
+            .await;
+        if matches!(e, PublishError::Broker(_)) {
+            self.out.restart.cancel();
+        }
+        tokio::time::sleep(HAND_BACK_PAUSE).await;
+        nack_requeue(self.delivery).await;
+    }
+}
+
+/// Publishes the task's copy to the next delay queue, then acks the
+/// original; if the copy cannot be published, hands the original back.
+async fn retry(f: Failure<'_>) {
+    let Failure {
+        inner,
+        out,
+        delivery,
+        rec,
+        err,
+        elapsed,
+    } = f;
+    let ctx = rec.ctx;
+    let next_attempt = ctx.attempt + 1;
+    let Some(rung) = inner
+        .topology
+        .rung_for(&inner.consumer.retry_delays, next_attempt)
+    else {
+        // No ladder configured: retrying means dead-lettering.
+        return dead_letter(f, DeadReason::AttemptsExhausted).await;
+    };
+    let now = Utc::now();
+    let next_at = now + chrono::Duration::from_std(rung.delay).unwrap_or_default();
+    let mut hdrs = failure_headers(inner, delivery, err, now);
+    contract::set_int(&mut hdrs, headers::ATTEMPT, i64::from(next_attempt));
+    contract::set_str(&mut hdrs, headers::NEXT_ATTEMPT_AT, rfc3339(next_at));
+    let props = copy_properties(&delivery.properties, ctx, hdrs);
+    let retry_queue = rung.queue.name.as_str();
+    // The default exchange routes by queue name.
+    let published = out
+        .publisher
+        .publish_for(Purpose::Retry, "", retry_queue, &delivery.data, props)
+        .await;
+    match published {
+        Ok(()) => {
+            ack(delivery).await;
+            rec.record(Retried {
+                error: err,
+                elapsed,
+                next_attempt,
+                delay: rung.delay,
+                retry_queue,
+                next_attempt_at: next_at,
+            })
+            .await;
+        }
+        Err(e) => f.hand_back(Purpose::Retry, retry_queue, &e).await,
+    }
+}
+
+/// Publishes the task's copy, with the reason, to the parking lot, then
+/// acks the original; if the copy cannot be published, hands the original
+/// back (rejecting it would route it through the queue's dead-letter
+/// exchange, but if that is what broke, deleted or blocked, the broker
+/// would drop it).
+async fn dead_letter(f: Failure<'_>, reason: DeadReason) {
+    let Failure {
+        inner,
+        out,
+        delivery,
+        rec,
+        err,
+        elapsed,
+    } = f;
+    let ctx = rec.ctx;
+    let mut hdrs = failure_headers(inner, delivery, err, Utc::now());
+    contract::set_int(&mut hdrs, headers::ATTEMPT, i64::from(ctx.attempt));
+    contract::set_str(&mut hdrs, headers::DEAD_REASON, reason.as_str());
+    let props = copy_properties(&delivery.properties, ctx, hdrs);
+    let dead_queue = inner.topology.dead_queue.name.as_str();
+    // The parking lot is bound to the dead exchange with the work queue's
+    // name as its routing key.
+    let published = out
+        .publisher
+        .publish_for(
+            Purpose::DeadLetter,
+            &inner.topology.dead_exchange,
+            &inner.queue,
+            &delivery.data,
+            props,
+        )
+        .await;
+    match published {
+        Ok(()) => {
+            ack(delivery).await;
+            rec.record(DeadLettered {
+                error: err,
+                elapsed,
+                reason,
+                dead_queue,
+            })
+            .await;
+        }
+        Err(e) => f.hand_back(Purpose::DeadLetter, dead_queue, &e).await,
+    }
+}
+
+/// How long a task whose copy could not be published waits before it is
+/// handed back, so a persistent failure does not turn into a hot loop.
+const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
+
+/// Headers of a failed task's copy: everything it carried (trace context
+/// included), plus why and when it failed and who saw it.
+fn failure_headers(
+    inner: &Inner,
+    delivery: &Delivery,
+    err: &TaskError,
+    now: DateTime<Utc>,
+) -> FieldTable {
+    let mut hdrs = delivery.properties.headers().clone().unwrap_or_default();
+    let existing = Some(&hdrs);
+    let first =
+        contract::header_str(existing, headers::FIRST_FAILURE_AT).unwrap_or_else(|| rfc3339(now));
+    let original_exchange = contract::header_str(existing, headers::ORIGINAL_EXCHANGE)
+        .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
+    let original_key = contract::header_str(existing, headers::ORIGINAL_ROUTING_KEY)
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    contract::set_str(&mut hdrs, headers::FIRST_FAILURE_AT, first);
+    contract::set_str(&mut hdrs, headers::LAST_FAILURE_AT, rfc3339(now));
+    contract::set_str(&mut hdrs, headers::ERROR_KIND, err.kind.as_ref());
+    contract::set_str(&mut hdrs, headers::ERROR, truncate(&err.message, 4096));
+    contract::set_str(&mut hdrs, headers::WORKER, inner.identity.as_str());
+    contract::set_str(&mut hdrs, headers::ORIGINAL_EXCHANGE, original_exchange);
+    contract::set_str(&mut hdrs, headers::ORIGINAL_ROUTING_KEY, original_key);
+    // The next attempt (or whoever replays the parking lot) continues the
+    // trace from this attempt's span.
+    trace::inject_span(&tracing::Span::current(), &mut hdrs);
+    hdrs
+}
+
+/// The properties of a copy: the original's, with the task id and type made
+/// explicit, persistence forced, and no `expiration` (the task was already
+/// started; a retry must not vanish from its delay queue). `user_id` is
+/// dropped because the broker checks it against the publishing user.
+fn copy_properties(p: &BasicProperties, ctx: &TaskContext, hdrs: FieldTable) -> BasicProperties {
+    let mut out = BasicProperties::default()
+        .with_message_id(ctx.id.as_str().into())
+        .with_type(ctx.task_type.as_str().into())
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(hdrs);
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    out
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel is gone; the broker requeues the message and the
+        // idempotency store keeps a second run from repeating the work.
+        warn!(error = %e, "Could not ack the task; the broker will redeliver it.");
+    }
+}
+
+async fn nack_requeue(delivery: &Delivery) {
+    if let Err(e) = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+    {
+        debug!(error = %e, "Could not nack the task; the broker will redeliver it.");
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é...");
+    }
+}

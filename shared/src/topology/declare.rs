@@ -1,0 +1,263 @@
+//! Declaring the topology on a connection: idempotently, each object
+//! once, with a conflict turned into an error that names the object, the
+//! argument, the broker's value and Warren's.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
+
+use super::{Binding, ExchangeSpec, QueueSpec, Topology};
+use crate::contract::Names;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error(
+        "{object} '{name}' already exists on the broker with {argument} = {broker_has}, but Warren wants {argument} = {warren_wants}; \
+         delete it (it is re-created on start-up) or choose another namespace"
+    )]
+    Conflict {
+        object: &'static str,
+        name: String,
+        argument: String,
+        broker_has: String,
+        warren_wants: String,
+    },
+    #[error("could not declare {object} '{name}': {source}")]
+    Broker {
+        object: &'static str,
+        name: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl Topology {
+    /// Declares everything, idempotently. Each failing declaration closes its
+    /// channel, so this uses a channel of its own and closes it when done.
+    pub async fn declare(&self, connection: &Connection) -> Result<(), TopologyError> {
+        let channel =
+            connection
+                .create_channel()
+                .await
+                .map_err(|source| TopologyError::Broker {
+                    object: "channel",
+                    name: String::new(),
+                    source,
+                })?;
+        let result = self.declare_on(&channel).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "topology declared".into()).await;
+        }
+        result
+    }
+
+    async fn declare_on(&self, channel: &Channel) -> Result<(), TopologyError> {
+        for exchange in self.exchanges() {
+            declare_exchange(channel, &exchange).await?;
+        }
+        for queue in self.queues() {
+            declare_queue(channel, queue).await?;
+        }
+        for binding in self.bindings() {
+            bind(channel, &binding)
+                .await
+                .map_err(|source| TopologyError::Broker {
+                    object: "binding",
+                    name: format!(
+                        "{} <- {} ({})",
+                        binding.queue, binding.exchange, binding.key
+                    ),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Declares the tasks exchange, for producers: a publish then reaches the
+/// broker's routing (where `mandatory` says whether a worker's queue is
+/// bound) even before any worker has started.
+pub async fn declare_tasks_exchange(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+    exchange_declare(channel, &ExchangeSpec::tasks(names)).await
+}
+
+/// Declares the events exchange, for whoever emits task events.
+pub async fn declare_events_exchange(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+    exchange_declare(channel, &ExchangeSpec::events(names)).await
+}
+
+/// Declares the events exchange and the stream that keeps its events for
+/// `retention`, bound with `#`. A stream declared earlier with another
+/// retention fails with `PRECONDITION_FAILED`.
+pub async fn declare_events_stream(
+    connection: &Connection,
+    names: &Names,
+    retention: Duration,
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    declare_events_exchange(&channel, names).await?;
+    queue_declare(&channel, &QueueSpec::events_stream(names, retention)).await?;
+    bind(&channel, &Binding::events_stream(names)).await?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// The one `exchange.declare` of Warren.
+async fn exchange_declare(channel: &Channel, spec: &ExchangeSpec) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            spec.name.as_str().into(),
+            spec.kind.clone(),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// The one `queue.declare` of Warren.
+async fn queue_declare(channel: &Channel, spec: &QueueSpec) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            spec.name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            spec.table(),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// The one `queue.bind` of Warren.
+async fn bind(channel: &Channel, binding: &Binding) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            binding.queue.as_str().into(),
+            binding.exchange.as_str().into(),
+            binding.key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+async fn declare_exchange(channel: &Channel, spec: &ExchangeSpec) -> Result<(), TopologyError> {
+    let wanted = spec.kind_name();
+    exchange_declare(channel, spec).await.map_err(|source| {
+        classify("exchange", &spec.name, source, |arg| match arg {
+            "type" => wanted.to_owned(),
+            "durable" => "true".to_owned(),
+            _ => "none".to_owned(),
+        })
+    })
+}
+
+async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<(), TopologyError> {
+    queue_declare(channel, spec)
+        .await
+        .map_err(|source| classify("queue", &spec.name, source, |arg| spec.wants(arg)))
+}
+
+fn classify(
+    object: &'static str,
+    name: &str,
+    source: lapin::Error,
+    wants: impl Fn(&str) -> String,
+) -> TopologyError {
+    if let lapin::ErrorKind::ProtocolError(amqp) = source.kind()
+        && matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+        )
+        && let Some(mismatch) = parse_inequivalent(amqp.get_message().as_str())
+    {
+        return TopologyError::Conflict {
+            object,
+            name: name.to_owned(),
+            warren_wants: wants(&mismatch.argument),
+            argument: mismatch.argument,
+            broker_has: mismatch.current,
+        };
+    }
+    TopologyError::Broker {
+        object,
+        name: name.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Mismatch {
+    argument: String,
+    current: String,
+}
+
+/// Parses RabbitMQ's `PRECONDITION_FAILED - inequivalent arg 'x-max-priority'
+/// for queue 'q' in vhost '/': received the value '10' of type 'signedint'
+/// but current is none` (and its variants for `durable` and `type`).
+fn parse_inequivalent(text: &str) -> Option<Mismatch> {
+    let rest = text.split("inequivalent arg '").nth(1)?;
+    let (argument, rest) = rest.split_once('\'')?;
+    let current = rest.rsplit_once("but current is ")?.1.trim();
+    let current = match current.strip_prefix("the value ") {
+        Some(v) => v.split(" of type").next().unwrap_or(v),
+        None => current,
+    };
+    Some(Mismatch {
+        argument: argument.to_owned(),
+        current: current.trim_matches('\'').to_owned(),
+    })
+}
+
+pub(super) fn show_value(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => format!("'{}'", String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => format!("'{}'", s.as_str()),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rabbitmq_inequivalent_arg_messages() {
+        let m = parse_inequivalent(
+            "PRECONDITION_FAILED - inequivalent arg 'x-max-priority' for queue 'warren.email' in vhost '/': received the value '10' of type 'signedint' but current is none",
+        );
+        assert_eq!(
+            m,
+            Some(Mismatch {
+                argument: "x-max-priority".into(),
+                current: "none".into()
+            })
+        );
+        let m = parse_inequivalent(
+            "PRECONDITION_FAILED - inequivalent arg 'x-max-priority' for queue 'q' in vhost '/': received the value '10' of type 'signedint' but current is the value '5' of type 'signedint'",
+        );
+        assert_eq!(m.map(|m| m.current), Some("5".into()));
+        let m = parse_inequivalent(
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'",
+        );
+        assert_eq!(
+            m,
+            Some(Mismatch {
+                argument: "durable".into(),
+                current: "false".into()
+            })
+        );
+        assert_eq!(parse_inequivalent("NOT_FOUND - no queue 'q'"), None);
+    }
+}

@@ -1,0 +1,319 @@
+//! Warren's broker topology, as code and in one place: every exchange,
+//! queue, queue argument and binding any part of Warren declares.
+//!
+//! A worker declares its [`Topology`]: the tasks and dead exchanges, its
+//! work queue, retry ladder and parking lot. Producers declare the tasks
+//! exchange ([`declare_tasks_exchange`]) so a publish reaches the broker's
+//! routing before any worker has started; the events exchange and stream
+//! are declared by [`declare_events_stream`] (and the exchange alone by
+//! whoever emits events). The specs are plain data ([`ExchangeSpec`],
+//! [`QueueSpec`], [`Binding`]), so `asyncapi.yaml` is checked against the
+//! very values declared.
+//!
+//! Declaring is idempotent. When the broker already holds an object with
+//! other arguments it answers `PRECONDITION_FAILED` and closes the channel;
+//! a worker turns that into an error that names the object, the argument,
+//! what the broker has and what Warren wants, because that is what an
+//! operator needs at 3 a.m.
+
+mod declare;
+
+use std::time::Duration;
+
+use lapin::ExchangeKind;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+use crate::contract::{Names, QUEUE_MAX_PRIORITY};
+pub use declare::{
+    TopologyError, declare_events_exchange, declare_events_stream, declare_tasks_exchange,
+};
+
+/// An exchange: durable, not auto-deleted, no arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: ExchangeKind,
+}
+
+impl ExchangeSpec {
+    /// `{ns}.tasks`, the topic exchange producers publish tasks to.
+    pub fn tasks(names: &Names) -> Self {
+        Self {
+            name: names.tasks_exchange(),
+            kind: ExchangeKind::Topic,
+        }
+    }
+
+    /// `{ns}.dead`, the direct exchange in front of every parking lot.
+    pub fn dead(names: &Names) -> Self {
+        Self {
+            name: names.dead_exchange(),
+            kind: ExchangeKind::Direct,
+        }
+    }
+
+    /// `{ns}.events`, the topic exchange task lifecycle events go to.
+    pub fn events(names: &Names) -> Self {
+        Self {
+            name: names.events_exchange(),
+            kind: ExchangeKind::Topic,
+        }
+    }
+
+    /// `topic`, `direct`, ...: the kind as AMQP names it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Headers => "headers",
+            _ => "other",
+        }
+    }
+}
+
+/// A queue and its arguments: durable, not exclusive, not auto-deleted.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub arguments: Vec<(&'static str, AMQPValue)>,
+}
+
+impl QueueSpec {
+    /// The stream that keeps task events for `retention` (RabbitMQ's
+    /// `x-max-age`, whole seconds).
+    pub fn events_stream(names: &Names, retention: Duration) -> Self {
+        Self {
+            name: names.events_stream(),
+            arguments: vec![
+                ("x-queue-type", AMQPValue::LongString("stream".into())),
+                (
+                    "x-max-age",
+                    AMQPValue::LongString(format!("{}s", retention.as_secs().max(1)).into()),
+                ),
+            ],
+        }
+    }
+
+    /// The arguments as AMQP declares them.
+    pub fn table(&self) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in &self.arguments {
+            t.insert(ShortString::from(*k), v.clone());
+        }
+        t
+    }
+
+    /// What Warren wants for `argument`, as a conflict message shows it.
+    fn wants(&self, argument: &str) -> String {
+        match argument {
+            "durable" => "true".to_owned(),
+            "exclusive" | "auto_delete" => "false".to_owned(),
+            _ => self
+                .arguments
+                .iter()
+                .find(|(k, _)| *k == argument)
+                .map(|(_, v)| declare::show_value(v))
+                .unwrap_or_else(|| "none".to_owned()),
+        }
+    }
+}
+
+/// A queue bound to an exchange with a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub queue: String,
+    pub exchange: String,
+    pub key: String,
+}
+
+impl Binding {
+    /// The events stream takes every event: `#` on `{ns}.events`.
+    pub fn events_stream(names: &Names) -> Self {
+        Self {
+            queue: names.events_stream(),
+            exchange: names.events_exchange(),
+            key: "#".to_owned(),
+        }
+    }
+}
+
+/// A retry rung: the delay and its queue.
+#[derive(Debug, Clone)]
+pub struct RetryRung {
+    pub delay: Duration,
+    pub queue: QueueSpec,
+}
+
+/// Everything one worker declares.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub tasks_exchange: String,
+    pub dead_exchange: String,
+    pub work_queue: QueueSpec,
+    pub binding_keys: Vec<String>,
+    pub dead_queue: QueueSpec,
+    pub retry_rungs: Vec<RetryRung>,
+    names: Names,
+}
+
+impl Topology {
+    /// The topology of a service consuming queue `{ns}.{stem}`, bound to the
+    /// tasks exchange with `binding_keys` (e.g. `email.#`).
+    pub fn new(
+        names: &Names,
+        stem: &str,
+        binding_keys: &[&str],
+        retry_delays: &[Duration],
+    ) -> Self {
+        let work = names.work_queue(stem);
+        let work_queue = QueueSpec {
+            name: work.clone(),
+            arguments: vec![
+                ("x-max-priority", AMQPValue::LongInt(QUEUE_MAX_PRIORITY)),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(names.dead_exchange().into()),
+                ),
+                (
+                    "x-dead-letter-routing-key",
+                    AMQPValue::LongString(work.clone().into()),
+                ),
+            ],
+        };
+        let dead_queue = QueueSpec {
+            name: names.dead_queue(stem),
+            arguments: Vec::new(),
+        };
+        let mut retry_rungs: Vec<RetryRung> = Vec::new();
+        for &delay in retry_delays {
+            if retry_rungs.iter().any(|r| r.delay == delay) {
+                continue;
+            }
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            retry_rungs.push(RetryRung {
+                delay,
+                queue: QueueSpec {
+                    name: names.retry_queue(stem, delay),
+                    arguments: vec![
+                        ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+                        // The default exchange routes by queue name, so an
+                        // expired copy goes back to this work queue alone and
+                        // never to other bindings of its routing key.
+                        ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+                        (
+                            "x-dead-letter-routing-key",
+                            AMQPValue::LongString(work.clone().into()),
+                        ),
+                    ],
+                },
+            });
+        }
+        Self {
+            tasks_exchange: names.tasks_exchange(),
+            dead_exchange: names.dead_exchange(),
+            work_queue,
+            binding_keys: binding_keys.iter().map(|k| (*k).to_owned()).collect(),
+            dead_queue,
+            retry_rungs,
+            names: names.clone(),
+        }
+    }
+
+    /// The rung whose delay applies before attempt `next_attempt` (>= 2);
+    /// the last rung repeats.
+    pub fn rung_for(&self, retry_delays: &[Duration], next_attempt: u32) -> Option<&RetryRung> {
+        let idx = (next_attempt.saturating_sub(2) as usize).min(retry_delays.len().checked_sub(1)?);
+        let delay = retry_delays[idx];
+        self.retry_rungs.iter().find(|r| r.delay == delay)
+    }
+
+    /// Every queue name, for clean-up in tests and tooling.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues().map(|q| q.name.clone()).collect()
+    }
+
+    /// The exchanges, in the order they are declared.
+    pub fn exchanges(&self) -> [ExchangeSpec; 2] {
+        [
+            ExchangeSpec::tasks(&self.names),
+            ExchangeSpec::dead(&self.names),
+        ]
+    }
+
+    /// The queues, in the order they are declared.
+    pub fn queues(&self) -> impl Iterator<Item = &QueueSpec> {
+        [&self.work_queue, &self.dead_queue]
+            .into_iter()
+            .chain(self.retry_rungs.iter().map(|r| &r.queue))
+    }
+
+    /// The bindings: the work queue to the tasks exchange (one per
+    /// binding key), the parking lot to the dead exchange. The delay
+    /// queues have none: copies reach them through the default exchange.
+    pub fn bindings(&self) -> Vec<Binding> {
+        let mut v: Vec<Binding> = self
+            .binding_keys
+            .iter()
+            .map(|key| Binding {
+                queue: self.work_queue.name.clone(),
+                exchange: self.tasks_exchange.clone(),
+                key: key.clone(),
+            })
+            .collect();
+        v.push(Binding {
+            queue: self.dead_queue.name.clone(),
+            exchange: self.dead_exchange.clone(),
+            key: self.work_queue.name.clone(),
+        });
+        v
+    }
+}
+
+#[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_ladder_maps_attempts_to_rungs_and_repeats_the_last() {
+        let delays: Vec<Duration> = [1, 5, 30].into_iter().map(Duration::from_secs).collect();
+        let t = Topology::new(&Names::new("w"), "email", &["email.#"], &delays);
+        let name = |a| t.rung_for(&delays, a).map(|r| r.queue.name.clone());
+        assert_eq!(name(2).as_deref(), Some("w.email.retry.1s"));
+        assert_eq!(name(3).as_deref(), Some("w.email.retry.5s"));
+        assert_eq!(name(4).as_deref(), Some("w.email.retry.30s"));
+        assert_eq!(name(9).as_deref(), Some("w.email.retry.30s"));
+        assert!(t.rung_for(&[], 2).is_none());
+        assert_eq!(t.queue_names().len(), 5);
+    }
+
+    #[test]
+    fn wanted_values_are_shown_for_conflicts() {
+        let t = Topology::new(&Names::new("w"), "email", &["email.#"], &[]);
+        assert_eq!(t.work_queue.wants("x-max-priority"), "10");
+        assert_eq!(t.work_queue.wants("x-dead-letter-exchange"), "'w.dead'");
+        assert_eq!(t.work_queue.wants("x-queue-mode"), "none");
+    }
+
+    #[test]
+    fn bindings_route_tasks_in_and_failures_to_the_parking_lot() {
+        let t = Topology::new(&Names::new("w"), "email", &["email.#"], &[]);
+        let keys: Vec<_> = t
+            .bindings()
+            .into_iter()
+            .map(|b| (b.queue, b.exchange, b.key))
+            .collect();
+        let own = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            keys,
+            vec![
+                own("w.email", "w.tasks", "email.#"),
+                own("w.email.dead", "w.dead", "w.email")
+            ]
+        );
+        let stream = QueueSpec::events_stream(&Names::new("w"), Duration::from_secs(7 * 86_400));
+        assert_eq!(stream.wants("x-max-age"), "'604800s'");
+    }
+}
