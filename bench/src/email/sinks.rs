@@ -3,16 +3,17 @@
 //! tests' `tests/smtp_sink.py`), plus Postfix's `smtp-source`, the ceiling:
 //! the fastest client there is for that server at that concurrency.
 //!
-//! Each run gets a fresh server that knows how many messages to expect and
-//! says when the last one was accepted: `smtp-sink -M N` exits, the aiosmtpd
-//! sink prints one line per message.
+//! Each run gets a fresh server that says when each message was accepted:
+//! `smtp-sink -c` prints its running count (`mesg=N`), the aiosmtpd sink
+//! one line per message. (`smtp-sink -M N` would exit at the Nth message
+//! without answering it.)
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
 pub const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
@@ -45,8 +46,10 @@ impl Server {
 pub struct Sink {
     pub port: u16,
     n: usize,
-    child: Child,
-    lines: Option<Lines<BufReader<ChildStdout>>>,
+    /// `mesg=N` counters (smtp-sink) or JSON lines (aiosmtpd).
+    output: BufReader<ChildStdout>,
+    server: Server,
+    _child: Child,
 }
 
 /// Checks that the Postfix tools and aiosmtpd are installed.
@@ -91,15 +94,16 @@ impl Sink {
             // smtp-sink refuses to run as root without a user to become.
             cmd.args(["-u", "nobody"]);
         }
-        let child = cmd
-            .args(["-M", &n.to_string()])
+        let mut child = cmd
+            .arg("-c")
             .arg(format!("127.0.0.1:{port}"))
             .arg("1024")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("could not start {SMTP_SINK}"))?;
+        let output = BufReader::new(child.stdout.take().context("no stdout")?);
         // It listens first thing; a probe connection is one empty session.
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -114,8 +118,9 @@ impl Sink {
         Ok(Self {
             port,
             n,
-            child,
-            lines: None,
+            output,
+            server: Server::Postfix,
+            _child: child,
         })
     }
 
@@ -128,9 +133,8 @@ impl Sink {
             .kill_on_drop(true)
             .spawn()
             .context("could not start tests/smtp_sink.py with /usr/bin/python3")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        let mut output = BufReader::new(child.stdout.take().context("no stdout")?);
+        let first = tokio::time::timeout(Duration::from_secs(20), next(&mut output, b'\n'))
             .await
             .context("the aiosmtpd sink did not start")??
             .context("the aiosmtpd sink exited (is python3-aiosmtpd installed? bench/prepare)")?;
@@ -139,33 +143,41 @@ impl Sink {
         Ok(Self {
             port,
             n,
-            child,
-            lines: Some(lines),
+            output,
+            server: Server::Aiosmtpd,
+            _child: child,
         })
     }
 
     /// Waits until the server has accepted its `n` messages; returns when.
     pub async fn wait_all(&mut self, timeout: Duration) -> anyhow::Result<Instant> {
         let n = self.n;
+        let server = self.server;
+        let output = &mut self.output;
         let waited = tokio::time::timeout(timeout, async {
-            match &mut self.lines {
-                None => {
-                    let status = self.child.wait().await?;
-                    if !status.success() {
-                        bail!("smtp-sink exited with {status}");
+            let mut got = 0;
+            while got < n {
+                let (delimiter, gone) = match server {
+                    Server::Postfix => (b'\r', "smtp-sink exited"),
+                    Server::Aiosmtpd => (b'\n', "the aiosmtpd sink exited"),
+                };
+                let chunk = next(output, delimiter).await?.context(gone)?;
+                match server {
+                    // "sess=1 quit=0 mesg=42"
+                    Server::Postfix => {
+                        if let Some(count) = chunk
+                            .split_whitespace()
+                            .find_map(|f| f.strip_prefix("mesg="))
+                            .and_then(|v| v.parse().ok())
+                        {
+                            got = count;
+                        }
                     }
-                }
-                Some(lines) => {
-                    let mut got = 0;
-                    while got < n {
-                        let line = lines
-                            .next_line()
-                            .await?
-                            .context("the aiosmtpd sink exited")?;
-                        if line.starts_with("{\"event\":\"message\"") {
+                    Server::Aiosmtpd => {
+                        if chunk.starts_with("{\"event\":\"message\"") {
                             got += 1;
-                        } else if line.starts_with("{\"event\":\"rejected\"") {
-                            bail!("the aiosmtpd sink rejected a message: {line}");
+                        } else if chunk.starts_with("{\"event\":\"rejected\"") {
+                            bail!("the aiosmtpd sink rejected a message: {chunk}");
                         }
                     }
                 }
@@ -178,6 +190,22 @@ impl Sink {
             Err(_) => bail!("the SMTP server did not get {n} messages within {timeout:?}"),
         }
     }
+}
+
+/// The next `delimiter`-terminated piece of `reader`, without it; `None`
+/// at the end.
+async fn next(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    delimiter: u8,
+) -> anyhow::Result<Option<String>> {
+    let mut buf = Vec::new();
+    if reader.read_until(delimiter, &mut buf).await? == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&delimiter) {
+        buf.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
 /// Runs Postfix's `smtp-source` into `port`: `n` messages of `size` bytes
