@@ -16,8 +16,10 @@ Run it as ``/usr/bin/python3 tests/smtp_wire_server.py [--port 0]
 * ``{"event":"closed","id":N}``: a connection ended.
 
 ``--pipelining`` advertises PIPELINING (RFC 2920) in the EHLO reply; without
-it the server advertises what aiosmtpd does, which does not include it. The
-server exits when its parent process goes away.
+it the server advertises what aiosmtpd does, which does not include it.
+``--tls starttls|implicit --cert PEM --key PEM`` secures the connection: STARTTLS
+offered and required before MAIL, or TLS from the first byte. The server
+exits when its parent process goes away.
 """
 
 import argparse
@@ -25,6 +27,7 @@ import asyncio
 import email
 import json
 import os
+import ssl
 import sys
 import time
 from itertools import count
@@ -119,15 +122,26 @@ async def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--pipelining", action="store_true")
     parser.add_argument("--max-connections", type=int, default=None)
+    parser.add_argument("--tls", choices=["starttls", "implicit"], default=None)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
 
     WireSMTP.max_connections = args.max_connections
     handler = Handler(args.pipelining)
+    context = None
+    if args.tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+    options = {}
+    if args.tls == "starttls":
+        options = {"tls_context": context, "require_starttls": True}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: WireSMTP(handler, hostname="smtp-wire.test"),
+        lambda: WireSMTP(handler, hostname="smtp-wire.test", **options),
         args.host,
         args.port,
+        ssl=context if args.tls == "implicit" else None,
     )
     emit({"event": "ready", "port": server.sockets[0].getsockname()[1]})
     await exit_when_orphaned()

@@ -164,17 +164,20 @@ async fn postfix_smtp_sink_accepts_1000_emails() {
         .local_addr()
         .unwrap()
         .port();
-    // `-M N`: exit after N messages, so its exit is the event that all
-    // arrived; `-d`: one file per message, to check which ones.
+    // `-c`: a running count (`mesg=N`, one per accepted message) on
+    // stdout, the event to wait for; `-d`: one file per message, to check
+    // which ones. (`-M N` would exit at the Nth message without answering.)
     let mut sink = Command::new(SMTP_SINK)
-        .args(["-u", "nobody", "-M", &N.to_string(), "-d"])
+        .args(["-u", "nobody", "-c", "-d"])
         .arg(dumps.path().join("%H%M%S."))
         .arg(format!("127.0.0.1:{port}"))
         .arg("256")
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut counter = BufReader::new(sink.stdout.take().unwrap());
     // smtp-sink listens before it does anything else; wait until it does.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -188,11 +191,37 @@ async fn postfix_smtp_sink_accepts_1000_emails() {
     let cc = rcpt("postfix-cc");
     let ids = publish_emails(&broker, &to, Some(&cc), N).await;
 
-    let status = tokio::time::timeout(WAIT, sink.wait())
-        .await
-        .unwrap_or_else(|_| panic!("smtp-sink did not get {N} messages; worker:\n{}", worker.tail(20)))
-        .unwrap();
-    assert!(status.success(), "smtp-sink: {status}");
+    let accepted = tokio::time::timeout(WAIT, async {
+        let mut chunk = Vec::new();
+        loop {
+            chunk.clear();
+            if counter.read_until(b'\r', &mut chunk).await.unwrap() == 0 {
+                return None;
+            }
+            let count: Option<usize> = String::from_utf8_lossy(&chunk)
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("mesg=")?.trim().parse().ok());
+            if count >= Some(N) {
+                return count;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("smtp-sink did not get {N} messages; worker:\n{}", worker.tail(20)));
+    assert_eq!(accepted, Some(N), "smtp-sink exited early");
+    // The worker saw every final 250, so every dump file is complete.
+    let addr = worker.ops_addr().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, body) = http_get(addr, "/metrics").await.unwrap();
+            if sample(&body, "warren_emails_sent_total", &[("transport", "smtp")]) >= N as f64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the worker did not count every email as sent");
     let mut seen = HashSet::new();
     for entry in walk(dumps.path()) {
         let text = std::fs::read_to_string(&entry).unwrap();
@@ -380,4 +409,85 @@ async fn pipelining_is_used_only_where_the_server_offers_it() {
         assert_eq!(server.events("connection").len(), 1, "one pooled connection");
         broker.cleanup().await.unwrap();
     }
+}
+
+/// A self-signed certificate for `localhost`, written to `dir`; returns the
+/// certificate's and the key's paths.
+fn localhost_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl must be installed");
+    assert!(status.success());
+    (cert, key)
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_deliver_to_a_trusted_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = localhost_certificate(dir.path());
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    for mode in ["starttls", "implicit"] {
+        let server =
+            WireServer::start(&["--pipelining", "--tls", mode, "--cert", cert_arg, "--key", key_arg])
+                .await
+                .unwrap();
+        let broker = TestBroker::new().await.unwrap();
+        let env = with(
+            email_env(broker.namespace(), server.port),
+            &[
+                ("WARREN_EMAIL__SMTP__TLS", mode),
+                // The certificate names localhost; the worker checks it
+                // against the roots in SSL_CERT_FILE.
+                ("WARREN_EMAIL__SMTP__HOST", "localhost"),
+                ("SSL_CERT_FILE", cert_arg),
+            ],
+        );
+        let worker = WorkerProcess::email(&env).await.unwrap();
+        worker.wait_ready().await.unwrap();
+        let to = rcpt("tls");
+        publish_emails(&broker, &to, None, 3).await;
+        let messages = server.wait_for_messages(3).await.unwrap();
+        assert_eq!(messages.len(), 3, "{mode}");
+        // In plain text the server saw only what precedes STARTTLS.
+        let reads = reads(&server);
+        assert!(
+            reads.iter().any(|r| r.iter().any(|l| l.starts_with("MAIL "))),
+            "{mode}: {reads:?}"
+        );
+        broker.cleanup().await.unwrap();
+    }
+
+    // A certificate the worker does not trust is a connection failure
+    // (retried), never a delivery.
+    let server =
+        WireServer::start(&["--tls", "implicit", "--cert", cert_arg, "--key", key_arg])
+            .await
+            .unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let env = with(
+        email_env(broker.namespace(), server.port),
+        &[
+            ("WARREN_EMAIL__SMTP__TLS", "implicit"),
+            ("WARREN_EMAIL__SMTP__HOST", "localhost"),
+            ("SSL_CERT_FILE", "/nonexistent.pem"),
+        ],
+    );
+    let worker = WorkerProcess::email(&env).await.unwrap();
+    worker.wait_ready().await.unwrap();
+    publish_emails(&broker, &rcpt("untrusted"), None, 1).await;
+    let retried = worker
+        .wait_for_log("Task failed; it will be retried.", 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(retried[0]["fields"]["error_kind"], "smtp_connection", "{retried:?}");
+    assert!(server.events("message").is_empty());
+    broker.cleanup().await.unwrap();
 }

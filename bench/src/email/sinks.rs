@@ -10,11 +10,13 @@
 
 use std::path::Path;
 use std::process::Stdio;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
 
 pub const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 pub const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
@@ -46,9 +48,10 @@ impl Server {
 pub struct Sink {
     pub port: u16,
     n: usize,
-    /// `mesg=N` counters (smtp-sink) or JSON lines (aiosmtpd).
-    output: BufReader<ChildStdout>,
-    server: Server,
+    /// Messages accepted so far, and when the count last changed; `None`
+    /// once the server's output ended. Read from the server's stdout all
+    /// along, so the pipe never fills and stalls the server.
+    accepted: watch::Receiver<Option<(usize, Instant)>>,
     _child: Child,
 }
 
@@ -118,8 +121,7 @@ impl Sink {
         Ok(Self {
             port,
             n,
-            output,
-            server: Server::Postfix,
+            accepted: count(output, Server::Postfix),
             _child: child,
         })
     }
@@ -143,8 +145,7 @@ impl Sink {
         Ok(Self {
             port,
             n,
-            output,
-            server: Server::Aiosmtpd,
+            accepted: count(output, Server::Aiosmtpd),
             _child: child,
         })
     }
@@ -152,37 +153,18 @@ impl Sink {
     /// Waits until the server has accepted its `n` messages; returns when.
     pub async fn wait_all(&mut self, timeout: Duration) -> anyhow::Result<Instant> {
         let n = self.n;
-        let server = self.server;
-        let output = &mut self.output;
+        let accepted = &mut self.accepted;
         let waited = tokio::time::timeout(timeout, async {
-            let mut got = 0;
-            while got < n {
-                let (delimiter, gone) = match server {
-                    Server::Postfix => (b'\r', "smtp-sink exited"),
-                    Server::Aiosmtpd => (b'\n', "the aiosmtpd sink exited"),
-                };
-                let chunk = next(output, delimiter).await?.context(gone)?;
-                match server {
-                    // "sess=1 quit=0 mesg=42"
-                    Server::Postfix => {
-                        if let Some(count) = chunk
-                            .split_whitespace()
-                            .find_map(|f| f.strip_prefix("mesg="))
-                            .and_then(|v| v.parse().ok())
-                        {
-                            got = count;
-                        }
-                    }
-                    Server::Aiosmtpd => {
-                        if chunk.starts_with("{\"event\":\"message\"") {
-                            got += 1;
-                        } else if chunk.starts_with("{\"event\":\"rejected\"") {
-                            bail!("the aiosmtpd sink rejected a message: {chunk}");
-                        }
-                    }
+            loop {
+                match *accepted.borrow_and_update() {
+                    Some((got, at)) if got >= n => return Ok(at),
+                    Some(_) => {}
+                    None => bail!("the SMTP server exited"),
+                }
+                if accepted.changed().await.is_err() {
+                    bail!("the SMTP server's output ended");
                 }
             }
-            anyhow::Ok(Instant::now())
         })
         .await;
         match waited {
@@ -190,6 +172,41 @@ impl Sink {
             Err(_) => bail!("the SMTP server did not get {n} messages within {timeout:?}"),
         }
     }
+}
+
+/// Follows the server's output: smtp-sink's `mesg=N` counters
+/// (`\r`-separated), or aiosmtpd's JSON lines, one per message.
+fn count(
+    mut output: BufReader<ChildStdout>,
+    server: Server,
+) -> watch::Receiver<Option<(usize, Instant)>> {
+    let (tx, rx) = watch::channel(Some((0, Instant::now())));
+
+    tokio::spawn(async move {
+        let delimiter = match server {
+            Server::Postfix => b'\r',
+            Server::Aiosmtpd => b'\n',
+        };
+        let mut got = 0;
+        while let Ok(Some(chunk)) = next(&mut output, delimiter).await {
+            let now = match server {
+                // "sess=1 quit=0 mesg=42"
+                Server::Postfix => chunk
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("mesg="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(got),
+                Server::Aiosmtpd if chunk.starts_with("{\"event\":\"message\"") => got + 1,
+                Server::Aiosmtpd => got,
+            };
+            if now != got {
+                got = now;
+                let _ = tx.send(Some((got, Instant::now())));
+            }
+        }
+        let _ = tx.send(None);
+    });
+    rx
 }
 
 /// The next `delimiter`-terminated piece of `reader`, without it; `None`

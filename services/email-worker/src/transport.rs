@@ -309,6 +309,34 @@ mod tests {
         assert!(!err.is_permanent());
     }
 
+    #[test]
+    fn smtp_failures_are_classified_by_reply_code() {
+        let reply = |code| {
+            TransportError::Smtp(SmtpError::Reply {
+                command: "end of DATA",
+                code,
+                message: "test".to_owned(),
+            })
+            .into_task_error()
+        };
+        let permanent = reply(550);
+        assert_eq!(permanent.kind, "smtp_permanent");
+        assert!(permanent.is_permanent());
+        let transient = reply(451);
+        assert_eq!(transient.kind, "smtp_transient");
+        assert!(!transient.is_permanent());
+        let refused = TransportError::Smtp(SmtpError::Connect {
+            address: "127.0.0.1:1".to_owned(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        })
+        .into_task_error();
+        assert_eq!(refused.kind, "smtp_connection");
+        assert!(!refused.is_permanent());
+        let timeout = TransportError::Timeout(Duration::from_secs(1)).into_task_error();
+        assert_eq!(timeout.kind, "timeout");
+        assert!(!timeout.is_permanent());
+    }
+
     #[tokio::test]
     async fn smtp_transports_build_for_every_tls_mode() {
         use crate::settings::{SmtpSettings, SmtpTls};
