@@ -185,7 +185,11 @@ impl BenchBroker {
     }
 
     /// Deletes a queue and an exchange a peer declared in this namespace.
-    pub async fn delete_peer_objects(&self, queues: &[String], exchanges: &[String]) -> anyhow::Result<()> {
+    pub async fn delete_peer_objects(
+        &self,
+        queues: &[String],
+        exchanges: &[String],
+    ) -> anyhow::Result<()> {
         for q in queues {
             self.channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

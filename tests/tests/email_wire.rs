@@ -138,7 +138,11 @@ async fn metrics(worker: &WorkerProcess) -> String {
     body
 }
 
-async fn worker_for(broker: &TestBroker, port: u16, overrides: &[(&'static str, &str)]) -> WorkerProcess {
+async fn worker_for(
+    broker: &TestBroker,
+    port: u16,
+    overrides: &[(&'static str, &str)],
+) -> WorkerProcess {
     let env = with(email_env(broker.namespace(), port), overrides);
     let worker = WorkerProcess::email(&env).await.expect("worker");
     worker.wait_ready().await.expect("worker ready");
@@ -180,8 +184,14 @@ async fn postfix_smtp_sink_accepts_1000_emails() {
     let mut counter = BufReader::new(sink.stdout.take().unwrap());
     // smtp-sink listens before it does anything else; wait until it does.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "smtp-sink did not listen");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "smtp-sink did not listen"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -207,7 +217,12 @@ async fn postfix_smtp_sink_accepts_1000_emails() {
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("smtp-sink did not get {N} messages; worker:\n{}", worker.tail(20)));
+    .unwrap_or_else(|_| {
+        panic!(
+            "smtp-sink did not get {N} messages; worker:\n{}",
+            worker.tail(20)
+        )
+    });
     assert_eq!(accepted, Some(N), "smtp-sink exited early");
     // The worker saw every final 250, so every dump file is complete.
     let addr = worker.ops_addr().await.unwrap();
@@ -293,7 +308,9 @@ async fn the_pool_reuses_its_connections_against_aiosmtpd() {
 async fn a_server_that_answers_421_gets_fewer_connections_and_every_email() {
     const N: usize = 100;
     const K: usize = 2;
-    let server = WireServer::start(&["--max-connections", "2"]).await.unwrap();
+    let server = WireServer::start(&["--max-connections", "2"])
+        .await
+        .unwrap();
     let broker = TestBroker::new().await.unwrap();
     let worker = worker_for(
         &broker,
@@ -306,7 +323,10 @@ async fn a_server_that_answers_421_gets_fewer_connections_and_every_email() {
     )
     .await;
     let to = rcpt("busy");
-    let ids: HashSet<String> = publish_emails(&broker, &to, None, N).await.into_iter().collect();
+    let ids: HashSet<String> = publish_emails(&broker, &to, None, N)
+        .await
+        .into_iter()
+        .collect();
     let messages = server.wait_for_messages(N).await.unwrap();
 
     let delivered: HashSet<String> = messages
@@ -317,21 +337,30 @@ async fn a_server_that_answers_421_gets_fewer_connections_and_every_email() {
         .collect();
     assert_eq!(delivered, ids, "every email delivered");
     let refused = server.events("refused").len();
-    assert!(refused >= 1, "the server refused no connection: the test proves nothing");
+    assert!(
+        refused >= 1,
+        "the server refused no connection: the test proves nothing"
+    );
     assert!(server.events("connection").len() <= K + refused);
 
     let metrics = metrics(&worker).await;
     let shrinks = sample(&metrics, "warren_smtp_pool_shrinks_total", &[]);
     let limit = sample(&metrics, "warren_smtp_pool_limit", &[]);
     assert!(shrinks >= 1.0, "the pool never shrank:\n{metrics}");
-    assert!(limit <= K as f64, "limit {limit} after the server allowed {K}");
+    assert!(
+        limit <= K as f64,
+        "limit {limit} after the server allowed {K}"
+    );
     assert_eq!(
         broker.depth(&broker.email_dead_queue()).await.unwrap(),
         0,
         "nothing parked"
     );
     let retried = sample(&metrics, "warren_tasks_retried_total", &[]);
-    assert_eq!(retried, 0.0, "the back-pressure is absorbed in the pool, not retried");
+    assert_eq!(
+        retried, 0.0,
+        "the back-pressure is absorbed in the pool, not retried"
+    );
     broker.cleanup().await.unwrap();
 }
 
@@ -353,7 +382,11 @@ fn reads(server: &WireServer) -> Vec<Vec<String>> {
 
 fn verbs(read: &[String]) -> usize {
     read.iter()
-        .filter(|l| ["MAIL ", "RCPT ", "DATA", "RSET"].iter().any(|v| l.starts_with(v)))
+        .filter(|l| {
+            ["MAIL ", "RCPT ", "DATA", "RSET"]
+                .iter()
+                .any(|v| l.starts_with(v))
+        })
         .count()
 }
 
@@ -406,7 +439,11 @@ async fn pipelining_is_used_only_where_the_server_offers_it() {
                 .count();
             assert_eq!(mails, N);
         }
-        assert_eq!(server.events("connection").len(), 1, "one pooled connection");
+        assert_eq!(
+            server.events("connection").len(),
+            1,
+            "one pooled connection"
+        );
         broker.cleanup().await.unwrap();
     }
 }
@@ -416,8 +453,15 @@ async fn pipelining_is_used_only_where_the_server_offers_it() {
 fn localhost_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -435,10 +479,17 @@ async fn starttls_and_implicit_tls_deliver_to_a_trusted_server() {
     let (cert, key) = localhost_certificate(dir.path());
     let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
     for mode in ["starttls", "implicit"] {
-        let server =
-            WireServer::start(&["--pipelining", "--tls", mode, "--cert", cert_arg, "--key", key_arg])
-                .await
-                .unwrap();
+        let server = WireServer::start(&[
+            "--pipelining",
+            "--tls",
+            mode,
+            "--cert",
+            cert_arg,
+            "--key",
+            key_arg,
+        ])
+        .await
+        .unwrap();
         let broker = TestBroker::new().await.unwrap();
         let env = with(
             email_env(broker.namespace(), server.port),
@@ -459,7 +510,9 @@ async fn starttls_and_implicit_tls_deliver_to_a_trusted_server() {
         // In plain text the server saw only what precedes STARTTLS.
         let reads = reads(&server);
         assert!(
-            reads.iter().any(|r| r.iter().any(|l| l.starts_with("MAIL "))),
+            reads
+                .iter()
+                .any(|r| r.iter().any(|l| l.starts_with("MAIL "))),
             "{mode}: {reads:?}"
         );
         broker.cleanup().await.unwrap();
@@ -467,10 +520,9 @@ async fn starttls_and_implicit_tls_deliver_to_a_trusted_server() {
 
     // A certificate the worker does not trust is a connection failure
     // (retried), never a delivery.
-    let server =
-        WireServer::start(&["--tls", "implicit", "--cert", cert_arg, "--key", key_arg])
-            .await
-            .unwrap();
+    let server = WireServer::start(&["--tls", "implicit", "--cert", cert_arg, "--key", key_arg])
+        .await
+        .unwrap();
     let broker = TestBroker::new().await.unwrap();
     let env = with(
         email_env(broker.namespace(), server.port),
@@ -487,7 +539,10 @@ async fn starttls_and_implicit_tls_deliver_to_a_trusted_server() {
         .wait_for_log("Task failed; it will be retried.", 1, WAIT)
         .await
         .unwrap();
-    assert_eq!(retried[0]["fields"]["error_kind"], "smtp_connection", "{retried:?}");
+    assert_eq!(
+        retried[0]["fields"]["error_kind"], "smtp_connection",
+        "{retried:?}"
+    );
     assert!(server.events("message").is_empty());
     broker.cleanup().await.unwrap();
 }

@@ -31,7 +31,11 @@ pub fn welcome_task(n: usize) -> Vec<u8> {
 }
 
 pub fn templates_dir() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../services/email-worker/templates").to_owned()
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/email-worker/templates"
+    )
+    .to_owned()
 }
 
 /// One e2e run's figures.
@@ -91,10 +95,11 @@ pub async fn warren(
         let mut ready = Some(ready_tx);
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if ready.is_some() && line.contains("\"Consuming.\"") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(Instant::now());
-                }
+            if ready.is_some()
+                && line.contains("\"Consuming.\"")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(Instant::now());
             }
         }
     });

@@ -59,7 +59,9 @@ pub struct Sink {
 pub fn check_installed() -> anyhow::Result<()> {
     for tool in [SMTP_SINK, SMTP_SOURCE] {
         if !Path::new(tool).exists() {
-            bail!("{tool} is missing: run bench/prepare (it installs Debian's postfix, unconfigured)");
+            bail!(
+                "{tool} is missing: run bench/prepare (it installs Debian's postfix, unconfigured)"
+            );
         }
     }
     Ok(())

@@ -50,7 +50,11 @@ pub async fn email(bench: &BenchBroker, sink: &mut Sink, n: usize) -> anyhow::Re
     let mut worker = command(bench, venv_bin("celery")?, &queue, sink.port)
         .args(["-A", "celery_email", "worker", "--pool", "prefork"])
         .args(["--concurrency", &PROCESSES.to_string()])
-        .args(["--without-heartbeat", "--without-gossip", "--without-mingle"])
+        .args([
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ])
         .args(["--loglevel", "WARNING", "-Q", &queue])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

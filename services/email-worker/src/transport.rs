@@ -26,7 +26,7 @@ use warren::task::safe_task_id;
 /// One of the two real transports.
 #[derive(Debug)]
 pub enum Transport {
-    Smtp(SmtpRelay),
+    Smtp(Box<SmtpRelay>),
     Outbox(Outbox),
 }
 
@@ -35,10 +35,10 @@ impl Transport {
     /// yet: SMTP connections are opened on the first send.
     pub fn from_settings(settings: &EmailSettings) -> Result<Self, SmtpError> {
         Ok(match settings.transport {
-            TransportKind::Smtp => Transport::Smtp(SmtpRelay::new(
+            TransportKind::Smtp => Transport::Smtp(Box::new(SmtpRelay::new(
                 settings.smtp.clone(),
                 settings.send_timeout,
-            )?),
+            )?)),
             TransportKind::Outbox => Transport::Outbox(Outbox::new(&settings.outbox_dir)),
         })
     }

@@ -113,7 +113,12 @@ impl HostPool {
     /// Delivers one message on a pooled connection. Cancelling the future
     /// (the send timeout) drops the connection it was using: a connection
     /// in the middle of a transaction is never reused.
-    pub(crate) async fn send(&self, from: &str, to: &[String], body: &[u8]) -> Result<(), SmtpError> {
+    pub(crate) async fn send(
+        &self,
+        from: &str,
+        to: &[String],
+        body: &[u8],
+    ) -> Result<(), SmtpError> {
         let mut backoff = Duration::from_millis(20);
         loop {
             let permit = self
@@ -275,4 +280,3 @@ impl HostPool {
         futures::future::join_all(idle.into_iter().map(Connection::quit)).await;
     }
 }
-
