@@ -25,19 +25,15 @@ exits when its parent process goes away.
 import argparse
 import asyncio
 import email
-import json
-import os
 import ssl
-import sys
 import time
 from itertools import count
 
 from aiosmtpd.smtp import SMTP
 
-
-def emit(event):
-    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+# The JSON-lines output and the orphan check of the tests' other server (this
+# script's folder is on sys.path).
+from smtp_sink import emit, exit_when_orphaned
 
 
 class Handler:
@@ -107,13 +103,6 @@ class WireSMTP(SMTP):
         WireSMTP.open_connections -= 1
         emit({"event": "closed", "id": self.connection_id})
         super().connection_lost(exc)
-
-
-async def exit_when_orphaned():
-    parent = os.getppid()
-    while os.getppid() == parent:
-        await asyncio.sleep(1)
-    os._exit(0)
 
 
 async def main():

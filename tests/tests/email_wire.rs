@@ -462,6 +462,10 @@ fn localhost_certificate(dir: &Path) -> (PathBuf, PathBuf) {
             "-addext",
             "subjectAltName=DNS:localhost",
         ])
+        // A server's certificate, not a CA's (openssl's default): webpki
+        // refuses a CA certificate as the server's own.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
