@@ -64,7 +64,11 @@ pub fn worker_exe(cfg: &Config) -> anyhow::Result<PathBuf> {
 /// executable (same profile), built with cargo if it is not there yet.
 pub fn sibling_exe(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
-    let dir = me.parent().context("the executable has no directory")?;
+    let mut dir = me.parent().context("the executable has no directory")?;
+    // A test binary runs from `target/<profile>/deps`; binaries live one up.
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
     let candidate = dir.join(bin);
     if !candidate.exists() {
         // `cargo run -p warren-bench` builds only the bench itself.

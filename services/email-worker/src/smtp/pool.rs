@@ -157,7 +157,15 @@ impl HostPool {
                     } else {
                         drop(connection);
                     }
+                    // A 421 on a pooled connection is most often a server
+                    // closing a client it thinks idle: like a dropped
+                    // connection, try again without giving up a slot. On a
+                    // fresh one it means "too many": shrink.
                     if failure.error.is_service_closing() && !failure.maybe_delivered {
+                        if reused {
+                            self.release(permit);
+                            continue;
+                        }
                         if !self.shrink(permit) {
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(MAX_BACKOFF);
