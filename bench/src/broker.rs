@@ -31,6 +31,9 @@ pub const RETRY_DELAYS: [Duration; 1] = [Duration::from_millis(1)];
 /// filling a queue.
 const PREFILL_WINDOW: usize = 2_000;
 
+/// The email worker's queue stem (`{namespace}.email`).
+pub const EMAIL_STEM: &str = "email";
+
 pub struct BenchBroker {
     pub url: String,
     pub names: Names,
@@ -61,6 +64,13 @@ impl BenchBroker {
                 &ConsumerSettings::default().retry_delays,
             ),
             Topology::new(&names, RETRY_STEM, &[], &RETRY_DELAYS),
+            // What the email worker declares (its defaults).
+            Topology::new(
+                &names,
+                EMAIL_STEM,
+                &["email.#"],
+                &ConsumerSettings::default().retry_delays,
+            ),
         ];
         let broker = Self {
             url: url.to_owned(),
@@ -104,26 +114,62 @@ impl BenchBroker {
         } else {
             (String::new(), self.queue(stem))
         };
-        let mut pending = FuturesUnordered::new();
-        for seq in 0..n {
-            let id = uuid::Uuid::now_v7().to_string();
-            let props = warren::task_properties(&id, TASK_TYPE, 0);
-            let body = BenchBody {
+        self.publish_n(&exchange, &routing_key, TASK_TYPE, n, |seq| {
+            BenchBody {
                 seq: seq as u64,
                 sent_at_us: 0,
                 pad,
             }
-            .to_vec();
+            .to_vec()
+        })
+        .await?;
+        let depth = self.depth(stem).await?;
+        if depth as usize != n {
+            bail!(
+                "queue {} holds {depth} messages after filling it with {n}",
+                self.queue(stem)
+            );
+        }
+        Ok(())
+    }
+
+    /// Puts `n` `email.send` tasks with `body` into the email worker's
+    /// queue, as Warren's producer would, and waits for every confirm.
+    pub async fn prefill_emails(&self, n: usize, body: &[u8]) -> anyhow::Result<()> {
+        let exchange = self.names.tasks_exchange();
+        self.publish_n(&exchange, "email.send", "email.send", n, |_| body.to_vec())
+            .await?;
+        let depth = self.depth(EMAIL_STEM).await?;
+        if depth as usize != n {
+            bail!("the email queue holds {depth} tasks after filling it with {n}");
+        }
+        Ok(())
+    }
+
+    /// Publishes `n` persistent tasks of type `task_type`, `body(seq)` each,
+    /// with at most [`PREFILL_WINDOW`] awaiting their confirms.
+    async fn publish_n(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        task_type: &str,
+        n: usize,
+        body: impl Fn(usize) -> Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let mut pending = FuturesUnordered::new();
+        for seq in 0..n {
+            let id = uuid::Uuid::now_v7().to_string();
+            let props = warren::task_properties(&id, task_type, 0);
             let confirm = self
                 .channel
                 .basic_publish(
-                    exchange.as_str().into(),
-                    routing_key.as_str().into(),
+                    exchange.into(),
+                    routing_key.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
                     },
-                    &body,
+                    &body(seq),
                     props,
                 )
                 .await?;
@@ -135,12 +181,24 @@ impl BenchBroker {
         while !pending.is_empty() {
             check_confirm(pending.next().await)?;
         }
-        let depth = self.depth(stem).await?;
-        if depth as usize != n {
-            bail!(
-                "queue {} holds {depth} messages after filling it with {n}",
-                self.queue(stem)
-            );
+        Ok(())
+    }
+
+    /// Deletes a queue and an exchange a peer declared in this namespace.
+    pub async fn delete_peer_objects(
+        &self,
+        queues: &[String],
+        exchanges: &[String],
+    ) -> anyhow::Result<()> {
+        for q in queues {
+            self.channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for x in exchanges {
+            self.channel
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
         }
         Ok(())
     }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::peers::Peers;
+
 /// The seven parts of a run, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Section {
@@ -91,9 +93,10 @@ pub struct Config {
     /// Emails in flight at once (Warren's SMTP pool has this many
     /// connections at most).
     pub email_concurrency: usize,
-    /// Also measure both SMTP clients against the Python test sink
-    /// (`tests/smtp_sink.py`, aiosmtpd).
-    pub python_sink: bool,
+    /// Emails of the email section's memory run (peak RSS of the worker).
+    pub email_memory_n: usize,
+    /// Frameworks measured beside Warren (`--peers`); none by default.
+    pub peers: Peers,
     /// Wait for RabbitMQ's per-queue counters after the retry run (they lag
     /// by up to 5 s).
     pub broker_stats: bool,
@@ -121,7 +124,8 @@ impl Default for Config {
             publish_concurrency: 64,
             email_n: 5_000,
             email_concurrency: 10,
-            python_sink: false,
+            email_memory_n: 50_000,
+            peers: Peers::default(),
             broker_stats: true,
             sections: Section::ALL.to_vec(),
             worker_exe: None,
@@ -140,6 +144,7 @@ impl Config {
             rate: 200,
             duration: Duration::from_secs(1),
             email_n: 20,
+            email_memory_n: 50,
             broker_stats: false,
             smoke: true,
             ..Self::default()

@@ -5,7 +5,8 @@
 //! Sections: [`consume`] (Warren's runtime against a bare lapin consumer),
 //! [`publish`] (Warren's confirmed producer against a bare one),
 //! [`latency`] (publish to handler start at a fixed rate), [`email`]
-//! (pooled SMTP against one connection per message), [`process`] (peak RSS
+//! (the email worker end to end into Postfix's `smtp-sink` and aiosmtpd,
+//! against `smtp-source` and, with `--peers`, Celery), [`process`] (peak RSS
 //! of a worker process; one against two replicas) and [`retry`] (the
 //! fail-once path). Everything lives in a namespace of its own
 //! (`bench-<random>`), deleted at the end.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod consume;
 pub mod email;
 pub mod latency;
+pub mod peers;
 pub mod process;
 pub mod publish;
 pub mod report;
@@ -66,7 +68,7 @@ async fn sections(
             Section::Consume => consume::run(cfg, bench, report).await?,
             Section::Publish => publish::run(cfg, bench, report).await?,
             Section::Latency => latency::run(cfg, bench, report).await?,
-            Section::Email => email::run(cfg, report).await?,
+            Section::Email => email::run(cfg, bench, report).await?,
             Section::Memory => process::memory(cfg, bench, report).await?,
             Section::Replicas => process::replicas(cfg, bench, report).await?,
             Section::Retry => retry::run(cfg, bench, mgmt, report).await?,
@@ -165,6 +167,8 @@ async fn meta(cfg: &Config, mgmt: Option<&Management>) -> Map<String, Value> {
             "publishes_in_flight": cfg.publish_concurrency,
             "email_n": cfg.email_n,
             "emails_in_flight": cfg.email_concurrency,
+            "email_memory_n": cfg.email_memory_n,
+            "peers": cfg.peers.0.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             "smoke": cfg.smoke,
             "sections": cfg.sections.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
             "warren": "Worker with its defaults except prefetch and concurrency: in-process idempotency store (backend memory), Prometheus metrics, OpenTelemetry spans (no exporter), JSON log line per task at info (written to /dev/null in process)",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use warren_bench::peers::{Peer, Peers};
 use warren_bench::{Config, Section};
 
 /// Benchmarks Warren's runtime, producer, mailer and worker processes
@@ -54,9 +55,14 @@ struct Args {
     /// latency, email, memory, replicas, retry.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
-    /// Also measure the email clients against tests/smtp_sink.py (aiosmtpd).
+    /// Emails of the email section's memory run.
     #[arg(long)]
-    python_sink: bool,
+    email_memory_n: Option<usize>,
+    /// Also run the peers beside Warren, from bench/.venv (install it with
+    /// bench/prepare): all of them, or those named (comma-separated):
+    /// celery.
+    #[arg(long, num_args = 0.., value_delimiter = ',')]
+    peers: Option<Vec<Peer>>,
     /// Do not wait for RabbitMQ's per-queue counters after the retry run.
     #[arg(long)]
     no_broker_stats: bool,
@@ -111,7 +117,12 @@ impl Args {
                 .email_concurrency
                 .unwrap_or(base.email_concurrency)
                 .max(1),
-            python_sink: self.python_sink,
+            email_memory_n: self.email_memory_n.unwrap_or(base.email_memory_n).max(1),
+            peers: Peers(match &self.peers {
+                None => Vec::new(),
+                Some(named) if named.is_empty() => Peer::ALL.to_vec(),
+                Some(named) => named.clone(),
+            }),
             broker_stats: base.broker_stats && !self.no_broker_stats,
             sections: if self.only.is_empty() {
                 base.sections

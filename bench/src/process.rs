@@ -54,28 +54,38 @@ impl Mode {
 /// The `noop-worker` executable: the configured one, or the one next to
 /// the running executable, built with cargo if it is not there yet.
 pub fn worker_exe(cfg: &Config) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &cfg.worker_exe {
-        return Ok(p.clone());
+    match &cfg.worker_exe {
+        Some(p) => Ok(p.clone()),
+        None => sibling_exe("warren-bench", "noop-worker"),
     }
+}
+
+/// The binary `bin` of workspace package `package`, next to the running
+/// executable (same profile), built with cargo if it is not there yet.
+pub fn sibling_exe(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
-    let dir = me.parent().context("the executable has no directory")?;
-    let candidate = dir.join("noop-worker");
+    let mut dir = me.parent().context("the executable has no directory")?;
+    // A test binary runs from `target/<profile>/deps`; binaries live one up.
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
+    let candidate = dir.join(bin);
     if !candidate.exists() {
         // `cargo run -p warren-bench` builds only the bench itself.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "warren-bench", "--bin", "noop-worker"])
+        cmd.args(["build", "-q", "-p", package, "--bin", bin])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
-        eprintln!("Building noop-worker ...");
+        eprintln!("Building {bin} ...");
         let status = cmd
             .status()
-            .context("could not run cargo to build noop-worker")?;
+            .with_context(|| format!("could not run cargo to build {bin}"))?;
         if !status.success() || !candidate.exists() {
             bail!(
-                "noop-worker is not at {} and cargo could not build it; run `cargo build --release -p warren-bench`",
+                "{bin} is not at {} and cargo could not build it; run `cargo build --release -p {package}`",
                 candidate.display()
             );
         }

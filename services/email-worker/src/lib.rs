@@ -11,6 +11,7 @@ pub mod mailer;
 pub mod message;
 pub mod metrics;
 pub mod settings;
+pub mod smtp;
 pub mod template;
 pub mod transport;
 

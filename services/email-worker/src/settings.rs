@@ -93,8 +93,8 @@ pub struct EmailSettings {
     pub rate_limit_per_second: u32,
     /// Cap on the total decoded size of a message's attachments.
     pub max_attachment_bytes: usize,
-    /// Bound on one delivery, connection included. lettre's own timeout only
-    /// covers connecting, so a server that stalls mid-DATA needs this.
+    /// Bound on one delivery, connection included (and on each SMTP
+    /// command), so a server that stalls mid-DATA cannot hold a task.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     pub smtp: SmtpSettings,
@@ -147,9 +147,20 @@ pub struct SmtpSettings {
     /// `WARREN_EMAIL__SMTP__PASSWORD='"123456"'`.
     #[serde(serialize_with = "warren::settings::serialize_secret")]
     pub password: SecretString,
-    /// Most SMTP connections kept open at once by this replica.
+    /// Most SMTP connections this replica keeps open to one destination
+    /// host (its pool); also the most emails in flight to that host. A
+    /// server that answers `421` (too many connections) gets fewer, for a
+    /// while.
     pub pool_max_size: u32,
-    /// Bound on the TCP connect (and TLS handshake) to the server.
+    /// Send a message's MAIL, RCPT and DATA commands in one write when the
+    /// server offers `PIPELINING` (RFC 2920). Off: one command, one reply.
+    pub pipelining: bool,
+    /// A pooled connection unused for this long is closed instead of
+    /// reused (servers drop idle clients; Postfix after 300 s).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Bound on opening a connection: TCP connect, TLS handshake, greeting,
+    /// EHLO and AUTH.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
@@ -163,6 +174,8 @@ impl Default for SmtpSettings {
             username: None,
             password: SecretString::from(""),
             pool_max_size: 10,
+            pipelining: true,
+            idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -194,6 +207,8 @@ impl fmt::Debug for SmtpSettings {
             .field("username", &self.username)
             .field("password", &password)
             .field("pool_max_size", &self.pool_max_size)
+            .field("pipelining", &self.pipelining)
+            .field("idle_timeout", &self.idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -224,6 +239,8 @@ mod tests {
         let settings = Settings::load().unwrap();
         assert_eq!(settings.email.smtp.pool_max_size, 10);
         assert_eq!(settings.email.smtp.connect_timeout, Duration::from_secs(10));
+        assert!(settings.email.smtp.pipelining);
+        assert_eq!(settings.email.smtp.idle_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -1,39 +1,32 @@
-//! Where a built message goes: an SMTP server through lettre's pooled async
-//! transport, or an outbox directory of `.eml` files.
+//! Where a built message goes: an SMTP server through Warren's pooled,
+//! pipelining SMTP client ([`crate::smtp`]), or an outbox directory of
+//! `.eml` files.
 //!
 //! The outbox writes `{outbox_dir}/{sanitized task id}.eml` through a
 //! temporary file and a rename, so a reader never sees half a message and a
 //! redelivered task overwrites its own file: idempotent by construction.
 //!
-//! Every delivery is bounded by a deadline here rather than in lettre,
-//! whose async client only times out the connect. Cancelling a send mid-way
-//! can leave its pooled connection in the middle of an SMTP exchange, and
-//! lettre would hand that connection to the next send; so a timed-out SMTP
-//! send also retires the whole pool and starts a fresh one.
+//! Every delivery is bounded by a deadline here. A send cut off by it drops
+//! the connection it held, so a connection left in the middle of an SMTP
+//! exchange is never reused.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use secrecy::ExposeSecret;
+use lettre::Message;
 use tokio::io::AsyncWriteExt;
 use warren::TaskError;
 
-use crate::settings::{EmailSettings, SmtpSettings, SmtpTls, TransportKind};
+use crate::settings::{EmailSettings, TransportKind};
+pub use crate::smtp::{SmtpError, SmtpRelay};
 use warren::safe_task_id;
-
-/// lettre's SMTP error.
-pub type SmtpError = lettre::transport::smtp::Error;
 
 /// One of the two real transports.
 #[derive(Debug)]
 pub enum Transport {
-    Smtp(SmtpRelay),
+    Smtp(Box<SmtpRelay>),
     Outbox(Outbox),
 }
 
@@ -42,7 +35,10 @@ impl Transport {
     /// yet: SMTP connections are opened on the first send.
     pub fn from_settings(settings: &EmailSettings) -> Result<Self, SmtpError> {
         Ok(match settings.transport {
-            TransportKind::Smtp => Transport::Smtp(SmtpRelay::new(settings.smtp.clone())?),
+            TransportKind::Smtp => Transport::Smtp(Box::new(SmtpRelay::new(
+                settings.smtp.clone(),
+                settings.send_timeout,
+            )?)),
             TransportKind::Outbox => Transport::Outbox(Outbox::new(&settings.outbox_dir)),
         })
     }
@@ -62,7 +58,7 @@ impl Transport {
         deadline: Duration,
     ) -> Result<(), TransportError> {
         match self {
-            Transport::Smtp(relay) => relay.send(message, deadline).await,
+            Transport::Smtp(relay) => send_smtp(relay, message, deadline).await,
             Transport::Outbox(outbox) => {
                 match tokio::time::timeout(deadline, outbox.write(task_id, message)).await {
                     Ok(written) => written.map(|_path| ()),
@@ -117,14 +113,13 @@ impl TransportError {
     }
 }
 
-/// lettre's `Display` shows one level of cause; a TLS failure is two or
-/// three levels down.
+/// The whole chain of causes: a TLS failure is two or three levels down.
 fn with_sources(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        // lettre already prints its direct source; skip repeats.
+        // Some errors already print their direct source; skip repeats.
         if !text.ends_with(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
@@ -134,115 +129,22 @@ fn with_sources(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// lettre's pooled SMTP transport, replaced by a fresh pool after a
-/// timed-out send (see the module docs).
-pub struct SmtpRelay {
-    settings: SmtpSettings,
-    current: RwLock<Pool>,
-}
-
-struct Pool {
-    /// Bumped on every replacement, so that several sends timing out on the
-    /// same pool replace it once, not once each.
-    generation: u64,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-}
-
-impl SmtpRelay {
-    pub fn new(settings: SmtpSettings) -> Result<Self, SmtpError> {
-        let transport = build_smtp(&settings)?;
-        Ok(Self {
-            settings,
-            current: RwLock::new(Pool {
-                generation: 0,
-                transport,
-            }),
-        })
+/// Hands a lettre-built message to the SMTP pool within a deadline.
+async fn send_smtp(
+    relay: &SmtpRelay,
+    message: &Message,
+    deadline: Duration,
+) -> Result<(), TransportError> {
+    let envelope = message.envelope();
+    let from = envelope.from().map(ToString::to_string).unwrap_or_default();
+    let to: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
+    let body = message.formatted();
+    // A send cut off here drops its connection mid-transaction; the pool
+    // never sees it again, so no later send inherits a half-done exchange.
+    match tokio::time::timeout(deadline, relay.send(&from, &to, &body)).await {
+        Ok(sent) => sent.map_err(TransportError::Smtp),
+        Err(_elapsed) => Err(TransportError::Timeout(deadline)),
     }
-
-    fn current(&self) -> (u64, AsyncSmtpTransport<Tokio1Executor>) {
-        // A poisoned lock only means another thread panicked while holding
-        // it; the pool inside is still a valid value.
-        let pool = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        (pool.generation, pool.transport.clone())
-    }
-
-    async fn send(&self, message: &Message, deadline: Duration) -> Result<(), TransportError> {
-        let (generation, transport) = self.current();
-        let bytes = message.formatted();
-        let sent = tokio::time::timeout(deadline, transport.send_raw(message.envelope(), &bytes));
-        match sent.await {
-            Ok(Ok(_response)) => Ok(()),
-            Ok(Err(e)) => Err(TransportError::Smtp(e)),
-            Err(_elapsed) => {
-                self.retire(generation);
-                Err(TransportError::Timeout(deadline))
-            }
-        }
-    }
-
-    /// Swaps in a fresh pool if `generation` is still the current one, and
-    /// shuts the old one down so none of its connections is reused.
-    fn retire(&self, generation: u64) {
-        let fresh = match build_smtp(&self.settings) {
-            Ok(fresh) => fresh,
-            Err(error) => {
-                // Built fine at start-up, so this is unexpected; keep the old
-                // pool rather than have none.
-                tracing::error!(error = %error, "Could not rebuild the SMTP connection pool after a timeout.");
-                return;
-            }
-        };
-        let old = {
-            let mut pool = self.current.write().unwrap_or_else(PoisonError::into_inner);
-            if pool.generation != generation {
-                return;
-            }
-            pool.generation += 1;
-            std::mem::replace(&mut pool.transport, fresh)
-        };
-        tracing::warn!(
-            host = %self.settings.host,
-            "Replaced the SMTP connection pool after a send timed out."
-        );
-        // Shutting the old pool down makes lettre close, not park, the
-        // connection the cancelled send hands back.
-        tokio::spawn(async move { old.shutdown().await });
-    }
-
-    async fn close(&self) {
-        let (_, transport) = self.current();
-        transport.shutdown().await;
-    }
-}
-
-impl std::fmt::Debug for SmtpRelay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpRelay")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Builds lettre's transport from `[email.smtp]`.
-fn build_smtp(settings: &SmtpSettings) -> Result<AsyncSmtpTransport<Tokio1Executor>, SmtpError> {
-    type Smtp = AsyncSmtpTransport<Tokio1Executor>;
-    let builder = match settings.tls {
-        SmtpTls::Starttls => Smtp::starttls_relay(&settings.host)?,
-        SmtpTls::Implicit => Smtp::relay(&settings.host)?,
-        SmtpTls::None => Smtp::builder_dangerous(&settings.host),
-    };
-    let mut builder = builder
-        .port(settings.port())
-        .timeout(Some(settings.connect_timeout))
-        .pool_config(PoolConfig::new().max_size(settings.pool_max_size));
-    if let Some(username) = &settings.username {
-        builder = builder.credentials(Credentials::new(
-            username.clone(),
-            settings.password.expose_secret().to_owned(),
-        ));
-    }
-    Ok(builder.build())
 }
 
 /// Writes each message to `{dir}/{sanitized task id}.eml`.
@@ -407,17 +309,52 @@ mod tests {
         assert!(!err.is_permanent());
     }
 
-    // lettre's pool spawns its idle-connection reaper on build, so building
-    // needs a runtime.
+    #[test]
+    fn smtp_failures_are_classified_by_reply_code() {
+        let reply = |code| {
+            TransportError::Smtp(SmtpError::Reply {
+                command: "end of DATA",
+                code,
+                message: "test".to_owned(),
+            })
+            .into_task_error()
+        };
+        let permanent = reply(550);
+        assert_eq!(permanent.kind, "smtp_permanent");
+        assert!(permanent.is_permanent());
+        let transient = reply(451);
+        assert_eq!(transient.kind, "smtp_transient");
+        assert!(!transient.is_permanent());
+        let refused = TransportError::Smtp(SmtpError::Connect {
+            address: "127.0.0.1:1".to_owned(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        })
+        .into_task_error();
+        assert_eq!(refused.kind, "smtp_connection");
+        assert!(!refused.is_permanent());
+        let timeout = TransportError::Timeout(Duration::from_secs(1)).into_task_error();
+        assert_eq!(timeout.kind, "timeout");
+        assert!(!timeout.is_permanent());
+    }
+
     #[tokio::test]
     async fn smtp_transports_build_for_every_tls_mode() {
+        use crate::settings::{SmtpSettings, SmtpTls};
         for tls in [SmtpTls::Starttls, SmtpTls::Implicit, SmtpTls::None] {
             let settings = SmtpSettings {
                 tls,
                 username: Some("user".to_owned()),
                 ..SmtpSettings::default()
             };
-            assert!(SmtpRelay::new(settings).is_ok(), "{tls:?}");
+            assert!(
+                SmtpRelay::new(settings, Duration::from_secs(5)).is_ok(),
+                "{tls:?}"
+            );
         }
+        let bad = SmtpSettings {
+            host: "not a host".to_owned(),
+            ..SmtpSettings::default()
+        };
+        assert!(SmtpRelay::new(bad, Duration::from_secs(5)).is_err());
     }
 }

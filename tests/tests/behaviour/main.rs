@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod email;
+mod email_wire;
 mod gateway;
 mod image;
 mod observability;
