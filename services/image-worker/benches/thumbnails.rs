@@ -6,9 +6,11 @@
 //! the worker's own pipeline (`image_worker::render`: probe, scaled decode,
 //! resize, encode, from bytes in memory), and with Pillow's
 //! `Image.thumbnail` plus a JPEG save when `python3` has Pillow. Both run
-//! pinned to CPU 0 (`taskset`). It prints milliseconds per image, the
-//! thumbnails per second over the set, the ratio, and the peak RSS of a
-//! fresh process rendering each 6000x4000 image once (`VmHWM`).
+//! pinned to CPU 0 (`taskset`). It prints, per image, the milliseconds of
+//! each, their ratio and the peak RSS of a fresh process of each
+//! rendering that image once (`VmHWM`); then the thumbnails per second
+//! over the set. Arguments that are not flags keep only the images whose
+//! label contains one of them (`-- --bench jpeg`, `-- --bench 6000x4000`).
 //!
 //! Without `--bench` (that is, under `cargo test`) it runs a smoke pass on
 //! tiny images, once each, without Pillow and without timing claims, so
@@ -45,8 +47,10 @@ def once(data):
 
 if sys.argv[1] == "rss":
     # VmHWM, not ru_maxrss: the latter survives exec and would report the
-    # benchmark process that spawned this one.
-    once(open(sys.argv[2], "rb").read())
+    # benchmark process that spawned this one. "idle": the interpreter
+    # with Pillow loaded, and no image.
+    if sys.argv[2] != "idle":
+        once(open(sys.argv[2], "rb").read())
     status = open("/proc/self/status").read()
     print(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM:")))
     sys.exit(0)
@@ -73,13 +77,18 @@ fn main() -> anyhow::Result<()> {
         return peak_rss_child(Path::new(path));
     }
     let full = args.iter().any(|a| a == "--bench");
+    let filters: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .collect();
     if full && std::env::var_os(PINNED).is_none() {
         if let Some(status) = pin_and_rerun(&args)? {
             std::process::exit(status);
         }
         println!("taskset is not available: running unpinned.");
     }
-    run(full)
+    run(full, &filters)
 }
 
 /// Re-runs this benchmark under `taskset -c 0`; `None` if taskset is
@@ -106,7 +115,7 @@ struct Sample {
     bytes: Vec<u8>,
 }
 
-fn run(full: bool) -> anyhow::Result<()> {
+fn run(full: bool, filters: &[String]) -> anyhow::Result<()> {
     let sizes = if full { FULL_SIZES } else { SMOKE_SIZES };
     let (min_time, min_iters) = if full {
         (Duration::from_secs(3), 5)
@@ -115,7 +124,10 @@ fn run(full: bool) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
-    let samples = generate(dir.path(), &sizes)?;
+    let samples: Vec<Sample> = generate(dir.path(), &sizes)?
+        .into_iter()
+        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.label.contains(f.as_str())))
+        .collect();
     println!(
         "Warren thumbnail benchmark: {}x{} contain, JPEG quality {QUALITY}, {}{}",
         BOX.0,
@@ -173,16 +185,27 @@ fn run(full: bool) -> anyhow::Result<()> {
     }
     let pillow = pillow_version.map(|_| pillow_seconds);
 
+    // Peak RSS: a fresh process of each side renders the image once.
+    let mut rss = Vec::new();
+    for sample in &samples {
+        let ours = peak_rss_of_child(&sample.path)?;
+        let theirs = pillow
+            .as_ref()
+            .and_then(|_| pillow_peak_rss(sample.path.to_str().unwrap_or("")));
+        rss.push((ours, theirs));
+    }
+
     println!();
     println!(
-        "{:<26} {:>10} {:>12} {:>10} {:>10}",
-        "source", "decoded at", "Warren ms", "Pillow ms", "ratio"
+        "{:<26} {:>10} {:>10} {:>10} {:>7} {:>11} {:>11}",
+        "source", "decoded at", "Warren ms", "Pillow ms", "ratio", "Warren RSS", "Pillow RSS"
     );
+    let mib = |kib: u64| format!("{:.0} MiB", kib as f64 / 1024.0);
     for (i, sample) in samples.iter().enumerate() {
         let (per, _, rendered) = &warren[i];
         let pillow_ms = pillow.as_ref().map(|p: &Vec<f64>| p[i] * 1000.0);
         println!(
-            "{:<26} {:>10} {:>12.1} {:>10} {:>10}",
+            "{:<26} {:>10} {:>10.1} {:>10} {:>7} {:>11} {:>11}",
             format!(
                 "{} ({:.1} MB)",
                 sample.label,
@@ -198,6 +221,15 @@ fn run(full: bool) -> anyhow::Result<()> {
                 "{:.2}x",
                 ms / (per.as_secs_f64() * 1000.0)
             )),
+            mib(rss[i].0),
+            rss[i].1.map_or("-".to_owned(), mib),
+        );
+    }
+    if let Some(idle) = pillow.as_ref().and_then(|_| pillow_peak_rss("idle")) {
+        println!(
+            "Peak RSS: a fresh process rendering the image once (VmHWM). Pillow's includes \
+             python3 with Pillow loaded, {} before any image; Warren's includes the source file.",
+            mib(idle)
         );
     }
     let warren_total: f64 = warren.iter().map(|(per, _, _)| per.as_secs_f64()).sum();
@@ -217,26 +249,6 @@ fn run(full: bool) -> anyhow::Result<()> {
         None => println!("Smoke pass: every image rendered."),
     }
 
-    for sample in samples.iter().filter(|s| {
-        s.label
-            .starts_with(&format!("{}x{}", sizes[0].0, sizes[0].1))
-    }) {
-        let ours = peak_rss_of_child(&sample.path)?;
-        let theirs = if full && pillow.is_some() {
-            pillow_peak_rss(&sample.path)
-        } else {
-            None
-        };
-        println!(
-            "Peak RSS of a fresh process rendering {} once: Warren {:.0} MiB{}",
-            sample.label,
-            ours as f64 / 1024.0,
-            theirs.map_or(String::new(), |kib| format!(
-                ", Pillow (python3 included) {:.0} MiB",
-                kib as f64 / 1024.0
-            )),
-        );
-    }
     Ok(())
 }
 
@@ -402,7 +414,9 @@ fn peak_rss_of_child(path: &Path) -> anyhow::Result<u64> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
-fn pillow_peak_rss(path: &Path) -> Option<u64> {
+/// Pillow's peak RSS rendering `path` once, or with `"idle"` of the
+/// interpreter with Pillow loaded.
+fn pillow_peak_rss(path: &str) -> Option<u64> {
     let out = Command::new("python3")
         .args(["-c", PILLOW, "rss"])
         .arg(path)
