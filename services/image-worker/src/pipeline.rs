@@ -488,6 +488,29 @@ mod tests {
     }
 
     #[test]
+    fn a_jpeg_decoded_at_an_eighth_keeps_its_orientation() {
+        // Stored 1600x800 (red left, blue right), EXIF 6: displayed
+        // 800x1600, red on top. A 100x100 box needs only 1/8 (200x100).
+        let source = oriented_jpeg(1600, 800, 6);
+        let key = StoreKey::parse("k", "o/d.png").unwrap();
+        let outputs =
+            [OutputSpec::new(100, 100, Fit::Contain, OutputFormat::Png, 85, key).unwrap()];
+        let r = render(&source, &outputs, Rgb([255, 255, 255]), limits()).unwrap();
+        assert_eq!((r.source.width, r.source.height), (800, 1600));
+        assert_eq!(
+            (r.source.decoded_width, r.source.decoded_height),
+            (200, 100)
+        );
+        let d = image::load_from_memory(&r.outputs[0].bytes)
+            .unwrap()
+            .into_rgb8();
+        assert_eq!(d.dimensions(), (50, 100));
+        let (top, bottom) = (d.get_pixel(25, 5).0, d.get_pixel(25, 95).0);
+        assert!(top[0] > 180 && top[2] < 80, "top is red: {top:?}");
+        assert!(bottom[2] > 180 && bottom[0] < 80, "bottom is blue: {bottom:?}");
+    }
+
+    #[test]
     fn a_large_png_is_reduced_while_decoded_then_resized_in_two_steps() {
         // A 2000x1000 PNG into 100x100: reduced across to 200 wide while
         // read, then 20x down vertically through the box pre-reduction.
