@@ -7,10 +7,10 @@
 #   docker build --target gateway      -t warren/gateway .
 #
 # The builder compiles every service binary once, with the same command as
-# the README's release build (`cargo test -p warren-tests --test deploy`
-# checks that the two agree and that the binaries exist in the workspace);
-# each service stage copies only its own binary and what it needs, and runs
-# it as uid 10001. BuildKit shares the builder stage between the targets, so
+# the release build in docs/deploy.md (`cargo test -p warren-deploy-check
+# --test deploy` checks that the two agree and that the binaries exist in
+# the workspace); each service stage copies only its own binary and what it
+# needs, and runs it as uid 10001. BuildKit shares the builder stage between the targets, so
 # `docker compose build` compiles once.
 
 # A pinned toolchain, at least the workspace's rust-version (the test checks).

@@ -13,36 +13,26 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use warren::publisher::PublishOptions;
 use warren_tests::broker::TestBroker;
-use warren_tests::smtp::SmtpSink;
-use warren_tests::worker::{WorkerProcess, email_env, with};
+use warren_tests::worker::WorkerProcess;
+use warren_tests::{EmailWorld, rcpt, wait_until};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Longer than the behaviour tests' `WAIT`: these waits span a broker
+/// restart or a worker's start after a kill.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn rcpt(prefix: &str) -> String {
-    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
-async fn wait_until<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_worker_killed_mid_task_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let broker = TestBroker::new().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let env = with(
-        email_env(broker.namespace(), sink.port()),
-        &[("WARREN_CONSUMER__CONCURRENCY", "1")],
-    );
-    let mut first = WorkerProcess::email(&env).await.unwrap();
-    first.wait_ready().await.unwrap();
+    let EmailWorld {
+        broker,
+        sink,
+        worker: mut first,
+        env,
+    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "1")])
+        .await
+        .unwrap();
 
     // The sink holds the final reply for 3 s: the worker is mid-send.
     let to = rcpt("slow3000");
@@ -131,15 +121,15 @@ async fn publish_through_outage(
 #[tokio::test]
 async fn a_broker_restart_while_tasks_flow_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut broker = TestBroker::new().await.unwrap();
+    let EmailWorld {
+        mut broker,
+        sink,
+        worker,
+        env: _,
+    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
+        .await
+        .unwrap();
     let namespace = broker.namespace().to_owned();
-    let sink = SmtpSink::start().await.unwrap();
-    let env = with(
-        email_env(&namespace, sink.port()),
-        &[("WARREN_CONSUMER__CONCURRENCY", "4")],
-    );
-    let worker = WorkerProcess::email(&env).await.unwrap();
-    worker.wait_ready().await.unwrap();
 
     let to = rcpt("restart");
     let ids: Vec<String> = (0..60)
@@ -216,18 +206,18 @@ async fn a_broker_restart_while_tasks_flow_loses_nothing() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
     let _serial = SERIAL.lock().await;
-    let broker = TestBroker::new().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let env = with(
-        email_env(broker.namespace(), sink.port()),
-        &[
-            ("WARREN_CONSUMER__CONCURRENCY", "3"),
-            ("WARREN_CONSUMER__PREFETCH", "6"),
-            ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "10s"),
-        ],
-    );
-    let mut first = WorkerProcess::email(&env).await.unwrap();
-    first.wait_ready().await.unwrap();
+    let EmailWorld {
+        broker,
+        sink,
+        worker: mut first,
+        env,
+    } = EmailWorld::start(&[
+        ("WARREN_CONSUMER__CONCURRENCY", "3"),
+        ("WARREN_CONSUMER__PREFETCH", "6"),
+        ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "10s"),
+    ])
+    .await
+    .unwrap();
     let rcpts: Vec<String> = (0..6).map(|_| rcpt("slow1500")).collect();
     for to in &rcpts {
         broker
@@ -287,14 +277,14 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
 #[tokio::test]
 async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
     let _serial = SERIAL.lock().await;
-    let broker = TestBroker::new().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let env = with(
-        email_env(broker.namespace(), sink.port()),
-        &[("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "500ms")],
-    );
-    let mut first = WorkerProcess::email(&env).await.unwrap();
-    first.wait_ready().await.unwrap();
+    let EmailWorld {
+        broker,
+        sink,
+        worker: mut first,
+        env,
+    } = EmailWorld::start(&[("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "500ms")])
+        .await
+        .unwrap();
     let to = rcpt("slow4000");
     broker
         .publish(
@@ -341,12 +331,12 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
 #[tokio::test]
 async fn readyz_turns_unready_while_the_broker_is_down_and_ready_after() {
     let _serial = SERIAL.lock().await;
-    let broker = TestBroker::new().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let worker = WorkerProcess::email(&email_env(broker.namespace(), sink.port()))
-        .await
-        .unwrap();
-    worker.wait_ready().await.unwrap();
+    let EmailWorld {
+        broker,
+        sink,
+        worker,
+        env: _,
+    } = EmailWorld::start(&[]).await.unwrap();
     let ops = worker.ops_addr().await.unwrap();
     let readyz = || async { warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0 };
     assert_eq!(readyz().await, 200);

@@ -5,25 +5,18 @@
 //! Each test has its own namespace and its own store root, and generates
 //! its images in code, so tests run in parallel and need no fixtures.
 
-use std::io::Cursor;
 use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use image::codecs::gif::GifEncoder;
-use image::codecs::jpeg::JpegEncoder;
-use image::codecs::png::PngEncoder;
-use image::codecs::webp::WebPEncoder;
-use image::{
-    DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage,
-};
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use serde_json::{Value, json};
 use warren::contract::headers;
 use warren::publisher::PublishOptions;
+use warren_tests::WAIT;
 use warren_tests::broker::{Message, TestBroker};
+use warren_tests::images::{gif, jpeg, photo, png_rgba, webp};
 use warren_tests::worker::{WorkerProcess, binary, image_env, with};
-
-const WAIT: Duration = Duration::from_secs(30);
 
 struct Setup {
     broker: TestBroker,
@@ -107,72 +100,6 @@ impl Setup {
             .await
             .expect("cleanup");
     }
-}
-
-/// A photo-like RGB image: a gradient with a little texture.
-fn photo(width: u32, height: u32) -> RgbImage {
-    RgbImage::from_fn(width, height, |x, y| {
-        Rgb([
-            (x * 255 / width) as u8,
-            (y * 255 / height) as u8,
-            ((x ^ y) & 0x3f) as u8 + 96,
-        ])
-    })
-}
-
-fn jpeg(image: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 90)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .expect("jpeg");
-    out
-}
-
-fn png_rgba(image: &RgbaImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    PngEncoder::new(&mut out)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            ExtendedColorType::Rgba8,
-        )
-        .expect("png");
-    out
-}
-
-fn webp(image: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    WebPEncoder::new_lossless(&mut out)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .expect("webp");
-    out
-}
-
-fn gif(image: &RgbaImage) -> Vec<u8> {
-    let mut out = Cursor::new(Vec::new());
-    {
-        let mut encoder = GifEncoder::new(&mut out);
-        encoder
-            .encode(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                ExtendedColorType::Rgba8,
-            )
-            .expect("gif");
-    }
-    out.into_inner()
 }
 
 /// A JPEG whose pixels are stored `width` x `height`, left half red, right

@@ -11,21 +11,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use warren::publisher::PublishOptions;
-use warren_tests::broker::TestBroker;
-use warren_tests::ops::http_get;
-use warren_tests::prometheus::{
+use warren_deploy_check::prometheus::{
     PrometheusServer, QueryAnswer, dashboard_queries, deploy_dir, local_config, promtool,
     sample_value, substitute,
 };
-use warren_tests::smtp::SmtpSink;
-use warren_tests::worker::{WorkerProcess, email_env};
+use warren_tests::ops::http_get;
+use warren_tests::{EmailWorld, WAIT, rcpt};
 
-const WAIT: Duration = Duration::from_secs(30);
 const RABBITMQ_PROMETHEUS: &str = "127.0.0.1:15692";
-
-fn rcpt(prefix: &str) -> String {
-    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple())
-}
 
 fn yaml(path: &str) -> Value {
     let path = deploy_dir().join(path);
@@ -232,17 +225,10 @@ async fn every_dashboard_query_is_valid_and_returns_data() {
         });
     assert_eq!(status, 200);
 
-    // Build the worker first: the build blocks this runtime, and a broker
-    // connection opened before it could miss its heartbeats meanwhile.
-    warren_tests::worker::binary("email-worker", "email-worker").unwrap();
-    let broker = TestBroker::new().await.unwrap();
+    let world = EmailWorld::start(&[]).await.unwrap();
+    let (broker, worker) = (&world.broker, &world.worker);
     let ns = broker.namespace().to_owned();
     let work_queue = broker.names.work_queue("email");
-    let sink = SmtpSink::start().await.unwrap();
-    let worker = WorkerProcess::email(&email_env(&ns, sink.port()))
-        .await
-        .unwrap();
-    worker.wait_ready().await.unwrap();
     let ops = worker.ops_addr().await.unwrap();
 
     // deploy/prometheus/prometheus.yml itself, with the jobs pointed here:

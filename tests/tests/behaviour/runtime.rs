@@ -5,8 +5,6 @@
 //! Handlers here are test doubles of *application* code; the broker, the
 //! queues and the runtime are the real ones.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,8 +19,8 @@ use warren::runtime::Worker;
 use warren::settings::ConsumerSettings;
 use warren::{Outcome, Task, TaskContext, TaskError};
 use warren_tests::broker::TestBroker;
+use warren_tests::{WAIT, wait_until};
 
-const WAIT: Duration = Duration::from_secs(30);
 const STEM: &str = "rt";
 
 #[derive(Debug, Deserialize)]
@@ -101,14 +99,6 @@ impl Running {
     }
 }
 
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_panicking_handler_is_a_failed_attempt_not_a_dead_worker() {
     let calls = Arc::new(AtomicU32::new(0));
@@ -126,11 +116,11 @@ async fn a_panicking_handler_is_a_failed_attempt_not_a_dead_worker() {
     })
     .await;
     run.publish("rt.ping", 1).await;
-    eventually("two attempts", || calls.load(Ordering::SeqCst) == 2).await;
+    wait_until("two attempts", WAIT, || calls.load(Ordering::SeqCst) == 2).await;
     assert_eq!(*attempts.lock().unwrap(), vec![1, 2]);
     // The worker is alive: the next task runs too.
     run.publish("rt.ping", 2).await;
-    eventually("the next task", || calls.load(Ordering::SeqCst) == 3).await;
+    wait_until("the next task", WAIT, || calls.load(Ordering::SeqCst) == 3).await;
     run.finish().await;
 }
 
@@ -150,7 +140,7 @@ async fn a_handler_over_its_timeout_is_retried() {
     })
     .await;
     run.publish("rt.ping", 1).await;
-    eventually("the retry after the timeout", || {
+    wait_until("the retry after the timeout", WAIT, || {
         calls.load(Ordering::SeqCst) == 2
     })
     .await;
@@ -259,7 +249,7 @@ async fn the_concurrency_limit_holds_with_a_larger_prefetch() {
     for n in 0..8 {
         run.publish("rt.ping", n).await;
     }
-    eventually("all eight", || done.load(Ordering::SeqCst) == 8).await;
+    wait_until("all eight", WAIT, || done.load(Ordering::SeqCst) == 8).await;
     assert_eq!(peak.load(Ordering::SeqCst), 2);
     run.finish().await;
 }

@@ -7,25 +7,18 @@
 //! SMTP sink and store, so they run in parallel; each stops its processes
 //! and deletes its queues, exchanges and stream at the end.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage};
+use image::ImageFormat;
 use serde_json::{Value, json};
 use warren_tests::broker::TestBroker;
 use warren_tests::http::{self, Multipart, SseEvent};
+use warren_tests::images::photo_png;
 use warren_tests::ops::{http_get, sample};
 use warren_tests::smtp::SmtpSink;
 use warren_tests::worker::{WorkerProcess, email_env, gateway_env, image_env, with};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn rcpt(prefix: &str) -> String {
-    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple())
-}
+use warren_tests::{WAIT, rcpt};
 
 fn task_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -179,22 +172,6 @@ fn states(events: &[SseEvent]) -> Vec<String> {
         .iter()
         .map(|e| e.json().unwrap()["state"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// A photo-like PNG.
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let image = RgbImage::from_fn(width, height, |x, y| {
-        Rgb([
-            (x * 255 / width) as u8,
-            (y * 255 / height) as u8,
-            ((x ^ y) & 0x3f) as u8 + 96,
-        ])
-    });
-    let mut out = Vec::new();
-    PngEncoder::new(&mut out)
-        .write_image(image.as_raw(), width, height, ExtendedColorType::Rgb8)
-        .expect("png");
-    out
 }
 
 /// A timestamp of a status or event, in nanoseconds since the epoch
@@ -546,7 +523,7 @@ async fn an_uploaded_png_gets_its_thumbnail_in_the_store_and_its_key_in_the_resu
     let mut w = World::new().await;
     w.image_worker().await;
     let (http, _) = w.gateway(&[]).await;
-    let original = png(300, 200);
+    let original = photo_png(300, 200);
     let form = Multipart::new().file("file", "../holiday photo.png", "image/png", &original);
     let r = http::post_multipart(http, "/v1/images", form)
         .await
@@ -579,7 +556,7 @@ async fn an_uploaded_png_gets_its_thumbnail_in_the_store_and_its_key_in_the_resu
 
     // Outputs of the client's choosing, and a file name with no extension.
     let form = Multipart::new()
-        .file("file", "scan", "application/octet-stream", &png(120, 90))
+        .file("file", "scan", "application/octet-stream", &photo_png(120, 90))
         .text(
             "outputs",
             r#"[{"width": 64, "height": 64, "fit": "cover", "format": "webp", "name": "square.webp"}]"#,
@@ -889,7 +866,7 @@ async fn each_bad_request_gets_its_code_and_a_problem_body_naming_the_field() {
         slug: "",
         field: None,
     };
-    let mut big = png(8, 8);
+    let mut big = photo_png(8, 8);
     big.extend(std::iter::repeat_n(0u8, 5000));
     cases.extend([
         Case {
@@ -918,7 +895,7 @@ async fn each_bad_request_gets_its_code_and_a_problem_body_naming_the_field() {
             status: 422,
             slug: "unknown_field",
             field: Some("picture"),
-            ..upload(Multipart::new().file("picture", "a.png", "image/png", &png(4, 4)))
+            ..upload(Multipart::new().file("picture", "a.png", "image/png", &photo_png(4, 4)))
         },
         Case {
             what: "an upload with outputs the worker refuses",
@@ -927,7 +904,7 @@ async fn each_bad_request_gets_its_code_and_a_problem_body_naming_the_field() {
             field: Some("outputs[0]"),
             ..upload(
                 Multipart::new()
-                    .file("file", "a.png", "image/png", &png(4, 4))
+                    .file("file", "a.png", "image/png", &photo_png(4, 4))
                     .text("outputs", r#"[{"width": 10, "height": 10, "quality": 0}]"#),
             )
         },

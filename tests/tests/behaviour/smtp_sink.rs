@@ -1,8 +1,6 @@
 //! Tests of the test harness itself: `SmtpSink` spoken to over TCP by a minimal
 //! hand-written SMTP client, so a failure here points at the sink, not at Warren.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
-
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,8 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use warren_tests::smtp::SmtpSink;
-
-const WAIT: Duration = Duration::from_secs(10);
+use warren_tests::{WAIT, rcpt};
 
 /// Just enough SMTP to drive the sink: one command, one (possibly multi-line) reply.
 struct Client {
@@ -72,10 +69,6 @@ fn expect(code: u16, want: u16, step: &str) -> anyhow::Result<()> {
         bail!("{step}: expected {want}, got {code}");
     }
     Ok(())
-}
-
-fn rcpt(prefix: &str) -> String {
-    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4())
 }
 
 #[tokio::test]

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::process::{Child, Command};
+use warren_tests::ops::http_get;
 
-use crate::ops::http_get;
+use crate::repo::repo_root;
 
 /// The repository's `deploy/` directory.
 pub fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    repo_root().join("deploy")
 }
 
 /// The Prometheus server binary: `$TEST_PROMETHEUS`, else Debian's.

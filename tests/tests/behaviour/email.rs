@@ -3,9 +3,7 @@
 //!
 //! Each test has its own namespace on the shared broker and its own SMTP
 //! sink, so they run in parallel. Tests that kill processes or restart the
-//! broker live in `resilience.rs`.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+//! broker live in `tests/tests/resilience.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -19,35 +17,11 @@ use warren::publisher::PublishOptions;
 use warren_tests::broker::TestBroker;
 use warren_tests::smtp::SmtpSink;
 use warren_tests::worker::{WorkerProcess, email_env, with};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn rcpt(prefix: &str) -> String {
-    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
-struct Setup {
-    broker: TestBroker,
-    sink: SmtpSink,
-    worker: WorkerProcess,
-}
-
-async fn setup(overrides: &[(&'static str, &str)]) -> Setup {
-    let broker = TestBroker::new().await.expect("broker");
-    let sink = SmtpSink::start().await.expect("smtp sink");
-    let env = with(email_env(broker.namespace(), sink.port()), overrides);
-    let worker = WorkerProcess::email(&env).await.expect("worker");
-    worker.wait_ready().await.expect("worker ready");
-    Setup {
-        broker,
-        sink,
-        worker,
-    }
-}
+use warren_tests::{EmailWorld, WAIT, rcpt};
 
 #[tokio::test]
 async fn an_email_task_reaches_the_smtp_server_and_is_acked() {
-    let s = setup(&[]).await;
+    let s = EmailWorld::start(&[]).await.unwrap();
     let to = rcpt("ada");
     let cc = rcpt("grace");
     let bcc = rcpt("hidden");
@@ -124,7 +98,7 @@ async fn an_email_task_reaches_the_smtp_server_and_is_acked() {
 
 #[tokio::test]
 async fn a_template_is_rendered_and_a_missing_message_id_is_assigned() {
-    let s = setup(&[]).await;
+    let s = EmailWorld::start(&[]).await.unwrap();
     let to = rcpt("tpl");
     let body = json!({"to": to, "template": "welcome", "variables": {"name": "Ada <script>"}});
     // A producer that sets no message_id: the worker assigns one.
@@ -154,7 +128,7 @@ async fn a_template_is_rendered_and_a_missing_message_id_is_assigned() {
 
 #[tokio::test]
 async fn smtp_451_twice_then_250_is_delivered_once_after_two_retries() {
-    let s = setup(&[]).await;
+    let s = EmailWorld::start(&[]).await.unwrap();
     let to = rcpt("tempfail451x2");
     let id = s
         .broker
@@ -210,7 +184,9 @@ async fn smtp_451_twice_then_250_is_delivered_once_after_two_retries() {
 
 #[tokio::test]
 async fn transient_failures_that_outlast_the_ladder_are_dead_lettered() {
-    let s = setup(&[("WARREN_CONSUMER__MAX_ATTEMPTS", "2")]).await;
+    let s = EmailWorld::start(&[("WARREN_CONSUMER__MAX_ATTEMPTS", "2")])
+        .await
+        .unwrap();
     let to = rcpt("tempfail451x9");
     let id = s
         .broker
@@ -243,7 +219,7 @@ async fn transient_failures_that_outlast_the_ladder_are_dead_lettered() {
 
 #[tokio::test]
 async fn smtp_550_is_dead_lettered_at_once_and_the_worker_goes_on() {
-    let s = setup(&[]).await;
+    let s = EmailWorld::start(&[]).await.unwrap();
     let bad = rcpt("reject550");
     let id = s
         .broker
@@ -309,7 +285,7 @@ async fn smtp_550_is_dead_lettered_at_once_and_the_worker_goes_on() {
 
 #[tokio::test]
 async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_is_sent() {
-    let s = setup(&[]).await;
+    let s = EmailWorld::start(&[]).await.unwrap();
     let ok_rcpt = rcpt("bad-input");
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
         (
@@ -395,7 +371,7 @@ async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_is_sent() {
 
 #[tokio::test]
 async fn a_task_id_that_already_succeeded_is_not_sent_again() {
-    let s = setup(&[]).await;
+    let s = EmailWorld::start(&[]).await.unwrap();
     let to = rcpt("once");
     let body = json!({"to": to, "subject": "once", "text": "only once"});
     let options = || PublishOptions {
@@ -629,7 +605,7 @@ async fn start_up_against_a_conflicting_queue_names_the_argument() {
 /// and a task whose parking-lot copy failed is handed back, not dropped.
 #[tokio::test]
 async fn topology_deleted_under_a_running_worker_is_declared_again() {
-    let s = setup(&[]).await;
+    let s = EmailWorld::start(&[]).await.unwrap();
     let channel = s.broker.connection.create_channel().await.unwrap();
     channel
         .queue_delete(

@@ -1,34 +1,19 @@
 //! What ops see: the counters a scrape of `/metrics` shows after known
 //! tasks, accepted by `promtool check metrics`, and the health endpoints.
-//! (`/readyz` across a broker outage lives in `resilience.rs`.)
-
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+//! (`/readyz` across a broker outage lives in `tests/tests/resilience.rs`.)
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::json;
 use warren::publisher::PublishOptions;
-use warren_tests::broker::TestBroker;
 use warren_tests::ops::{http_get, sample};
-use warren_tests::smtp::SmtpSink;
-use warren_tests::worker::{WorkerProcess, email_env};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn rcpt(prefix: &str) -> String {
-    format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple())
-}
+use warren_tests::{EmailWorld, WAIT, rcpt};
 
 #[tokio::test]
 async fn a_scrape_shows_exactly_the_tasks_processed_and_promtool_accepts_it() {
-    let broker = TestBroker::new().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let worker = WorkerProcess::email(&email_env(broker.namespace(), sink.port()))
-        .await
-        .unwrap();
-    worker.wait_ready().await.unwrap();
+    let world = EmailWorld::start(&[]).await.unwrap();
+    let (broker, worker) = (&world.broker, &world.worker);
     let ops = worker.ops_addr().await.unwrap();
 
     // Before any task: the series exist (or are absent, i.e. zero).
@@ -164,12 +149,8 @@ async fn a_scrape_shows_exactly_the_tasks_processed_and_promtool_accepts_it() {
 
 #[tokio::test]
 async fn health_and_readiness_answer_on_the_ops_port() {
-    let broker = TestBroker::new().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let mut worker = WorkerProcess::email(&email_env(broker.namespace(), sink.port()))
-        .await
-        .unwrap();
-    worker.wait_ready().await.unwrap();
+    let mut world = EmailWorld::start(&[]).await.unwrap();
+    let (broker, worker) = (&world.broker, &mut world.worker);
     let ops = worker.ops_addr().await.unwrap();
     assert_eq!(http_get(ops, "/healthz").await.unwrap().0, 200);
     assert_eq!(http_get(ops, "/readyz").await.unwrap().0, 200);
@@ -186,19 +167,15 @@ async fn health_and_readiness_answer_on_the_ops_port() {
 async fn a_producers_trace_context_reaches_the_worker_and_survives_a_retry() {
     use warren_tests::otlp::OtlpReceiver;
     let receiver = OtlpReceiver::start().await.unwrap();
-    let broker = TestBroker::new().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let env = warren_tests::worker::with(
-        email_env(broker.namespace(), sink.port()),
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_SERVICE_NAME", "email-worker-under-test"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
-    let worker = WorkerProcess::email(&env).await.unwrap();
-    worker.wait_ready().await.unwrap();
+    let world = EmailWorld::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_SERVICE_NAME", "email-worker-under-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await
+    .unwrap();
+    let (broker, worker) = (&world.broker, &world.worker);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let producer_span = "00f067aa0ba902b7";

@@ -1,0 +1,17 @@
+//! Warren's behaviour, end to end: real worker processes (and, in `runtime`,
+//! the consumer runtime in process) against the real RabbitMQ, a real SMTP
+//! server, a real image store, over TCP. One binary, one module per part;
+//! the helpers they share live in `warren_tests` (`tests/src`).
+//!
+//! Each test has a namespace of its own on the shared broker, so the tests
+//! run in parallel. Tests that stop the broker or kill processes live in
+//! `tests/tests/resilience.rs`, a binary of their own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod email;
+mod gateway;
+mod image;
+mod observability;
+mod runtime;
+mod smtp_sink;
