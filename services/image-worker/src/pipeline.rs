@@ -507,7 +507,10 @@ mod tests {
         assert_eq!(d.dimensions(), (50, 100));
         let (top, bottom) = (d.get_pixel(25, 5).0, d.get_pixel(25, 95).0);
         assert!(top[0] > 180 && top[2] < 80, "top is red: {top:?}");
-        assert!(bottom[2] > 180 && bottom[0] < 80, "bottom is blue: {bottom:?}");
+        assert!(
+            bottom[2] > 180 && bottom[0] < 80,
+            "bottom is blue: {bottom:?}"
+        );
     }
 
     #[test]

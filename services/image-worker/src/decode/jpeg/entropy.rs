@@ -184,7 +184,8 @@ impl Huffman {
     /// code length.
     #[cold]
     fn slow(&self, bits: u64) -> Result<(u8, u32), Corrupt> {
-        for len in 1..=16u32 {
+        // Shorter codes all have fast entries.
+        for len in FAST_BITS + 1..=16 {
             let code = (bits >> (64 - len)) as i32;
             if code <= self.max_code[len as usize] {
                 let index = code + self.offset[len as usize];

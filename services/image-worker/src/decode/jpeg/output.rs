@@ -70,9 +70,21 @@ pub(crate) fn compose(frame: &Frame, planes: &[Plane], colour: Colour, side: usi
         for (c, row) in rows.iter_mut().enumerate() {
             let comp = frame.components[c];
             let (hr, vr) = (frame.h_max / comp.h, frame.v_max / comp.v);
-            upsample_row(&planes[c], hr, vr, y, row, &mut sums);
+            if hr > 1 || vr > 1 {
+                upsample_row(&planes[c], hr, vr, y, row, &mut sums);
+            }
         }
-        let [a, b, c] = &rows;
+        // Full-resolution components are read in place.
+        let row = |c: usize| -> &[u8] {
+            let comp = frame.components[c];
+            if comp.h == frame.h_max && comp.v == frame.v_max {
+                let plane = planes[c].row(y);
+                &plane[..width.min(plane.len())]
+            } else {
+                &rows[c]
+            }
+        };
+        let (a, b, c) = (row(0), row(1), row(2));
         match colour {
             Colour::YCbCr => ycbcr_to_rgb(a, b, c, out),
             _ => {

@@ -94,12 +94,18 @@ fn basis<const N: usize>(side: usize, quant: &[u16; 64]) -> Box<[[f32; N]; 64]> 
             .sum::<f64>()
             / group as f64
     };
+    let mut table = [[0f64; 8]; 4];
+    for (i, row) in table.iter_mut().enumerate().take(side) {
+        for (u, a) in row.iter_mut().enumerate() {
+            *a = axis(i, u);
+        }
+    }
     let mut out = Box::new([[0f32; N]; 64]);
     for (z, weights) in out.iter_mut().enumerate() {
         let (v, u) = (ZIGZAG[z] / 8, ZIGZAG[z] % 8);
         for (k, w) in weights.iter_mut().enumerate() {
             let (i, j) = (k / side, k % side);
-            *w = (axis(i, v) * axis(j, u) * f64::from(quant[z])) as f32;
+            *w = (table[i][v] * table[j][u] * f64::from(quant[z])) as f32;
         }
     }
     out
