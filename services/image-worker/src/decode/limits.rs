@@ -168,6 +168,17 @@ mod tests {
     }
 
     #[test]
+    fn the_reason_shown_in_the_docs_is_the_one_given() {
+        let docs = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/image-worker.md"
+        ));
+        let docs = docs.split_whitespace().collect::<Vec<_>>().join(" ");
+        let e = check_limits(SourceFormat::Png, 30_000, 30_000, &LIMITS).unwrap_err();
+        assert!(docs.contains(&format!("`{}`", e.message)), "{}", e.message);
+    }
+
+    #[test]
     fn short_or_odd_headers_declare_nothing() {
         for format in [SourceFormat::Png, SourceFormat::Gif, SourceFormat::Webp] {
             assert_eq!(declared_size(format, b""), None);
