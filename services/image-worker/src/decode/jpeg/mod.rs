@@ -150,54 +150,13 @@ pub fn jpeg_scaled_size(width: u32, height: u32, min_width: u32, min_height: u32
 /// (segment lengths, then the entropy-coded data of each scan, where a
 /// literal `FF` is always stuffed as `FF00`), so bytes inside EXIF blocks
 /// or a trailer appended after the image cannot fool it.
-pub(crate) fn jpeg_is_complete(b: &[u8]) -> bool {
-    let mut i = 2; // past SOI
+pub(crate) fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut segments = markers::Segments::new(bytes);
     loop {
-        // Skip anything up to a marker, then its fill bytes.
-        let Some(ff) = b
-            .get(i..)
-            .and_then(|rest| rest.iter().position(|&x| x == 0xFF))
-        else {
-            return false;
-        };
-        i += ff;
-        while b.get(i) == Some(&0xFF) {
-            i += 1;
-        }
-        let Some(&marker) = b.get(i) else {
-            return false;
-        };
-        i += 1;
-        match marker {
-            0xD9 => return true,
-            0x01 | 0xD0..=0xD7 => continue,
-            _ => {
-                let Some(len) = b
-                    .get(i..i + 2)
-                    .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
-                else {
-                    return false;
-                };
-                i += len;
-                if marker == 0xDA {
-                    // Entropy-coded data: up to the first real marker.
-                    loop {
-                        let Some(ff) = b
-                            .get(i..)
-                            .and_then(|rest| rest.iter().position(|&x| x == 0xFF))
-                        else {
-                            return false;
-                        };
-                        i += ff;
-                        match b.get(i + 1) {
-                            None => return false,
-                            Some(0x00 | 0xD0..=0xD7) => i += 2,
-                            Some(0xFF) => i += 1,
-                            Some(_) => break,
-                        }
-                    }
-                }
-            }
+        match segments.next() {
+            Ok(Some((markers::EOI, _))) => return true,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return false,
         }
     }
 }
