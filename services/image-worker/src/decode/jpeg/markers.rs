@@ -244,11 +244,13 @@ pub(crate) fn parse_dqt(mut p: &[u8], tables: &mut QuantTables) -> Result<(), Co
 /// Huffman tables by slot (0 to 3).
 pub(crate) type HuffmanTables = [Option<Huffman>; 4];
 
+/// Defines the tables of a DHT segment; returns how many.
 pub(crate) fn parse_dht(
     mut p: &[u8],
     dc: &mut HuffmanTables,
     ac: &mut HuffmanTables,
-) -> Result<(), Corrupt> {
+) -> Result<usize, Corrupt> {
+    let mut defined = 0;
     while let Some((&tc_th, rest)) = p.split_first() {
         let (class, id) = (tc_th >> 4, usize::from(tc_th & 15));
         let Some(counts) = rest.get(..16) else {
@@ -269,9 +271,10 @@ pub(crate) fn parse_dht(
             (Class::Ac, &mut *ac)
         };
         slots[id] = Some(Huffman::new(class, &lengths, values)?);
+        defined += 1;
         p = &rest[16 + total..];
     }
-    Ok(())
+    Ok(defined)
 }
 
 pub(crate) fn parse_dri(p: &[u8]) -> Result<usize, Corrupt> {

@@ -27,6 +27,10 @@ use crate::decode::{Pixels, SourceFormat};
 use crate::error::{self, CORRUPT_IMAGE};
 use crate::spec::Limits;
 
+/// Huffman table definitions a file may make: a progressive file defines a
+/// few per scan, a hostile one could define millions.
+const MAX_HUFFMAN_TABLES: usize = 1024;
+
 /// Decodes `bytes` at `side` samples per block side (1, 2 or 4).
 pub(crate) fn decode(
     bytes: &[u8],
@@ -36,6 +40,7 @@ pub(crate) fn decode(
 ) -> Result<Pixels, TaskError> {
     let mut decoder = Decoder::default();
     let mut segments = Segments::new(bytes);
+    let mut tables = 0;
     loop {
         let (marker, payload) = segments.next().map_err(malformed)?.ok_or_else(truncated)?;
         match marker {
@@ -49,7 +54,15 @@ pub(crate) fn decode(
                 decoder.start(frame, side, limits)?;
             }
             DHT => {
-                markers::parse_dht(payload, &mut decoder.dc, &mut decoder.ac).map_err(malformed)?
+                // A table costs microseconds to build: a file made of
+                // nothing but table definitions must not cost minutes.
+                tables += markers::parse_dht(payload, &mut decoder.dc, &mut decoder.ac)
+                    .map_err(malformed)?;
+                if tables > MAX_HUFFMAN_TABLES {
+                    return Err(malformed(corrupt(format!(
+                        "the JPEG defines over {MAX_HUFFMAN_TABLES} Huffman tables"
+                    ))));
+                }
             }
             DQT => markers::parse_dqt(payload, &mut decoder.quant).map_err(malformed)?,
             DRI => decoder.restart = markers::parse_dri(payload).map_err(malformed)?,

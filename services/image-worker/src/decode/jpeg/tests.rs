@@ -417,3 +417,19 @@ fn truth(bytes: &[u8], side: u32) -> Pixels {
         data,
     }
 }
+
+#[test]
+fn a_file_of_endless_table_definitions_is_refused() {
+    let bytes = encode(16, 16, BASELINE);
+    let dht = bytes.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap();
+    let len = usize::from(u16::from_be_bytes([bytes[dht + 2], bytes[dht + 3]]));
+    let segment = bytes[dht..dht + 2 + len].to_vec();
+    let mut hostile = bytes[..dht].to_vec();
+    for _ in 0..2000 {
+        hostile.extend_from_slice(&segment);
+    }
+    hostile.extend_from_slice(&bytes[dht..]);
+    let e = scaled::decode(&hostile, support(&hostile).unwrap(), 1, &LIMITS).unwrap_err();
+    assert_eq!(e.kind, CORRUPT_IMAGE);
+    assert!(e.message.contains("Huffman tables"), "{}", e.message);
+}
