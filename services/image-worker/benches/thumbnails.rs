@@ -6,9 +6,13 @@
 //! the worker's own pipeline (`image_worker::render`: probe, scaled decode,
 //! resize, encode, from bytes in memory), and with Pillow's
 //! `Image.thumbnail` plus a JPEG save when `python3` has Pillow. Both run
-//! pinned to CPU 0 (`taskset`). It prints milliseconds per image, the
-//! thumbnails per second over the set, the ratio, and the peak RSS of a
-//! fresh process rendering each 6000x4000 image once (`VmHWM`).
+//! pinned to CPU 0 (`taskset`), in three alternating rounds of at least a
+//! second per image. It prints, per image, the median CPU milliseconds of
+//! each (what a thumbnail costs a core, however loaded the machine), their
+//! ratio, the same ratio on the clock, and the peak RSS of a fresh process
+//! of each rendering that image once (`VmHWM`); then the thumbnails per
+//! CPU-second over the set. Arguments that are not flags keep only the
+//! images whose label contains one of them (`-- --bench jpeg`).
 //!
 //! Without `--bench` (that is, under `cargo test`) it runs a smoke pass on
 //! tiny images, once each, without Pillow and without timing claims, so
@@ -29,6 +33,8 @@ const SMOKE_SIZES: [(u32, u32); 3] = [(96, 64), (64, 48), (40, 22)];
 const BOX: (u32, u32) = (500, 500);
 const QUALITY: u8 = 85;
 const PINNED: &str = "WARREN_BENCH_PINNED";
+/// Alternating rounds of at least a second each, per image and side.
+const ROUNDS: usize = 3;
 
 /// Pillow's side: the same files, the same box and quality. `thumbnail`
 /// uses `draft()` on JPEGs, i.e. libjpeg-turbo's own DCT scaling.
@@ -45,8 +51,10 @@ def once(data):
 
 if sys.argv[1] == "rss":
     # VmHWM, not ru_maxrss: the latter survives exec and would report the
-    # benchmark process that spawned this one.
-    once(open(sys.argv[2], "rb").read())
+    # benchmark process that spawned this one. "idle": the interpreter
+    # with Pillow loaded, and no image.
+    if sys.argv[2] != "idle":
+        once(open(sys.argv[2], "rb").read())
     status = open("/proc/self/status").read()
     print(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM:")))
     sys.exit(0)
@@ -55,14 +63,15 @@ min_time, min_iters = float(sys.argv[1]), int(sys.argv[2])
 for path in sys.argv[3:]:
     data = open(path, "rb").read()
     once(data)
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         size, nbytes = once(data)
         n += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time and n >= min_iters:
             break
-    print(json.dumps({"path": path, "seconds": elapsed / n, "iterations": n,
+    print(json.dumps({"path": path, "seconds": elapsed / n,
+                      "cpu_seconds": (time.process_time() - cpu) / n, "iterations": n,
                       "width": size[0], "height": size[1], "bytes": nbytes}))
 "#;
 
@@ -73,13 +82,18 @@ fn main() -> anyhow::Result<()> {
         return peak_rss_child(Path::new(path));
     }
     let full = args.iter().any(|a| a == "--bench");
+    let filters: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .collect();
     if full && std::env::var_os(PINNED).is_none() {
         if let Some(status) = pin_and_rerun(&args)? {
             std::process::exit(status);
         }
         println!("taskset is not available: running unpinned.");
     }
-    run(full)
+    run(full, &filters)
 }
 
 /// Re-runs this benchmark under `taskset -c 0`; `None` if taskset is
@@ -106,22 +120,25 @@ struct Sample {
     bytes: Vec<u8>,
 }
 
-fn run(full: bool) -> anyhow::Result<()> {
+fn run(full: bool, filters: &[String]) -> anyhow::Result<()> {
     let sizes = if full { FULL_SIZES } else { SMOKE_SIZES };
-    let (min_time, min_iters) = if full {
-        (Duration::from_secs(3), 5)
+    let (min_time, min_iters, rounds) = if full {
+        (Duration::from_secs(1), 5, ROUNDS)
     } else {
-        (Duration::ZERO, 1)
+        (Duration::ZERO, 1, 1)
     };
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
-    let samples = generate(dir.path(), &sizes)?;
+    let samples: Vec<Sample> = generate(dir.path(), &sizes)?
+        .into_iter()
+        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.label.contains(f.as_str())))
+        .collect();
     println!(
         "Warren thumbnail benchmark: {}x{} contain, JPEG quality {QUALITY}, {}{}",
         BOX.0,
         BOX.1,
         if full {
-            "timed"
+            "timed, median of alternating rounds"
         } else {
             "smoke pass (tiny images, untimed)"
         },
@@ -144,8 +161,9 @@ fn run(full: bool) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let outputs = [output];
 
-    // Warren and Pillow alternate image by image, so a burst of load on
-    // the machine weighs on both alike.
+    // Warren and Pillow alternate, round by round on each image, and each
+    // figure is the median of its rounds, so a burst of load on the
+    // machine weighs on both alike and one slow round does not count.
     let pillow_version = if full { pillow_version() } else { None };
     let mut warren = Vec::new();
     let mut pillow_seconds = Vec::new();
@@ -165,24 +183,49 @@ fn run(full: bool) -> anyhow::Result<()> {
                 thumb.height
             );
         }
-        let (per, n) = time_it(min_time, min_iters, || once().map(|_| ()))?;
-        warren.push((per, n, first));
-        if pillow_version.is_some() {
-            pillow_seconds.push(time_pillow(&sample.path, min_time, min_iters)?);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ours.push(time_it(min_time, min_iters, || once().map(|_| ()))?);
+            if pillow_version.is_some() {
+                theirs.push(time_pillow(&sample.path, min_time, min_iters)?);
+            }
         }
+        warren.push((medians(&ours), first));
+        pillow_seconds.push(medians(&theirs));
     }
     let pillow = pillow_version.map(|_| pillow_seconds);
 
+    // Peak RSS: a fresh process of each side renders the image once.
+    let mut rss = Vec::new();
+    for sample in &samples {
+        let ours = peak_rss_of_child(&sample.path)?;
+        let theirs = pillow
+            .as_ref()
+            .and_then(|_| pillow_peak_rss(sample.path.to_str().unwrap_or("")));
+        rss.push((ours, theirs));
+    }
+
     println!();
     println!(
-        "{:<26} {:>10} {:>12} {:>10} {:>10}",
-        "source", "decoded at", "Warren ms", "Pillow ms", "ratio"
+        "{:<26} {:>10} {:>10} {:>10} {:>7} {:>7} {:>11} {:>11}",
+        "source",
+        "decoded at",
+        "Warren ms",
+        "Pillow ms",
+        "ratio",
+        "wall",
+        "Warren RSS",
+        "Pillow RSS"
     );
+    let mib = |kib: u64| format!("{:.0} MiB", kib as f64 / 1024.0);
     for (i, sample) in samples.iter().enumerate() {
-        let (per, _, rendered) = &warren[i];
-        let pillow_ms = pillow.as_ref().map(|p: &Vec<f64>| p[i] * 1000.0);
+        let (ours, rendered) = &warren[i];
+        let theirs = pillow.as_ref().map(|p: &Vec<Timing>| p[i]);
+        let ratio = |f: fn(&Timing) -> f64| {
+            theirs.map_or("-".to_owned(), |t| format!("{:.2}x", f(&t) / f(ours)))
+        };
         println!(
-            "{:<26} {:>10} {:>12.1} {:>10} {:>10}",
+            "{:<26} {:>10} {:>10.1} {:>10} {:>7} {:>7} {:>11} {:>11}",
             format!(
                 "{} ({:.1} MB)",
                 sample.label,
@@ -192,51 +235,43 @@ fn run(full: bool) -> anyhow::Result<()> {
                 "{}x{}",
                 rendered.source.decoded_width, rendered.source.decoded_height
             ),
-            per.as_secs_f64() * 1000.0,
-            pillow_ms.map_or("-".to_owned(), |ms| format!("{ms:.1}")),
-            pillow_ms.map_or("-".to_owned(), |ms| format!(
-                "{:.2}x",
-                ms / (per.as_secs_f64() * 1000.0)
-            )),
+            ours.cpu * 1000.0,
+            theirs.map_or("-".to_owned(), |t| format!("{:.1}", t.cpu * 1000.0)),
+            ratio(|t| t.cpu),
+            ratio(|t| t.wall),
+            mib(rss[i].0),
+            rss[i].1.map_or("-".to_owned(), mib),
         );
     }
-    let warren_total: f64 = warren.iter().map(|(per, _, _)| per.as_secs_f64()).sum();
+    println!(
+        "ms: CPU time per thumbnail (the median of the rounds), which is what it costs a core \
+         whatever else runs on the machine; ratio: Pillow's over Warren's; wall: the same ratio \
+         on the clock."
+    );
+    if let Some(idle) = pillow.as_ref().and_then(|_| pillow_peak_rss("idle")) {
+        println!(
+            "RSS: the peak (VmHWM) of a fresh process rendering the image once. Pillow's includes \
+             python3 with Pillow loaded, {} before any image; Warren's includes the source file.",
+            mib(idle)
+        );
+    }
+    let warren_total: f64 = warren.iter().map(|(t, _)| t.cpu).sum();
     let warren_rate = samples.len() as f64 / warren_total;
     println!();
     match &pillow {
         Some(p) => {
-            let pillow_rate = samples.len() as f64 / p.iter().sum::<f64>();
+            let pillow_rate = samples.len() as f64 / p.iter().map(|t| t.cpu).sum::<f64>();
             println!(
-                "Thumbnails per second on one core, over the set: Warren {warren_rate:.1}, Pillow {pillow_rate:.1}, ratio {:.2}x",
+                "Thumbnails per CPU-second, over the set: Warren {warren_rate:.1}, Pillow {pillow_rate:.1}, ratio {:.2}x",
                 warren_rate / pillow_rate
             );
         }
         None if full => println!(
-            "Thumbnails per second on one core, over the set: Warren {warren_rate:.1} (no Pillow: `python3 -m pip install pillow` to compare)"
+            "Thumbnails per CPU-second, over the set: Warren {warren_rate:.1} (no Pillow: `python3 -m pip install pillow` to compare)"
         ),
         None => println!("Smoke pass: every image rendered."),
     }
 
-    for sample in samples.iter().filter(|s| {
-        s.label
-            .starts_with(&format!("{}x{}", sizes[0].0, sizes[0].1))
-    }) {
-        let ours = peak_rss_of_child(&sample.path)?;
-        let theirs = if full && pillow.is_some() {
-            pillow_peak_rss(&sample.path)
-        } else {
-            None
-        };
-        println!(
-            "Peak RSS of a fresh process rendering {} once: Warren {:.0} MiB{}",
-            sample.label,
-            ours as f64 / 1024.0,
-            theirs.map_or(String::new(), |kib| format!(
-                ", Pillow (python3 included) {:.0} MiB",
-                kib as f64 / 1024.0
-            )),
-        );
-    }
     Ok(())
 }
 
@@ -249,19 +284,60 @@ fn limits() -> Limits {
     }
 }
 
+/// The middle value (0 for none).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Seconds per call of one side: on the clock, and on the CPU.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    wall: f64,
+    cpu: f64,
+}
+
+/// Medians of each, over rounds.
+fn medians(rounds: &[Timing]) -> Timing {
+    Timing {
+        wall: median(&rounds.iter().map(|t| t.wall).collect::<Vec<_>>()),
+        cpu: median(&rounds.iter().map(|t| t.cpu).collect::<Vec<_>>()),
+    }
+}
+
+/// CPU time of this process (all its threads), in seconds: what a
+/// thumbnail costs a core, whatever else the machine runs meanwhile.
+fn process_cpu() -> anyhow::Result<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("no schedstat")?;
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// Seconds per call of `f`, over at least `min_time` and `min_iters`.
 fn time_it(
     min_time: Duration,
     min_iters: u32,
     mut f: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<(Duration, u32)> {
-    let start = Instant::now();
+) -> anyhow::Result<Timing> {
+    let (start, cpu) = (Instant::now(), process_cpu()?);
     let mut n = 0;
     loop {
         f()?;
         n += 1;
         let elapsed = start.elapsed();
         if elapsed >= min_time && n >= min_iters {
-            return Ok((elapsed / n, n));
+            return Ok(Timing {
+                wall: (elapsed / n).as_secs_f64(),
+                cpu: (process_cpu()? - cpu) / f64::from(n),
+            });
         }
     }
 }
@@ -346,7 +422,7 @@ fn pillow_version() -> Option<String> {
 }
 
 /// Pillow's seconds per thumbnail of one file.
-fn time_pillow(path: &Path, min_time: Duration, min_iters: u32) -> anyhow::Result<f64> {
+fn time_pillow(path: &Path, min_time: Duration, min_iters: u32) -> anyhow::Result<Timing> {
     let out = Command::new("python3")
         .args(["-c", PILLOW])
         .arg(min_time.as_secs_f64().to_string())
@@ -361,7 +437,12 @@ fn time_pillow(path: &Path, min_time: Duration, min_iters: u32) -> anyhow::Resul
     }
     let line = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(line.trim())?;
-    v["seconds"].as_f64().context("no seconds from Pillow")
+    Ok(Timing {
+        wall: v["seconds"].as_f64().context("no seconds from Pillow")?,
+        cpu: v["cpu_seconds"]
+            .as_f64()
+            .context("no CPU seconds from Pillow")?,
+    })
 }
 
 /// In a fresh process: read the file, render it once, print VmHWM (KiB).
@@ -402,7 +483,9 @@ fn peak_rss_of_child(path: &Path) -> anyhow::Result<u64> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
-fn pillow_peak_rss(path: &Path) -> Option<u64> {
+/// Pillow's peak RSS rendering `path` once, or with `"idle"` of the
+/// interpreter with Pillow loaded.
+fn pillow_peak_rss(path: &str) -> Option<u64> {
     let out = Command::new("python3")
         .args(["-c", PILLOW, "rss"])
         .arg(path)

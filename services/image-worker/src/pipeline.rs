@@ -468,23 +468,40 @@ mod tests {
             (r.source.decoded_width, r.source.decoded_height),
             (800, 400)
         );
-        let a = image::load_from_memory(&r.outputs[0].bytes)
-            .unwrap()
-            .into_rgb8();
-        assert_eq!(a.dimensions(), (50, 100));
         assert_eq!((r.outputs[0].width, r.outputs[0].height), (50, 100));
-        assert!(
-            a.get_pixel(25, 5).0[0] > 180,
-            "top is red: {:?}",
-            a.get_pixel(25, 5)
-        );
-        assert!(
-            a.get_pixel(25, 95).0[2] > 180,
-            "bottom is blue: {:?}",
-            a.get_pixel(25, 95)
-        );
+        assert_red_over_blue(&r.outputs[0].bytes);
         let b = image::load_from_memory(&r.outputs[1].bytes).unwrap();
         assert_eq!((b.width(), b.height()), (300, 300));
+    }
+
+    #[test]
+    fn a_jpeg_decoded_at_an_eighth_keeps_its_orientation() {
+        // Stored 1600x800 (red left, blue right), EXIF 6: displayed
+        // 800x1600, red on top. A 100x100 box needs only 1/8 (200x100).
+        let source = oriented_jpeg(1600, 800, 6);
+        let key = StoreKey::parse("k", "o/d.png").unwrap();
+        let outputs =
+            [OutputSpec::new(100, 100, Fit::Contain, OutputFormat::Png, 85, key).unwrap()];
+        let r = render(&source, &outputs, Rgb([255, 255, 255]), limits()).unwrap();
+        assert_eq!((r.source.width, r.source.height), (800, 1600));
+        assert_eq!(
+            (r.source.decoded_width, r.source.decoded_height),
+            (200, 100)
+        );
+        assert_red_over_blue(&r.outputs[0].bytes);
+    }
+
+    /// A 50x100 image, red on top and blue below, as `oriented_jpeg`'s
+    /// halves end up after an EXIF rotation of 90 degrees.
+    fn assert_red_over_blue(encoded: &[u8]) {
+        let image = image::load_from_memory(encoded).unwrap().into_rgb8();
+        assert_eq!(image.dimensions(), (50, 100));
+        let (top, bottom) = (image.get_pixel(25, 5).0, image.get_pixel(25, 95).0);
+        assert!(top[0] > 180 && top[2] < 80, "top is red: {top:?}");
+        assert!(
+            bottom[2] > 180 && bottom[0] < 80,
+            "bottom is blue: {bottom:?}"
+        );
     }
 
     #[test]
