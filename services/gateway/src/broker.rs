@@ -6,7 +6,9 @@
 //! connection under a resource alarm, and the status view must keep
 //! reading then. When either is lost beyond lapin's own recovery, both are
 //! dropped and opened again with backoff; the stream is then read from its
-//! first offset again, and the view skips what it already holds.
+//! first offset again, and the view skips what it already holds. On the
+//! `redis` status store the stream is read from its end instead: Redis
+//! holds the past.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,7 +19,7 @@ use lapin::Connection;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use tokio_util::sync::CancellationToken;
 use warren::broker::{Backoff, ConnectError, connect};
-use warren::events::{self, EventPublisher};
+use warren::events::{self, EventPublisher, StreamStart};
 use warren::settings::BrokerSettings;
 use warren::{Names, PublishError, Publisher, topology};
 
@@ -223,8 +225,19 @@ impl Broker {
             events,
             status: publishing.status().clone(),
         }));
-        let stream = events::follow(following, &self.names).await?;
+        // On `memory` the view is the store: read the whole retention. On
+        // `redis` the store is Redis; this replica only follows what
+        // happens from now on (for SSE, and fresher answers).
+        let start = if tracker.store().is_some() {
+            StreamStart::Next
+        } else {
+            StreamStart::First
+        };
+        let stream = events::follow_from(following, &self.names, start).await?;
         futures::pin_mut!(stream);
+        if start == StreamStart::Next {
+            tracker.mark_caught_up();
+        }
         self.following.store(true, Ordering::SeqCst);
         warren::metrics::broker_connected(true);
         backoff.reset();

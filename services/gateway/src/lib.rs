@@ -15,11 +15,13 @@ pub mod api;
 pub mod app;
 pub mod broker;
 pub mod enqueue;
+pub mod indexer;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod settings;
 pub mod status;
+pub mod store;
 pub mod upload;
 
 pub use app::{Gateway, GatewayError};

@@ -17,6 +17,18 @@ pub struct StreamedEvent {
     pub event: TaskEvent,
 }
 
+/// Where reading the stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// Its first retained event.
+    First,
+    /// The events written from now on.
+    Next,
+    /// The event at this offset (the one after the last applied, for a
+    /// reader that resumes).
+    Offset(u64),
+}
+
 /// Reads the stream from its first retained event, then follows it. Each
 /// item is acked as it is read (streams need acks to keep credit flowing;
 /// acking does not remove anything). Unreadable entries are skipped.
@@ -27,14 +39,28 @@ pub async fn follow(
     impl Stream<Item = Result<StreamedEvent, lapin::Error>> + Send + 'static + use<>,
     lapin::Error,
 > {
+    follow_from(connection, names, StreamStart::First).await
+}
+
+/// Reads the stream from `start`, then follows it, as [`follow`] does.
+pub async fn follow_from(
+    connection: &Connection,
+    names: &Names,
+    start: StreamStart,
+) -> Result<
+    impl Stream<Item = Result<StreamedEvent, lapin::Error>> + Send + 'static + use<>,
+    lapin::Error,
+> {
     let channel = connection.create_channel().await?;
     // Streams require a prefetch; it bounds how far ahead the broker sends.
     channel.basic_qos(1000, BasicQosOptions::default()).await?;
     let mut args = FieldTable::default();
-    args.insert(
-        broker_headers::STREAM_OFFSET.into(),
-        AMQPValue::LongString("first".into()),
-    );
+    let offset = match start {
+        StreamStart::First => AMQPValue::LongString("first".into()),
+        StreamStart::Next => AMQPValue::LongString("next".into()),
+        StreamStart::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+    };
+    args.insert(broker_headers::STREAM_OFFSET.into(), offset);
     let consumer = channel
         .basic_consume(
             names.events_stream().into(),

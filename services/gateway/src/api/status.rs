@@ -28,6 +28,7 @@ use super::model::StatusBody;
 use crate::metrics;
 use crate::problem::{Problem, ProblemDocument};
 use crate::status::Tracker;
+use crate::store::StoreError;
 
 /// The status of a task.
 #[utoipa::path(
@@ -47,12 +48,34 @@ pub async fn task_status(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let Path(id) = id.map_err(path_problem)?;
-    Ok(match app.tracker.status(&id) {
-        Some(status) => Json(StatusBody::from(status)).into_response(),
-        None => {
-            not_caught_up(&app)?;
-            (StatusCode::NOT_FOUND, Json(StatusBody::unknown(&id))).into_response()
-        }
+    Ok(
+        match app.tracker.status(&id).await.map_err(store_problem)? {
+            Some(status) => Json(StatusBody::from(status)).into_response(),
+            None => {
+                not_caught_up(&app)?;
+                (StatusCode::NOT_FOUND, Json(StatusBody::unknown(&id))).into_response()
+            }
+        },
+    )
+}
+
+/// The status store failed (Redis does not answer): 503.
+pub fn store_problem(e: StoreError) -> Problem {
+    tracing::warn!(error = %e, "The status store failed a request.");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "status_store_unavailable",
+        "The status store does not answer",
+        "the status store (redis) did not answer; ask again shortly",
+    )
+}
+
+/// The task's stored events for an open SSE stream; none when the store
+/// fails (the live ones still come).
+async fn stored_events(tracker: &Tracker, id: &str) -> Vec<StreamedEvent> {
+    tracker.events(id).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "The status store failed an SSE stream's read.");
+        Vec::new()
     })
 }
 
@@ -91,8 +114,8 @@ pub async fn task_events(
     let Path(id) = id.map_err(path_problem)?;
     // Subscribe first: whatever is applied after this shows up live.
     let mut rx = app.tracker.subscribe();
-    let mut stored = app.tracker.events(&id);
-    if stored.is_empty() && !app.tracker.knows(&id) {
+    let mut stored = app.tracker.events(&id).await.map_err(store_problem)?;
+    if stored.is_empty() && !app.tracker.knows(&id).await.map_err(store_problem)? {
         not_caught_up(&app)?;
         stored = wait_for_first(
             &app.tracker,
@@ -153,7 +176,7 @@ async fn wait_for_first(
         };
         match next {
             Ok(event) if event.event.task_id == id => {
-                let stored = tracker.events(id);
+                let stored = stored_events(tracker, id).await;
                 return Some(if stored.is_empty() {
                     vec![event]
                 } else {
@@ -162,7 +185,7 @@ async fn wait_for_first(
             }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => {
-                let stored = tracker.events(id);
+                let stored = stored_events(tracker, id).await;
                 if !stored.is_empty() {
                     return Some(stored);
                 }
@@ -246,7 +269,7 @@ impl Feed {
                     }
                     // Fell behind the live buffer: the view has them all.
                     Err(RecvError::Lagged(_)) => {
-                        let stored = self.tracker.events(&self.id);
+                        let stored = stored_events(&self.tracker, &self.id).await;
                         self.queue.extend(stored);
                     }
                     Err(RecvError::Closed) => return None,
