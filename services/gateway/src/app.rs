@@ -169,6 +169,7 @@ impl Gateway {
                 request_timeout: settings.http.request_timeout,
                 unknown_wait: settings.events.unknown_wait,
                 keep_alive: settings.events.keep_alive,
+                max_list_limit: settings.status.max_list_limit,
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 settings.http.max_concurrent_uploads.max(1),

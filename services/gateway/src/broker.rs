@@ -35,6 +35,8 @@ pub struct Outbound {
     pub publisher: Publisher,
     pub events: EventPublisher,
     status: lapin::ConnectionStatus,
+    /// The connection that reads the events stream.
+    reader: Arc<Connection>,
 }
 
 impl Outbound {
@@ -168,6 +170,7 @@ impl Broker {
             _ = shutdown.cancelled() => return Ok(()),
             c = connections => c?,
         };
+        let following = Arc::new(following);
         let result = self
             .connected(
                 &publishing,
@@ -184,7 +187,7 @@ impl Broker {
             out.events.flush(Duration::from_secs(2)).await;
         }
         self.set_outbound(None);
-        for c in [&publishing, &following] {
+        for c in [&publishing, &*following] {
             let _ = c.close(200, "gateway stopping".into()).await;
         }
         result
@@ -193,7 +196,7 @@ impl Broker {
     async fn connected(
         &self,
         publishing: &Connection,
-        following: &Connection,
+        following: &Arc<Connection>,
         retention: Duration,
         tracker: &Tracker,
         shutdown: &CancellationToken,
@@ -224,6 +227,7 @@ impl Broker {
             publisher,
             events,
             status: publishing.status().clone(),
+            reader: following.clone(),
         }));
         // On `memory` the view is the store: read the whole retention. On
         // `redis` the store is Redis; this replica only follows what
@@ -269,6 +273,35 @@ impl Broker {
         }
     }
 }
+
+impl Broker {
+    /// The result of the `succeeded` event at `offset` of the events
+    /// stream, for a result the `redis` store keeps by reference. `None`
+    /// when the broker is not connected, the event is gone (past the
+    /// retention) or is not that task's.
+    pub async fn result_at(&self, offset: u64, task_id: &str) -> Option<serde_json::Value> {
+        let reader = self.outbound()?.reader;
+        let channel = reader.create_channel().await.ok()?;
+        let found = tokio::time::timeout(RESULT_READ_TIMEOUT, async {
+            let stream = events::follow_on(&channel, &self.names, StreamStart::Offset(offset))
+                .await
+                .ok()?;
+            futures::pin_mut!(stream);
+            let first = stream.next().await?.ok()?;
+            (first.offset == offset && first.event.task_id == task_id)
+                .then_some(first.event.result)
+                .flatten()
+        })
+        .await
+        .ok()
+        .flatten();
+        let _ = channel.close(200, "result read".into()).await;
+        found
+    }
+}
+
+/// How long reading a result kept by reference may take.
+const RESULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(

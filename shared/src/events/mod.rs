@@ -29,7 +29,7 @@ mod view;
 pub use crate::topology::declare_events_stream as declare_stream;
 pub use model::{TaskEvent, TaskState};
 pub use publish::EventPublisher;
-pub use stream::{StreamStart, StreamedEvent, follow, follow_from};
+pub use stream::{StreamStart, StreamedEvent, follow, follow_from, follow_on};
 pub use view::{
     ListQuery, MAX_EVENTS_PER_TASK, Page, StatusView, TaskRecord, TaskStatus, position_since,
 };

@@ -3,9 +3,9 @@
 //! rebuilds it, without a database.
 
 use futures::{Stream, StreamExt};
-use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
 
 use super::TaskEvent;
 use crate::contract::{Names, broker_headers};
@@ -52,6 +52,20 @@ pub async fn follow_from(
     lapin::Error,
 > {
     let channel = connection.create_channel().await?;
+    follow_on(&channel, names, start).await
+}
+
+/// Reads the stream from `start` on `channel` (which the caller may close
+/// when done), as [`follow_from`] does.
+pub async fn follow_on(
+    channel: &Channel,
+    names: &Names,
+    start: StreamStart,
+) -> Result<
+    impl Stream<Item = Result<StreamedEvent, lapin::Error>> + Send + 'static + use<>,
+    lapin::Error,
+> {
+    let channel = channel.clone();
     // Streams require a prefetch; it bounds how far ahead the broker sends.
     channel.basic_qos(1000, BasicQosOptions::default()).await?;
     let mut args = FieldTable::default();

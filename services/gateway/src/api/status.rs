@@ -28,7 +28,7 @@ use super::model::StatusBody;
 use crate::metrics;
 use crate::problem::{Problem, ProblemDocument};
 use crate::status::Tracker;
-use crate::store::StoreError;
+use crate::store::{StoreError, result_ref};
 
 /// The status of a task.
 #[utoipa::path(
@@ -48,15 +48,18 @@ pub async fn task_status(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let Path(id) = id.map_err(path_problem)?;
-    Ok(
-        match app.tracker.status(&id).await.map_err(store_problem)? {
-            Some(status) => Json(StatusBody::from(status)).into_response(),
-            None => {
-                not_caught_up(&app)?;
-                (StatusCode::NOT_FOUND, Json(StatusBody::unknown(&id))).into_response()
-            }
-        },
-    )
+    let Some(mut status) = app.tracker.status(&id).await.map_err(store_problem)? else {
+        not_caught_up(&app)?;
+        return Ok((StatusCode::NOT_FOUND, Json(StatusBody::unknown(&id))).into_response());
+    };
+    // A result the `redis` store keeps by reference: read from its event
+    // in the stream, so clients see it as ever.
+    if let Some(offset) = status.result.as_ref().and_then(result_ref)
+        && let Some(result) = app.broker.result_at(offset, &id).await
+    {
+        status.result = Some(result);
+    }
+    Ok(Json(StatusBody::from(status)).into_response())
 }
 
 /// The status store failed (Redis does not answer): 503.
@@ -80,7 +83,7 @@ async fn stored_events(tracker: &Tracker, id: &str) -> Vec<StreamedEvent> {
 }
 
 /// Until the view has read the stream, "unknown" may be wrong: 503.
-fn not_caught_up(app: &AppState) -> Result<(), Problem> {
+pub(crate) fn not_caught_up(app: &AppState) -> Result<(), Problem> {
     if app.tracker.is_caught_up() {
         return Ok(());
     }
