@@ -16,3 +16,4 @@ mod image;
 mod observability;
 mod runtime;
 mod smtp_sink;
+mod status_store;
