@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
@@ -28,6 +28,9 @@ use warren::settings::BrokerSettings;
 
 use crate::metrics;
 use crate::store::{RedisStatusStore, StoreError};
+
+/// How long the indexer gathers events for one write after the first.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// How often index entries past the retention are removed.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
@@ -132,13 +135,16 @@ impl Indexer {
                         Some(Err(e)) => return Err(e.into()),
                         None => return Err(IndexerError::StreamEnded),
                     }
-                    // What has already arrived goes in the same write.
+                    // What arrives within a few milliseconds goes in the
+                    // same write: far fewer round trips under load, for a
+                    // status at most that much later.
+                    let gather = tokio::time::Instant::now() + BATCH_WINDOW;
                     while batch.len() < max {
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(e))) => batch.push(e),
-                            Some(Some(Err(e))) => return Err(e.into()),
-                            Some(None) => return Err(IndexerError::StreamEnded),
-                            None => break,
+                        match tokio::time::timeout_at(gather, stream.next()).await {
+                            Ok(Some(Ok(e))) => batch.push(e),
+                            Ok(Some(Err(e))) => return Err(e.into()),
+                            Ok(None) => return Err(IndexerError::StreamEnded),
+                            Err(_) => break,
                         }
                     }
                     let n = batch.len();
