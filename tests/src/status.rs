@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use gateway::store::{RedisOptions, RedisStatusStore};
 use lapin::{Connection, ConnectionProperties};
 use warren::contract::Names;
-use warren::events::{self, EventPublisher, StreamStart, TaskEvent, TaskRecord, TaskState};
+use warren::events::{
+    self, EventPublisher, RedisOptions, RedisStatusStore, StreamStart, TaskEvent, TaskRecord,
+    TaskState,
+};
 
 use crate::broker::{TestBroker, cleanup_namespace_stems};
 use crate::worker::{WorkerProcess, binary, gateway_env, with};

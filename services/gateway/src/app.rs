@@ -22,7 +22,7 @@ use crate::enqueue::Checks;
 use crate::indexer::Indexer;
 use crate::settings::{Settings, StoreKind};
 use crate::status::Tracker;
-use crate::store::{RedisOptions, RedisStatusStore};
+use warren::events::{RedisOptions, RedisStatusStore};
 
 /// The sender the email checks assume when a task names none; only its
 /// validity matters (the worker applies its own `email.default_from`).
@@ -48,7 +48,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Broker(#[from] SessionError),
     #[error(transparent)]
-    StatusStore(#[from] crate::store::StoreError),
+    StatusStore(#[from] warren::events::StatusStoreError),
 }
 
 /// The `redis` store's key prefix: `status.key_prefix`, or

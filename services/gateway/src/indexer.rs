@@ -27,7 +27,7 @@ use warren::events::{self, StreamStart};
 use warren::settings::BrokerSettings;
 
 use crate::metrics;
-use crate::store::{RedisStatusStore, StoreError};
+use warren::events::{RedisStatusStore, StatusStoreError as StoreError};
 
 /// How long the indexer gathers events for one write after the first.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);

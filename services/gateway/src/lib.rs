@@ -21,7 +21,6 @@ pub mod openapi;
 pub mod problem;
 pub mod settings;
 pub mod status;
-pub mod store;
 pub mod upload;
 
 pub use app::{Gateway, GatewayError};

@@ -27,7 +27,7 @@ use warren::events::{
 };
 
 use crate::metrics;
-use crate::store::{RedisStatusStore, StoreError};
+use warren::events::{RedisStatusStore, StatusStoreError as StoreError};
 
 /// Live events buffered per SSE subscriber; one that falls further behind
 /// catches up from the view.

@@ -16,19 +16,22 @@
 //!
 //! The rooms: `model` (the event and its states, as JSON on the wire),
 //! `publish` (emitting, in order, off the task's path), `stream` (reading
-//! the stream from its first retained event) and `view` (the status of
-//! every task, folded from the events). The exchange and the
+//! the stream from its first retained event, its end, or an offset),
+//! `view` (the status of every task, folded from the events, in memory)
+//! and `store` (the same records in Redis, shared by gateway replicas). The exchange and the
 //! stream are declared with the rest of the topology
 //! ([`crate::topology`]).
 
 mod model;
 mod publish;
+mod store;
 mod stream;
 mod view;
 
 pub use crate::topology::declare_events_stream as declare_stream;
 pub use model::{TaskEvent, TaskState};
 pub use publish::EventPublisher;
+pub use store::{RESULT_REF, RedisOptions, RedisStatusStore, StatusStoreError, result_ref};
 pub use stream::{StreamStart, StreamedEvent, follow, follow_from, follow_on};
 pub use view::{
     ListQuery, MAX_EVENTS_PER_TASK, Page, StatusView, TaskRecord, TaskStatus, position_since,

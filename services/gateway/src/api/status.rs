@@ -28,7 +28,7 @@ use super::model::StatusBody;
 use crate::metrics;
 use crate::problem::{Problem, ProblemDocument};
 use crate::status::Tracker;
-use crate::store::{StoreError, result_ref};
+use warren::events::{StatusStoreError as StoreError, result_ref};
 
 /// The status of a task.
 #[utoipa::path(

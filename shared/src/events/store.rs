@@ -1,5 +1,6 @@
 //! The `redis` status store: one compact record per task, shared by every
-//! gateway replica, written by the one indexer.
+//! gateway replica, written by the one indexer (the gateway's). Here, in
+//! the library, so tests and tools read a store as the gateway does.
 //!
 //! Keys, under the store's prefix (`{ns}:status:` by default):
 //!
@@ -22,17 +23,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::{
+    ListQuery, Page, StreamedEvent, TaskEvent, TaskRecord, TaskState, TaskStatus, position_since,
+};
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use warren::events::{
-    ListQuery, Page, StreamedEvent, TaskEvent, TaskRecord, TaskState, TaskStatus, position_since,
-};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum StatusStoreError {
     #[error("the status store (redis) failed: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("another indexer has written the status store since this one last did")]
@@ -116,7 +117,7 @@ impl RedisStatusStore {
     /// A store on `url`, connected at its first use (and re-connected on
     /// its own after a loss): a gateway starts before Redis answers, and is
     /// ready once it does.
-    pub fn new(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+    pub fn new(url: &str, options: RedisOptions) -> Result<Self, StatusStoreError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -137,14 +138,14 @@ impl RedisStatusStore {
     }
 
     /// Whether Redis answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub async fn ping(&self) -> Result<(), StatusStoreError> {
         let mut c = self.connection.clone();
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
 
     /// The last stream offset the indexer applied.
-    pub async fn committed_offset(&self) -> Result<Option<u64>, StoreError> {
+    pub async fn committed_offset(&self) -> Result<Option<u64>, StatusStoreError> {
         let mut c = self.connection.clone();
         let offset: Option<u64> = redis::cmd("GET")
             .arg(self.key("offset"))
@@ -154,7 +155,7 @@ impl RedisStatusStore {
     }
 
     /// The task's record.
-    pub async fn record(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    pub async fn record(&self, task_id: &str) -> Result<Option<TaskRecord>, StatusStoreError> {
         let mut c = self.connection.clone();
         let raw: Option<String> = redis::cmd("GET")
             .arg(self.key(&format!("task:{task_id}")))
@@ -163,7 +164,7 @@ impl RedisStatusStore {
         Ok(raw.and_then(|raw| decode(task_id, &raw)))
     }
 
-    async fn records(&self, ids: &[String]) -> Result<Vec<Option<TaskRecord>>, StoreError> {
+    async fn records(&self, ids: &[String]) -> Result<Vec<Option<TaskRecord>>, StatusStoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -189,7 +190,7 @@ impl RedisStatusStore {
         &self,
         committed: Option<u64>,
         batch: Vec<StreamedEvent>,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<u64>, StatusStoreError> {
         let Some(last) = batch.iter().map(|e| e.offset).max() else {
             return Ok(committed);
         };
@@ -243,13 +244,13 @@ impl RedisStatusStore {
         if applied == 1 {
             Ok(Some(last))
         } else {
-            Err(StoreError::Fenced)
+            Err(StatusStoreError::Fenced)
         }
     }
 
     /// Removes index entries of tasks last updated before the retention
     /// (their records have expired).
-    pub async fn trim(&self) -> Result<(), StoreError> {
+    pub async fn trim(&self) -> Result<(), StatusStoreError> {
         let retention_ms = self.options.retention.as_millis().max(1) as i64;
         let floor = position_since(Utc::now() - chrono::Duration::milliseconds(retention_ms));
         let mut c = self.connection.clone();
@@ -269,7 +270,7 @@ impl RedisStatusStore {
     /// excludes, are skipped. At most `max_scan` index entries are read
     /// for one page: the page may then hold fewer than `limit` tasks, with
     /// a cursor to go on.
-    pub async fn list(&self, query: &ListQuery, max_scan: usize) -> Result<Page, StoreError> {
+    pub async fn list(&self, query: &ListQuery, max_scan: usize) -> Result<Page, StatusStoreError> {
         let keys: Vec<String> = match (query.state, &query.task_type) {
             (Some(state), _) => vec![self.key(&format!("state:{}", state.as_str()))],
             (None, Some(ty)) => vec![self.key(&format!("type:{ty}"))],
@@ -341,7 +342,7 @@ impl RedisStatusStore {
 
     /// Redis's `MEMORY USAGE` of the task's record and of its index
     /// entries' share, in bytes (for the benchmark and the docs).
-    pub async fn memory_usage(&self, task_id: &str) -> Result<Option<u64>, StoreError> {
+    pub async fn memory_usage(&self, task_id: &str) -> Result<Option<u64>, StatusStoreError> {
         let mut c = self.connection.clone();
         let bytes: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
@@ -355,7 +356,7 @@ impl RedisStatusStore {
 
     /// Deletes every key under the prefix (tests, and resetting a store
     /// after its stream was deleted).
-    pub async fn delete_all(&self) -> Result<u64, StoreError> {
+    pub async fn delete_all(&self) -> Result<u64, StatusStoreError> {
         let mut c = self.connection.clone();
         let mut cursor: u64 = 0;
         let mut deleted = 0;
@@ -630,7 +631,7 @@ mod tests {
         // committed: refused, nothing changes.
         assert!(matches!(
             store.apply(None, batch).await,
-            Err(StoreError::Fenced)
+            Err(StatusStoreError::Fenced)
         ));
         // A late `queued` after `succeeded` is history only, as in memory.
         let committed = store
