@@ -15,4 +15,5 @@ mod gateway;
 mod image;
 mod observability;
 mod runtime;
+mod secrets;
 mod smtp_sink;
