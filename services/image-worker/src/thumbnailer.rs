@@ -167,15 +167,9 @@ mod tests {
     use serde_json::Value;
 
     fn context(id: &str) -> TaskContext {
-        TaskContext {
-            id: id.to_owned(),
-            task_type: "image.thumbnail".to_owned(),
-            attempt: 1,
-            max_attempts: 6,
-            priority: 0,
-            published_at: None,
-            redelivered: false,
-        }
+        let mut ctx = TaskContext::new(id, "image.thumbnail");
+        ctx.max_attempts = 6;
+        ctx
     }
 
     fn png(width: u32, height: u32) -> Vec<u8> {
