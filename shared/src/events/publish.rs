@@ -22,7 +22,8 @@ const EVENT_BUFFER: usize = 1024;
 const EVENT_BATCH: usize = 64;
 
 enum Outgoing {
-    Event(TaskEvent),
+    // Boxed: an event is much larger than a flush request.
+    Event(Box<TaskEvent>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -54,7 +55,12 @@ impl EventPublisher {
     /// counted in `warren_task_events_dropped_total`: a lost event never
     /// fails the task it describes.
     pub async fn emit(&self, event: TaskEvent) {
-        if self.tx.send(Outgoing::Event(event)).await.is_err() {
+        if self
+            .tx
+            .send(Outgoing::Event(Box::new(event)))
+            .await
+            .is_err()
+        {
             crate::metrics::task_event_dropped();
         }
     }
@@ -82,7 +88,7 @@ async fn write_events(
         for outgoing in batch.drain(..) {
             match outgoing {
                 Outgoing::Event(event) => {
-                    writes.push(Some(Box::pin(publish_event(&channel, &exchange, event))));
+                    writes.push(Some(Box::pin(publish_event(&channel, &exchange, *event))));
                 }
                 Outgoing::Flush(done) => flushed.push(done),
             }

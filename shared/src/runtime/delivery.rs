@@ -16,10 +16,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::Inner;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};
+use super::{Inner, defer};
 use crate::contract::{self, headers};
 use crate::metrics;
 use crate::{Outcome, TaskContext, TaskError, trace};
@@ -60,6 +60,19 @@ pub(super) async fn process(
             delivery.data.len(),
         );
     }
+    // A task that is not due yet goes into the delay cascade untouched: no
+    // handler, no event, no metric of a run.
+    let early = match defer::due(&delivery, Utc::now()) {
+        Ok(defer::Due::Now) => None,
+        Ok(defer::Due::Later(eta)) => {
+            defer::defer(&inner, &out, &delivery, eta)
+                .instrument(span)
+                .await;
+            drop(permit);
+            return;
+        }
+        Err(e) => Some(e),
+    };
     async move {
         inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
         let metrics = match inner.task_metrics.get(ctx.task_type.as_str()) {
@@ -81,7 +94,11 @@ pub(super) async fn process(
         })
         .await;
         let started = Instant::now();
-        let result = run_handler(&inner, &ctx, &delivery.data).await;
+        let result = match early {
+            // Bad due headers: parked at once with the reason.
+            Some(e) => Err(e),
+            None => run_handler(&inner, &ctx, &delivery.data).await,
+        };
         let elapsed = started.elapsed();
         match result {
             Ok(Handled::Duplicate) => settle::duplicate(&delivery, &rec).await,
@@ -185,6 +202,9 @@ fn queue_wait(delivery: &Delivery, ctx: &TaskContext) -> Option<f64> {
         contract::header_str(hdrs, headers::NEXT_ATTEMPT_AT)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.timestamp_millis())
+    } else if let Some(eta) = contract::header_i64(hdrs, headers::ETA_MS) {
+        // A delayed task waits in its queue from its due time on.
+        Some(eta)
     } else {
         hdrs.and_then(|h| match h.inner().get(headers::PUBLISHED_AT_MS) {
             Some(lapin::types::AMQPValue::LongLongInt(ms)) => Some(*ms),

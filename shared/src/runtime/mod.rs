@@ -19,6 +19,7 @@
 //! lot), [`record`] (each outcome's metric, log line and task event as one
 //! value) and [`drain`] (stopping without losing anything).
 
+mod defer;
 mod delivery;
 mod drain;
 mod record;
