@@ -11,6 +11,7 @@
 
 mod email;
 mod email_wire;
+mod events;
 mod gateway;
 mod image;
 mod observability;
