@@ -40,6 +40,7 @@ use tracing::{error, info, warn};
 
 use crate::broker::{Backoff, worker_identity};
 use crate::contract::Names;
+use crate::events::{Batching, EventPublisher};
 use crate::idempotency::{self, IdempotencyStore};
 use crate::metrics;
 use crate::settings::{BrokerSettings, ConsumerSettings};
@@ -363,6 +364,13 @@ impl<S: Send + Sync + 'static> Worker<S> {
         let permits = Arc::new(Semaphore::new(concurrency));
         let tracker = TaskTracker::new();
         let mut backoff = Backoff::new(Duration::from_millis(250), self.broker.reconnect_max_delay);
+        // One for the worker's life, attached to each session's connection,
+        // so events not confirmed before a connection was lost are not lost
+        // with it.
+        let events = inner
+            .consumer
+            .events
+            .then(|| EventPublisher::new(&inner.names, Batching::default()));
 
         info!(
             queue = %inner.queue,
@@ -380,6 +388,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
                 &tracker,
                 &shutdown,
                 &mut backoff,
+                events.as_ref(),
             )
             .await;
             inner.status.consuming.store(false, Ordering::SeqCst);

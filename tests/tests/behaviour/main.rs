@@ -12,6 +12,7 @@
 mod delay;
 mod email;
 mod email_wire;
+mod events;
 mod gateway;
 mod image;
 mod observability;
