@@ -260,13 +260,8 @@ pub fn lifecycle(
             events.push(step(TaskState::Running, 2, 3));
             events.push(step(TaskState::Succeeded, 2, 4));
         }
-        TaskState::Queued | TaskState::Running => {
-            events.truncate(if final_state == TaskState::Queued {
-                1
-            } else {
-                2
-            })
-        }
+        TaskState::Scheduled | TaskState::Queued => events.truncate(1),
+        TaskState::Running => events.truncate(2),
     }
     events
 }

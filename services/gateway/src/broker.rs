@@ -70,6 +70,8 @@ pub enum SessionError {
         #[source]
         source: lapin::Error,
     },
+    #[error(transparent)]
+    Topology(Box<warren::TopologyError>),
     #[error("the broker ended the events stream consumer (was the stream deleted?)")]
     StreamEnded,
     #[error("the publishing connection was lost")]
@@ -207,6 +209,10 @@ impl Broker {
         // is bound) even before any worker has started.
         let channel = publishing.create_channel().await?;
         topology::declare_tasks_exchange(&channel, &self.names).await?;
+        // And the delay cascade, for tasks with a delay or an eta.
+        topology::declare_delay_cascade(&channel, &self.names)
+            .await
+            .map_err(|e| SessionError::Topology(Box::new(e)))?;
         let _ = channel.close(200, "declared".into()).await;
         events::declare_stream(following, &self.names, retention)
             .await
@@ -283,9 +289,12 @@ impl Broker {
         let reader = self.outbound()?.reader;
         let channel = reader.create_channel().await.ok()?;
         let found = tokio::time::timeout(RESULT_READ_TIMEOUT, async {
-            let stream = events::follow_on(&channel, &self.names, StreamStart::Offset(offset))
-                .await
-                .ok()?;
+            // The event at `offset` is the first after the one before it.
+            let start = match offset.checked_sub(1) {
+                Some(before) => StreamStart::After(before),
+                None => StreamStart::First,
+            };
+            let stream = events::follow_on(&channel, &self.names, start).await.ok()?;
             futures::pin_mut!(stream);
             let first = stream.next().await?.ok()?;
             (first.offset == offset && first.event.task_id == task_id)

@@ -109,9 +109,7 @@ impl Indexer {
         }
         metrics::get().indexer_active.set(1);
         let mut committed = self.store.committed_offset().await?;
-        let start = committed
-            .map(|o| StreamStart::Offset(o + 1))
-            .unwrap_or(StreamStart::First);
+        let start = committed.map_or(StreamStart::First, StreamStart::After);
         tracing::info!(
             lock = %self.names.indexer_lock(),
             committed = ?committed,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use warren::events::{
-    ListQuery, Page, StatusView, StreamedEvent, TaskEvent, TaskRecord, TaskState, TaskStatus,
+    ListQuery, Page, StatusView, StreamedEvent, TaskEvent, TaskRecord, TaskStatus,
 };
 
 use crate::metrics;
@@ -197,7 +197,9 @@ impl Tracker {
             return None;
         }
         Some(TaskStatus {
-            state: TaskState::Queued,
+            // `queued`, or `scheduled` with its due time.
+            state: e.state,
+            due_at: e.due_at,
             queued_at: Some(e.at),
             ..TaskStatus::first(e)
         })
@@ -268,6 +270,7 @@ impl Tracker {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use warren::events::TaskState;
 
     fn ev(offset: u64, id: &str, state: TaskState, at: DateTime<Utc>) -> StreamedEvent {
         let mut event = TaskEvent::new(id, "email.send", state, 1);

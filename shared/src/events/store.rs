@@ -66,7 +66,7 @@ local function trim(key)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', floor)
   redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
 end
-for _, s in ipairs({'queued', 'running', 'retrying', 'succeeded', 'dead_lettered'}) do
+for _, s in ipairs({STATES}) do
   trim(p .. 'state:' .. s)
 end
 for ty, _ in pairs(types) do
@@ -82,7 +82,7 @@ return 1
 const TRIM: &str = r"
 local p = ARGV[1]
 local floor = '(' .. ARGV[2]
-for _, s in ipairs({'queued', 'running', 'retrying', 'succeeded', 'dead_lettered'}) do
+for _, s in ipairs({STATES}) do
   redis.call('ZREMRANGEBYSCORE', p .. 'state:' .. s, '-inf', floor)
 end
 for _, ty in ipairs(redis.call('SMEMBERS', p .. 'types')) do
@@ -90,6 +90,18 @@ for _, ty in ipairs(redis.call('SMEMBERS', p .. 'types')) do
 end
 return 1
 ";
+
+/// A script with `{STATES}` replaced by a Lua table of every task state.
+fn with_states(script: &str) -> String {
+    let states: Vec<String> = TaskState::ALL
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    script.replace("{STATES}", &format!("{{{}}}", states.join(", ")))
+}
+
+static APPLY_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| with_states(APPLY));
+static TRIM_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| with_states(TRIM));
 
 /// How the store keeps records.
 #[derive(Debug, Clone)]
@@ -222,7 +234,7 @@ impl RedisStatusStore {
         let floor =
             position_since(Utc::now() - chrono::Duration::milliseconds(retention_ms as i64));
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(APPLY)
+        cmd.arg(APPLY_SCRIPT.as_str())
             .arg(0)
             .arg(&self.options.prefix)
             .arg(committed.map(|o| o.to_string()).unwrap_or_default())
@@ -255,7 +267,7 @@ impl RedisStatusStore {
         let floor = position_since(Utc::now() - chrono::Duration::milliseconds(retention_ms));
         let mut c = self.connection.clone();
         let _: i64 = redis::cmd("EVAL")
-            .arg(TRIM)
+            .arg(TRIM_SCRIPT.as_str())
             .arg(0)
             .arg(&self.options.prefix)
             .arg(floor)
@@ -265,7 +277,7 @@ impl RedisStatusStore {
     }
 
     /// One page of the tasks `query` asks for, newest first. A state (or
-    /// no filter: the five states' indexes merged) or a type index is read
+    /// no filter: every state's index merged) or a type index is read
     /// in chunks; records that have expired, or that another filter
     /// excludes, are skipped. At most `max_scan` index entries are read
     /// for one page: the page may then hold fewer than `limit` tasks, with
@@ -410,6 +422,8 @@ struct Compact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     n: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     k: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     e: Option<String>,
@@ -435,6 +449,8 @@ struct CompactEvent {
     e: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     n: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     r: Option<String>,
 }
@@ -484,6 +500,7 @@ fn encode(record: &TaskRecord, max_result_bytes: usize) -> String {
         b: s.started_at.map(nanos),
         f: s.finished_at.map(nanos),
         n: s.next_attempt_at.map(nanos),
+        d: s.due_at.map(nanos),
         k: s.error_kind.clone(),
         e: s.error.clone(),
         r: s.reason.clone(),
@@ -500,6 +517,7 @@ fn encode(record: &TaskRecord, max_result_bytes: usize) -> String {
                 k: e.event.error_kind.clone(),
                 e: e.event.error.clone(),
                 n: e.event.next_attempt_at.map(nanos),
+                d: e.event.due_at.map(nanos),
                 r: e.event.reason.clone(),
             })
             .collect(),
@@ -525,6 +543,7 @@ fn decode(task_id: &str, raw: &str) -> Option<TaskRecord> {
         updated_at: time(c.u),
         finished_at: c.f.map(time),
         next_attempt_at: c.n.map(time),
+        due_at: c.d.map(time),
         error_kind: c.k,
         error: c.e,
         reason: c.r,
@@ -544,6 +563,7 @@ fn decode(task_id: &str, raw: &str) -> Option<TaskRecord> {
                     error_kind: h.k,
                     error: h.e,
                     next_attempt_at: h.n.map(time),
+                    due_at: h.d.map(time),
                     reason: h.r,
                     result: if h.s == TaskState::Succeeded {
                         status.result.clone()

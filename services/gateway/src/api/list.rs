@@ -1,7 +1,7 @@
 //! `GET /v1/tasks?state=&type=&since=&limit=&cursor=`: recent tasks, newest
 //! first, a page at a time, from the status store (the console's and the
 //! CLI's view). Every parameter is checked: an unknown parameter, a state
-//! that is none of the five, a malformed type or time, or a `limit` above
+//! that is none of the six, a malformed type or time, or a `limit` above
 //! `status.max_list_limit` is a 400 naming it.
 
 use axum::Json;
@@ -25,7 +25,8 @@ pub const DEFAULT_LIMIT: usize = 100;
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // documents the query; the handler reads it by hand to name a bad field
 pub struct ListParams {
-    /// `queued`, `running`, `retrying`, `succeeded` or `dead_lettered`.
+    /// `scheduled`, `queued`, `running`, `retrying`, `succeeded` or
+    /// `dead_lettered`.
     state: Option<String>,
     /// A task type, e.g. `email.send`.
     #[param(rename = "type")]
@@ -74,7 +75,7 @@ pub struct TaskPage {
     params(ListParams),
     responses(
         (status = 200, description = "Tasks newest first (by their last update), at most `limit`; `next` (and `next_cursor`) lead to the next page. A page can hold fewer than `limit` tasks and still have a next one (a filtered scan is bounded per page). On the `redis` store each index keeps `status.max_index_tasks` tasks; on `memory`, the view's tasks.", body = TaskPage),
-        (status = 400, description = "An unknown parameter, a state that is none of the five, a malformed type, time or cursor, or a `limit` out of range: `field` names it.", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 400, description = "An unknown parameter, a state that is none of the six, a malformed type, time or cursor, or a `limit` out of range: `field` names it.", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 503, description = "The status store does not answer, or (`memory`) the gateway is still reading the events stream.", body = ProblemDocument, content_type = "application/problem+json"),
     )
 )]
@@ -151,7 +152,7 @@ pub fn parse(raw: &str, max_limit: usize) -> Result<ListQuery, Problem> {
                                 "state",
                                 "unknown_state",
                                 format!(
-                                    "{value:?} is no task state; one of queued, running, retrying, succeeded, dead_lettered"
+                                    "{value:?} is no task state; one of scheduled, queued, running, retrying, succeeded, dead_lettered"
                                 ),
                             )
                         })?,
