@@ -128,7 +128,7 @@ async fn a_template_is_rendered_and_a_missing_message_id_is_assigned() {
 
 #[tokio::test]
 async fn smtp_451_twice_then_250_is_delivered_once_after_two_retries() {
-    let s = EmailWorld::start(&[]).await.unwrap();
+    let mut s = EmailWorld::start(&[]).await.unwrap();
     let to = rcpt("tempfail451x2");
     let id = s
         .broker
@@ -163,8 +163,10 @@ async fn smtp_451_twice_then_250_is_delivered_once_after_two_retries() {
     assert_eq!(done[0]["span"]["attempt"], 3);
     assert_eq!(done[0]["span"]["task_id"], id);
 
-    // Exactly once: give a stray duplicate time to show up.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Exactly once: with the worker drained and gone and every queue
+    // empty (below), no stray duplicate can still be on its way.
+    s.worker.signal("TERM").unwrap();
+    assert!(s.worker.wait_exit(WAIT).await.unwrap().success());
     assert_eq!(s.sink.messages_to(&to).len(), 1);
     assert_eq!(s.sink.rejections_to(&to).len(), 2);
     for q in [
