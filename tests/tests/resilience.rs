@@ -197,6 +197,20 @@ async fn a_broker_restart_while_tasks_flow_loses_nothing() {
         "broker restart: {} tasks delivered, {duplicates} duplicate sends",
         ids.len()
     );
+    // The worker lived through the outage: a task sent whose ack the outage
+    // swallowed comes back redelivered, and its id is in the worker's
+    // idempotency store (or a republished copy carries the same id), so it
+    // is skipped, not sent again (docs/operations.md, "An email can be sent
+    // twice" needs a worker that dies).
+    assert_eq!(
+        duplicates,
+        0,
+        "duplicate sends across a broker restart: {:?}",
+        received()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
     broker.cleanup().await.unwrap();
 }
