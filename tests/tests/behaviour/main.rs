@@ -16,4 +16,5 @@ mod image;
 mod observability;
 mod runtime;
 mod secrets;
+mod settings;
 mod smtp_sink;
