@@ -225,6 +225,33 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// The sections every worker has: what [`crate::App`] needs to run
+/// workers. A custom worker with no settings of its own loads exactly
+/// this (`[broker]`, `[consumer]`, `[idempotency]`, `[telemetry]`,
+/// `[ops]`); a service with more sections keeps its own tree and hands
+/// these over.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Where the broker is.
+    pub broker: BrokerSettings,
+    /// How queues are consumed.
+    pub consumer: ConsumerSettings,
+    /// Which store remembers succeeded task ids.
+    pub idempotency: IdempotencySettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+    /// `/metrics`, `/healthz`, `/readyz`; port 9400 by default.
+    pub ops: OpsSettings,
+}
+
+impl WorkerSettings {
+    /// Loads the layered settings (defaults, file, environment).
+    pub fn load() -> Result<Self, SettingsError> {
+        load::<Self>()
+    }
+}
+
 /// Errors while loading settings.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid settings: {0}")]

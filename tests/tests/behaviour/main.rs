@@ -9,8 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod delay;
 mod email;
 mod email_wire;
+mod events;
 mod gateway;
 mod image;
 mod observability;
