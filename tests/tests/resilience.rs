@@ -197,6 +197,20 @@ async fn a_broker_restart_while_tasks_flow_loses_nothing() {
         "broker restart: {} tasks delivered, {duplicates} duplicate sends",
         ids.len()
     );
+    // The worker lived through the outage: a task sent whose ack the outage
+    // swallowed comes back redelivered, and its id is in the worker's
+    // idempotency store (or a republished copy carries the same id), so it
+    // is skipped, not sent again (docs/operations.md, "An email can be sent
+    // twice" needs a worker that dies).
+    assert_eq!(
+        duplicates,
+        0,
+        "duplicate sends across a broker restart: {:?}",
+        received()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
     broker.cleanup().await.unwrap();
 }
@@ -230,7 +244,12 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
             .unwrap();
     }
     let queue = broker.names.work_queue("email");
+    let ops = first.ops_addr().await.unwrap();
     let held = sink.wait_for_holding(3, WAIT).await.unwrap();
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        200
+    );
     first.signal("TERM").unwrap();
     let drained = first
         .wait_for_log("Stopped consuming; waiting for in-flight tasks.", 1, WAIT)
@@ -238,6 +257,12 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
         .unwrap();
     let in_flight = drained[0]["fields"]["in_flight"].as_u64().unwrap() as usize;
     assert_eq!(in_flight, 3, "three handlers were running");
+    // Draining: no longer ready, so no new traffic is routed to it.
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        503,
+        "/readyz while draining"
+    );
     for h in &held {
         sink.release(&h.rcpt_tos[0]).await.unwrap();
     }
