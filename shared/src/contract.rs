@@ -38,6 +38,16 @@ pub mod headers {
     /// Publish time in milliseconds since the Unix epoch (the AMQP
     /// `timestamp` property has whole seconds only), for queue-wait metrics.
     pub const PUBLISHED_AT_MS: &str = "x-warren-published-at-ms";
+    /// When the task is due, in milliseconds since the Unix epoch. A
+    /// producer may set it on a task it publishes to the tasks exchange: a
+    /// worker that receives it early moves it into the delay cascade
+    /// (`{ns}.delay.*`) instead of running it. Warren's own publisher sets
+    /// it on every task it sends through the cascade.
+    pub const ETA_MS: &str = "x-warren-eta-ms";
+    /// How long after publishing (`x-warren-published-at-ms`, else when a
+    /// worker first receives it) the task is due, in milliseconds; the
+    /// worker turns it into `x-warren-eta-ms` when it defers the task.
+    pub const DELAY_MS: &str = "x-warren-delay-ms";
 
     /// Every header Warren writes.
     pub const ALL: &[&str] = &[
@@ -54,6 +64,8 @@ pub mod headers {
         ORIGINAL_EXCHANGE,
         ORIGINAL_ROUTING_KEY,
         PUBLISHED_AT_MS,
+        ETA_MS,
+        DELAY_MS,
     ];
 }
 
@@ -162,6 +174,25 @@ impl Names {
         format!("{}.{}.dead", self.namespace, stem)
     }
 
+    /// Level `level` of the delay cascade (`warren.delay.07`): the topic
+    /// exchange and the queue whose TTL is 2^level seconds share the name.
+    pub fn delay_level(&self, level: u32) -> String {
+        format!("{}.delay.{level:02}", self.namespace)
+    }
+
+    /// The topic exchange at the foot of the delay cascade, to which the
+    /// work queues are bound (`warren.delay.delivery`).
+    pub fn delay_delivery_exchange(&self) -> String {
+        format!("{}.delay.delivery", self.namespace)
+    }
+
+    /// Where a delayed task goes when, once due, no queue is bound for it
+    /// (`warren.delay.unrouted`): the alternate exchange of the delivery
+    /// exchange, and the queue that keeps such tasks.
+    pub fn delay_unrouted(&self) -> String {
+        format!("{}.delay.unrouted", self.namespace)
+    }
+
     /// One rung of the retry ladder (`warren.email.retry.30s`).
     pub fn retry_queue(&self, stem: &str, delay: Duration) -> String {
         format!("{}.{}.retry.{}", self.namespace, stem, delay_label(delay))
@@ -192,6 +223,27 @@ pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
+}
+
+/// Reads a header as a signed 64-bit integer (or a decimal string).
+pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    let value = headers?.inner().get(name)?;
+    Some(match *value {
+        AMQPValue::ShortShortInt(v) => v.into(),
+        AMQPValue::ShortShortUInt(v) => v.into(),
+        AMQPValue::ShortInt(v) => v.into(),
+        AMQPValue::ShortUInt(v) => v.into(),
+        AMQPValue::LongInt(v) => v.into(),
+        AMQPValue::LongUInt(v) => v.into(),
+        AMQPValue::LongLongInt(v) => v,
+        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        AMQPValue::ShortString(ref s) => s.as_str().trim().parse().ok()?,
+        _ => return None,
+    })
 }
 
 /// Reads a header as an unsigned integer, whichever AMQP integer type a

@@ -195,15 +195,9 @@ mod tests {
     use warren::safe_task_id;
 
     fn context(id: &str) -> TaskContext {
-        TaskContext {
-            id: id.to_owned(),
-            task_type: "email.send".to_owned(),
-            attempt: 1,
-            max_attempts: 6,
-            priority: 0,
-            published_at: None,
-            redelivered: false,
-        }
+        let mut ctx = TaskContext::new(id, "email.send");
+        ctx.max_attempts = 6;
+        ctx
     }
 
     fn outbox_settings(outbox: &Path) -> EmailSettings {

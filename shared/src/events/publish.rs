@@ -77,7 +77,8 @@ const REEMIT_CAPACITY: usize = 100_000;
 const CHANNEL_POLL: Duration = Duration::from_millis(100);
 
 enum Command {
-    Event(TaskEvent),
+    // Boxed: an event is much larger than a flush request.
+    Event(Box<TaskEvent>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -205,12 +206,12 @@ impl EventPublisher {
     /// [`EventPublisher::emit`], from code that is not async.
     pub fn emit_now(&self, event: TaskEvent) {
         use mpsc::error::TrySendError;
-        match self.shared.tx.try_send(Command::Event(event)) {
+        match self.shared.tx.try_send(Command::Event(Box::new(event))) {
             Ok(()) => {}
             Err(
                 TrySendError::Full(Command::Event(e)) | TrySendError::Closed(Command::Event(e)),
             ) => {
-                give_up(&self.shared.reemit, e);
+                give_up(&self.shared.reemit, *e);
             }
             Err(_) => {}
         }
@@ -311,7 +312,7 @@ impl Writer {
                 .unwrap_or_else(|| Instant::now() + CHANNEL_POLL);
             tokio::select! {
                 command = self.rx.recv(), if take => match command {
-                    Some(Command::Event(event)) => self.push(event),
+                    Some(Command::Event(event)) => self.push(*event),
                     Some(Command::Flush(done)) => {
                         self.close_batch();
                         self.flushes.push((self.received, done));

@@ -21,6 +21,9 @@ pub struct TaskStatus {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Scheduled: when the task is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,6 +48,7 @@ impl TaskStatus {
             updated_at: event.at,
             finished_at: None,
             next_attempt_at: None,
+            due_at: None,
             error_kind: None,
             error: None,
             reason: None,
@@ -132,12 +136,20 @@ impl StatusView {
         let s = &mut entry.status;
         // A final state sticks, unless the task is queued anew (replayed
         // from the parking lot, or published again with the same id).
-        if !s.state.is_final() || e.state == TaskState::Queued || entry.events.is_empty() {
+        if !s.state.is_final()
+            || matches!(e.state, TaskState::Queued | TaskState::Scheduled)
+            || entry.events.is_empty()
+        {
             s.state = e.state;
             s.attempt = e.attempt;
         }
         s.updated_at = e.at;
         match e.state {
+            TaskState::Scheduled => {
+                s.queued_at = Some(e.at);
+                s.due_at = e.due_at;
+                s.finished_at = None;
+            }
             TaskState::Queued => {
                 s.queued_at = Some(e.at);
                 s.finished_at = None;

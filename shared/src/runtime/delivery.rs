@@ -16,10 +16,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::Inner;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};
+use super::{Inner, defer};
 use crate::contract::{self, headers};
 use crate::metrics;
 use crate::{Outcome, TaskContext, TaskError, trace};
@@ -32,7 +32,7 @@ pub(super) async fn process(
     delivery: Delivery,
     permit: OwnedSemaphorePermit,
 ) {
-    let Meta { ctx, id_assigned } = read_meta(&delivery, inner.consumer.max_attempts());
+    let Meta { ctx, id_assigned } = read_meta(&delivery, &inner);
     // The span's fields are what a log line needs; every one of them is
     // formatted into JSON when the span opens, for every task, so the
     // OpenTelemetry messaging attributes, which only an exporter reads,
@@ -60,6 +60,19 @@ pub(super) async fn process(
             delivery.data.len(),
         );
     }
+    // A task that is not due yet goes into the delay cascade untouched: no
+    // handler, no event, no metric of a run.
+    let early = match defer::due(&delivery, Utc::now()) {
+        Ok(defer::Due::Now) => None,
+        Ok(defer::Due::Later(eta)) => {
+            defer::defer(&inner, &out, &delivery, eta)
+                .instrument(span)
+                .await;
+            drop(permit);
+            return;
+        }
+        Err(e) => Some(e),
+    };
     async move {
         inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
         let metrics = match inner.task_metrics.get(ctx.task_type.as_str()) {
@@ -81,7 +94,11 @@ pub(super) async fn process(
         })
         .await;
         let started = Instant::now();
-        let result = run_handler(&inner, &ctx, &delivery.data).await;
+        let result = match early {
+            // Bad due headers: parked at once with the reason.
+            Some(e) => Err(e),
+            None => run_handler(&inner, &ctx, &delivery.data).await,
+        };
         let elapsed = started.elapsed();
         match result {
             Ok(Handled::Duplicate) => settle::duplicate(&delivery, &rec).await,
@@ -122,7 +139,7 @@ async fn run_handler(
     ctx: &TaskContext,
     body: &[u8],
 ) -> Result<Handled, TaskError> {
-    let Some(handler) = inner.handlers.get(ctx.task_type.as_str()) else {
+    let Some(route) = inner.handlers.get(ctx.task_type.as_str()) else {
         return Err(TaskError::permanent(
             "unknown_task_type",
             format!(
@@ -145,8 +162,8 @@ async fn run_handler(
             Err(e) => return Err(TaskError::retry("idempotency_store", e)),
         }
     }
-    let future = handler(ctx.clone(), body);
-    let timeout = inner.consumer.task_timeout;
+    let future = (route.handler)(ctx.clone(), body);
+    let timeout = inner.time_limit(&ctx.task_type);
     // A task of its own: a panic in the handler surfaces as a JoinError
     // here instead of unwinding through the consumer.
     match tokio::spawn(tokio::time::timeout(timeout, future)).await {
@@ -185,6 +202,9 @@ fn queue_wait(delivery: &Delivery, ctx: &TaskContext) -> Option<f64> {
         contract::header_str(hdrs, headers::NEXT_ATTEMPT_AT)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.timestamp_millis())
+    } else if let Some(eta) = contract::header_i64(hdrs, headers::ETA_MS) {
+        // A delayed task waits in its queue from its due time on.
+        Some(eta)
     } else {
         hdrs.and_then(|h| match h.inner().get(headers::PUBLISHED_AT_MS) {
             Some(lapin::types::AMQPValue::LongLongInt(ms)) => Some(*ms),
@@ -201,7 +221,7 @@ struct Meta {
     id_assigned: bool,
 }
 
-fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
+fn read_meta(delivery: &Delivery, inner: &Inner) -> Meta {
     let props = &delivery.properties;
     let hdrs = props.headers().as_ref();
     let (id, id_assigned) = match props.message_id() {
@@ -218,18 +238,14 @@ fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
         .timestamp()
         .and_then(|ts| i64::try_from(ts).ok())
         .and_then(|ts| DateTime::from_timestamp(ts, 0));
-    Meta {
-        ctx: TaskContext {
-            id,
-            task_type,
-            attempt: contract::header_u32(hdrs, headers::ATTEMPT)
-                .unwrap_or(1)
-                .max(1),
-            max_attempts,
-            priority: props.priority().unwrap_or(0),
-            published_at,
-            redelivered: delivery.redelivered,
-        },
-        id_assigned,
-    }
+    let max_attempts = inner.max_attempts(&task_type);
+    let mut ctx = TaskContext::new(id, task_type);
+    ctx.attempt = contract::header_u32(hdrs, headers::ATTEMPT)
+        .unwrap_or(1)
+        .max(1);
+    ctx.max_attempts = max_attempts;
+    ctx.priority = props.priority().unwrap_or(0);
+    ctx.published_at = published_at;
+    ctx.redelivered = delivery.redelivered;
+    Meta { ctx, id_assigned }
 }

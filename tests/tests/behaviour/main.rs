@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod delay;
 mod email;
 mod email_wire;
 mod events;
@@ -16,4 +17,5 @@ mod gateway;
 mod image;
 mod observability;
 mod runtime;
+mod secrets;
 mod smtp_sink;
