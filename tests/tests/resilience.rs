@@ -1,5 +1,5 @@
 //! What must survive: a worker killed mid-task, a broker restart while tasks
-//! flow, and SIGTERM with tasks in flight.
+//! flow (the tasks and their statuses), and SIGTERM with tasks in flight.
 //!
 //! These tests kill processes and restart the shared broker, so they live in
 //! a test binary of their own (cargo runs test binaries one after another)
@@ -212,6 +212,96 @@ async fn a_broker_restart_while_tasks_flow_loses_nothing() {
             .collect::<Vec<_>>()
     );
     assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
+    broker.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_restart_while_tasks_run_leaves_no_status_behind_its_final_state() {
+    use futures::StreamExt;
+    use warren::events::{self, StatusView, TaskState};
+
+    let _serial = SERIAL.lock().await;
+    let EmailWorld {
+        mut broker,
+        sink,
+        worker,
+        env: _,
+    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
+        .await
+        .unwrap();
+    let namespace = broker.namespace().to_owned();
+    // The stream a gateway declares: the events land in it.
+    events::declare_stream(&broker.connection, &broker.names, Duration::from_secs(3600))
+        .await
+        .unwrap();
+
+    // Each send takes 300 ms at the sink: tasks are running, and their
+    // events on their way, when the broker goes.
+    let to = rcpt("slow300");
+    let ids: Vec<String> = (0..40)
+        .map(|i| format!("status-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i == 16 {
+            rabbitmqctl(&["stop_app"]);
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
+        }
+        let body = json!({"to": to, "subject": id, "text": "statuses"});
+        publish_through_outage(&mut broker, &namespace, id, &body).await;
+    }
+    wait_until("every task to reach the sink", WAIT, || {
+        let seen: HashSet<String> = sink
+            .messages_to(&to)
+            .iter()
+            .filter_map(|m| m.subject())
+            .collect();
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+
+    // Every task succeeded; the statuses folded from the stream must say
+    // so for every one of them, as a gateway started now would.
+    let mut stream = Box::pin(
+        events::follow(&broker.connection, &broker.names)
+            .await
+            .unwrap(),
+    );
+    let mut view = StatusView::new(1000);
+    let succeeded = |v: &StatusView| {
+        ids.iter()
+            .all(|id| v.get(id).is_some_and(|s| s.state == TaskState::Succeeded))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !succeeded(&view) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(event))) => {
+                view.apply(event);
+            }
+            Ok(other) => panic!("the events stream ended: {other:?}"),
+            Err(_) => {
+                let behind: Vec<_> = ids
+                    .iter()
+                    .filter_map(|id| {
+                        let state = view.get(id).map(|s| s.state);
+                        (state != Some(TaskState::Succeeded)).then_some((id, state))
+                    })
+                    .collect();
+                panic!(
+                    "{} statuses stayed behind their task's final state: {behind:?}\nworker:\n{}",
+                    behind.len(),
+                    worker.tail(40)
+                );
+            }
+        }
+    }
+    let reemitted = worker
+        .logs_with_message("Re-emitting the final states of tasks whose events were given up.");
+    eprintln!(
+        "broker restart: {} statuses final, {} re-emissions",
+        ids.len(),
+        reemitted.len()
+    );
     broker.cleanup().await.unwrap();
 }
 
