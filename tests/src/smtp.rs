@@ -208,12 +208,7 @@ impl SmtpSink {
         timeout: Duration,
     ) -> anyhow::Result<Vec<Aborted>> {
         self.wait(&format!("{n} held DATA to {rcpt}"), timeout, |r| {
-            let to: Vec<_> = r
-                .holding
-                .iter()
-                .filter(|m| has_rcpt(&m.rcpt_tos, rcpt))
-                .cloned()
-                .collect();
+            let to = addressed_to(&r.holding, rcpt, |m| &m.rcpt_tos);
             (to.len() >= n).then_some(to)
         })
         .await
@@ -290,12 +285,7 @@ impl SmtpSink {
         timeout: Duration,
     ) -> anyhow::Result<Vec<ReceivedMail>> {
         self.wait(&format!("{n} accepted mail(s) to {rcpt}"), timeout, |r| {
-            let to: Vec<_> = r
-                .messages
-                .iter()
-                .filter(|m| has_rcpt(&m.rcpt_tos, rcpt))
-                .cloned()
-                .collect();
+            let to = addressed_to(&r.messages, rcpt, |m| &m.rcpt_tos);
             (to.len() >= n).then_some(to)
         })
         .await
@@ -425,6 +415,15 @@ fn python() -> PathBuf {
         return system.to_owned();
     }
     "python3".into()
+}
+
+/// The items of `items` with `rcpt` among their envelope recipients.
+fn addressed_to<T: Clone>(items: &[T], rcpt: &str, rcpt_tos: impl Fn(&T) -> &[String]) -> Vec<T> {
+    items
+        .iter()
+        .filter(|m| has_rcpt(rcpt_tos(m), rcpt))
+        .cloned()
+        .collect()
 }
 
 fn has_rcpt(rcpt_tos: &[String], rcpt: &str) -> bool {
