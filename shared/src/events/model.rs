@@ -11,6 +11,9 @@ pub enum TaskState {
     Queued,
     /// A worker is running it.
     Running,
+    /// Not a state of its own: how far a running task is (`ctx.progress`),
+    /// with `progress` and `message`. The status stays `running`.
+    Progress,
     /// An attempt failed; it waits in a delay queue for the next one.
     Retrying,
     /// Done.
@@ -21,9 +24,10 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
         TaskState::Queued,
         TaskState::Running,
+        TaskState::Progress,
         TaskState::Retrying,
         TaskState::Succeeded,
         TaskState::DeadLettered,
@@ -33,6 +37,7 @@ impl TaskState {
         match self {
             TaskState::Queued => "queued",
             TaskState::Running => "running",
+            TaskState::Progress => "progress",
             TaskState::Retrying => "retrying",
             TaskState::Succeeded => "succeeded",
             TaskState::DeadLettered => "dead_lettered",
@@ -71,6 +76,12 @@ pub struct TaskEvent {
     /// For `succeeded`: the handler's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// For `progress`: how far the task is, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// For `progress`: what the handler said with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl TaskEvent {
@@ -88,6 +99,8 @@ impl TaskEvent {
             next_attempt_at: None,
             reason: None,
             result: None,
+            progress: None,
+            message: None,
         }
     }
 

@@ -21,6 +21,9 @@ const EVENT_BUFFER: usize = 1024;
 /// writes are awaited together.
 const EVENT_BATCH: usize = 64;
 
+// Events are the traffic; a flush is rare. Boxing every event to save the
+// rare flush's bytes would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 enum Outgoing {
     Event(TaskEvent),
     Flush(tokio::sync::oneshot::Sender<()>),

@@ -29,6 +29,12 @@ pub struct TaskStatus {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// The latest `progress` of the current attempt, 0.0 to 1.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// The message of that `progress` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
 }
 
 impl TaskStatus {
@@ -49,6 +55,8 @@ impl TaskStatus {
             error: None,
             reason: None,
             result: None,
+            progress: None,
+            progress_message: None,
         }
     }
 }
@@ -133,7 +141,11 @@ impl StatusView {
         // A final state sticks, unless the task is queued anew (replayed
         // from the parking lot, or published again with the same id).
         if !s.state.is_final() || e.state == TaskState::Queued || entry.events.is_empty() {
-            s.state = e.state;
+            // A progress event says the task is running.
+            s.state = match e.state {
+                TaskState::Progress => TaskState::Running,
+                state => state,
+            };
             s.attempt = e.attempt;
         }
         s.updated_at = e.at;
@@ -145,6 +157,12 @@ impl StatusView {
             TaskState::Running => {
                 s.started_at.get_or_insert(e.at);
                 s.next_attempt_at = None;
+                s.progress = None;
+                s.progress_message = None;
+            }
+            TaskState::Progress => {
+                s.progress = e.progress;
+                s.progress_message.clone_from(&e.message);
             }
             TaskState::Retrying => {
                 s.next_attempt_at = e.next_attempt_at;

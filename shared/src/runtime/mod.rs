@@ -13,14 +13,18 @@
 //! connection when that gives up), and a drain on shutdown that lets
 //! in-flight tasks finish within a deadline and hands the rest back.
 //!
-//! The rooms: [`session`] (one connection's life, and the watch on it),
+//! The rooms: [`context`] (what a handler's context asks of the runtime:
+//! follow-ups), [`limits`] (per-type concurrency, rate and soft time
+//! limits), [`session`] (one connection's life, and the watch on it),
 //! [`delivery`] (one delivery from its metadata to the handler's answer),
 //! [`settle`] (ack, or a confirmed copy to a delay queue or the parking
 //! lot), [`record`] (each outcome's metric, log line and task event as one
 //! value) and [`drain`] (stopping without losing anything).
 
+mod context;
 mod delivery;
 mod drain;
+mod limits;
 mod record;
 mod session;
 mod settle;
@@ -54,6 +58,9 @@ pub enum RuntimeError {
     Topology(#[from] TopologyError),
     #[error("the worker has no handlers")]
     NoHandlers,
+    /// The Redis of the `redis` rate-limit backend is unreachable.
+    #[error("could not connect to the rate limit store: {0}")]
+    RateLimitStore(#[from] redis::RedisError),
 }
 
 type ErasedHandler =
@@ -340,7 +347,15 @@ impl<S: Send + Sync + 'static> Worker<S> {
             .consumer
             .concurrency
             .clamp(1, usize::from(self.consumer.prefetch.max(1)));
+        let gates = limits::Gates::new(
+            self.handlers.iter().map(|(t, r)| (*t, r.options)),
+            &self.broker.namespace,
+            &self.consumer,
+        )
+        .await?;
         let inner = Arc::new(Inner {
+            gates,
+            stop: shutdown.child_token(),
             names: Names::new(&self.broker.namespace),
             queue: topology.work_queue.name.clone(),
             span_name: format!("process {}", topology.work_queue.name),
@@ -426,6 +441,10 @@ struct Inner {
     consumer: ConsumerSettings,
     topology: Topology,
     status: Arc<WorkerStatus>,
+    /// Per-type concurrency and rate limits.
+    gates: limits::Gates,
+    /// Cancelled on shutdown: tasks waiting at a gate are handed back.
+    stop: CancellationToken,
 }
 
 impl Inner {

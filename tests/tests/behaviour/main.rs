@@ -11,8 +11,10 @@
 
 mod email;
 mod email_wire;
+mod examples;
 mod gateway;
 mod image;
+mod limits;
 mod observability;
 mod runtime;
 mod smtp_sink;

@@ -116,6 +116,9 @@ pub enum State {
     Unknown,
     Queued,
     Running,
+    /// Only as an event's state (the SSE event `progress`): how far a
+    /// running task is. A status is never `progress`.
+    Progress,
     Retrying,
     Succeeded,
     DeadLettered,
@@ -126,6 +129,7 @@ impl From<TaskState> for State {
         match s {
             TaskState::Queued => State::Queued,
             TaskState::Running => State::Running,
+            TaskState::Progress => State::Progress,
             TaskState::Retrying => State::Retrying,
             TaskState::Succeeded => State::Succeeded,
             TaskState::DeadLettered => State::DeadLettered,
@@ -182,6 +186,13 @@ pub struct StatusBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+    /// `running`: how far the current attempt is, 0.0 to 1.0, as its
+    /// handler last reported (`ctx.progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// `running`: the message of that report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
 }
 
 impl StatusBody {
@@ -201,6 +212,8 @@ impl StatusBody {
             error: None,
             reason: None,
             result: None,
+            progress: None,
+            progress_message: None,
         }
     }
 }
@@ -221,6 +234,8 @@ impl From<TaskStatus> for StatusBody {
             error: s.error,
             reason: s.reason,
             result: s.result,
+            progress: s.progress,
+            progress_message: s.progress_message,
         }
     }
 }
@@ -249,6 +264,10 @@ pub struct TaskEventDoc {
     /// `succeeded`: the handler's result.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+    /// `progress`: how far the task is, 0.0 to 1.0.
+    pub progress: Option<f64>,
+    /// `progress`: what the handler said with it.
+    pub message: Option<String>,
 }
 
 /// `POST /v1/images`: a `multipart/form-data` body.
