@@ -41,6 +41,16 @@ pub mod headers {
     /// On a follow-up task published by a handler (`ctx.publish`): the id
     /// of the task that published it.
     pub const CAUSATION_ID: &str = "x-warren-causation-id";
+    /// When the task is due, in milliseconds since the Unix epoch. A
+    /// producer may set it on a task it publishes to the tasks exchange: a
+    /// worker that receives it early moves it into the delay cascade
+    /// (`{ns}.delay.*`) instead of running it. Warren's own publisher sets
+    /// it on every task it sends through the cascade.
+    pub const ETA_MS: &str = "x-warren-eta-ms";
+    /// How long after publishing (`x-warren-published-at-ms`, else when a
+    /// worker first receives it) the task is due, in milliseconds; the
+    /// worker turns it into `x-warren-eta-ms` when it defers the task.
+    pub const DELAY_MS: &str = "x-warren-delay-ms";
 
     /// Every header Warren writes.
     pub const ALL: &[&str] = &[
@@ -58,11 +68,23 @@ pub mod headers {
         ORIGINAL_ROUTING_KEY,
         PUBLISHED_AT_MS,
         CAUSATION_ID,
+        ETA_MS,
+        DELAY_MS,
     ];
 }
 
-/// AMQP `type` of a task lifecycle event on the events exchange.
+/// AMQP `type` of a single task lifecycle event on the events exchange:
+/// what Warren wrote before envelopes, still read by every stream reader.
 pub const EVENT_MESSAGE_TYPE: &str = "warren.task_event";
+
+/// AMQP `type` of an envelope of task lifecycle events: one message holding
+/// many events, in the order they happened.
+pub const EVENT_ENVELOPE_MESSAGE_TYPE: &str = "warren.task_events";
+
+/// `content_type` of an envelope of task lifecycle events, version 1: a
+/// JSON array of events. The version is in the content type; a reader
+/// skips (and logs) envelopes of a version it does not know.
+pub const EVENT_ENVELOPE_CONTENT_TYPE: &str = "application/vnd.warren.task-events.v1+json";
 
 /// Headers and arguments RabbitMQ itself sets or reads, which Warren's
 /// readers rely on (and `asyncapi.yaml` documents). Warren never writes the
@@ -156,6 +178,25 @@ impl Names {
         format!("{}.{}.dead", self.namespace, stem)
     }
 
+    /// Level `level` of the delay cascade (`warren.delay.07`): the topic
+    /// exchange and the queue whose TTL is 2^level seconds share the name.
+    pub fn delay_level(&self, level: u32) -> String {
+        format!("{}.delay.{level:02}", self.namespace)
+    }
+
+    /// The topic exchange at the foot of the delay cascade, to which the
+    /// work queues are bound (`warren.delay.delivery`).
+    pub fn delay_delivery_exchange(&self) -> String {
+        format!("{}.delay.delivery", self.namespace)
+    }
+
+    /// Where a delayed task goes when, once due, no queue is bound for it
+    /// (`warren.delay.unrouted`): the alternate exchange of the delivery
+    /// exchange, and the queue that keeps such tasks.
+    pub fn delay_unrouted(&self) -> String {
+        format!("{}.delay.unrouted", self.namespace)
+    }
+
     /// One rung of the retry ladder (`warren.email.retry.30s`).
     pub fn retry_queue(&self, stem: &str, delay: Duration) -> String {
         format!("{}.{}.retry.{}", self.namespace, stem, delay_label(delay))
@@ -186,6 +227,27 @@ pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
+}
+
+/// Reads a header as a signed 64-bit integer (or a decimal string).
+pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    let value = headers?.inner().get(name)?;
+    Some(match *value {
+        AMQPValue::ShortShortInt(v) => v.into(),
+        AMQPValue::ShortShortUInt(v) => v.into(),
+        AMQPValue::ShortInt(v) => v.into(),
+        AMQPValue::ShortUInt(v) => v.into(),
+        AMQPValue::LongInt(v) => v.into(),
+        AMQPValue::LongUInt(v) => v.into(),
+        AMQPValue::LongLongInt(v) => v,
+        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        AMQPValue::ShortString(ref s) => s.as_str().trim().parse().ok()?,
+        _ => return None,
+    })
 }
 
 /// Reads a header as an unsigned integer, whichever AMQP integer type a

@@ -3,9 +3,36 @@
 //!
 //! Producers use [`Publisher::publish_task`]; the runtime uses
 //! [`Publisher::publish_confirmed`] for retry and parking-lot copies.
+//!
+//! A task may be delayed ([`PublishOptions::delay`]) or given a due time
+//! ([`PublishOptions::eta`]) of any length: it is published into the
+//! broker's delay cascade (see [`crate::topology::delay`]) and reaches the
+//! work queues once due, with nothing held by any process meanwhile.
+//!
+//! ```no_run
+//! # async fn run(publisher: warren::Publisher) -> Result<(), warren::PublishError> {
+//! use std::time::Duration;
+//! use warren::PublishOptions;
+//!
+//! let body = serde_json::json!({"to": "ada@example.com", "subject": "Later", "text": "Hi"});
+//! // In three hours.
+//! publisher
+//!     .publish_task("email.send", &body, PublishOptions::default().delay(Duration::from_secs(3 * 3600)))
+//!     .await?;
+//! // Tomorrow at 09:00 UTC.
+//! let tomorrow = chrono::Utc::now().date_naive().succ_opt().and_then(|d| d.and_hms_opt(9, 0, 0));
+//! if let Some(at) = tomorrow {
+//!     publisher
+//!         .publish_task("email.send", &body, PublishOptions::default().eta(at.and_utc()))
+//!         .await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
@@ -15,6 +42,7 @@ use tracing::Instrument;
 use crate::broker::{ConnectError, connect};
 use crate::contract::{self, CONTENT_TYPE_JSON, MAX_PRIORITY, Names, PERSISTENT};
 use crate::settings::BrokerSettings;
+use crate::topology::delay::{self, DelayTooLong, Destination};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -36,6 +64,10 @@ pub enum PublishError {
         "the broker did not confirm the message within {0:?} (is it blocked by a resource alarm?)"
     )]
     Timeout(Duration),
+    #[error(transparent)]
+    DelayTooLong(#[from] DelayTooLong),
+    #[error(transparent)]
+    Topology(Box<crate::topology::TopologyError>),
 }
 
 /// How long a publish may wait for the broker's confirm. A broker under a
@@ -55,6 +87,43 @@ pub struct PublishOptions {
     pub expiration: Option<Duration>,
     /// Extra headers, e.g. `traceparent`.
     pub headers: FieldTable,
+    /// When the task is due: published into the delay cascade until then.
+    /// Set with [`PublishOptions::delay`] or [`PublishOptions::eta`].
+    pub due: Option<Due>,
+}
+
+/// When a delayed task is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// This long after publishing.
+    After(Duration),
+    /// At this time (a time already past: now).
+    At(DateTime<Utc>),
+}
+
+impl Due {
+    /// The due time, for a task published at `now`.
+    pub fn at(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Due::After(d) => now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+            Due::At(t) => t,
+        }
+    }
+}
+
+impl PublishOptions {
+    /// Start the task no sooner than `delay` from now (rounded up to whole
+    /// seconds; any length up to [`delay::MAX_DELAY`]).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.due = Some(Due::After(delay));
+        self
+    }
+
+    /// Start the task no sooner than `at`.
+    pub fn eta(mut self, at: DateTime<Utc>) -> Self {
+        self.due = Some(Due::At(at));
+        self
+    }
 }
 
 /// A confirmed publishing channel. Cheap to clone; safe to share between
@@ -77,6 +146,12 @@ impl Publisher {
         // exists so the publish reaches the broker's routing, where
         // `mandatory` tells us if no queue is bound yet.
         crate::topology::declare_tasks_exchange(&publisher.channel, &names).await?;
+        // And the delay cascade, so a delayed task has its levels too.
+        let cascade = connection.create_channel().await?;
+        crate::topology::declare_delay_cascade(&cascade, &names)
+            .await
+            .map_err(|e| PublishError::Topology(Box::new(e)))?;
+        let _ = cascade.close(200, "declared".into()).await;
         publisher._connection = Some(std::sync::Arc::new(connection));
         Ok(publisher)
     }
@@ -125,7 +200,26 @@ impl Publisher {
         if let Some(ttl) = options.expiration {
             properties = properties.with_expiration(ttl.as_millis().to_string().into());
         }
-        let exchange = self.names.tasks_exchange();
+        let mut exchange = self.names.tasks_exchange();
+        let mut routing_key = task_type.to_owned();
+        if let Some(due) = options.due {
+            let now = Utc::now();
+            let eta = due.at(now);
+            if let Ok(wait) = (eta - now).to_std()
+                && !wait.is_zero()
+            {
+                let route = delay::route(&self.names, wait, Destination::TaskType(task_type))?;
+                let mut headers = properties.headers().clone().unwrap_or_default();
+                contract::set_int(
+                    &mut headers,
+                    contract::headers::ETA_MS,
+                    eta.timestamp_millis(),
+                );
+                properties = properties.with_headers(headers);
+                exchange = route.exchange;
+                routing_key = route.routing_key;
+            }
+        }
         let span = tracing::info_span!(
             "publish",
             otel.name = %format!("publish {exchange}"),
@@ -134,7 +228,7 @@ impl Publisher {
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.destination.name = %exchange,
-            messaging.rabbitmq.destination.routing_key = %task_type,
+            messaging.rabbitmq.destination.routing_key = %routing_key,
             messaging.message.id = %id,
             messaging.message.body.size = payload.len(),
         );
@@ -145,7 +239,7 @@ impl Publisher {
             crate::trace::inject_span(&span, &mut headers);
             properties = properties.with_headers(headers);
         }
-        self.publish_confirmed(&exchange, task_type, &payload, properties)
+        self.publish_confirmed(&exchange, &routing_key, &payload, properties)
             .instrument(span)
             .await?;
         Ok(id)
@@ -236,6 +330,8 @@ pub(crate) enum Purpose {
     Retry,
     /// A failed task's copy into the parking lot.
     DeadLetter,
+    /// A task received before its due time, moved into the delay cascade.
+    Defer,
 }
 
 impl Purpose {
@@ -244,6 +340,7 @@ impl Purpose {
             Purpose::Task => "task",
             Purpose::Retry => "retry",
             Purpose::DeadLetter => "dead_letter",
+            Purpose::Defer => "defer",
         }
     }
 }

@@ -18,9 +18,12 @@ use std::time::Duration;
 use lapin::types::AMQPValue;
 use serde_json::Value;
 use warren::contract::{
-    CONTENT_TYPE_JSON, EVENT_MESSAGE_TYPE, MAX_PRIORITY, PERSISTENT, broker_headers, headers,
+    CONTENT_TYPE_JSON, EVENT_ENVELOPE_CONTENT_TYPE, EVENT_ENVELOPE_MESSAGE_TYPE,
+    EVENT_MESSAGE_TYPE, MAX_PRIORITY, PERSISTENT, broker_headers, headers,
 };
+use warren::events::envelope;
 use warren::settings::ConsumerSettings;
+use warren::topology::delay::DELAY_LEVELS;
 use warren::topology::{Binding, ExchangeSpec, QueueSpec};
 use warren::{DeadReason, Names, TaskEvent, TaskState, Topology, task_properties};
 use warren_tasks::{TASK_TYPES, WORK_QUEUES};
@@ -69,7 +72,12 @@ fn declared(retention: Duration) -> Declared {
         for e in topology.exchanges() {
             exchanges.insert(e.name.clone(), e.kind_name());
         }
-        queues.extend(topology.queues().cloned());
+        for q in topology.queues() {
+            // The delay cascade is the namespace's: every worker declares it.
+            if !queues.iter().any(|known: &QueueSpec| known.name == q.name) {
+                queues.push(q);
+            }
+        }
         topology.bindings().into_iter().for_each(|b| {
             bind(b);
         });
@@ -118,18 +126,45 @@ fn placeholder_example(text: &str) -> Option<(String, Option<String>)> {
     Some((value, for_what))
 }
 
-/// Whether a queue name of the code matches a channel's name, in which
-/// `{delay}` stands for a delay label.
+/// Whether a queue or exchange name of the code matches a channel's name,
+/// in which `{delay}` stands for a delay label and `{level}` for a level of
+/// the delay cascade.
 fn name_matches(documented: &str, name: &str) -> bool {
-    match documented.split_once("{delay}") {
+    let (placeholder, digits) = match documented.split_once("{delay}") {
+        Some(p) => (Some(p), false),
+        None => (documented.split_once("{level}"), true),
+    };
+    match placeholder {
         Some((head, tail)) => {
-            name.len() > head.len() + tail.len()
+            let fits = name.len() > head.len() + tail.len()
                 && name.starts_with(head)
-                && name.ends_with(tail)
-                && !name[head.len()..name.len() - tail.len()].contains('.')
+                && name.ends_with(tail);
+            let middle = if fits {
+                &name[head.len()..name.len() - tail.len()]
+            } else {
+                "."
+            };
+            !middle.contains('.') && (!digits || middle.bytes().all(|b| b.is_ascii_digit()))
         }
         None => documented == name,
     }
+}
+
+/// A documented binding of a queue made concrete for one of the queues its
+/// channel stands for: `{level}` is the queue's level of the delay cascade
+/// and `{skip}` the `*.` words before that level's word of the routing key.
+fn concrete(template: &str, queue: &str) -> String {
+    if !template.contains("{level}") && !template.contains("{skip}") {
+        return template.to_owned();
+    }
+    let level: u32 = queue
+        .rsplit('.')
+        .next()
+        .and_then(|l| l.parse().ok())
+        .expect("a delay level queue ends with its level");
+    template
+        .replace("{level}", &format!("{level:02}"))
+        .replace("{skip}", &"*.".repeat((DELAY_LEVELS - 1 - level) as usize))
 }
 
 /// The retention the document gives as the stream's `x-max-age` example.
@@ -158,8 +193,20 @@ fn every_exchange_is_documented_with_its_type_and_nothing_else_is() {
         assert_eq!(e["durable"], true, "{name} is declared durable");
         assert_eq!(e["autoDelete"], false, "{name} is not auto-deleted");
         let kind = e["type"].as_str().expect("exchange type").to_owned();
-        if let Some(other) = documented.insert(name.clone(), kind.clone()) {
-            assert_eq!(other, kind, "{name} has one type ({address})");
+        let names: Vec<String> = if name.contains('{') {
+            code.exchanges
+                .keys()
+                .filter(|n| name_matches(&name, n))
+                .cloned()
+                .collect()
+        } else {
+            vec![name.clone()]
+        };
+        assert!(!names.is_empty(), "{name} matches no exchange of the code");
+        for name in names {
+            if let Some(other) = documented.insert(name.clone(), kind.clone()) {
+                assert_eq!(other, kind, "{name} has one type ({address})");
+            }
         }
     }
     let code: BTreeMap<String, String> = code
@@ -239,10 +286,12 @@ fn every_queue_is_documented_with_its_arguments_and_bindings() {
         }
         for b in q["x-bindings"].as_array().into_iter().flatten() {
             for spec in &specs {
+                let exchange = b["exchange"].as_str().expect("binding exchange");
+                let key = b["bindingKey"].as_str().expect("binding key");
                 documented_bindings.insert((
                     spec.name.clone(),
-                    b["exchange"].as_str().expect("binding exchange").to_owned(),
-                    b["bindingKey"].as_str().expect("binding key").to_owned(),
+                    concrete(exchange, &spec.name),
+                    concrete(key, &spec.name),
                 ));
             }
         }
@@ -273,6 +322,8 @@ fn every_routing_key_is_documented() {
     let mut task_keys = BTreeSet::new();
     let mut dead_keys = BTreeSet::new();
     let mut event_channels = Vec::new();
+    let mut delay_channels = BTreeSet::new();
+    let delay_prefix = format!("{NAMESPACE}.delay.");
     for (address, amqp) in amqp_channels(&doc) {
         if amqp["is"] != "routingKey" {
             continue;
@@ -284,20 +335,56 @@ fn every_routing_key_is_documented() {
             dead_keys.insert(address);
         } else if exchange == events {
             event_channels.push(address);
+        } else if exchange.starts_with(&delay_prefix) {
+            delay_channels.insert(exchange.to_owned());
         } else {
             panic!("routing key {address} on an exchange the code does not declare: {exchange}");
         }
     }
+    let delay_exchanges: BTreeSet<String> = [
+        format!("{delay_prefix}{{level}}"),
+        code.names.delay_delivery_exchange(),
+        code.names.delay_unrouted(),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        delay_channels, delay_exchanges,
+        "the delay cascade's exchanges"
+    );
     let types: BTreeSet<String> = TASK_TYPES.iter().map(|t| (*t).to_owned()).collect();
     assert_eq!(task_keys, types, "task types on {tasks}");
     // The parking-lot copies and the broker's own dead-lettering both use
     // the work queue's name as the routing key.
     assert_eq!(dead_keys, work_queues, "routing keys on {dead}");
+    event_channels.sort();
     assert_eq!(
         event_channels,
-        ["{taskType}.{state}"],
+        ["{envelopeKey}", "{taskType}.{state}"],
         "routing keys on {events}"
     );
+    // Envelopes: the documented examples are what the code writes, for
+    // one task type and for several.
+    let envelope_channel = doc["channels"]
+        .as_object()
+        .and_then(|c| c.values().find(|c| c["address"] == "{envelopeKey}"))
+        .expect("the envelopes channel");
+    let examples: Vec<&str> = envelope_channel["parameters"]["envelopeKey"]["examples"]
+        .as_array()
+        .expect("envelope key examples")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut written: Vec<String> = TASK_TYPES
+        .iter()
+        .map(|t| envelope::routing_key(&[TaskEvent::new("t", t, TaskState::Running, 1)]))
+        .collect();
+    let mixed: Vec<TaskEvent> = TASK_TYPES
+        .iter()
+        .map(|t| TaskEvent::new("t", t, TaskState::Running, 1))
+        .collect();
+    written.push(envelope::routing_key(&mixed));
+    assert_eq!(examples, written, "envelope routing keys");
     let event_channel = doc["channels"]
         .as_object()
         .and_then(|c| c.values().find(|c| c["address"] == "{taskType}.{state}"))
@@ -334,6 +421,7 @@ fn documented_headers(doc: &Value) -> BTreeMap<String, &'static str> {
         "RetryHeaders",
         "ParkedHeaders",
         "BrokerDeadLetterHeaders",
+        "DelayHeaders",
     ] {
         let properties = schema_properties(&schemas[schema]);
         for name in properties {
@@ -418,6 +506,31 @@ fn task_and_event_properties_match_the_code() {
             .expect("messageType");
         if name == "TaskEvent" {
             assert_eq!(kind, EVENT_MESSAGE_TYPE);
+            assert_eq!(message["contentType"], CONTENT_TYPE_JSON);
+        } else if name == "TaskEventEnvelope" {
+            assert_eq!(kind, EVENT_ENVELOPE_MESSAGE_TYPE);
+            assert_eq!(message["contentType"], EVENT_ENVELOPE_CONTENT_TYPE);
+            let written = envelope::properties(0);
+            assert_eq!(
+                written.content_type().as_ref().map(|c| c.as_str()),
+                Some(EVENT_ENVELOPE_CONTENT_TYPE)
+            );
+            assert_eq!(
+                written.kind().as_ref().map(|c| c.as_str()),
+                Some(EVENT_ENVELOPE_MESSAGE_TYPE)
+            );
+            assert_eq!(*written.delivery_mode(), Some(PERSISTENT));
+            assert_eq!(
+                message["payload"]["maxItems"],
+                envelope::MAX_ENVELOPE_EVENTS
+            );
+            // Every example decodes as the code reads envelopes.
+            for example in message["examples"].as_array().expect("examples") {
+                let body = serde_json::to_vec(&example["payload"]).expect("json");
+                let events = envelope::decode(Some(EVENT_ENVELOPE_CONTENT_TYPE), Some(kind), &body)
+                    .expect("the example decodes");
+                assert!(!events.is_empty());
+            }
         } else {
             assert!(TASK_TYPES.contains(&kind), "{name}: {kind}");
         }

@@ -269,11 +269,20 @@ pub async fn cleanup_namespace_stems(
             QueueDeleteOptions::default(),
         )
         .await;
-    for x in [
+    // The delay cascade: every worker, producer and gateway declares it.
+    let cascade = warren::topology::DelayCascade::new(names);
+    for q in cascade.queues() {
+        let _ = channel
+            .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let mut exchanges: Vec<String> = cascade.exchanges().into_iter().map(|x| x.name).collect();
+    exchanges.extend([
         names.tasks_exchange(),
         names.dead_exchange(),
         names.events_exchange(),
-    ] {
+    ]);
+    for x in exchanges {
         let _ = channel
             .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
             .await;

@@ -34,8 +34,9 @@ async fn a_worker_killed_mid_task_loses_nothing() {
         .await
         .unwrap();
 
-    // The sink holds the final reply for 3 s: the worker is mid-send.
-    let to = rcpt("slow3000");
+    // The sink holds the final reply until released: once it says so, the
+    // worker is mid-send.
+    let to = rcpt("hold");
     let id = broker
         .publish(
             "email.send",
@@ -45,12 +46,7 @@ async fn a_worker_killed_mid_task_loses_nothing() {
         .await
         .unwrap();
     let queue = broker.names.work_queue("email");
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(&queue).await.unwrap() != 0 {
-        assert!(Instant::now() < deadline, "the worker never took the task");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    sink.wait_for_holding_to(&to, 1, WAIT).await.unwrap();
     first.signal("KILL").unwrap();
     first.wait_exit(WAIT).await.unwrap();
     assert!(first.logs_with_message("Task succeeded.").is_empty());
@@ -58,6 +54,8 @@ async fn a_worker_killed_mid_task_loses_nothing() {
     // The killed worker never got its 250; a fresh one gets the redelivery.
     let second = WorkerProcess::email(&env).await.unwrap();
     second.wait_ready().await.unwrap();
+    sink.wait_for_holding_to(&to, 2, WAIT).await.unwrap();
+    sink.release(&to).await.unwrap();
     let done = second
         .wait_for_log("Task succeeded.", 1, WAIT)
         .await
@@ -218,7 +216,9 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
     ])
     .await
     .unwrap();
-    let rcpts: Vec<String> = (0..6).map(|_| rcpt("slow1500")).collect();
+    // Every send is held until released: the three running handlers stay
+    // mid-DATA until the test has seen the drain begin.
+    let rcpts: Vec<String> = (0..6).map(|_| rcpt("hold")).collect();
     for to in &rcpts {
         broker
             .publish(
@@ -230,28 +230,23 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
             .unwrap();
     }
     let queue = broker.names.work_queue("email");
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(&queue).await.unwrap() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never prefetched the tasks"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = sink.wait_for_holding(3, WAIT).await.unwrap();
     first.signal("TERM").unwrap();
-    let status = first.wait_exit(WAIT).await.unwrap();
-    assert!(
-        status.success(),
-        "the worker must exit cleanly: {status:?}\n{}",
-        first.tail(20)
-    );
     let drained = first
         .wait_for_log("Stopped consuming; waiting for in-flight tasks.", 1, WAIT)
         .await
         .unwrap();
     let in_flight = drained[0]["fields"]["in_flight"].as_u64().unwrap() as usize;
     assert_eq!(in_flight, 3, "three handlers were running");
+    for h in &held {
+        sink.release(&h.rcpt_tos[0]).await.unwrap();
+    }
+    let status = first.wait_exit(WAIT).await.unwrap();
+    assert!(
+        status.success(),
+        "the worker must exit cleanly: {status:?}\n{}",
+        first.tail(20)
+    );
     // The three in flight finished before the exit; the rest went back.
     assert_eq!(
         sink.messages().len(),
@@ -260,10 +255,16 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
     );
     assert_eq!(broker.depth(&queue).await.unwrap(), 3);
 
-    let second = WorkerProcess::email(&env).await.unwrap();
+    for to in &rcpts {
+        sink.release(to).await.unwrap();
+    }
+    let mut second = WorkerProcess::email(&env).await.unwrap();
     second.wait_ready().await.unwrap();
     sink.wait_for_messages(6, WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the second worker has drained and gone, nothing more can arrive.
+    second.signal("TERM").unwrap();
+    assert!(second.wait_exit(WAIT).await.unwrap().success());
+    assert_eq!(broker.depth(&queue).await.unwrap(), 0);
     let got: HashSet<String> = sink
         .messages()
         .iter()
@@ -285,7 +286,9 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
     } = EmailWorld::start(&[("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "500ms")])
         .await
         .unwrap();
-    let to = rcpt("slow4000");
+    // Held until released, which happens only after the worker is gone:
+    // its exit can come from the drain deadline alone.
+    let to = rcpt("hold");
     broker
         .publish(
             "email.send",
@@ -295,18 +298,12 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
         .await
         .unwrap();
     let queue = broker.names.work_queue("email");
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(&queue).await.unwrap() != 0 {
-        assert!(Instant::now() < deadline, "the worker never took the task");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stopping = Instant::now();
+    sink.wait_for_holding_to(&to, 1, WAIT).await.unwrap();
     first.signal("TERM").unwrap();
     assert!(first.wait_exit(WAIT).await.unwrap().success());
     assert!(
-        stopping.elapsed() < Duration::from_secs(3),
-        "the drain deadline bounds the shutdown"
+        sink.messages_to(&to).is_empty(),
+        "the task was still held when the drain deadline ended the worker"
     );
     first
         .wait_for_log(
@@ -322,6 +319,7 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
         "the task is back in its queue"
     );
 
+    sink.release(&to).await.unwrap();
     let second = WorkerProcess::email(&env).await.unwrap();
     second.wait_ready().await.unwrap();
     sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();

@@ -62,14 +62,10 @@ impl Gateway {
         let store = Store::from_settings(&settings.image)?;
         let default_from = EmailAddress::parse("default_from", PLACEHOLDER_FROM)
             .unwrap_or_else(|e| unreachable!("the placeholder sender is valid: {e}"));
-        let mut retry_delays = settings.tasks.retry_delays.clone();
-        retry_delays.sort();
-        retry_delays.dedup();
         let checks = Checks {
             default_from,
             max_attachment_bytes: settings.email.max_attachment_bytes,
             image,
-            retry_delays,
         };
         let names = Names::new(&settings.broker.namespace);
         let broker = Arc::new(Broker::new(names, worker_identity("gateway")));

@@ -66,6 +66,8 @@ pub enum SessionError {
         #[source]
         source: lapin::Error,
     },
+    #[error(transparent)]
+    Topology(Box<warren::TopologyError>),
     #[error("the broker ended the events stream consumer (was the stream deleted?)")]
     StreamEnded,
     #[error("the publishing connection was lost")]
@@ -202,6 +204,10 @@ impl Broker {
         // is bound) even before any worker has started.
         let channel = publishing.create_channel().await?;
         topology::declare_tasks_exchange(&channel, &self.names).await?;
+        // And the delay cascade, for tasks with a delay or an eta.
+        topology::declare_delay_cascade(&channel, &self.names)
+            .await
+            .map_err(|e| SessionError::Topology(Box::new(e)))?;
         let _ = channel.close(200, "declared".into()).await;
         events::declare_stream(following, &self.names, retention)
             .await

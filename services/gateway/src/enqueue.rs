@@ -4,18 +4,17 @@
 //! publish, and the `queued` event.
 //!
 //! A task is published with confirms and `mandatory`; only an ack from
-//! the broker makes it accepted (202). A delayed task goes to the delay
-//! queue of the workers' retry ladder whose delay is the smallest at least
-//! as long as the one asked for, through the default exchange; when it
-//! expires there the broker moves it to the work queue.
+//! the broker makes it accepted (202). A delayed task (`delay` or `eta`,
+//! of any length) goes into the delay cascade (`warren::topology::delay`)
+//! and is reported `scheduled` with its due time until a worker starts it.
 
-use std::time::Duration;
-
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use warren::Task;
 use warren::contract::MAX_PRIORITY;
 use warren::events::{TaskEvent, TaskState};
-use warren::{PublishError, PublishOptions, task_properties};
+use warren::topology::delay::MAX_DELAY;
+use warren::{PublishError, PublishOptions};
 use warren_tasks::email::{EmailAddress, EmailRequest, ParsePolicy, SendEmail};
 use warren_tasks::image::{SpecPolicy, ThumbnailSpec, ThumbnailTask};
 
@@ -35,8 +34,6 @@ pub struct Checks {
     pub default_from: EmailAddress,
     pub max_attachment_bytes: usize,
     pub image: SpecPolicy,
-    /// The workers' retry ladder, sorted, without duplicates.
-    pub retry_delays: Vec<Duration>,
 }
 
 /// A task ready to publish.
@@ -46,43 +43,75 @@ pub struct Enqueue {
     pub payload: Value,
     pub id: String,
     pub priority: u8,
-    /// The delay it will actually wait (a rung of the ladder).
-    pub delay: Option<Duration>,
+    /// When it is due, if it waits in the delay cascade first.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 impl Checks {
-    /// `delay` mapped onto the ladder: the smallest rung at least as long.
-    /// `None` for no delay (absent or zero).
-    pub fn rung_for(&self, raw: Option<&str>, field: &str) -> Result<Option<Duration>, Problem> {
-        let Some(raw) = raw else {
-            return Ok(None);
+    /// When a task asked to wait is due: `delay` (a duration of any length
+    /// up to the delay cascade's longest) or `eta` (an RFC 3339 time), not
+    /// both. `None` to run at once (neither, a zero delay, a past eta).
+    pub fn due(
+        &self,
+        delay: Option<&str>,
+        eta: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, Problem> {
+        let due = match (delay, eta) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(Problem::invalid(
+                    "conflicting_fields",
+                    "eta",
+                    "give delay or eta, not both",
+                ));
+            }
+            (Some(raw), None) => {
+                let wanted = humantime::parse_duration(raw.trim()).map_err(|e| {
+                    Problem::invalid(
+                        "invalid_value",
+                        "delay",
+                        format!("delay {raw:?} is not a duration like 30s, 3h or 2days ({e})"),
+                    )
+                })?;
+                if wanted > MAX_DELAY {
+                    return Err(Problem::invalid(
+                        "delay_too_long",
+                        "delay",
+                        format!(
+                            "delay {} is longer than the delay cascade's longest ({})",
+                            humantime::format_duration(wanted),
+                            humantime::format_duration(MAX_DELAY)
+                        ),
+                    ));
+                }
+                now + chrono::Duration::from_std(wanted).unwrap_or(chrono::Duration::MAX)
+            }
+            (None, Some(raw)) => {
+                let at = DateTime::parse_from_rfc3339(raw.trim()).map_err(|e| {
+                    Problem::invalid(
+                        "invalid_value",
+                        "eta",
+                        format!(
+                            "eta {raw:?} is not an RFC 3339 time like 2026-12-01T09:00:00+01:00 ({e})"
+                        ),
+                    )
+                })?;
+                let at = at.with_timezone(&Utc);
+                if (at - now).to_std().is_ok_and(|d| d > MAX_DELAY) {
+                    return Err(Problem::invalid(
+                        "delay_too_long",
+                        "eta",
+                        format!(
+                            "eta {raw} is further away than the delay cascade's longest delay ({})",
+                            humantime::format_duration(MAX_DELAY)
+                        ),
+                    ));
+                }
+                at
+            }
         };
-        let wanted = humantime::parse_duration(raw.trim()).map_err(|e| {
-            Problem::invalid(
-                "invalid_value",
-                field,
-                format!("{field} {raw:?} is not a duration like 30s, 2m or 500ms ({e})"),
-            )
-        })?;
-        if wanted.is_zero() {
-            return Ok(None);
-        }
-        match self.retry_delays.iter().find(|d| **d >= wanted) {
-            Some(rung) => Ok(Some(*rung)),
-            None => Err(Problem::invalid(
-                "delay_too_long",
-                field,
-                match self.retry_delays.last() {
-                    Some(max) => format!(
-                        "{field} {} is longer than the longest delay the workers offer ({}); \
-                         delays are served by the retry ladder's delay queues (tasks.retry_delays)",
-                        humantime::format_duration(wanted),
-                        humantime::format_duration(*max)
-                    ),
-                    None => format!("{field} is not available: tasks.retry_delays is empty"),
-                },
-            )),
-        }
+        Ok((due > now).then_some(due))
     }
 
     /// Checks the payload of a task type the workers here know, as the
@@ -195,37 +224,20 @@ pub async fn publish(broker: &Broker, tracker: &Tracker, task: &Enqueue) -> Resu
     // Stamped before the publish: a worker's `running` always comes later.
     let mut queued = TaskEvent::new(&task.id, &task.task_type, TaskState::Queued, 1);
     queued.by = Some(broker.identity().to_owned());
-    let published = match task.delay {
-        None => out
-            .publisher
-            .publish_task(
-                &task.task_type,
-                &task.payload,
-                PublishOptions {
-                    id: Some(task.id.clone()),
-                    priority: Some(task.priority),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(|_| ()),
-        Some(delay) => {
-            let queue = broker.names().retry_queue(stem(&task.task_type), delay);
-            let body = serde_json::to_vec(&task.payload).map_err(PublishError::from);
-            match body {
-                Ok(body) => {
-                    let mut properties = task_properties(&task.id, &task.task_type, task.priority);
-                    let mut headers = properties.headers().clone().unwrap_or_default();
-                    warren::trace::inject_span(&tracing::Span::current(), &mut headers);
-                    properties = properties.with_headers(headers);
-                    out.publisher
-                        .publish_confirmed("", &queue, &body, properties)
-                        .await
-                }
-                Err(e) => Err(e),
-            }
-        }
+    let mut options = PublishOptions {
+        id: Some(task.id.clone()),
+        priority: Some(task.priority),
+        ..Default::default()
     };
+    if let Some(due) = task.due_at {
+        options = options.eta(due);
+        queued.state = TaskState::Scheduled;
+        queued.due_at = Some(due);
+    }
+    let published = out
+        .publisher
+        .publish_task(&task.task_type, &task.payload, options)
+        .await;
     if let Err(e) = published {
         tracing::warn!(
             error = %e,
@@ -241,7 +253,7 @@ pub async fn publish(broker: &Broker, tracker: &Tracker, task: &Enqueue) -> Resu
         task_id = %task.id,
         task_type = %task.task_type,
         priority = task.priority,
-        delay_ms = task.delay.map(|d| d.as_millis() as u64),
+        due_at = task.due_at.map(|d| d.to_rfc3339()),
         "Task enqueued."
     );
     Ok(())
@@ -249,7 +261,7 @@ pub async fn publish(broker: &Broker, tracker: &Tracker, task: &Enqueue) -> Resu
 
 fn publish_problem(broker: &Broker, task: &Enqueue, e: PublishError) -> Problem {
     let p = match e {
-        PublishError::Returned { .. } => match task.delay {
+        PublishError::Returned { .. } => match task.due_at {
             None => Problem::unavailable(
                 "unroutable",
                 format!(
@@ -258,17 +270,15 @@ fn publish_problem(broker: &Broker, task: &Enqueue, e: PublishError) -> Problem 
                     broker.names().work_queue(stem(&task.task_type))
                 ),
             ),
-            Some(delay) => Problem::unavailable(
+            Some(_) => Problem::unavailable(
                 "unroutable",
-                format!(
-                    "the delay queue {} does not exist: no worker for {} with a {} rung in its retry ladder has started \
-                     (tasks.retry_delays must match the workers' consumer.retry_delays)",
-                    broker.names().retry_queue(stem(&task.task_type), delay),
-                    task.task_type,
-                    humantime::format_duration(delay)
-                ),
+                "the delay cascade is not declared on the broker (it is declared on connecting; try again)",
             ),
         },
+        PublishError::DelayTooLong(e) => {
+            return Problem::invalid("delay_too_long", "delay", e.to_string());
+        }
+        PublishError::Topology(e) => Problem::unavailable("broker_unavailable", e.to_string()),
         PublishError::Nacked => Problem::unavailable(
             "broker_nack",
             "the broker refused the task (publisher confirm nack); try again",
@@ -311,33 +321,34 @@ mod tests {
             default_from: EmailAddress::parse("from", "warren@localhost").unwrap(),
             max_attachment_bytes: 10,
             image: warren_store::policy(&settings).unwrap(),
-            retry_delays: [200, 300, 5000]
-                .into_iter()
-                .map(Duration::from_millis)
-                .collect(),
         }
     }
 
     #[test]
-    fn delays_map_to_the_smallest_rung_that_is_long_enough() {
+    fn delays_and_etas_of_any_length_give_a_due_time() {
         let c = checks();
-        assert_eq!(c.rung_for(None, "delay").unwrap(), None);
-        assert_eq!(c.rung_for(Some("0s"), "delay").unwrap(), None);
-        assert_eq!(
-            c.rung_for(Some("250ms"), "delay").unwrap(),
-            Some(Duration::from_millis(300))
-        );
-        assert_eq!(
-            c.rung_for(Some("5s"), "delay").unwrap(),
-            Some(Duration::from_secs(5))
-        );
-        let p = c.rung_for(Some("6s"), "delay").unwrap_err();
+        let now = Utc::now();
+        assert_eq!(c.due(None, None, now).unwrap(), None);
+        assert_eq!(c.due(Some("0s"), None, now).unwrap(), None);
+        let three_hours = c.due(Some("3h"), None, now).unwrap().unwrap();
+        assert_eq!(three_hours - now, chrono::Duration::hours(3));
+        let in_a_year = c.due(Some("365days"), None, now).unwrap();
+        assert!(in_a_year.is_some());
+        let tomorrow = (now + chrono::Duration::days(1)).to_rfc3339();
+        assert!(c.due(None, Some(&tomorrow), now).unwrap().is_some());
+        let past = (now - chrono::Duration::days(1)).to_rfc3339();
+        assert_eq!(c.due(None, Some(&past), now).unwrap(), None);
+        let p = c.due(Some("10years"), None, now).unwrap_err();
         assert_eq!(
             (p.status, p.slug(), p.field.as_deref()),
             (422, "delay_too_long", Some("delay"))
         );
-        let p = c.rung_for(Some("soon"), "delay").unwrap_err();
+        let p = c.due(Some("soon"), None, now).unwrap_err();
         assert_eq!(p.field.as_deref(), Some("delay"));
+        let p = c.due(None, Some("tomorrow"), now).unwrap_err();
+        assert_eq!(p.field.as_deref(), Some("eta"));
+        let p = c.due(Some("1s"), Some(&tomorrow), now).unwrap_err();
+        assert_eq!(p.slug(), "conflicting_fields");
     }
 
     #[test]

@@ -130,10 +130,9 @@ impl Default for EventsSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TasksSettings {
-    /// The workers' retry ladder (`consumer.retry_delays`): a delayed task
-    /// waits in the delay queue of the smallest rung at least as long as
-    /// the delay asked for. Must match the workers', whose start-up
-    /// declares those queues.
+    /// No longer read: delayed tasks wait in the delay cascade, whatever
+    /// the workers' retry ladder. Still accepted so existing settings
+    /// files load.
     #[serde(with = "warren::settings::duration_list")]
     pub retry_delays: Vec<Duration>,
 }

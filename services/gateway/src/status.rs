@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
-use warren::events::{StatusView, StreamedEvent, TaskEvent, TaskState, TaskStatus};
+use warren::events::{StatusView, StreamedEvent, TaskEvent, TaskStatus};
 
 use crate::metrics;
 
@@ -133,7 +133,9 @@ impl Tracker {
             return None;
         }
         Some(TaskStatus {
-            state: TaskState::Queued,
+            // `queued`, or `scheduled` with its due time.
+            state: e.state,
+            due_at: e.due_at,
             queued_at: Some(e.at),
             ..TaskStatus::first(e)
         })
@@ -193,6 +195,7 @@ impl Tracker {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use warren::events::TaskState;
 
     fn ev(offset: u64, id: &str, state: TaskState, at: DateTime<Utc>) -> StreamedEvent {
         let mut event = TaskEvent::new(id, "email.send", state, 1);

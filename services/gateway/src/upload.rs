@@ -127,7 +127,11 @@ pub async fn upload_image(
 
     let id = enqueue::task_id(params.id.as_deref(), "id")?;
     let priority = enqueue::priority(params.priority, "priority")?;
-    let delay = app.checks.rung_for(params.delay.as_deref(), "delay")?;
+    let due_at = app.checks.due(
+        params.delay.as_deref(),
+        params.eta.as_deref(),
+        chrono::Utc::now(),
+    )?;
     let raw_key = format!(
         "uploads/{}/{}",
         warren::safe_task_id(&id),
@@ -168,7 +172,7 @@ pub async fn upload_image(
         payload,
         id,
         priority,
-        delay,
+        due_at,
     };
     accept(&app, task, Some(key.to_string())).await
 }

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
+    /// Published into the delay cascade (a delay or a due time), or fired
+    /// by the conductor for later: it reaches the work queue at `due_at`.
+    Scheduled,
     /// Published and confirmed by the broker; no worker has it yet.
     Queued,
     /// A worker is running it.
@@ -24,7 +27,8 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Scheduled,
         TaskState::Queued,
         TaskState::Running,
         TaskState::Progress,
@@ -35,6 +39,7 @@ impl TaskState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Scheduled => "scheduled",
             TaskState::Queued => "queued",
             TaskState::Running => "running",
             TaskState::Progress => "progress",
@@ -70,6 +75,9 @@ pub struct TaskEvent {
     /// For `retrying`: when the next attempt starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// For `scheduled`: when the task is due (reaches its work queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
     /// For `dead_lettered`: `permanent` or `attempts_exhausted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -97,6 +105,7 @@ impl TaskEvent {
             error_kind: None,
             error: None,
             next_attempt_at: None,
+            due_at: None,
             reason: None,
             result: None,
             progress: None,

@@ -21,6 +21,9 @@ pub struct TaskStatus {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Scheduled: when the task is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +54,7 @@ impl TaskStatus {
             updated_at: event.at,
             finished_at: None,
             next_attempt_at: None,
+            due_at: None,
             error_kind: None,
             error: None,
             reason: None,
@@ -140,7 +144,10 @@ impl StatusView {
         let s = &mut entry.status;
         // A final state sticks, unless the task is queued anew (replayed
         // from the parking lot, or published again with the same id).
-        if !s.state.is_final() || e.state == TaskState::Queued || entry.events.is_empty() {
+        if !s.state.is_final()
+            || matches!(e.state, TaskState::Queued | TaskState::Scheduled)
+            || entry.events.is_empty()
+        {
             // A progress event says the task is running.
             s.state = match e.state {
                 TaskState::Progress => TaskState::Running,
@@ -150,6 +157,11 @@ impl StatusView {
         }
         s.updated_at = e.at;
         match e.state {
+            TaskState::Scheduled => {
+                s.queued_at = Some(e.at);
+                s.due_at = e.due_at;
+                s.finished_at = None;
+            }
             TaskState::Queued => {
                 s.queued_at = Some(e.at);
                 s.finished_at = None;

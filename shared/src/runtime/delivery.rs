@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::Inner;
 use super::context::{DeliveryRuntime, ProgressPump};
 use super::limits;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};
+use super::{Inner, defer};
 use crate::contract::{self, headers};
 use crate::metrics;
 use crate::{Outcome, TaskContext, TaskError, trace};
@@ -63,6 +63,19 @@ pub(super) async fn process(
             delivery.data.len(),
         );
     }
+    // A task that is not due yet goes into the delay cascade untouched: no
+    // handler, no event, no metric of a run.
+    let early = match defer::due(&delivery, Utc::now()) {
+        Ok(defer::Due::Now) => None,
+        Ok(defer::Due::Later(eta)) => {
+            defer::defer(&inner, &out, &delivery, eta)
+                .instrument(span)
+                .await;
+            drop(permit);
+            return;
+        }
+        Err(e) => Some(e),
+    };
     async move {
         inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
         let metrics = match inner.task_metrics.get(ctx.task_type.as_str()) {
@@ -96,15 +109,21 @@ pub(super) async fn process(
             .events
             .clone()
             .map(|events| ProgressPump::new(events, &ctx, &inner.identity));
-        let handler_ctx = DeliveryRuntime {
-            publisher: out.publisher.clone(),
-            parent_id: ctx.id.clone(),
-            span: tracing::Span::current(),
-            cancel: cancel.clone(),
-            progress: progress.clone(),
-        }
-        .attach(ctx.clone());
-        let result = run_handler(&inner, handler_ctx, &delivery.data, &cancel).await;
+        let result = match early {
+            // Bad due headers: parked at once with the reason.
+            Some(e) => Err(e),
+            None => {
+                let handler_ctx = DeliveryRuntime {
+                    publisher: out.publisher.clone(),
+                    parent_id: ctx.id.clone(),
+                    span: tracing::Span::current(),
+                    cancel: cancel.clone(),
+                    progress: progress.clone(),
+                }
+                .attach(ctx.clone());
+                run_handler(&inner, handler_ctx, &delivery.data, &cancel).await
+            }
+        };
         if let Some(progress) = progress {
             progress.finish().await;
         }
@@ -213,6 +232,9 @@ fn queue_wait(delivery: &Delivery, ctx: &TaskContext) -> Option<f64> {
         contract::header_str(hdrs, headers::NEXT_ATTEMPT_AT)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.timestamp_millis())
+    } else if let Some(eta) = contract::header_i64(hdrs, headers::ETA_MS) {
+        // A delayed task waits in its queue from its due time on.
+        Some(eta)
     } else {
         hdrs.and_then(|h| match h.inner().get(headers::PUBLISHED_AT_MS) {
             Some(lapin::types::AMQPValue::LongLongInt(ms)) => Some(*ms),

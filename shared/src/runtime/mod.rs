@@ -22,6 +22,7 @@
 //! value) and [`drain`] (stopping without losing anything).
 
 mod context;
+mod defer;
 mod delivery;
 mod drain;
 mod limits;
@@ -43,6 +44,7 @@ use tracing::{error, info, warn};
 
 use crate::broker::{Backoff, worker_identity};
 use crate::contract::Names;
+use crate::events::{Batching, EventPublisher};
 use crate::idempotency::{self, IdempotencyStore};
 use crate::metrics;
 use crate::settings::{BrokerSettings, ConsumerSettings};
@@ -377,6 +379,13 @@ impl<S: Send + Sync + 'static> Worker<S> {
         let permits = Arc::new(Semaphore::new(concurrency));
         let tracker = TaskTracker::new();
         let mut backoff = Backoff::new(Duration::from_millis(250), self.broker.reconnect_max_delay);
+        // One for the worker's life, attached to each session's connection,
+        // so events not confirmed before a connection was lost are not lost
+        // with it.
+        let events = inner
+            .consumer
+            .events
+            .then(|| EventPublisher::new(&inner.names, Batching::default()));
 
         info!(
             queue = %inner.queue,
@@ -394,6 +403,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
                 &tracker,
                 &shutdown,
                 &mut backoff,
+                events.as_ref(),
             )
             .await;
             inner.status.consuming.store(false, Ordering::SeqCst);

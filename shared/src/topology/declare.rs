@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
-use super::{Binding, ExchangeSpec, QueueSpec, Topology};
+use super::{Binding, DelayCascade, ExchangeBinding, ExchangeSpec, QueueSpec, Topology};
 use crate::contract::Names;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,7 @@ impl Topology {
             declare_exchange(channel, &exchange).await?;
         }
         for queue in self.queues() {
-            declare_queue(channel, queue).await?;
+            declare_queue(channel, &queue).await?;
         }
         for binding in self.bindings() {
             bind(channel, &binding)
@@ -73,8 +75,68 @@ impl Topology {
                     source,
                 })?;
         }
+        for binding in self.exchange_bindings() {
+            exchange_bind(channel, &binding)
+                .await
+                .map_err(|source| exchange_binding_error(&binding, source))?;
+        }
         Ok(())
     }
+}
+
+fn exchange_binding_error(binding: &ExchangeBinding, source: lapin::Error) -> TopologyError {
+    TopologyError::Broker {
+        object: "exchange binding",
+        name: format!(
+            "{} <- {} ({})",
+            binding.destination, binding.source, binding.key
+        ),
+        source,
+    }
+}
+
+/// Declares the delay cascade, for producers that delay tasks: a delayed
+/// publish then has its level exchange and queue even before any worker has
+/// started. Idempotent; a conflict is an error naming the object.
+pub async fn declare_delay_cascade(channel: &Channel, names: &Names) -> Result<(), TopologyError> {
+    let cascade = DelayCascade::new(names);
+    for exchange in cascade.exchanges() {
+        declare_exchange(channel, &exchange).await?;
+    }
+    for queue in cascade.queues() {
+        declare_queue(channel, &queue).await?;
+    }
+    for binding in cascade.bindings() {
+        bind(channel, &binding)
+            .await
+            .map_err(|source| TopologyError::Broker {
+                object: "binding",
+                name: format!(
+                    "{} <- {} ({})",
+                    binding.queue, binding.exchange, binding.key
+                ),
+                source,
+            })?;
+    }
+    for binding in cascade.exchange_bindings() {
+        exchange_bind(channel, &binding)
+            .await
+            .map_err(|source| exchange_binding_error(&binding, source))?;
+    }
+    Ok(())
+}
+
+/// The one `exchange.bind` of Warren.
+async fn exchange_bind(channel: &Channel, binding: &ExchangeBinding) -> Result<(), lapin::Error> {
+    channel
+        .exchange_bind(
+            binding.destination.as_str().into(),
+            binding.source.as_str().into(),
+            binding.key.as_str().into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Declares the tasks exchange, for producers: a publish then reaches the
@@ -115,7 +177,7 @@ async fn exchange_declare(channel: &Channel, spec: &ExchangeSpec) -> Result<(), 
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            spec.table(),
         )
         .await
 }
@@ -154,7 +216,12 @@ async fn declare_exchange(channel: &Channel, spec: &ExchangeSpec) -> Result<(), 
         classify("exchange", &spec.name, source, |arg| match arg {
             "type" => wanted.to_owned(),
             "durable" => "true".to_owned(),
-            _ => "none".to_owned(),
+            _ => spec
+                .arguments
+                .iter()
+                .find(|(k, _)| *k == arg)
+                .map(|(_, v)| show_value(v))
+                .unwrap_or_else(|| "none".to_owned()),
         })
     })
 }

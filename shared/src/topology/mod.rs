@@ -17,6 +17,7 @@
 //! operator needs at 3 a.m.
 
 mod declare;
+pub mod delay;
 
 use std::time::Duration;
 
@@ -25,14 +26,18 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::contract::{Names, QUEUE_MAX_PRIORITY};
 pub use declare::{
-    TopologyError, declare_events_exchange, declare_events_stream, declare_tasks_exchange,
+    TopologyError, declare_delay_cascade, declare_events_exchange, declare_events_stream,
+    declare_tasks_exchange,
 };
+pub use delay::{DelayCascade, ExchangeBinding};
 
-/// An exchange: durable, not auto-deleted, no arguments.
+/// An exchange: durable, not auto-deleted, with its arguments (most have
+/// none).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeSpec {
     pub name: String,
     pub kind: ExchangeKind,
+    pub arguments: Vec<(&'static str, AMQPValue)>,
 }
 
 impl ExchangeSpec {
@@ -41,6 +46,7 @@ impl ExchangeSpec {
         Self {
             name: names.tasks_exchange(),
             kind: ExchangeKind::Topic,
+            arguments: Vec::new(),
         }
     }
 
@@ -49,6 +55,7 @@ impl ExchangeSpec {
         Self {
             name: names.dead_exchange(),
             kind: ExchangeKind::Direct,
+            arguments: Vec::new(),
         }
     }
 
@@ -57,7 +64,13 @@ impl ExchangeSpec {
         Self {
             name: names.events_exchange(),
             kind: ExchangeKind::Topic,
+            arguments: Vec::new(),
         }
+    }
+
+    /// The arguments as AMQP declares them.
+    pub fn table(&self) -> FieldTable {
+        table(&self.arguments)
     }
 
     /// `topic`, `direct`, ...: the kind as AMQP names it.
@@ -97,11 +110,7 @@ impl QueueSpec {
 
     /// The arguments as AMQP declares them.
     pub fn table(&self) -> FieldTable {
-        let mut t = FieldTable::default();
-        for (k, v) in &self.arguments {
-            t.insert(ShortString::from(*k), v.clone());
-        }
-        t
+        table(&self.arguments)
     }
 
     /// What Warren wants for `argument`, as a conflict message shows it.
@@ -117,6 +126,14 @@ impl QueueSpec {
                 .unwrap_or_else(|| "none".to_owned()),
         }
     }
+}
+
+fn table(arguments: &[(&'static str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in arguments {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
 }
 
 /// A queue bound to an exchange with a key.
@@ -154,6 +171,9 @@ pub struct Topology {
     pub binding_keys: Vec<String>,
     pub dead_queue: QueueSpec,
     pub retry_rungs: Vec<RetryRung>,
+    /// The delay cascade every worker declares (its objects are shared by
+    /// the namespace), which delivers delayed tasks to the work queue.
+    pub delay: DelayCascade,
     names: Names,
 }
 
@@ -216,6 +236,7 @@ impl Topology {
             binding_keys: binding_keys.iter().map(|k| (*k).to_owned()).collect(),
             dead_queue,
             retry_rungs,
+            delay: DelayCascade::new(names),
             names: names.clone(),
         }
     }
@@ -233,30 +254,45 @@ impl Topology {
         self.queues().map(|q| q.name.clone()).collect()
     }
 
-    /// The exchanges, in the order they are declared.
-    pub fn exchanges(&self) -> [ExchangeSpec; 2] {
-        [
+    /// The exchanges, in the order they are declared: tasks, dead, then
+    /// the delay cascade's.
+    pub fn exchanges(&self) -> Vec<ExchangeSpec> {
+        let mut v = vec![
             ExchangeSpec::tasks(&self.names),
             ExchangeSpec::dead(&self.names),
-        ]
+        ];
+        v.extend(self.delay.exchanges());
+        v
     }
 
-    /// The queues, in the order they are declared.
-    pub fn queues(&self) -> impl Iterator<Item = &QueueSpec> {
+    /// The queues, in the order they are declared: the worker's own, then
+    /// the delay cascade's (shared by the namespace).
+    pub fn queues(&self) -> impl Iterator<Item = QueueSpec> + '_ {
         [&self.work_queue, &self.dead_queue]
             .into_iter()
             .chain(self.retry_rungs.iter().map(|r| &r.queue))
+            .cloned()
+            .chain(self.delay.queues())
+    }
+
+    /// The exchange-to-exchange bindings (the delay cascade's).
+    pub fn exchange_bindings(&self) -> Vec<ExchangeBinding> {
+        self.delay.exchange_bindings()
     }
 
     /// The bindings: the work queue to the tasks exchange (one per
-    /// binding key), the parking lot to the dead exchange. The delay
-    /// queues have none: copies reach them through the default exchange.
+    /// binding key), the parking lot to the dead exchange, the work queue
+    /// to the delay cascade's delivery exchange (its binding keys behind
+    /// the delay's words, and `@{queue}` for tasks deferred for it alone),
+    /// and the cascade's own. The retry ladder's queues have none: copies
+    /// reach them through the default exchange.
     pub fn bindings(&self) -> Vec<Binding> {
+        let work = &self.work_queue.name;
         let mut v: Vec<Binding> = self
             .binding_keys
             .iter()
             .map(|key| Binding {
-                queue: self.work_queue.name.clone(),
+                queue: work.clone(),
                 exchange: self.tasks_exchange.clone(),
                 key: key.clone(),
             })
@@ -264,8 +300,22 @@ impl Topology {
         v.push(Binding {
             queue: self.dead_queue.name.clone(),
             exchange: self.dead_exchange.clone(),
-            key: self.work_queue.name.clone(),
+            key: work.clone(),
         });
+        let delivery = self.names.delay_delivery_exchange();
+        for key in &self.binding_keys {
+            v.push(Binding {
+                queue: work.clone(),
+                exchange: delivery.clone(),
+                key: delay::delivery_key(key),
+            });
+        }
+        v.push(Binding {
+            queue: work.clone(),
+            exchange: delivery,
+            key: delay::queue_key(work),
+        });
+        v.extend(self.delay.bindings());
         v
     }
 }
@@ -286,7 +336,7 @@ mod tests {
         assert_eq!(name(4).as_deref(), Some("w.email.retry.30s"));
         assert_eq!(name(9).as_deref(), Some("w.email.retry.30s"));
         assert!(t.rung_for(&[], 2).is_none());
-        assert_eq!(t.queue_names().len(), 5);
+        assert_eq!(t.queue_names().len(), 5 + delay::DELAY_LEVELS as usize + 1);
     }
 
     #[test]
@@ -304,6 +354,7 @@ mod tests {
             .bindings()
             .into_iter()
             .map(|b| (b.queue, b.exchange, b.key))
+            .take(2)
             .collect();
         let own = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
         assert_eq!(

@@ -582,7 +582,7 @@ async fn an_uploaded_png_gets_its_thumbnail_in_the_store_and_its_key_in_the_resu
 }
 
 #[tokio::test]
-async fn a_delayed_task_waits_in_the_ladders_delay_queue_and_the_openapi_document_is_served() {
+async fn a_delayed_task_waits_in_the_delay_cascade_and_the_openapi_document_is_served() {
     let mut w = World::new().await;
     w.email_worker(&[]).await;
     let (http, _) = w.gateway(&[]).await;
@@ -590,21 +590,48 @@ async fn a_delayed_task_waits_in_the_ladders_delay_queue_and_the_openapi_documen
     let r = http::post_json(
         http,
         "/v1/tasks",
-        &json!({"type": "email.send", "payload": {"to": to, "subject": "Later", "text": "x"}, "delay": "250ms", "priority": 2}),
+        &json!({"type": "email.send", "payload": {"to": to, "subject": "Later", "text": "x"}, "delay": "1s", "priority": 2}),
     )
     .await
     .unwrap();
     assert_eq!(r.status, 202, "{}", r.text());
     let accepted = r.json().unwrap();
-    assert_eq!(
-        accepted["delay"], "300ms",
-        "rounded up to the ladder's rung"
-    );
+    assert_eq!(accepted["state"], "scheduled", "{accepted}");
+    assert!(accepted["due_at"].is_string(), "{accepted}");
     let id = accepted["task_id"].as_str().unwrap().to_owned();
     let (_, done) = watch(http, &id, Duration::from_millis(20)).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let waited_ms = (nanos(&done["started_at"]) - nanos(&done["queued_at"])) / MS;
-    assert!(waited_ms >= 280, "waited {waited_ms} ms");
+    assert!(waited_ms >= 980, "waited {waited_ms} ms");
+
+    // Three hours: accepted, and reported scheduled with its due time.
+    let r = http::post_json(
+        http,
+        "/v1/tasks",
+        &json!({"type": "email.send", "payload": {"to": to, "subject": "Much later", "text": "x"}, "delay": "3h"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let accepted = r.json().unwrap();
+    let id = accepted["task_id"].as_str().unwrap().to_owned();
+    let due = accepted["due_at"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let (_, body) = status(http, &id).await;
+        if body["state"] != "unknown" || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["state"], "scheduled", "{status}");
+    assert_eq!(
+        nanos(&status["due_at"]),
+        nanos(&json!(due)),
+        "the due time is the one accepted: {status}"
+    );
+    let in_3h = nanos(&status["due_at"]) - nanos(&status["queued_at"]);
+    assert!((in_3h - 3 * 3600 * 1000 * MS).abs() < 1000 * MS, "{status}");
     w.sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
 
     let r = http::get(http, "/openapi.json").await.unwrap();
@@ -784,9 +811,9 @@ async fn each_bad_request_gets_its_code_and_a_problem_body_naming_the_field() {
             Some("priority"),
         ),
         case(
-            "delay beyond the ladder",
+            "delay beyond the delay cascade",
             "/v1/tasks",
-            json!({"type": "email.send", "payload": email, "delay": "1h"}),
+            json!({"type": "email.send", "payload": email, "delay": "9years"}),
             422,
             "delay_too_long",
             Some("delay"),

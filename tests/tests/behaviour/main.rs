@@ -9,12 +9,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod delay;
 mod email;
 mod email_wire;
+mod events;
 mod examples;
 mod gateway;
 mod image;
 mod limits;
 mod observability;
 mod runtime;
+mod secrets;
 mod smtp_sink;

@@ -297,7 +297,6 @@ mod tests {
                 default_from: EmailAddress::parse("from", "warren@localhost").unwrap(),
                 max_attachment_bytes: 1024,
                 image: warren_store::policy(&settings).unwrap(),
-                retry_delays: vec![Duration::from_secs(1)],
             },
             store: Store::from_settings(&settings).unwrap(),
             limits: Limits {
@@ -414,7 +413,7 @@ mod tests {
                 post(
                     "/v1/tasks",
                     json,
-                    r#"{"type": "email.send", "payload": {}, "delay": "2s"}"#,
+                    r#"{"type": "email.send", "payload": {}, "delay": "9years"}"#,
                 ),
                 422,
                 "delay_too_long",

@@ -36,12 +36,16 @@ pub struct TaskRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<u8>,
-    /// Start no sooner than this (`30s`, `2m`, `500ms`). Served by the
-    /// retry ladder's delay queues: the task waits for the smallest rung
-    /// at least this long (the answer says which). Longer than the longest
-    /// rung: 422.
+    /// Start no sooner than this (`30s`, `3h`, `2days`), of any length up
+    /// to about 8.5 years; served by the delay cascade, in whole seconds
+    /// (rounded up). Not with `eta`.
     #[serde(default)]
     pub delay: Option<String>,
+    /// Start no sooner than this RFC 3339 time
+    /// (`2026-12-01T09:00:00+01:00`); a past time runs at once. Not with
+    /// `delay`.
+    #[serde(default)]
+    pub eta: Option<String>,
     /// The task id; default a new UUID v7. 1-128 characters of
     /// `[A-Za-z0-9._~:-]`.
     #[serde(default)]
@@ -58,9 +62,10 @@ pub struct EnqueueParams {
     /// 0-9; 9 is served first. Default 0.
     #[param(minimum = 0, maximum = 9)]
     pub priority: Option<u8>,
-    /// Start no sooner than this (`30s`, `2m`); mapped onto the retry
-    /// ladder as for `POST /v1/tasks`.
+    /// Start no sooner than this (`30s`, `3h`), as for `POST /v1/tasks`.
     pub delay: Option<String>,
+    /// Start no sooner than this RFC 3339 time, as for `POST /v1/tasks`.
+    pub eta: Option<String>,
 }
 
 /// 202: the broker confirmed the task.
@@ -76,13 +81,12 @@ pub struct EnqueueParams {
 pub struct Accepted {
     pub task_id: String,
     pub task_type: String,
-    /// Always `queued`.
+    /// `queued`, or `scheduled` for a task with a `delay` or `eta`.
     pub state: State,
     pub priority: u8,
-    /// The delay the task actually waits: the rung of the retry ladder the
-    /// requested delay was rounded up to.
+    /// `scheduled`: when the task is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<String>,
+    pub due_at: Option<DateTime<Utc>>,
     /// `GET` it for the task's status.
     pub status_url: String,
     /// `GET` it for the task's events as Server-Sent Events.
@@ -100,7 +104,7 @@ impl Accepted {
             task_type: task_type.to_owned(),
             state: State::Queued,
             priority,
-            delay: None,
+            due_at: None,
             status_url: format!("/v1/tasks/{task_id}"),
             events_url: format!("/v1/tasks/{task_id}/events"),
             source_key: None,
@@ -114,6 +118,8 @@ impl Accepted {
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Unknown,
+    /// Waiting in the delay cascade until `due_at`.
+    Scheduled,
     Queued,
     Running,
     /// Only as an event's state (the SSE event `progress`): how far a
@@ -127,6 +133,7 @@ pub enum State {
 impl From<TaskState> for State {
     fn from(s: TaskState) -> Self {
         match s {
+            TaskState::Scheduled => State::Scheduled,
             TaskState::Queued => State::Queued,
             TaskState::Running => State::Running,
             TaskState::Progress => State::Progress,
@@ -173,6 +180,9 @@ pub struct StatusBody {
     /// `retrying`: when the next attempt starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// `scheduled` (a `delay` or `eta`): when the task is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
     /// `retrying` and `dead_lettered`: the last failure's kind
     /// (`x-warren-error-kind`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +218,7 @@ impl StatusBody {
             updated_at: None,
             finished_at: None,
             next_attempt_at: None,
+            due_at: None,
             error_kind: None,
             error: None,
             reason: None,
@@ -230,6 +241,7 @@ impl From<TaskStatus> for StatusBody {
             updated_at: Some(s.updated_at),
             finished_at: s.finished_at,
             next_attempt_at: s.next_attempt_at,
+            due_at: s.due_at,
             error_kind: s.error_kind,
             error: s.error,
             reason: s.reason,
@@ -302,6 +314,8 @@ mod tests {
         e.next_attempt_at = Some(Utc::now());
         e.reason = Some("permanent".into());
         e.result = Some(json!({"a": 1}));
+        e.progress = Some(0.5);
+        e.message = Some("half".into());
         let wire = serde_json::to_value(&e).unwrap();
         let doc: TaskEventDoc = serde_json::from_value(wire.clone()).unwrap();
         let back = serde_json::to_value(&doc).unwrap();

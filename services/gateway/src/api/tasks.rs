@@ -88,7 +88,8 @@ pub async fn enqueue_image(
 
 /// Enqueue a task of any type.
 ///
-/// With an optional delay, served by the workers' retry ladder.
+/// With an optional `delay` or `eta` of any length, served by the delay
+/// cascade: the task is `scheduled` until it is due.
 #[utoipa::path(
     post,
     path = "/v1/tasks",
@@ -103,7 +104,7 @@ pub async fn enqueue_image(
         (status = 400, description = "The body is not JSON.", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 413, description = "The body is over `http.max_body_bytes`.", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json`.", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 422, description = "A field is unknown, missing or invalid (a delay longer than the retry ladder's longest rung, a priority over 9, a payload its worker would refuse).", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "A field is unknown, missing or invalid (a delay or eta beyond the delay cascade's 8.5 years, both given, a priority over 9, a payload its worker would refuse).", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 503, description = "The broker did not confirm the task: not connected, no queue for the type (no worker has declared it), nack, timeout.", body = ProblemDocument, content_type = "application/problem+json"),
     )
 )]
@@ -118,7 +119,11 @@ pub async fn enqueue_task(
     enqueue::task_type(&request.task_type, "type")?;
     let id = enqueue::task_id(request.id.as_deref(), "id")?;
     let priority = enqueue::priority(request.priority, "priority")?;
-    let delay = app.checks.rung_for(request.delay.as_deref(), "delay")?;
+    let due_at = app.checks.due(
+        request.delay.as_deref(),
+        request.eta.as_deref(),
+        chrono::Utc::now(),
+    )?;
     app.checks
         .check_payload(&request.task_type, &request.payload, &id, "payload.")?;
     let task = Enqueue {
@@ -126,7 +131,7 @@ pub async fn enqueue_task(
         payload: request.payload,
         id,
         priority,
-        delay,
+        due_at,
     };
     accept(&app, task, None).await
 }
@@ -140,14 +145,18 @@ async fn typed(
 ) -> Result<Response, Problem> {
     let id = enqueue::task_id(params.id.as_deref(), "id")?;
     let priority = enqueue::priority(params.priority, "priority")?;
-    let delay = app.checks.rung_for(params.delay.as_deref(), "delay")?;
+    let due_at = app.checks.due(
+        params.delay.as_deref(),
+        params.eta.as_deref(),
+        chrono::Utc::now(),
+    )?;
     app.checks.check_payload(task_type, &payload, &id, "")?;
     let task = Enqueue {
         task_type: task_type.to_owned(),
         payload,
         id,
         priority,
-        delay,
+        due_at,
     };
     accept(app, task, None).await
 }
@@ -160,9 +169,10 @@ pub async fn accept(
 ) -> Result<Response, Problem> {
     enqueue::publish(&app.broker, &app.tracker, &task).await?;
     let mut accepted = Accepted::new(&task.id, &task.task_type, task.priority);
-    accepted.delay = task
-        .delay
-        .map(|d| humantime::format_duration(d).to_string());
+    if let Some(due) = task.due_at {
+        accepted.state = crate::api::model::State::Scheduled;
+        accepted.due_at = Some(due);
+    }
     accepted.source_key = source_key;
     let location = accepted.status_url.clone();
     Ok((
@@ -173,7 +183,7 @@ pub async fn accept(
         .into_response())
 }
 
-/// `id`, `priority` and `delay` from the query string; anything else is
+/// `id`, `priority`, `delay` and `eta` from the query string; anything else is
 /// an unknown field.
 pub fn parse_params(query: Option<&str>) -> Result<EnqueueParams, Problem> {
     let mut params = EnqueueParams::default();
@@ -181,6 +191,7 @@ pub fn parse_params(query: Option<&str>) -> Result<EnqueueParams, Problem> {
         match key.as_ref() {
             "id" => params.id = Some(value.into_owned()),
             "delay" => params.delay = Some(value.into_owned()),
+            "eta" => params.eta = Some(value.into_owned()),
             "priority" => {
                 let p = value.trim().parse::<u8>().map_err(|_| {
                     Problem::invalid(
@@ -195,7 +206,9 @@ pub fn parse_params(query: Option<&str>) -> Result<EnqueueParams, Problem> {
                 return Err(Problem::invalid(
                     "unknown_field",
                     other,
-                    format!("unknown query parameter {other:?}; expected id, priority or delay"),
+                    format!(
+                        "unknown query parameter {other:?}; expected id, priority, delay or eta"
+                    ),
                 ));
             }
         }
