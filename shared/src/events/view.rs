@@ -258,6 +258,31 @@ mod tests {
     }
 
     #[test]
+    fn progress_keeps_a_task_running_and_shows_the_latest_report() {
+        let mut v = StatusView::new(10);
+        v.apply(ev(1, "a", TaskState::Running, 1));
+        let mut p = ev(2, "a", TaskState::Progress, 1);
+        p.event.progress = Some(0.5);
+        p.event.message = Some("half".into());
+        v.apply(p);
+        let s = v.get("a").unwrap();
+        assert_eq!(s.state, TaskState::Running);
+        assert_eq!(s.progress, Some(0.5));
+        assert_eq!(s.progress_message.as_deref(), Some("half"));
+        // A new attempt starts from nothing; the final state keeps the
+        // last report.
+        v.apply(ev(3, "a", TaskState::Running, 2));
+        assert_eq!(v.get("a").unwrap().progress, None);
+        let mut p = ev(4, "a", TaskState::Progress, 2);
+        p.event.progress = Some(1.0);
+        v.apply(p);
+        v.apply(ev(5, "a", TaskState::Succeeded, 2));
+        let s = v.get("a").unwrap();
+        assert_eq!((s.state, s.progress), (TaskState::Succeeded, Some(1.0)));
+        assert_eq!(v.events("a").len(), 5);
+    }
+
+    #[test]
     fn the_view_follows_a_task_through_its_life() {
         let mut v = StatusView::new(10);
         v.apply(ev(1, "a", TaskState::Queued, 1));

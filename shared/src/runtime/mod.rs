@@ -481,3 +481,62 @@ impl Inner {
         idempotency::key(self.names.namespace(), &ctx.task_type, &ctx.id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Resize {}
+    impl Task for Resize {
+        const TYPE: &'static str = "photos.resize";
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Crop {}
+    impl Task for Crop {
+        const TYPE: &'static str = "photos.crop";
+        const OPTIONS: TaskOptions = TaskOptions::new().max_attempts(2);
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Send {}
+    impl Task for Send {
+        const TYPE: &'static str = "mail.send";
+        const OPTIONS: TaskOptions = TaskOptions::new().queue("outbox").bindings(&["mail.#"]);
+    }
+
+    async fn ok() -> Result<Outcome, TaskError> {
+        Ok(Outcome::done())
+    }
+
+    #[test]
+    fn a_worker_derives_its_queue_and_a_binding_per_type() {
+        let w = Worker::for_task::<Resize>()
+            .handle(|_, _: Resize| ok())
+            .handle(|_, _: Crop| ok());
+        assert_eq!(w.queue_stem(), "photos");
+        assert_eq!(w.binding_keys(), ["photos.resize", "photos.crop"]);
+        assert_eq!(w.task_types(), ["photos.crop", "photos.resize"]);
+        let w =
+            Worker::for_task::<Send>()
+                .with_state(3u8)
+                .handle_with(|_, _: Send, n| async move {
+                    Ok(Outcome::with_result(serde_json::json!(*n)))
+                });
+        assert_eq!(
+            (w.queue_stem(), w.binding_keys()),
+            ("outbox", &["mail.#".to_owned()][..])
+        );
+        // A worker with explicit bindings keeps exactly those.
+        let w = Worker::new(
+            "s",
+            "q",
+            &["x.#"],
+            BrokerSettings::default(),
+            ConsumerSettings::default(),
+        )
+        .handle(|_, _: Resize| ok());
+        assert_eq!(w.binding_keys(), ["x.#"]);
+    }
+}
