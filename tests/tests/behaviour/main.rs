@@ -20,4 +20,6 @@ mod limits;
 mod observability;
 mod runtime;
 mod secrets;
+mod settings;
 mod smtp_sink;
+mod status_store;
