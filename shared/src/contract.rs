@@ -169,6 +169,13 @@ impl Names {
         format!("{}.events.stream", self.namespace)
     }
 
+    /// The exclusive, auto-deleted queue whose holder is the one status
+    /// indexer of the namespace (a lock the broker releases when the
+    /// holder's connection goes, a `kill -9` included).
+    pub fn indexer_lock(&self) -> String {
+        format!("{}.events.indexer", self.namespace)
+    }
+
     /// The parking lot of a work queue (`warren.email.dead`).
     pub fn dead_queue(&self, stem: &str) -> String {
         format!("{}.{}.dead", self.namespace, stem)

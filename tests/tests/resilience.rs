@@ -198,6 +198,20 @@ async fn a_broker_restart_while_tasks_flow_loses_nothing() {
         "broker restart: {} tasks delivered, {duplicates} duplicate sends",
         ids.len()
     );
+    // The worker lived through the outage: a task sent whose ack the outage
+    // swallowed comes back redelivered, and its id is in the worker's
+    // idempotency store (or a republished copy carries the same id), so it
+    // is skipped, not sent again (docs/operations.md, "An email can be sent
+    // twice" needs a worker that dies).
+    assert_eq!(
+        duplicates,
+        0,
+        "duplicate sends across a broker restart: {:?}",
+        received()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
     broker.cleanup().await.unwrap();
 }
@@ -314,7 +328,12 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
             .unwrap();
     }
     let queue = broker.names.work_queue("email");
+    let ops = first.ops_addr().await.unwrap();
     let held = sink.wait_for_holding(3, WAIT).await.unwrap();
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        200
+    );
     first.signal("TERM").unwrap();
     let drained = first
         .wait_for_log("Stopped consuming; waiting for in-flight tasks.", 1, WAIT)
@@ -322,6 +341,12 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
         .unwrap();
     let in_flight = drained[0]["fields"]["in_flight"].as_u64().unwrap() as usize;
     assert_eq!(in_flight, 3, "three handlers were running");
+    // Draining: no longer ready, so no new traffic is routed to it.
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        503,
+        "/readyz while draining"
+    );
     for h in &held {
         sink.release(&h.rcpt_tos[0]).await.unwrap();
     }
@@ -477,4 +502,91 @@ async fn broker_publish_after_restart(old: &TestBroker, to: &str) {
         )
         .await
         .unwrap();
+}
+
+/// The `redis` status store's indexer is killed with `kill -9` while
+/// events stream in; the standby gateway takes the lock and resumes from
+/// the committed offset. Every task's record then equals the stream folded
+/// by the store's rules: no event applied twice, none skipped.
+#[tokio::test]
+async fn the_status_indexer_killed_mid_stream_is_replaced_and_no_event_is_applied_twice_or_skipped()
+{
+    use warren::events::TaskState;
+    use warren_tests::status::{StatusWorld, lifecycle};
+
+    const HOLDING: &str = "Holding the indexer lock; indexing the task events.";
+    let _serial = SERIAL.lock().await;
+    let mut w = StatusWorld::new(Duration::from_secs(3600)).await.unwrap();
+    // Two gateways; the first to declare the lock queue indexes.
+    let (_, a) = w.gateway(&[]).await.unwrap();
+    let (_, b) = w.gateway(&[]).await.unwrap();
+    let holder = tokio::select! {
+        r = w.processes[a].wait_for_log(HOLDING, 1, WAIT) => { r.unwrap(); a }
+        r = w.processes[b].wait_for_log(HOLDING, 1, WAIT) => { r.unwrap(); b }
+    };
+    let standby = if holder == a { b } else { a };
+    w.processes[standby]
+        .wait_for_log(
+            "Another gateway holds the indexer lock; standing by.",
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+
+    // 20,000 tasks, 60,000 events, published in four rounds; the holder is
+    // killed once it has indexed part of the first.
+    let base = chrono::Utc::now();
+    let finals = [
+        TaskState::Succeeded,
+        TaskState::DeadLettered,
+        TaskState::Retrying,
+    ];
+    let mut killed_at = None;
+    for round in 0..4 {
+        let mut events = Vec::new();
+        for i in 0..5000 {
+            let n = round * 5000 + i;
+            let at = base + chrono::Duration::microseconds(n as i64 * 10);
+            events.extend(lifecycle(&format!("f{n}"), "email.send", finals[n % 3], at));
+        }
+        w.publish(events).await;
+        if killed_at.is_none() {
+            // Mid-stream: something committed, and more to come.
+            let deadline = Instant::now() + WAIT;
+            let committed = loop {
+                if let Some(c) = w.store.committed_offset().await.unwrap() {
+                    break c;
+                }
+                assert!(Instant::now() < deadline, "the indexer committed nothing");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            w.processes[holder].signal("KILL").unwrap();
+            killed_at = Some((chrono::Utc::now(), committed));
+        }
+    }
+    let (killed, committed_at_kill) = killed_at.unwrap();
+    let took = w.processes[standby]
+        .wait_for_log(HOLDING, 1, WAIT)
+        .await
+        .unwrap();
+    // From the kill to the standby's log line, by the log's own clock.
+    let took_at: chrono::DateTime<chrono::Utc> =
+        took[0]["timestamp"].as_str().unwrap().parse().unwrap();
+    let takeover = (took_at - killed).to_std().unwrap_or_default();
+    let (reference, last) = w.reference().await.unwrap();
+    assert!(
+        committed_at_kill < last,
+        "the kill came after the last event ({committed_at_kill} of {last})"
+    );
+    w.wait_indexed(last, WAIT).await.unwrap();
+    w.assert_store_matches(&reference).await.unwrap();
+    println!(
+        "indexer failover: killed at offset {committed_at_kill} of {last}; the standby held the lock {:.0} ms after the kill; {} tasks identical to the stream",
+        takeover.as_secs_f64() * 1000.0,
+        reference.len()
+    );
+    let mut dead = w.processes.remove(holder);
+    let _ = dead.wait_exit(Duration::from_secs(10)).await;
+    w.finish().await.unwrap();
 }

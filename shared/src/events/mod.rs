@@ -20,19 +20,24 @@
 //! `envelope` (many events in one message, versioned), `publish`
 //! (emitting, batched and confirmed, off the task's path), `stream`
 //! (reading the stream, one event at a time, from its first retained
-//! event or from where a reader left off) and `view` (the status of
-//! every task, folded from the events). The exchange and the
+//! event, its end, or where a reader left off), `view` (the status of
+//! every task, folded from the events, in memory) and `store` (the same
+//! records in Redis, shared by gateway replicas). The exchange and the
 //! stream are declared with the rest of the topology
 //! ([`crate::topology`]).
 
 pub mod envelope;
 mod model;
 mod publish;
+mod store;
 mod stream;
 mod view;
 
 pub use crate::topology::declare_events_stream as declare_stream;
 pub use model::{TaskEvent, TaskState};
 pub use publish::{Batching, EventPublisher, GIVE_UP_AFTER, MAX_ATTEMPTS};
-pub use stream::{StreamedEvent, follow, follow_after};
-pub use view::{MAX_EVENTS_PER_TASK, StatusView, TaskStatus};
+pub use store::{RESULT_REF, RedisOptions, RedisStatusStore, StatusStoreError, result_ref};
+pub use stream::{StreamStart, StreamedEvent, follow, follow_after, follow_from, follow_on};
+pub use view::{
+    ListQuery, MAX_EVENTS_PER_TASK, Page, StatusView, TaskRecord, TaskStatus, position_since,
+};

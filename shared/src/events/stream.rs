@@ -7,9 +7,9 @@
 //! position ([`StreamedEvent::offset`]) that is unique and increasing.
 
 use futures::{Stream, StreamExt};
-use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
 
 use super::TaskEvent;
 use super::envelope;
@@ -31,6 +31,19 @@ impl StreamedEvent {
     pub fn stream_offset(&self) -> u64 {
         envelope::stream_offset(self.offset)
     }
+}
+
+/// Where reading the stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// Its first retained event.
+    First,
+    /// The events written from now on.
+    Next,
+    /// After the event at this position (a [`StreamedEvent::offset`] a
+    /// reader applied and saved): reading starts at the message that held
+    /// it, and it and the events before it are skipped.
+    After(u64),
 }
 
 /// Reads the stream from its first retained event, then follows it. Each
@@ -59,17 +72,48 @@ pub async fn follow_after(
     impl Stream<Item = Result<StreamedEvent, lapin::Error>> + Send + 'static + use<>,
     lapin::Error,
 > {
+    let start = after.map_or(StreamStart::First, StreamStart::After);
+    follow_from(connection, names, start).await
+}
+
+/// Reads the stream from `start`, then follows it, as [`follow`] does.
+pub async fn follow_from(
+    connection: &Connection,
+    names: &Names,
+    start: StreamStart,
+) -> Result<
+    impl Stream<Item = Result<StreamedEvent, lapin::Error>> + Send + 'static + use<>,
+    lapin::Error,
+> {
     let channel = connection.create_channel().await?;
+    follow_on(&channel, names, start).await
+}
+
+/// Reads the stream from `start` on `channel` (which the caller may close
+/// when done), as [`follow_from`] does.
+pub async fn follow_on(
+    channel: &Channel,
+    names: &Names,
+    start: StreamStart,
+) -> Result<
+    impl Stream<Item = Result<StreamedEvent, lapin::Error>> + Send + 'static + use<>,
+    lapin::Error,
+> {
+    let channel = channel.clone();
     // Streams require a prefetch; it bounds how far ahead the broker sends.
     channel.basic_qos(1000, BasicQosOptions::default()).await?;
     let mut args = FieldTable::default();
-    let start = match after {
-        None => AMQPValue::LongString("first".into()),
-        Some(position) => AMQPValue::LongLongInt(
-            i64::try_from(envelope::stream_offset(position)).unwrap_or(i64::MAX),
+    let (offset, after) = match start {
+        StreamStart::First => (AMQPValue::LongString("first".into()), None),
+        StreamStart::Next => (AMQPValue::LongString("next".into()), None),
+        StreamStart::After(position) => (
+            AMQPValue::LongLongInt(
+                i64::try_from(envelope::stream_offset(position)).unwrap_or(i64::MAX),
+            ),
+            Some(position),
         ),
     };
-    args.insert(broker_headers::STREAM_OFFSET.into(), start);
+    args.insert(broker_headers::STREAM_OFFSET.into(), offset);
     let consumer = channel
         .basic_consume(
             names.events_stream().into(),

@@ -18,4 +18,6 @@ mod image;
 mod observability;
 mod runtime;
 mod secrets;
+mod settings;
 mod smtp_sink;
+mod status_store;
