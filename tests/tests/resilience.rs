@@ -116,17 +116,18 @@ async fn publish_through_outage(
     }
 }
 
+/// An email world whose worker runs four handlers at once.
+async fn four_handlers() -> (TestBroker, warren_tests::smtp::SmtpSink, WorkerProcess) {
+    let world = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
+        .await
+        .unwrap();
+    (world.broker, world.sink, world.worker)
+}
+
 #[tokio::test]
 async fn a_broker_restart_while_tasks_flow_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let EmailWorld {
-        mut broker,
-        sink,
-        worker,
-        env: _,
-    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
-        .await
-        .unwrap();
+    let (mut broker, sink, worker) = four_handlers().await;
     let namespace = broker.namespace().to_owned();
 
     let to = rcpt("restart");
@@ -221,14 +222,7 @@ async fn a_broker_restart_while_tasks_run_leaves_no_status_behind_its_final_stat
     use warren::events::{self, StatusView, TaskState};
 
     let _serial = SERIAL.lock().await;
-    let EmailWorld {
-        mut broker,
-        sink,
-        worker,
-        env: _,
-    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
-        .await
-        .unwrap();
+    let (mut broker, sink, worker) = four_handlers().await;
     let namespace = broker.namespace().to_owned();
     // The stream a gateway declares: the events land in it.
     events::declare_stream(&broker.connection, &broker.names, Duration::from_secs(3600))
