@@ -6,7 +6,10 @@ line per DATA outcome:
 
 * ``{"event":"message","mail_from","rcpt_tos","data","at"}`` for an accepted mail
   (``data`` is the whole raw message, decoded as UTF-8);
-* ``{"event":"rejected","code","mail_from","rcpt_tos","at"}`` for a refused one.
+* ``{"event":"rejected","code","mail_from","rcpt_tos","at"}`` for a refused one;
+* ``{"event":"holding","mail_from","rcpt_tos","at"}`` when it starts holding back
+  the reply to a ``slow`` or ``hold`` DATA: the client is then mid-``DATA``,
+  waiting for the final answer (the moment to kill it or send it SIGTERM).
 
 Behaviour is chosen per message by the recipients' local parts, so tests running
 in parallel each steer their own mail and never interfere:
@@ -16,6 +19,9 @@ in parallel each steer their own mail and never interfere:
   ``451 4.3.0 Try again later``; later attempts are accepted
 * ``slow<MS>...``         -> wait MS milliseconds before answering; if the client
   has disconnected meanwhile, print ``{"event":"aborted",...}`` and keep nothing
+* ``hold...``             -> like ``slow``, but wait until the test releases the
+  address by writing ``{"release":"<address>"}`` to the server's stdin (every
+  hold of that address, now and later, is then answered at once)
 * anything else           -> accepted
 
 The server exits when its parent process goes away.
@@ -34,6 +40,7 @@ from aiosmtpd.smtp import SMTP
 
 TEMPFAIL = re.compile(r"tempfail451x(\d+)")
 SLOW = re.compile(r"slow(\d+)")
+HOLD = "hold"
 
 
 def emit(event):
@@ -49,17 +56,31 @@ class Handler:
     def __init__(self):
         # DATA attempts seen so far per tempfail recipient, across connections.
         self.attempts = Counter()
+        # One event per held address, set when the test releases it.
+        self.released = {}
+
+    def release_event(self, address):
+        return self.released.setdefault(address.lower(), asyncio.Event())
+
+    async def hold(self, rcpts, delay_ms):
+        held = [r for r in rcpts if local_part(r).startswith(HOLD)]
+        if held:
+            await asyncio.gather(*(self.release_event(r).wait() for r in held))
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
 
     async def handle_DATA(self, server, session, envelope):
         rcpts = list(envelope.rcpt_tos)
         locals_ = [local_part(r) for r in rcpts]
 
         delay_ms = max((int(m.group(1)) for m in map(SLOW.match, locals_) if m), default=0)
-        if delay_ms:
+        if delay_ms or any(lp.startswith(HOLD) for lp in locals_):
             aborted = {"event": "aborted", "mail_from": envelope.mail_from,
                        "rcpt_tos": rcpts}
+            emit({"event": "holding", "mail_from": envelope.mail_from,
+                  "rcpt_tos": rcpts, "at": time.time()})
             try:
-                await asyncio.sleep(delay_ms / 1000)
+                await self.hold(rcpts, delay_ms)
             except asyncio.CancelledError:
                 # aiosmtpd cancels the handler when the client disconnects.
                 emit({**aborted, "at": time.time()})
@@ -95,6 +116,20 @@ class Handler:
         return "250 2.0.0 OK: queued"
 
 
+async def read_releases(handler):
+    """Reads ``{"release":"<address>"}`` lines from stdin until it closes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        try:
+            address = json.loads(line)["release"]
+        except (ValueError, KeyError, TypeError):
+            sys.stderr.write(f"smtp sink: unreadable command {line!r}\n")
+            continue
+        handler.release_event(address).set()
+
+
 async def exit_when_orphaned():
     parent = os.getppid()
     while os.getppid() == parent:
@@ -121,7 +156,9 @@ async def main():
         args.port,
     )
     emit({"event": "ready", "port": server.sockets[0].getsockname()[1]})
+    releases = asyncio.create_task(read_releases(handler))
     await exit_when_orphaned()
+    releases.cancel()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ pub const RETRY_DELAYS: [Duration; 1] = [Duration::from_millis(1)];
 /// filling a queue.
 const PREFILL_WINDOW: usize = 2_000;
 
+/// How long the bench's events stream keeps events (it is deleted at the
+/// end of the run anyway).
+const EVENTS_RETENTION: Duration = Duration::from_secs(3600);
+
 /// The email worker's queue stem (`{namespace}.email`).
 pub const EMAIL_STEM: &str = "email";
 
@@ -82,7 +86,23 @@ impl BenchBroker {
         for t in &broker.topologies {
             t.declare(&broker.connection).await?;
         }
+        broker.reset_events_stream().await?;
         Ok(broker)
+    }
+
+    /// Deletes and declares the events stream (`{namespace}.events.stream`,
+    /// as a gateway declares it), so the runtime's task events are routed
+    /// into a stream and stored, as in production, and a reader from its
+    /// first offset sees only what came after.
+    pub async fn reset_events_stream(&self) -> anyhow::Result<()> {
+        self.channel
+            .queue_delete(
+                self.names.events_stream().as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await?;
+        warren::events::declare_stream(&self.connection, &self.names, EVENTS_RETENTION).await?;
+        Ok(())
     }
 
     pub fn namespace(&self) -> &str {
@@ -266,7 +286,7 @@ impl BenchBroker {
             }
         }
         // The runtime's task events: the exchange it declares, and the
-        // stream in case anything bound one.
+        // stream the bench declared as a gateway would.
         channel
             .queue_delete(
                 self.names.events_stream().as_str().into(),

@@ -69,8 +69,18 @@ pub mod headers {
     ];
 }
 
-/// AMQP `type` of a task lifecycle event on the events exchange.
+/// AMQP `type` of a single task lifecycle event on the events exchange:
+/// what Warren wrote before envelopes, still read by every stream reader.
 pub const EVENT_MESSAGE_TYPE: &str = "warren.task_event";
+
+/// AMQP `type` of an envelope of task lifecycle events: one message holding
+/// many events, in the order they happened.
+pub const EVENT_ENVELOPE_MESSAGE_TYPE: &str = "warren.task_events";
+
+/// `content_type` of an envelope of task lifecycle events, version 1: a
+/// JSON array of events. The version is in the content type; a reader
+/// skips (and logs) envelopes of a version it does not know.
+pub const EVENT_ENVELOPE_CONTENT_TYPE: &str = "application/vnd.warren.task-events.v1+json";
 
 /// Headers and arguments RabbitMQ itself sets or reads, which Warren's
 /// readers rely on (and `asyncapi.yaml` documents). Warren never writes the
@@ -157,6 +167,13 @@ impl Names {
     /// The stream queue that keeps task events for replay.
     pub fn events_stream(&self) -> String {
         format!("{}.events.stream", self.namespace)
+    }
+
+    /// The exclusive, auto-deleted queue whose holder is the one status
+    /// indexer of the namespace (a lock the broker releases when the
+    /// holder's connection goes, a `kill -9` included).
+    pub fn indexer_lock(&self) -> String {
+        format!("{}.events.indexer", self.namespace)
     }
 
     /// The parking lot of a work queue (`warren.email.dead`).

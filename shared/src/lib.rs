@@ -6,9 +6,11 @@
 //! Every service stands on it; nothing in it is specific to one service
 //! (task types live in the contract crate, `warren-tasks`).
 //!
-//! What a user touches is at the root: write a handler against [`Task`],
-//! [`TaskContext`], [`Outcome`] and [`TaskError`]; run it with a
-//! [`Worker`]; publish with a [`Publisher`]. The rest is in modules named
+//! What a user touches is at the root, and in [`prelude`]: declare a
+//! [`Task`] type (its name, and optionally its [`TaskOptions`]), write a
+//! handler against [`TaskContext`], [`Outcome`] and [`TaskError`], route
+//! it on a [`Worker`] and run that with [`serve`] or an [`App`]; publish
+//! with a [`Publisher`], or from a handler with [`TaskContext::publish`]. The rest is in modules named
 //! after what they hold: [`contract`] (names and headers), [`topology`]
 //! (what is declared), [`events`] (task lifecycle events and the status
 //! view), [`settings`], [`telemetry`], [`metrics`], [`ops`] (health and
@@ -18,7 +20,7 @@
 //! ```no_run
 //! use warren::prelude::*;
 //!
-//! #[derive(serde::Deserialize)]
+//! #[derive(serde::Deserialize, serde::Serialize)]
 //! struct Ping {
 //!     n: u32,
 //! }
@@ -27,15 +29,16 @@
 //!     const TYPE: &'static str = "ping.send";
 //! }
 //!
-//! # async fn run(settings: warren::settings::BrokerSettings) -> Result<(), warren::RuntimeError> {
-//! let worker = Worker::new("ping-worker", "ping", &["ping.#"], settings, Default::default())
-//!     .handle(|_ctx: TaskContext, ping: Ping| async move {
-//!         Ok::<_, TaskError>(Outcome::with_result(serde_json::json!({ "n": ping.n })))
+//! #[tokio::main]
+//! async fn main() -> Result<(), warren::AppError> {
+//!     let worker = Worker::for_task::<Ping>().handle(|_ctx, ping: Ping| async move {
+//!         Ok(Outcome::with_result(serde_json::json!({ "n": ping.n })))
 //!     });
-//! worker.run(warren::shutdown::on_signal()).await
-//! # }
+//!     warren::serve("ping-worker", worker).await
+//! }
 //! ```
 
+mod app;
 pub mod broker;
 pub mod contract;
 pub mod events;
@@ -50,16 +53,21 @@ pub mod telemetry;
 pub mod topology;
 pub mod trace;
 
+pub use app::{App, AppError, serve};
 pub use contract::{DeadReason, Names};
 pub use events::{EventPublisher, StatusView, TaskEvent, TaskState};
 pub use publisher::{CONFIRM_TIMEOUT, PublishError, PublishOptions, Publisher, task_properties};
 pub use runtime::{RuntimeError, Worker, WorkerStatus};
 pub use topology::{Topology, TopologyError};
-pub use warren_core::{Disposition, Outcome, Task, TaskContext, TaskError, safe_task_id};
+pub use warren_core::{
+    ContextRuntime, Disposition, FollowUp, Outcome, RateLimit, Task, TaskContext, TaskError,
+    TaskOptions, safe_task_id,
+};
 
 /// What writing a worker or a producer needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Outcome, PublishOptions, Publisher, Task, TaskContext, TaskError, Worker, WorkerStatus,
+        App, Outcome, PublishOptions, Publisher, RateLimit, Task, TaskContext, TaskError,
+        TaskOptions, Worker, WorkerStatus,
     };
 }

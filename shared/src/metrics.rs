@@ -109,6 +109,7 @@ pub struct RuntimeMetrics {
     pub broker_reconnects: IntCounterVec,
     pub publish_confirms: IntCounterVec,
     pub task_events_dropped: IntCounterVec,
+    pub task_events_reemitted: IntCounterVec,
 }
 
 impl RuntimeMetrics {
@@ -196,7 +197,12 @@ impl RuntimeMetrics {
             ),
             task_events_dropped: counter(
                 "warren_task_events_dropped_total",
-                "Task lifecycle events not published: the buffer was full or the publish failed.",
+                "Task lifecycle events given up: the buffer was full, or the broker did not confirm them after retries.",
+                &["service"],
+            ),
+            task_events_reemitted: counter(
+                "warren_task_events_reemitted_total",
+                "Final states (succeeded, dead_lettered) emitted again after their event was given up.",
                 &["service"],
             ),
         }
@@ -265,6 +271,14 @@ impl TaskMetrics {
 pub(crate) fn task_event_dropped() {
     runtime()
         .task_events_dropped
+        .with_label_values(&[service()])
+        .inc();
+}
+
+/// Counts a final state emitted again after its event was given up.
+pub(crate) fn task_event_reemitted() {
+    runtime()
+        .task_events_reemitted
         .with_label_values(&[service()])
         .inc();
 }

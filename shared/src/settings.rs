@@ -5,14 +5,22 @@
 //! `WARREN_BROKER__URL`, `WARREN_CONSUMER__PREFETCH`, `WARREN_EMAIL__SMTP__HOST`.
 //! The file is `warren.toml` in the working directory if it exists, or the
 //! path in `WARREN_CONFIG`. Secrets (the broker URL carries a password) are
-//! wrapped so they never print in logs or `Debug` output.
+//! wrapped so they never print in logs or `Debug` output, and never in a
+//! settings error either: a secret accepts any scalar (`123456789`, `true`,
+//! a URL), and a value it refuses is named by its key and type alone.
+//!
+//! An environment variable is read as the type its setting has: a setting
+//! whose default is a string (a URL, a password, a name, a duration) takes
+//! the variable's text as it is, so `WARREN_EMAIL__SMTP__PASSWORD=0123`
+//! is the password `0123`, not the number 123.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -23,7 +31,7 @@ use serde::{Deserialize, Serialize};
 pub struct BrokerSettings {
     /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. Secret: it
     /// usually carries a password.
-    #[serde(serialize_with = "serialize_secret")]
+    #[serde(with = "secret")]
     pub url: SecretString,
     /// Prefix of every exchange and queue name (`warren.tasks`,
     /// `warren.email`, ...), so environments and tests share one broker.
@@ -137,7 +145,7 @@ pub enum IdempotencyBackend {
 pub struct IdempotencySettings {
     pub backend: IdempotencyBackend,
     /// Redis URL (may carry a password).
-    #[serde(serialize_with = "serialize_secret")]
+    #[serde(with = "secret")]
     pub redis_url: SecretString,
     /// How long a succeeded task id is remembered.
     #[serde(with = "humantime_serde")]
@@ -217,6 +225,33 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// The sections every worker has: what [`crate::App`] needs to run
+/// workers. A custom worker with no settings of its own loads exactly
+/// this (`[broker]`, `[consumer]`, `[idempotency]`, `[telemetry]`,
+/// `[ops]`); a service with more sections keeps its own tree and hands
+/// these over.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Where the broker is.
+    pub broker: BrokerSettings,
+    /// How queues are consumed.
+    pub consumer: ConsumerSettings,
+    /// Which store remembers succeeded task ids.
+    pub idempotency: IdempotencySettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+    /// `/metrics`, `/healthz`, `/readyz`; port 9400 by default.
+    pub ops: OpsSettings,
+}
+
+impl WorkerSettings {
+    /// Loads the layered settings (defaults, file, environment).
+    pub fn load() -> Result<Self, SettingsError> {
+        load::<Self>()
+    }
+}
+
 /// Errors while loading settings.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid settings: {0}")]
@@ -239,9 +274,181 @@ pub fn figment_for<T: Serialize + Default>() -> Figment {
     let file = std::env::var_os("WARREN_CONFIG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("warren.toml"));
-    Figment::from(Serialized::defaults(T::default()))
-        .merge(Toml::file(file))
-        .merge(Env::prefixed("WARREN_").split("__").ignore(&["config"]))
+    let defaults = Figment::from(Serialized::defaults(T::default()));
+    let env = TypedEnv {
+        env: Env::prefixed("WARREN_").split("__").ignore(&["config"]),
+        defaults: defaults.clone(),
+    };
+    defaults.merge(Toml::file(file)).merge(env)
+}
+
+/// `WARREN_*` variables, each read as the type of its setting's default:
+/// the text as it is for a string setting (so a numeric or boolean password
+/// stays the string it was, leading zeros and all), figment's parsing
+/// (numbers, booleans, arrays) for the others.
+struct TypedEnv {
+    env: Env,
+    defaults: Figment,
+}
+
+impl Provider for TypedEnv {
+    fn metadata(&self) -> Metadata {
+        self.env.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw) in self.env.iter() {
+            let key = key.as_str();
+            let parsed: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            let value = match (self.defaults.find_value(key), &parsed) {
+                // `'"123456"'`, the quoting older docs asked for: its text.
+                (Ok(Value::String(..)), Value::String(..)) if is_quoted(&raw) => parsed,
+                (Ok(Value::String(..)), _) => Value::from(raw),
+                _ => parsed,
+            };
+            if let Value::Dict(_, nested) = figment::util::nest(key, value) {
+                merge_dicts(&mut dict, nested);
+            }
+        }
+        Ok(Map::from([(Profile::Default, dict)]))
+    }
+}
+
+/// `"..."`: a string figment unquotes.
+fn is_quoted(raw: &str) -> bool {
+    raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"')
+}
+
+/// Merges `from` into `into`, nested dictionaries key by key, the later
+/// value winning otherwise.
+fn merge_dicts(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, existing)), Value::Dict(_, nested)) => {
+                merge_dicts(existing, nested)
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// A secret setting, for `#[serde(with = "warren::settings::secret")]` on a
+/// [`SecretString`] field.
+///
+/// It accepts any scalar as its text (a TOML `password = 123456789` is the
+/// password `"123456789"`), and refuses anything else by naming its type,
+/// never its value, so a settings error cannot print the secret.
+pub mod secret {
+    use std::fmt;
+
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::Serializer;
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// Serializes the secret in clear: only used to seed figment's
+    /// defaults, whose value is then read back through [`deserialize`].
+    pub fn serialize<S: Serializer>(
+        secret: &SecretString,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(secret.expose_secret())
+    }
+
+    /// Reads a secret from a string, an integer or a boolean.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<SecretString, D::Error> {
+        deserializer.deserialize_any(SecretVisitor)
+    }
+
+    struct SecretVisitor;
+
+    /// The refusal of a value that is no scalar: its kind, never its content.
+    fn refuse<E: de::Error>(found: &str) -> E {
+        E::custom(format_args!(
+            "a secret setting must be a string (found {found}; its value is not shown)"
+        ))
+    }
+
+    impl<'de> Visitor<'de> for SecretVisitor {
+        type Value = SecretString;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a secret string")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v))
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v))
+        }
+
+        fn visit_char<E: de::Error>(self, v: char) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+
+        fn visit_i128<E: de::Error>(self, v: i128) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+
+        // A float has no faithful text (`1.50` reads back as 1.5): refused.
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(refuse("a decimal number; quote it"))
+        }
+
+        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+            Err(refuse("bytes"))
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(refuse("nothing"))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(refuse("nothing"))
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, _: D) -> Result<Self::Value, D::Error> {
+            Err(refuse("an option"))
+        }
+
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(refuse("a list"))
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(refuse("a table"))
+        }
+
+        fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(refuse("an enum"))
+        }
+    }
 }
 
 /// `["1s", "5s", "2m"]` <-> `Vec<Duration>`, for `#[serde(with = ...)]`
@@ -266,13 +473,13 @@ pub mod duration_list {
     }
 }
 
-/// Serializes a secret in clear: only used to seed figment's
-/// defaults, whose value is then read back through `Deserialize`.
+/// Serializes a secret in clear; prefer `#[serde(with = "secret")]`
+/// ([`secret`]), which also reads it back without ever printing it.
 pub fn serialize_secret<S: serde::Serializer>(
     secret: &SecretString,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(secret.expose_secret())
+    secret::serialize(secret, serializer)
 }
 
 /// Replaces the password of a URL with `***`.
@@ -332,11 +539,116 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_rejected() {
+    fn unknown_keys_are_rejected_by_name() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("WARREN_CONSUMER__PREFETCHH", "7");
-            let r: Result<Svc, _> = load();
-            assert!(r.is_err());
+            let err = load::<Svc>().err().ok_or("an unknown key was accepted")?;
+            let shown = err.to_string();
+            assert!(shown.contains("prefetchh"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[derive(Debug, Default, Deserialize, Serialize)]
+    #[serde(default)]
+    struct WithSecrets {
+        broker: BrokerSettings,
+        idempotency: IdempotencySettings,
+    }
+
+    /// The error of a load, or a note that it loaded.
+    fn load_error() -> String {
+        match load::<WithSecrets>() {
+            Ok(_) => "loaded".to_owned(),
+            Err(e) => format!("{e} {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_secret_from_the_environment_is_its_text_whatever_it_looks_like() {
+        for raw in [
+            "123456789",
+            "0123",
+            "true",
+            "1.50",
+            "-7",
+            "[1, 2]",
+            "{a=1}",
+            "'x'",
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("WARREN_BROKER__URL", raw);
+                jail.set_env("WARREN_IDEMPOTENCY__REDIS_URL", raw);
+                let s: WithSecrets = load().map_err(|e| e.to_string())?;
+                assert_eq!(s.broker.url.expose_secret(), raw);
+                assert_eq!(s.idempotency.redis_url.expose_secret(), raw);
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn a_quoted_secret_is_unquoted_as_before() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WARREN_BROKER__URL", "\"123456\"");
+            let s: WithSecrets = load().map_err(|e| e.to_string())?;
+            assert_eq!(s.broker.url.expose_secret(), "123456");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_secret_from_the_file_takes_any_scalar() {
+        for (toml, text) in [("123456789", "123456789"), ("true", "true"), ("-3", "-3")] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("warren.toml", &format!("[broker]\nurl = {toml}\n"))?;
+                let s: WithSecrets = load().map_err(|e| e.to_string())?;
+                assert_eq!(s.broker.url.expose_secret(), text);
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn a_refused_secret_names_its_key_and_type_never_its_value() {
+        for toml in ["987654.25", "[987654, 1]", "{ pw = 987654 }"] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file(
+                    "warren.toml",
+                    &format!("[idempotency]\nredis_url = {toml}\n"),
+                )?;
+                let shown = load_error();
+                assert!(shown.contains("redis_url"), "{shown}");
+                assert!(shown.contains("must be a string"), "{shown}");
+                assert!(!shown.contains("987654"), "{shown}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn a_secret_nested_under_a_stray_key_is_not_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WARREN_BROKER__URL__PASSWORD", "987654");
+            let shown = load_error();
+            assert!(shown.contains("url"), "{shown}");
+            assert!(!shown.contains("987654"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_numeric_setting_from_the_environment_is_still_a_number() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WARREN_CONSUMER__PREFETCH", "0012");
+            jail.set_env("WARREN_CONSUMER__EVENTS", "false");
+            jail.set_env("WARREN_CONSUMER__RETRY_DELAYS", "[\"1s\", \"2s\"]");
+            jail.set_env("WARREN_BROKER__NAMESPACE", "007");
+            let s: Svc = load().map_err(|e| e.to_string())?;
+            assert_eq!(s.consumer.prefetch, 12);
+            assert!(!s.consumer.events);
+            assert_eq!(s.consumer.retry_delays.len(), 2);
+            assert_eq!(s.broker.namespace, "007");
             Ok(())
         });
     }

@@ -18,8 +18,10 @@ use std::time::Duration;
 use lapin::types::AMQPValue;
 use serde_json::Value;
 use warren::contract::{
-    CONTENT_TYPE_JSON, EVENT_MESSAGE_TYPE, MAX_PRIORITY, PERSISTENT, broker_headers, headers,
+    CONTENT_TYPE_JSON, EVENT_ENVELOPE_CONTENT_TYPE, EVENT_ENVELOPE_MESSAGE_TYPE,
+    EVENT_MESSAGE_TYPE, MAX_PRIORITY, PERSISTENT, broker_headers, headers,
 };
+use warren::events::envelope;
 use warren::settings::ConsumerSettings;
 use warren::topology::delay::DELAY_LEVELS;
 use warren::topology::{Binding, ExchangeSpec, QueueSpec};
@@ -355,11 +357,34 @@ fn every_routing_key_is_documented() {
     // The parking-lot copies and the broker's own dead-lettering both use
     // the work queue's name as the routing key.
     assert_eq!(dead_keys, work_queues, "routing keys on {dead}");
+    event_channels.sort();
     assert_eq!(
         event_channels,
-        ["{taskType}.{state}"],
+        ["{envelopeKey}", "{taskType}.{state}"],
         "routing keys on {events}"
     );
+    // Envelopes: the documented examples are what the code writes, for
+    // one task type and for several.
+    let envelope_channel = doc["channels"]
+        .as_object()
+        .and_then(|c| c.values().find(|c| c["address"] == "{envelopeKey}"))
+        .expect("the envelopes channel");
+    let examples: Vec<&str> = envelope_channel["parameters"]["envelopeKey"]["examples"]
+        .as_array()
+        .expect("envelope key examples")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut written: Vec<String> = TASK_TYPES
+        .iter()
+        .map(|t| envelope::routing_key(&[TaskEvent::new("t", t, TaskState::Running, 1)]))
+        .collect();
+    let mixed: Vec<TaskEvent> = TASK_TYPES
+        .iter()
+        .map(|t| TaskEvent::new("t", t, TaskState::Running, 1))
+        .collect();
+    written.push(envelope::routing_key(&mixed));
+    assert_eq!(examples, written, "envelope routing keys");
     let event_channel = doc["channels"]
         .as_object()
         .and_then(|c| c.values().find(|c| c["address"] == "{taskType}.{state}"))
@@ -480,6 +505,31 @@ fn task_and_event_properties_match_the_code() {
             .expect("messageType");
         if name == "TaskEvent" {
             assert_eq!(kind, EVENT_MESSAGE_TYPE);
+            assert_eq!(message["contentType"], CONTENT_TYPE_JSON);
+        } else if name == "TaskEventEnvelope" {
+            assert_eq!(kind, EVENT_ENVELOPE_MESSAGE_TYPE);
+            assert_eq!(message["contentType"], EVENT_ENVELOPE_CONTENT_TYPE);
+            let written = envelope::properties(0);
+            assert_eq!(
+                written.content_type().as_ref().map(|c| c.as_str()),
+                Some(EVENT_ENVELOPE_CONTENT_TYPE)
+            );
+            assert_eq!(
+                written.kind().as_ref().map(|c| c.as_str()),
+                Some(EVENT_ENVELOPE_MESSAGE_TYPE)
+            );
+            assert_eq!(*written.delivery_mode(), Some(PERSISTENT));
+            assert_eq!(
+                message["payload"]["maxItems"],
+                envelope::MAX_ENVELOPE_EVENTS
+            );
+            // Every example decodes as the code reads envelopes.
+            for example in message["examples"].as_array().expect("examples") {
+                let body = serde_json::to_vec(&example["payload"]).expect("json");
+                let events = envelope::decode(Some(EVENT_ENVELOPE_CONTENT_TYPE), Some(kind), &body)
+                    .expect("the example decodes");
+                assert!(!events.is_empty());
+            }
         } else {
             assert!(TASK_TYPES.contains(&kind), "{name}: {kind}");
         }

@@ -209,6 +209,43 @@ pub async fn request(
         .with_context(|| format!("{method} {path}: no answer within {TIMEOUT:?}"))?
 }
 
+/// One connection kept open for many GETs: for load, where a fresh
+/// connection per request would run out of local ports.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    reader: BufReader<OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let (read, writer) = TcpStream::connect(addr).await?.into_split();
+        Ok(Self {
+            addr,
+            reader: BufReader::new(read),
+            writer,
+        })
+    }
+
+    /// `GET path` on this connection.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Response> {
+        let exchange = async {
+            let head = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
+            self.writer.write_all(head.as_bytes()).await?;
+            let (status, headers) = read_head(&mut self.reader).await?;
+            let body = read_body(&mut self.reader, &headers).await?;
+            anyhow::Ok(Response {
+                status,
+                headers,
+                body,
+            })
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .with_context(|| format!("GET {path}: no answer within {TIMEOUT:?}"))?
+    }
+}
+
 async fn read_head(
     reader: &mut BufReader<OwnedReadHalf>,
 ) -> anyhow::Result<(u16, Vec<(String, String)>)> {

@@ -13,6 +13,7 @@ pub mod images;
 pub mod ops;
 pub mod otlp;
 pub mod smtp;
+pub mod status;
 pub mod worker;
 
 pub use helpers::{EmailWorld, WAIT, rcpt, wait_until};

@@ -1,9 +1,14 @@
 //! A real SMTP server for integration tests: `tests/smtp_sink.py` (aiosmtpd) run as
 //! a child process on a free port, with everything it receives or refuses collected
 //! here. What the server does with a message is chosen by the recipients' local parts
-//! (`reject550…`, `tempfail451x<N>…`, `slow<MS>…`; see the script's docstring), so
+//! (`reject550…`, `tempfail451x<N>…`, `slow<MS>…`, `hold…`; see the script's
+//! docstring), so
 //! give every test its own recipients, for example with a UUID suffix, and filter
 //! with [`SmtpSink::messages_to`].
+//!
+//! A `slow` or `hold` DATA is announced as it starts ([`SmtpSink::wait_for_holding_to`]):
+//! the worker is then mid-`DATA`, the moment a test kills it or sends it SIGTERM.
+//! A `hold` one is answered only once the test calls [`SmtpSink::release`].
 //!
 //! Start one sink per test: its reader task lives on the runtime of the test that
 //! started it, and `#[tokio::test]` gives each test a runtime of its own.
@@ -17,8 +22,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use mail_parser::{HeaderForm, Message, MessageParser, MimeHeaders, PartType};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -57,10 +62,13 @@ enum Event {
     Rejected(Rejection),
     /// The client disconnected while the sink was still answering slowly.
     Aborted(Aborted),
+    /// The sink started holding back its answer to a DATA.
+    Holding(Aborted),
 }
 
-/// A DATA transaction whose client went away before the final reply; the
-/// sink kept nothing.
+/// A DATA transaction whose client went away before the final reply (the
+/// sink kept nothing), or, in [`SmtpSink::holding`], one whose reply the
+/// sink started holding back.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Aborted {
     pub mail_from: String,
@@ -73,6 +81,7 @@ struct Received {
     messages: Vec<ReceivedMail>,
     rejections: Vec<Rejection>,
     aborted: Vec<Aborted>,
+    holding: Vec<Aborted>,
     /// Set when the sink's stdout closed: nothing more will arrive.
     gone: Option<String>,
 }
@@ -97,6 +106,8 @@ pub struct SmtpSink {
     port: u16,
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
+    /// Where [`SmtpSink::release`] writes.
+    commands: tokio::sync::Mutex<ChildStdin>,
     _child: Child,
 }
 
@@ -111,7 +122,7 @@ impl SmtpSink {
         let mut child = Command::new(&python)
             .arg(&script)
             .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -128,6 +139,10 @@ impl SmtpSink {
             .take()
             .context("The SMTP sink's stdout was not piped")?;
         let mut lines = BufReader::new(stdout).lines();
+        let commands = child
+            .stdin
+            .take()
+            .context("The SMTP sink's stdin was not piped")?;
 
         let sink = format!("The SMTP sink ({} {})", python.display(), script.display());
         let hint = "It needs aiosmtpd: run `apt-get install python3-aiosmtpd` (or scripts/prepare), \
@@ -157,6 +172,7 @@ impl SmtpSink {
             port,
             shared,
             reader,
+            commands: tokio::sync::Mutex::new(commands),
             _child: child,
         })
     }
@@ -174,6 +190,57 @@ impl SmtpSink {
     /// Every DATA whose client went away mid-answer, in arrival order.
     pub fn aborted(&self) -> Vec<Aborted> {
         self.shared.lock().aborted.clone()
+    }
+
+    /// Every DATA whose answer the sink started holding back, in arrival
+    /// order.
+    pub fn holding(&self) -> Vec<Aborted> {
+        self.shared.lock().holding.clone()
+    }
+
+    /// Waits until the sink holds back its answer to at least `n` DATA
+    /// transactions to `rcpt` (the client is then mid-`DATA`) and returns
+    /// them.
+    pub async fn wait_for_holding_to(
+        &self,
+        rcpt: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Aborted>> {
+        self.wait(&format!("{n} held DATA to {rcpt}"), timeout, |r| {
+            let to: Vec<_> = r
+                .holding
+                .iter()
+                .filter(|m| has_rcpt(&m.rcpt_tos, rcpt))
+                .cloned()
+                .collect();
+            (to.len() >= n).then_some(to)
+        })
+        .await
+    }
+
+    /// Waits until the sink holds back its answer to at least `n` DATA
+    /// transactions in all, and returns them.
+    pub async fn wait_for_holding(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Aborted>> {
+        self.wait(&format!("{n} held DATA"), timeout, |r| {
+            (r.holding.len() >= n).then(|| r.holding.clone())
+        })
+        .await
+    }
+
+    /// Answers every held DATA to `rcpt` (a `hold…` address), now and from
+    /// now on.
+    pub async fn release(&self, rcpt: &str) -> anyhow::Result<()> {
+        let mut line = serde_json::json!({ "release": rcpt }).to_string();
+        line.push('\n');
+        let mut commands = self.commands.lock().await;
+        commands.write_all(line.as_bytes()).await?;
+        commands.flush().await?;
+        Ok(())
     }
 
     /// Every refused DATA so far, in arrival order.
@@ -371,6 +438,7 @@ async fn read_events(mut lines: tokio::io::Lines<BufReader<ChildStdout>>, shared
                 Ok(Event::Message(mail)) => shared.lock().messages.push(mail),
                 Ok(Event::Rejected(rejection)) => shared.lock().rejections.push(rejection),
                 Ok(Event::Aborted(aborted)) => shared.lock().aborted.push(aborted),
+                Ok(Event::Holding(held)) => shared.lock().holding.push(held),
                 Ok(Event::Ready { .. }) => {}
                 Err(error) => eprintln!("smtp sink: unreadable line ({error}): {line:.200}"),
             },

@@ -76,6 +76,10 @@ pub struct WorkerProcess {
 #[derive(Default)]
 struct Logs {
     lines: Mutex<Vec<serde_json::Value>>,
+    /// Every line of stdout and stderr as written, JSON or not.
+    raw: Mutex<Vec<String>>,
+    /// Output streams read to their end (2 once the process closed both).
+    closed: std::sync::atomic::AtomicUsize,
     changed: Notify,
 }
 
@@ -135,8 +139,14 @@ impl WorkerProcess {
                     if let Ok(mut l) = logs.lines.lock() {
                         l.push(value);
                     }
+                    if let Ok(mut r) = logs.raw.lock() {
+                        r.push(line);
+                    }
                     logs.changed.notify_waiters();
                 }
+                logs.closed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                logs.changed.notify_waiters();
             });
         }
         Ok(Self {
@@ -192,6 +202,63 @@ impl WorkerProcess {
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
         }
+    }
+
+    /// Waits until a log line has the message `message` (`Some` of the
+    /// lines) or the process exits (`None`), whichever comes first. A line
+    /// that is not JSON (pretty logs) counts when it contains `message`.
+    pub async fn wait_for_log_or_exit(
+        &mut self,
+        message: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Vec<serde_json::Value>>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.logs.changed.notified();
+            let found: Vec<_> = self
+                .logs()
+                .into_iter()
+                .filter(|l| {
+                    l["fields"]["message"] == message
+                        || l["raw"].as_str().is_some_and(|raw| raw.contains(message))
+                })
+                .collect();
+            if !found.is_empty() {
+                return Ok(Some(found));
+            }
+            if self.child.try_wait()?.is_some() {
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{}: neither a '{message}' log line nor an exit within {timeout:?}; last lines:\n{}",
+                    self.name,
+                    self.tail(30)
+                );
+            }
+            // The exit itself notifies nobody: look again now and then.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    /// Everything the process wrote to stdout and stderr, once it has
+    /// exited and both streams are read to their end.
+    pub async fn all_output(&mut self, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        self.wait_exit(timeout).await?;
+        let deadline = Instant::now() + timeout;
+        while self.logs.closed.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            let notified = self.logs.changed.notified();
+            if self.logs.closed.load(std::sync::atomic::Ordering::SeqCst) >= 2 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("{}: its output did not end within {timeout:?}", self.name);
+            }
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+        Ok(self.logs.raw.lock().map(|r| r.clone()).unwrap_or_default())
     }
 
     /// The ops endpoint's address, from the worker's start-up log line.

@@ -1,5 +1,5 @@
 //! What must survive: a worker killed mid-task, a broker restart while tasks
-//! flow, and SIGTERM with tasks in flight.
+//! flow (the tasks and their statuses), and SIGTERM with tasks in flight.
 //!
 //! These tests kill processes and restart the shared broker, so they live in
 //! a test binary of their own (cargo runs test binaries one after another)
@@ -34,8 +34,9 @@ async fn a_worker_killed_mid_task_loses_nothing() {
         .await
         .unwrap();
 
-    // The sink holds the final reply for 3 s: the worker is mid-send.
-    let to = rcpt("slow3000");
+    // The sink holds the final reply until released: once it says so, the
+    // worker is mid-send.
+    let to = rcpt("hold");
     let id = broker
         .publish(
             "email.send",
@@ -45,12 +46,7 @@ async fn a_worker_killed_mid_task_loses_nothing() {
         .await
         .unwrap();
     let queue = broker.names.work_queue("email");
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(&queue).await.unwrap() != 0 {
-        assert!(Instant::now() < deadline, "the worker never took the task");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    sink.wait_for_holding_to(&to, 1, WAIT).await.unwrap();
     first.signal("KILL").unwrap();
     first.wait_exit(WAIT).await.unwrap();
     assert!(first.logs_with_message("Task succeeded.").is_empty());
@@ -58,6 +54,8 @@ async fn a_worker_killed_mid_task_loses_nothing() {
     // The killed worker never got its 250; a fresh one gets the redelivery.
     let second = WorkerProcess::email(&env).await.unwrap();
     second.wait_ready().await.unwrap();
+    sink.wait_for_holding_to(&to, 2, WAIT).await.unwrap();
+    sink.release(&to).await.unwrap();
     let done = second
         .wait_for_log("Task succeeded.", 1, WAIT)
         .await
@@ -199,7 +197,111 @@ async fn a_broker_restart_while_tasks_flow_loses_nothing() {
         "broker restart: {} tasks delivered, {duplicates} duplicate sends",
         ids.len()
     );
+    // The worker lived through the outage: a task sent whose ack the outage
+    // swallowed comes back redelivered, and its id is in the worker's
+    // idempotency store (or a republished copy carries the same id), so it
+    // is skipped, not sent again (docs/operations.md, "An email can be sent
+    // twice" needs a worker that dies).
+    assert_eq!(
+        duplicates,
+        0,
+        "duplicate sends across a broker restart: {:?}",
+        received()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
+    broker.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_restart_while_tasks_run_leaves_no_status_behind_its_final_state() {
+    use futures::StreamExt;
+    use warren::events::{self, StatusView, TaskState};
+
+    let _serial = SERIAL.lock().await;
+    let EmailWorld {
+        mut broker,
+        sink,
+        worker,
+        env: _,
+    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
+        .await
+        .unwrap();
+    let namespace = broker.namespace().to_owned();
+    // The stream a gateway declares: the events land in it.
+    events::declare_stream(&broker.connection, &broker.names, Duration::from_secs(3600))
+        .await
+        .unwrap();
+
+    // Each send takes 300 ms at the sink: tasks are running, and their
+    // events on their way, when the broker goes.
+    let to = rcpt("slow300");
+    let ids: Vec<String> = (0..40)
+        .map(|i| format!("status-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i == 16 {
+            rabbitmqctl(&["stop_app"]);
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
+        }
+        let body = json!({"to": to, "subject": id, "text": "statuses"});
+        publish_through_outage(&mut broker, &namespace, id, &body).await;
+    }
+    wait_until("every task to reach the sink", WAIT, || {
+        let seen: HashSet<String> = sink
+            .messages_to(&to)
+            .iter()
+            .filter_map(|m| m.subject())
+            .collect();
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+
+    // Every task succeeded; the statuses folded from the stream must say
+    // so for every one of them, as a gateway started now would.
+    let mut stream = Box::pin(
+        events::follow(&broker.connection, &broker.names)
+            .await
+            .unwrap(),
+    );
+    let mut view = StatusView::new(1000);
+    let succeeded = |v: &StatusView| {
+        ids.iter()
+            .all(|id| v.get(id).is_some_and(|s| s.state == TaskState::Succeeded))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !succeeded(&view) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(event))) => {
+                view.apply(event);
+            }
+            Ok(other) => panic!("the events stream ended: {other:?}"),
+            Err(_) => {
+                let behind: Vec<_> = ids
+                    .iter()
+                    .filter_map(|id| {
+                        let state = view.get(id).map(|s| s.state);
+                        (state != Some(TaskState::Succeeded)).then_some((id, state))
+                    })
+                    .collect();
+                panic!(
+                    "{} statuses stayed behind their task's final state: {behind:?}\nworker:\n{}",
+                    behind.len(),
+                    worker.tail(40)
+                );
+            }
+        }
+    }
+    let reemitted = worker
+        .logs_with_message("Re-emitting the final states of tasks whose events were given up.");
+    eprintln!(
+        "broker restart: {} statuses final, {} re-emissions",
+        ids.len(),
+        reemitted.len()
+    );
     broker.cleanup().await.unwrap();
 }
 
@@ -218,7 +320,9 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
     ])
     .await
     .unwrap();
-    let rcpts: Vec<String> = (0..6).map(|_| rcpt("slow1500")).collect();
+    // Every send is held until released: the three running handlers stay
+    // mid-DATA until the test has seen the drain begin.
+    let rcpts: Vec<String> = (0..6).map(|_| rcpt("hold")).collect();
     for to in &rcpts {
         broker
             .publish(
@@ -230,28 +334,34 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
             .unwrap();
     }
     let queue = broker.names.work_queue("email");
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(&queue).await.unwrap() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never prefetched the tasks"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    first.signal("TERM").unwrap();
-    let status = first.wait_exit(WAIT).await.unwrap();
-    assert!(
-        status.success(),
-        "the worker must exit cleanly: {status:?}\n{}",
-        first.tail(20)
+    let ops = first.ops_addr().await.unwrap();
+    let held = sink.wait_for_holding(3, WAIT).await.unwrap();
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        200
     );
+    first.signal("TERM").unwrap();
     let drained = first
         .wait_for_log("Stopped consuming; waiting for in-flight tasks.", 1, WAIT)
         .await
         .unwrap();
     let in_flight = drained[0]["fields"]["in_flight"].as_u64().unwrap() as usize;
     assert_eq!(in_flight, 3, "three handlers were running");
+    // Draining: no longer ready, so no new traffic is routed to it.
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        503,
+        "/readyz while draining"
+    );
+    for h in &held {
+        sink.release(&h.rcpt_tos[0]).await.unwrap();
+    }
+    let status = first.wait_exit(WAIT).await.unwrap();
+    assert!(
+        status.success(),
+        "the worker must exit cleanly: {status:?}\n{}",
+        first.tail(20)
+    );
     // The three in flight finished before the exit; the rest went back.
     assert_eq!(
         sink.messages().len(),
@@ -260,10 +370,16 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
     );
     assert_eq!(broker.depth(&queue).await.unwrap(), 3);
 
-    let second = WorkerProcess::email(&env).await.unwrap();
+    for to in &rcpts {
+        sink.release(to).await.unwrap();
+    }
+    let mut second = WorkerProcess::email(&env).await.unwrap();
     second.wait_ready().await.unwrap();
     sink.wait_for_messages(6, WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the second worker has drained and gone, nothing more can arrive.
+    second.signal("TERM").unwrap();
+    assert!(second.wait_exit(WAIT).await.unwrap().success());
+    assert_eq!(broker.depth(&queue).await.unwrap(), 0);
     let got: HashSet<String> = sink
         .messages()
         .iter()
@@ -285,7 +401,9 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
     } = EmailWorld::start(&[("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "500ms")])
         .await
         .unwrap();
-    let to = rcpt("slow4000");
+    // Held until released, which happens only after the worker is gone:
+    // its exit can come from the drain deadline alone.
+    let to = rcpt("hold");
     broker
         .publish(
             "email.send",
@@ -295,18 +413,12 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
         .await
         .unwrap();
     let queue = broker.names.work_queue("email");
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(&queue).await.unwrap() != 0 {
-        assert!(Instant::now() < deadline, "the worker never took the task");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stopping = Instant::now();
+    sink.wait_for_holding_to(&to, 1, WAIT).await.unwrap();
     first.signal("TERM").unwrap();
     assert!(first.wait_exit(WAIT).await.unwrap().success());
     assert!(
-        stopping.elapsed() < Duration::from_secs(3),
-        "the drain deadline bounds the shutdown"
+        sink.messages_to(&to).is_empty(),
+        "the task was still held when the drain deadline ended the worker"
     );
     first
         .wait_for_log(
@@ -322,6 +434,7 @@ async fn sigterm_hands_back_a_task_that_outlasts_the_drain_deadline() {
         "the task is back in its queue"
     );
 
+    sink.release(&to).await.unwrap();
     let second = WorkerProcess::email(&env).await.unwrap();
     second.wait_ready().await.unwrap();
     sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
@@ -395,4 +508,91 @@ async fn broker_publish_after_restart(old: &TestBroker, to: &str) {
         )
         .await
         .unwrap();
+}
+
+/// The `redis` status store's indexer is killed with `kill -9` while
+/// events stream in; the standby gateway takes the lock and resumes from
+/// the committed offset. Every task's record then equals the stream folded
+/// by the store's rules: no event applied twice, none skipped.
+#[tokio::test]
+async fn the_status_indexer_killed_mid_stream_is_replaced_and_no_event_is_applied_twice_or_skipped()
+{
+    use warren::events::TaskState;
+    use warren_tests::status::{StatusWorld, lifecycle};
+
+    const HOLDING: &str = "Holding the indexer lock; indexing the task events.";
+    let _serial = SERIAL.lock().await;
+    let mut w = StatusWorld::new(Duration::from_secs(3600)).await.unwrap();
+    // Two gateways; the first to declare the lock queue indexes.
+    let (_, a) = w.gateway(&[]).await.unwrap();
+    let (_, b) = w.gateway(&[]).await.unwrap();
+    let holder = tokio::select! {
+        r = w.processes[a].wait_for_log(HOLDING, 1, WAIT) => { r.unwrap(); a }
+        r = w.processes[b].wait_for_log(HOLDING, 1, WAIT) => { r.unwrap(); b }
+    };
+    let standby = if holder == a { b } else { a };
+    w.processes[standby]
+        .wait_for_log(
+            "Another gateway holds the indexer lock; standing by.",
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+
+    // 20,000 tasks, 60,000 events, published in four rounds; the holder is
+    // killed once it has indexed part of the first.
+    let base = chrono::Utc::now();
+    let finals = [
+        TaskState::Succeeded,
+        TaskState::DeadLettered,
+        TaskState::Retrying,
+    ];
+    let mut killed_at = None;
+    for round in 0..4 {
+        let mut events = Vec::new();
+        for i in 0..5000 {
+            let n = round * 5000 + i;
+            let at = base + chrono::Duration::microseconds(n as i64 * 10);
+            events.extend(lifecycle(&format!("f{n}"), "email.send", finals[n % 3], at));
+        }
+        w.publish(events).await;
+        if killed_at.is_none() {
+            // Mid-stream: something committed, and more to come.
+            let deadline = Instant::now() + WAIT;
+            let committed = loop {
+                if let Some(c) = w.store.committed_offset().await.unwrap() {
+                    break c;
+                }
+                assert!(Instant::now() < deadline, "the indexer committed nothing");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            w.processes[holder].signal("KILL").unwrap();
+            killed_at = Some((chrono::Utc::now(), committed));
+        }
+    }
+    let (killed, committed_at_kill) = killed_at.unwrap();
+    let took = w.processes[standby]
+        .wait_for_log(HOLDING, 1, WAIT)
+        .await
+        .unwrap();
+    // From the kill to the standby's log line, by the log's own clock.
+    let took_at: chrono::DateTime<chrono::Utc> =
+        took[0]["timestamp"].as_str().unwrap().parse().unwrap();
+    let takeover = (took_at - killed).to_std().unwrap_or_default();
+    let (reference, last) = w.reference().await.unwrap();
+    assert!(
+        committed_at_kill < last,
+        "the kill came after the last event ({committed_at_kill} of {last})"
+    );
+    w.wait_indexed(last, WAIT).await.unwrap();
+    w.assert_store_matches(&reference).await.unwrap();
+    println!(
+        "indexer failover: killed at offset {committed_at_kill} of {last}; the standby held the lock {:.0} ms after the kill; {} tasks identical to the stream",
+        takeover.as_secs_f64() * 1000.0,
+        reference.len()
+    );
+    let mut dead = w.processes.remove(holder);
+    let _ = dead.wait_exit(Duration::from_secs(10)).await;
+    w.finish().await.unwrap();
 }

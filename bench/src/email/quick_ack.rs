@@ -67,15 +67,8 @@ async fn warren_once(n: usize, concurrency: usize, port: u16) -> anyhow::Result<
                 if i >= n {
                     return anyhow::Ok(());
                 }
-                let ctx = TaskContext {
-                    id: format!("bench-{i}"),
-                    task_type: "email.send".to_owned(),
-                    attempt: 1,
-                    max_attempts: 6,
-                    priority: 0,
-                    published_at: None,
-                    redelivered: false,
-                };
+                let mut ctx = TaskContext::new(format!("bench-{i}"), "email.send");
+                ctx.max_attempts = 6;
                 let task = SendEmail::decode(&body)?;
                 mailer.send(&ctx, task).await?;
             }

@@ -10,44 +10,23 @@
 //! [`TaskError`]s without pulling in an AMQP client. Everything here is
 //! re-exported at the root of `warren`; use it from there.
 
+#![warn(missing_docs)]
+
+mod context;
+mod options;
+
 use std::borrow::Cow;
 use std::fmt;
 
-use chrono::{DateTime, Utc};
-
-/// Metadata of the task being handled.
-#[derive(Debug, Clone)]
-pub struct TaskContext {
-    /// The task id: the AMQP `message_id`, or a UUID the runtime assigned
-    /// when the producer left it out.
-    pub id: String,
-    /// The task type, e.g. `email.send`.
-    pub task_type: String,
-    /// 1 for the first attempt, 2 for the first retry, and so on.
-    pub attempt: u32,
-    /// The attempt after which a transient failure is dead-lettered instead
-    /// of retried.
-    pub max_attempts: u32,
-    /// AMQP priority, 0-9.
-    pub priority: u8,
-    /// When the producer published the task, if it said.
-    pub published_at: Option<DateTime<Utc>>,
-    /// Whether the broker flagged this delivery as a redelivery (the previous
-    /// holder died or gave it back before acking).
-    pub redelivered: bool,
-}
-
-impl TaskContext {
-    /// True when a transient failure of this attempt will not be retried.
-    pub fn is_last_attempt(&self) -> bool {
-        self.attempt >= self.max_attempts
-    }
-}
+pub use context::{BoxFuture, ContextRuntime, FollowUp, TaskContext};
+pub use options::{RateLimit, TaskOptions};
 
 /// What a successful handler hands back. The result is logged and, once task
 /// events exist, published as the task's result.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
+    /// The result, as JSON: logged, and the `result` of the `succeeded`
+    /// task event.
     pub result: Option<serde_json::Value>,
 }
 
@@ -76,6 +55,7 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// `retry` or `permanent`.
     pub fn as_str(self) -> &'static str {
         match self {
             Disposition::Retry => "retry",
@@ -92,8 +72,12 @@ impl Disposition {
 /// `message` carries the details.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
+    /// Retried later, or dead-lettered now.
     pub disposition: Disposition,
+    /// A short, stable slug: the `x-warren-error-kind` header, a metric
+    /// label.
     pub kind: Cow<'static, str>,
+    /// The details, for people: the `x-warren-error` header and logs.
     pub message: String,
 }
 
@@ -116,6 +100,7 @@ impl TaskError {
         }
     }
 
+    /// True when the task is dead-lettered without retrying.
     pub fn is_permanent(&self) -> bool {
         self.disposition == Disposition::Permanent
     }
@@ -158,6 +143,11 @@ impl std::error::Error for TaskError {}
 pub trait Task: serde::de::DeserializeOwned + Send + 'static {
     /// The routing key producers publish this task with, e.g. `email.send`.
     const TYPE: &'static str;
+
+    /// Where it is queued and how the runtime treats it: queue, bindings,
+    /// priority, attempts, time limits, rate limit, concurrency. Nothing
+    /// declared means the worker's settings.
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
 
     /// Decodes a task body as the runtime does before it calls the handler.
     /// Bad JSON and unknown fields are permanent: no retry makes them valid.

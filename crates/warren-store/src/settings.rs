@@ -102,11 +102,11 @@ pub struct S3Settings {
     pub endpoint: String,
     /// Secret. Empty: taken from the usual AWS sources (environment,
     /// instance metadata).
-    #[serde(serialize_with = "warren::settings::serialize_secret")]
+    #[serde(with = "warren::settings::secret")]
     pub access_key_id: SecretString,
     /// Secret. From the environment (`WARREN_IMAGE__S3__SECRET_ACCESS_KEY`),
     /// not from a file in the repository.
-    #[serde(serialize_with = "warren::settings::serialize_secret")]
+    #[serde(with = "warren::settings::secret")]
     pub secret_access_key: SecretString,
     /// Allow a plain-HTTP `endpoint` (a local MinIO).
     pub allow_http: bool,

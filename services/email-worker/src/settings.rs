@@ -52,6 +52,17 @@ impl Settings {
     pub fn load() -> Result<Self, SettingsError> {
         warren::settings::load::<Self>()
     }
+
+    /// The sections the shared runtime needs, for `warren::App`.
+    pub fn worker(&self) -> warren::settings::WorkerSettings {
+        warren::settings::WorkerSettings {
+            broker: self.broker.clone(),
+            consumer: self.consumer.clone(),
+            idempotency: self.idempotency.clone(),
+            telemetry: self.telemetry.clone(),
+            ops: self.ops.clone(),
+        }
+    }
 }
 
 /// Where sent mail goes.
@@ -142,10 +153,10 @@ pub struct SmtpSettings {
     /// Authenticate only when this is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Used only with `username`. From the environment, quote a password
-    /// that figment would read as a number or a boolean:
-    /// `WARREN_EMAIL__SMTP__PASSWORD='"123456"'`.
-    #[serde(serialize_with = "warren::settings::serialize_secret")]
+    /// Used only with `username`. Secret. From the environment it is read
+    /// as it is: `WARREN_EMAIL__SMTP__PASSWORD=0123456` is the password
+    /// `0123456` (the older quoted form `'"0123456"'` means the same).
+    #[serde(with = "warren::settings::secret")]
     pub password: SecretString,
     /// Most SMTP connections this replica keeps open to one destination
     /// host (its pool); also the most emails in flight to that host. A

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warren::broker::worker_identity;
@@ -18,8 +19,10 @@ use warren_tasks::email::EmailAddress;
 use crate::api::{self, AppInner, AppState, Limits};
 use crate::broker::{Broker, SessionError};
 use crate::enqueue::Checks;
-use crate::settings::Settings;
+use crate::indexer::Indexer;
+use crate::settings::{Settings, StoreKind};
 use crate::status::Tracker;
+use warren::events::{RedisOptions, RedisStatusStore};
 
 /// The sender the email checks assume when a task names none; only its
 /// validity matters (the worker applies its own `email.default_from`).
@@ -44,7 +47,22 @@ pub enum GatewayError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Broker(#[from] SessionError),
+    #[error(transparent)]
+    StatusStore(#[from] warren::events::StatusStoreError),
 }
+
+/// The `redis` store's key prefix: `status.key_prefix`, or
+/// `{namespace}:status:`.
+pub fn key_prefix(settings: &Settings) -> String {
+    if settings.status.key_prefix.is_empty() {
+        format!("{}:status:", settings.broker.namespace)
+    } else {
+        settings.status.key_prefix.clone()
+    }
+}
+
+/// How often the `redis` store is pinged for readiness.
+const STORE_PING_EVERY: Duration = Duration::from_millis(500);
 
 /// A gateway ready to run.
 pub struct Gateway {
@@ -69,7 +87,22 @@ impl Gateway {
         };
         let names = Names::new(&settings.broker.namespace);
         let broker = Arc::new(Broker::new(names, worker_identity("gateway")));
-        let tracker = Arc::new(Tracker::new(settings.events.max_tracked_tasks));
+        let tracker = Arc::new(match settings.status.store {
+            StoreKind::Memory => Tracker::new(settings.events.max_tracked_tasks),
+            StoreKind::Redis => Tracker::shared(
+                settings.status.recent_tasks,
+                RedisStatusStore::new(
+                    settings.status.redis_url.expose_secret(),
+                    RedisOptions {
+                        prefix: key_prefix(&settings),
+                        retention: settings.events.retention,
+                        max_index_tasks: settings.status.max_index_tasks,
+                        max_events_per_task: settings.status.max_events_per_task,
+                        max_result_bytes: settings.status.max_result_bytes,
+                    },
+                )?,
+            ),
+        });
         Ok(Self {
             settings,
             broker,
@@ -79,8 +112,9 @@ impl Gateway {
         })
     }
 
-    /// Ready once connected, the events stream declared, and the view
-    /// caught up with what the stream held.
+    /// Ready once connected, the events stream declared, and, on the
+    /// `memory` store, the view caught up with what the stream held; on
+    /// `redis`, as soon as Redis answers.
     pub fn readiness(&self) -> Readiness {
         let broker = self.broker.clone();
         let tracker = self.tracker.clone();
@@ -89,6 +123,8 @@ impl Gateway {
                 Err("not connected to the broker".to_owned())
             } else if !tracker.is_stream_declared() {
                 Err("the events stream is not declared yet".to_owned())
+            } else if tracker.store().is_some() && !tracker.store_answers() {
+                Err("the status store (redis) does not answer".to_owned())
             } else if !tracker.is_caught_up() {
                 Err("still reading the events stream".to_owned())
             } else {
@@ -129,6 +165,7 @@ impl Gateway {
                 request_timeout: settings.http.request_timeout,
                 unknown_wait: settings.events.unknown_wait,
                 keep_alive: settings.events.keep_alive,
+                max_list_limit: settings.status.max_list_limit,
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 settings.http.max_concurrent_uploads.max(1),
@@ -149,13 +186,14 @@ impl Gateway {
         let broker_stop = CancellationToken::new();
         let following = {
             let broker = broker.clone();
+            let tracker_for_broker = tracker.clone();
             let broker_settings = settings.broker.clone();
             let retention = settings.events.retention;
             let shutdown = shutdown.clone();
             let broker_stop = broker_stop.clone();
             tokio::spawn(async move {
                 let result = broker
-                    .run(broker_settings, retention, tracker, broker_stop)
+                    .run(broker_settings, retention, tracker_for_broker, broker_stop)
                     .await;
                 // What reconnecting cannot fix stops the gateway.
                 if result.is_err() {
@@ -164,6 +202,45 @@ impl Gateway {
                 result
             })
         };
+
+        // The `redis` store: readiness follows its pings, and the indexer
+        // stands by for its lock (or indexes).
+        let mut background = Vec::new();
+        if let Some(store) = tracker.store().cloned() {
+            let tracker = tracker.clone();
+            let stop = broker_stop.clone();
+            let pinger = store.clone();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(STORE_PING_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {
+                            let answers = pinger.ping().await.is_ok();
+                            if answers != tracker.store_answers() {
+                                if answers {
+                                    tracing::info!("The status store (redis) answers.");
+                                } else {
+                                    tracing::warn!("The status store (redis) does not answer.");
+                                }
+                            }
+                            tracker.set_store_answers(answers);
+                        }
+                    }
+                }
+            }));
+            if settings.status.indexer {
+                let indexer = Indexer {
+                    broker: settings.broker.clone(),
+                    names: broker.names().clone(),
+                    identity: broker.identity().to_owned(),
+                    store,
+                    batch: settings.status.indexer_batch,
+                    retry: settings.status.indexer_retry,
+                };
+                background.push(tokio::spawn(indexer.run(broker_stop.clone())));
+            }
+        }
 
         tracing::info!(addr = %addr, "Serving the HTTP API.");
         let server = tokio::spawn(
@@ -187,6 +264,9 @@ impl Gateway {
             }
         };
         broker_stop.cancel();
+        for task in background {
+            let _ = task.await;
+        }
         let followed = match following.await {
             Ok(result) => result.map_err(GatewayError::from),
             Err(join) => {

@@ -6,7 +6,9 @@
 //! connection under a resource alarm, and the status view must keep
 //! reading then. When either is lost beyond lapin's own recovery, both are
 //! dropped and opened again with backoff; the stream is then read from its
-//! first offset again, and the view skips what it already holds.
+//! first offset again, and the view skips what it already holds. On the
+//! `redis` status store the stream is read from its end instead: Redis
+//! holds the past.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,7 +19,7 @@ use lapin::Connection;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use tokio_util::sync::CancellationToken;
 use warren::broker::{Backoff, ConnectError, connect};
-use warren::events::{self, EventPublisher};
+use warren::events::{self, EventPublisher, StreamStart};
 use warren::settings::BrokerSettings;
 use warren::{Names, PublishError, Publisher, topology};
 
@@ -33,6 +35,8 @@ pub struct Outbound {
     pub publisher: Publisher,
     pub events: EventPublisher,
     status: lapin::ConnectionStatus,
+    /// The connection that reads the events stream.
+    reader: Arc<Connection>,
 }
 
 impl Outbound {
@@ -168,6 +172,7 @@ impl Broker {
             _ = shutdown.cancelled() => return Ok(()),
             c = connections => c?,
         };
+        let following = Arc::new(following);
         let result = self
             .connected(
                 &publishing,
@@ -184,7 +189,7 @@ impl Broker {
             out.events.flush(Duration::from_secs(2)).await;
         }
         self.set_outbound(None);
-        for c in [&publishing, &following] {
+        for c in [&publishing, &*following] {
             let _ = c.close(200, "gateway stopping".into()).await;
         }
         result
@@ -193,7 +198,7 @@ impl Broker {
     async fn connected(
         &self,
         publishing: &Connection,
-        following: &Connection,
+        following: &Arc<Connection>,
         retention: Duration,
         tracker: &Tracker,
         shutdown: &CancellationToken,
@@ -228,9 +233,21 @@ impl Broker {
             publisher,
             events,
             status: publishing.status().clone(),
+            reader: following.clone(),
         }));
-        let stream = events::follow(following, &self.names).await?;
+        // On `memory` the view is the store: read the whole retention. On
+        // `redis` the store is Redis; this replica only follows what
+        // happens from now on (for SSE, and fresher answers).
+        let start = if tracker.store().is_some() {
+            StreamStart::Next
+        } else {
+            StreamStart::First
+        };
+        let stream = events::follow_from(following, &self.names, start).await?;
         futures::pin_mut!(stream);
+        if start == StreamStart::Next {
+            tracker.mark_caught_up();
+        }
         self.following.store(true, Ordering::SeqCst);
         warren::metrics::broker_connected(true);
         backoff.reset();
@@ -262,6 +279,38 @@ impl Broker {
         }
     }
 }
+
+impl Broker {
+    /// The result of the `succeeded` event at `offset` of the events
+    /// stream, for a result the `redis` store keeps by reference. `None`
+    /// when the broker is not connected, the event is gone (past the
+    /// retention) or is not that task's.
+    pub async fn result_at(&self, offset: u64, task_id: &str) -> Option<serde_json::Value> {
+        let reader = self.outbound()?.reader;
+        let channel = reader.create_channel().await.ok()?;
+        let found = tokio::time::timeout(RESULT_READ_TIMEOUT, async {
+            // The event at `offset` is the first after the one before it.
+            let start = match offset.checked_sub(1) {
+                Some(before) => StreamStart::After(before),
+                None => StreamStart::First,
+            };
+            let stream = events::follow_on(&channel, &self.names, start).await.ok()?;
+            futures::pin_mut!(stream);
+            let first = stream.next().await?.ok()?;
+            (first.offset == offset && first.event.task_id == task_id)
+                .then_some(first.event.result)
+                .flatten()
+        })
+        .await
+        .ok()
+        .flatten();
+        let _ = channel.close(200, "result read".into()).await;
+        found
+    }
+}
+
+/// How long reading a result kept by reference may take.
+const RESULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(

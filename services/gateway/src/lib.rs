@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod broker;
 pub mod enqueue;
+pub mod indexer;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;

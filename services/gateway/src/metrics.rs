@@ -7,7 +7,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+};
 
 static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(GatewayMetrics::new);
 
@@ -18,6 +20,12 @@ pub struct GatewayMetrics {
     pub events_applied: IntCounter,
     pub tracked_tasks: IntGauge,
     pub sse_streams: IntGauge,
+    /// `redis` store: events the indexer wrote.
+    pub indexed_events: IntCounter,
+    /// `redis` store: 1 while this gateway holds the indexer lock.
+    pub indexer_active: IntGauge,
+    /// `redis` store: time of one indexer write (one batch).
+    pub indexer_write_seconds: Histogram,
 }
 
 /// Request durations: a status lookup takes well under a millisecond, a
@@ -60,7 +68,28 @@ impl GatewayMetrics {
             "Open Server-Sent Events streams of task events.",
         )
         .unwrap_or_else(|e| unreachable!("the metric is well-formed: {e}"));
+        let indexed_events = IntCounter::new(
+            "warren_gateway_indexed_events_total",
+            "Task events the status indexer wrote to the redis status store.",
+        )
+        .unwrap_or_else(|e| unreachable!("the metric is well-formed: {e}"));
+        let indexer_active = IntGauge::new(
+            "warren_gateway_indexer_active",
+            "1 while this gateway holds the indexer lock and writes the redis status store.",
+        )
+        .unwrap_or_else(|e| unreachable!("the metric is well-formed: {e}"));
+        let indexer_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "warren_gateway_indexer_write_seconds",
+                "Time of one status indexer write to Redis (one batch of events).",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| unreachable!("the metric is well-formed: {e}"));
         Self {
+            indexed_events: warren::metrics::register(indexed_events),
+            indexer_active: warren::metrics::register(indexer_active),
+            indexer_write_seconds: warren::metrics::register(indexer_write_seconds),
             requests: warren::metrics::register(requests),
             duration: warren::metrics::register(duration),
             events_applied: warren::metrics::register(events_applied),

@@ -11,6 +11,7 @@ use utoipa::OpenApi;
 use warren_tasks::email::{AttachmentSpec, SendEmail};
 use warren_tasks::image::{Fit, OutputFormat, OutputWire, SourceWire, ThumbnailTask};
 
+use crate::api::list::TaskPage;
 use crate::api::model::{Accepted, ImageUpload, State, StatusBody, TaskEventDoc, TaskRequest};
 use crate::problem::ProblemDocument;
 
@@ -28,6 +29,7 @@ use crate::problem::ProblemDocument;
         crate::api::tasks::enqueue_image,
         crate::api::tasks::enqueue_task,
         crate::upload::upload_image,
+        crate::api::list::list_tasks,
         crate::api::status::task_status,
         crate::api::status::task_events,
     ),
@@ -36,6 +38,7 @@ use crate::problem::ProblemDocument;
         ProblemDocument,
         State,
         StatusBody,
+        TaskPage,
         TaskEventDoc,
         TaskRequest,
         ImageUpload,
@@ -84,6 +87,14 @@ mod tests {
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
+        let list = &doc["paths"]["/v1/tasks"]["get"];
+        let params: Vec<&str> = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(params, ["state", "type", "since", "limit", "cursor"]);
         let schemas = &doc["components"]["schemas"];
         for schema in [
             "SendEmail",
@@ -92,6 +103,7 @@ mod tests {
             "StatusBody",
             "TaskEvent",
             "Accepted",
+            "TaskPage",
         ] {
             assert!(schemas.get(schema).is_some(), "{schema} missing");
         }

@@ -26,6 +26,7 @@ pub struct Settings {
     pub ops: OpsSettings,
     pub http: HttpSettings,
     pub events: EventsSettings,
+    pub status: StatusSettings,
     pub tasks: TasksSettings,
     pub email: EmailChecks,
     /// The image store's `[image]` section, as the image worker reads it:
@@ -42,6 +43,7 @@ impl Default for Settings {
             ops: OpsSettings::on_port(DEFAULT_OPS_PORT),
             http: HttpSettings::default(),
             events: EventsSettings::default(),
+            status: StatusSettings::default(),
             tasks: TasksSettings::default(),
             email: EmailChecks::default(),
             image: ImageSettings::default(),
@@ -123,6 +125,85 @@ impl Default for EventsSettings {
             unknown_wait: Duration::from_secs(5),
             keep_alive: Duration::from_secs(15),
         }
+    }
+}
+
+/// Where task statuses are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In this gateway's memory, built from the whole stream at start-up
+    /// (one replica, or a few that each read the stream).
+    Memory,
+    /// In Redis, shared by every replica, written by one indexer.
+    Redis,
+}
+
+/// `[status]`: the status store.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusSettings {
+    /// `memory` or `redis`.
+    pub store: StoreKind,
+    /// `redis`: the Redis URL (may carry a password).
+    #[serde(serialize_with = "warren::settings::serialize_secret")]
+    pub redis_url: secrecy::SecretString,
+    /// `redis`: the prefix of every key; empty means `{namespace}:status:`.
+    pub key_prefix: String,
+    /// `redis`: whether this gateway may run the indexer (one at a time
+    /// across replicas, under the broker-held lock `{ns}.events.indexer`).
+    pub indexer: bool,
+    /// `redis`: how often a standby indexer tries to take the lock.
+    #[serde(with = "humantime_serde")]
+    pub indexer_retry: Duration,
+    /// `redis`: events written to Redis in one go.
+    pub indexer_batch: usize,
+    /// `redis`: tasks kept in each index (by state, by type); older ones
+    /// drop out of listings (their records stay until they expire).
+    pub max_index_tasks: usize,
+    /// `redis`: events kept per task (for `GET /v1/tasks/{id}/events`).
+    pub max_events_per_task: usize,
+    /// `redis`: a result larger than this (as JSON) is kept by reference
+    /// to its event in the stream, and read from there when asked for.
+    pub max_result_bytes: usize,
+    /// `redis`: tasks this gateway saw live and keeps in memory, so its
+    /// answers do not wait for the indexer.
+    pub recent_tasks: usize,
+    /// `GET /v1/tasks`: the largest `limit` (more is a 400).
+    pub max_list_limit: usize,
+}
+
+impl Default for StatusSettings {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Memory,
+            redis_url: secrecy::SecretString::from("redis://127.0.0.1:6379/0"),
+            key_prefix: String::new(),
+            indexer: true,
+            indexer_retry: Duration::from_secs(1),
+            indexer_batch: 500,
+            max_index_tasks: 1_000_000,
+            max_events_per_task: 16,
+            max_result_bytes: 4096,
+            recent_tasks: 10_000,
+            max_list_limit: 1000,
+        }
+    }
+}
+
+impl std::fmt::Debug for StatusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use secrecy::ExposeSecret;
+        f.debug_struct("StatusSettings")
+            .field("store", &self.store)
+            .field(
+                "redis_url",
+                &warren::settings::redact_url(self.redis_url.expose_secret()),
+            )
+            .field("key_prefix", &self.key_prefix)
+            .field("indexer", &self.indexer)
+            .field("max_index_tasks", &self.max_index_tasks)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,12 +1,19 @@
-//! What the gateway knows about tasks: the shared [`StatusView`] built
-//! from the events stream, a broadcast of each event as it is applied (for
-//! SSE), and the tasks this replica has just published whose `queued`
-//! event has not come back through the stream yet.
+//! What the gateway knows about tasks, behind one interface whatever the
+//! status store (`status.store`):
 //!
-//! Every replica reads the same stream from the start of retention, so all
-//! of them answer alike; the only per-replica state is the short-lived
-//! "just published" list, which lets a client that polls right after its
-//! 202 see `queued` instead of `unknown`.
+//! - `memory`: a [`StatusView`] built by reading the events stream from
+//!   the start of retention. Every replica reads the same stream, so all
+//!   of them answer alike.
+//! - `redis`: the shared [`RedisStatusStore`] the one indexer writes
+//!   ([`crate::indexer`]), plus a small view of the events this replica
+//!   saw live (read from the stream's end): a task's stored record with
+//!   the newer live events folded in by the same rules
+//!   ([`TaskRecord::apply`]), so an answer does not wait for the indexer.
+//!
+//! Both keep a broadcast of each event as it is applied (for SSE), and the
+//! tasks this replica has just published whose `queued` event has not come
+//! back through the stream yet, which lets a client that polls right after
+//! its 202 see `queued` instead of `unknown`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +22,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
-use warren::events::{StatusView, StreamedEvent, TaskEvent, TaskStatus};
+use warren::events::{
+    ListQuery, Page, StatusView, StreamedEvent, TaskEvent, TaskRecord, TaskStatus,
+};
 
 use crate::metrics;
+use warren::events::{RedisStatusStore, StatusStoreError as StoreError};
 
 /// Live events buffered per SSE subscriber; one that falls further behind
 /// catches up from the view.
@@ -32,6 +42,8 @@ const PENDING_CAPACITY: usize = 10_000;
 /// that follows the stream.
 pub struct Tracker {
     view: RwLock<StatusView>,
+    shared: Option<RedisStatusStore>,
+    store_answers: AtomicBool,
     pending: Mutex<Pending>,
     live: broadcast::Sender<StreamedEvent>,
     started_at: DateTime<Utc>,
@@ -46,11 +58,23 @@ struct Pending {
 }
 
 impl Tracker {
-    /// A tracker holding at most `capacity` tasks.
+    /// A tracker on the `memory` store, holding at most `capacity` tasks.
     pub fn new(capacity: usize) -> Self {
+        Self::build(capacity, None)
+    }
+
+    /// A tracker on the `redis` store, keeping the events of at most
+    /// `recent` tasks it saw live.
+    pub fn shared(recent: usize, store: RedisStatusStore) -> Self {
+        Self::build(recent, Some(store))
+    }
+
+    fn build(capacity: usize, shared: Option<RedisStatusStore>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         Self {
             view: RwLock::new(StatusView::new(capacity)),
+            shared,
+            store_answers: AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
             live,
             started_at: Utc::now(),
@@ -115,15 +139,55 @@ impl Tracker {
         pending.tasks.insert(queued.task_id.clone(), (queued, now));
     }
 
-    /// The task's status, if the stream or this replica knows it.
-    pub fn status(&self, task_id: &str) -> Option<TaskStatus> {
-        let known = self
+    /// The shared store, on `redis`.
+    pub fn store(&self) -> Option<&RedisStatusStore> {
+        self.shared.as_ref()
+    }
+
+    /// The task's status and history: the store's, with what this replica
+    /// saw live folded in.
+    async fn record(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let live = self
             .view
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(task_id)
+            .record(task_id)
             .cloned();
-        known.or_else(|| self.pending_status(task_id))
+        let Some(store) = &self.shared else {
+            return Ok(live);
+        };
+        let stored = store.record(task_id).await?;
+        Ok(match (stored, live) {
+            (stored, None) => stored,
+            (None, live) => live,
+            (Some(mut stored), Some(live)) => {
+                let max = store.options().max_events_per_task.max(1);
+                for streamed in live.events {
+                    if streamed.offset > stored.last_offset {
+                        stored.apply(streamed, max);
+                    }
+                }
+                Some(stored)
+            }
+        })
+    }
+
+    /// The task's status, if the store or this replica knows it.
+    pub async fn status(&self, task_id: &str) -> Result<Option<TaskStatus>, StoreError> {
+        let known = self.record(task_id).await?.map(|r| r.status);
+        Ok(known.or_else(|| self.pending_status(task_id)))
+    }
+
+    /// One page of a listing, from the store (on `memory`, the view).
+    pub async fn list(&self, query: &ListQuery, max_scan: usize) -> Result<Page, StoreError> {
+        match &self.shared {
+            Some(store) => store.list(query, max_scan).await,
+            None => Ok(self
+                .view
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .list(query)),
+        }
     }
 
     fn pending_status(&self, task_id: &str) -> Option<TaskStatus> {
@@ -141,17 +205,28 @@ impl Tracker {
         })
     }
 
-    /// Whether the task is known, from the stream or as just published.
-    pub fn knows(&self, task_id: &str) -> bool {
-        self.status(task_id).is_some()
+    /// Whether the task is known, from the store or as just published.
+    pub async fn knows(&self, task_id: &str) -> Result<bool, StoreError> {
+        Ok(self.status(task_id).await?.is_some())
     }
 
     /// The task's events so far, in lifecycle order.
-    pub fn events(&self, task_id: &str) -> Vec<StreamedEvent> {
-        self.view
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .events(task_id)
+    pub async fn events(&self, task_id: &str) -> Result<Vec<StreamedEvent>, StoreError> {
+        Ok(self
+            .record(task_id)
+            .await?
+            .map(|r| r.events)
+            .unwrap_or_default())
+    }
+
+    /// Records whether the shared store answered its last ping.
+    pub fn set_store_answers(&self, answers: bool) {
+        self.store_answers.store(answers, Ordering::SeqCst);
+    }
+
+    /// On `redis`: whether the store answered its last ping.
+    pub fn store_answers(&self) -> bool {
+        self.store_answers.load(Ordering::SeqCst)
     }
 
     /// Live events, from now on. Subscribe before reading
@@ -180,7 +255,7 @@ impl Tracker {
         self.stream_declared.load(Ordering::SeqCst)
     }
 
-    /// Tasks in the view.
+    /// Tasks in the view (on `redis`, those seen live).
     pub fn len(&self) -> usize {
         self.view.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -203,8 +278,8 @@ mod tests {
         StreamedEvent { offset, event }
     }
 
-    #[test]
-    fn replays_are_not_applied_or_broadcast_twice() {
+    #[tokio::test]
+    async fn replays_are_not_applied_or_broadcast_twice() {
         let t = Tracker::new(10);
         let mut rx = t.subscribe();
         let now = Utc::now();
@@ -212,17 +287,23 @@ mod tests {
         assert!(!t.apply(ev(1, "a", TaskState::Queued, now)));
         assert_eq!(rx.try_recv().unwrap().offset, 1);
         assert!(rx.try_recv().is_err());
-        assert_eq!(t.events("a").len(), 1);
+        assert_eq!(t.events("a").await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn a_published_task_is_queued_until_the_stream_speaks() {
+    #[tokio::test]
+    async fn a_published_task_is_queued_until_the_stream_speaks() {
         let t = Tracker::new(10);
-        assert!(t.status("p").is_none());
+        assert!(t.status("p").await.unwrap().is_none());
         t.published(TaskEvent::new("p", "email.send", TaskState::Queued, 1));
-        assert_eq!(t.status("p").unwrap().state, TaskState::Queued);
+        assert_eq!(
+            t.status("p").await.unwrap().unwrap().state,
+            TaskState::Queued
+        );
         t.apply(ev(1, "p", TaskState::Running, Utc::now()));
-        assert_eq!(t.status("p").unwrap().state, TaskState::Running);
+        assert_eq!(
+            t.status("p").await.unwrap().unwrap().state,
+            TaskState::Running
+        );
         assert!(t.pending.lock().unwrap().tasks.is_empty());
         assert_eq!(t.len(), 1);
     }

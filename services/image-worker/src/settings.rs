@@ -48,6 +48,17 @@ impl Settings {
     pub fn load() -> Result<Self, SettingsError> {
         warren::settings::load::<Self>()
     }
+
+    /// The sections the shared runtime needs, for `warren::App`.
+    pub fn worker(&self) -> warren::settings::WorkerSettings {
+        warren::settings::WorkerSettings {
+            broker: self.broker.clone(),
+            consumer: self.consumer.clone(),
+            idempotency: self.idempotency.clone(),
+            telemetry: self.telemetry.clone(),
+            ops: self.ops.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

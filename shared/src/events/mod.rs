@@ -9,25 +9,35 @@
 //! readers can build the same status view from the start of retention and
 //! then follow it, without a database.
 //!
-//! Emitting does not hold a task up: events are queued in a bounded
-//! buffer and written in order by a task of their own, without waiting for
-//! the broker's confirm (only a full buffer makes a task wait). An event can
-//! be lost if the connection fails at that moment; the task itself cannot.
+//! Emitting does not hold a task up: events are handed to a writer of
+//! their own, which packs them into envelopes (many events per message),
+//! publishes those in order with publisher confirms and publishes them
+//! again until the broker confirms them. An event given up (the broker was
+//! away too long, or the buffer was full) is counted, and a task's final
+//! state among them is emitted again once the broker is back.
 //!
 //! The rooms: `model` (the event and its states, as JSON on the wire),
-//! `publish` (emitting, in order, off the task's path), `stream` (reading
-//! the stream from its first retained event) and `view` (the status of
-//! every task, folded from the events). The exchange and the
+//! `envelope` (many events in one message, versioned), `publish`
+//! (emitting, batched and confirmed, off the task's path), `stream`
+//! (reading the stream, one event at a time, from its first retained
+//! event, its end, or where a reader left off), `view` (the status of
+//! every task, folded from the events, in memory) and `store` (the same
+//! records in Redis, shared by gateway replicas). The exchange and the
 //! stream are declared with the rest of the topology
 //! ([`crate::topology`]).
 
+pub mod envelope;
 mod model;
 mod publish;
+mod store;
 mod stream;
 mod view;
 
 pub use crate::topology::declare_events_stream as declare_stream;
 pub use model::{TaskEvent, TaskState};
-pub use publish::EventPublisher;
-pub use stream::{StreamedEvent, follow};
-pub use view::{MAX_EVENTS_PER_TASK, StatusView, TaskStatus};
+pub use publish::{Batching, EventPublisher, GIVE_UP_AFTER, MAX_ATTEMPTS};
+pub use store::{RESULT_REF, RedisOptions, RedisStatusStore, StatusStoreError, result_ref};
+pub use stream::{StreamStart, StreamedEvent, follow, follow_after, follow_from, follow_on};
+pub use view::{
+    ListQuery, MAX_EVENTS_PER_TASK, Page, StatusView, TaskRecord, TaskStatus, position_since,
+};

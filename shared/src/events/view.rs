@@ -57,37 +57,34 @@ impl TaskStatus {
     }
 }
 
-/// The status of every task seen in the stream, bounded in memory: past
-/// `capacity` tasks the least recently updated are forgotten, and each task
-/// keeps at most `MAX_EVENTS_PER_TASK` events.
-pub struct StatusView {
-    tasks: HashMap<String, Entry>,
-    order: VecDeque<(String, u64)>,
-    capacity: usize,
-    last_offset: Option<u64>,
+/// One task's status and its history: what a status store keeps per task.
+/// [`TaskRecord::apply`] holds the ordering rules every store follows, so
+/// the in-memory view and a shared store answer alike.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub status: TaskStatus,
+    /// The task's events, in lifecycle order; at most
+    /// [`MAX_EVENTS_PER_TASK`] (or the store's own, smaller, bound).
+    pub events: Vec<StreamedEvent>,
+    /// The highest stream offset applied to this task.
+    pub last_offset: u64,
 }
 
-struct Entry {
-    status: TaskStatus,
-    events: Vec<StreamedEvent>,
-    touched: u64,
-}
-
-/// Events kept per task for replay (`/events`).
-pub const MAX_EVENTS_PER_TASK: usize = 64;
-
-impl StatusView {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            tasks: HashMap::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
-            last_offset: None,
-        }
+impl TaskRecord {
+    /// A task's record from its first event.
+    pub fn first(streamed: StreamedEvent) -> Self {
+        let mut record = Self {
+            status: TaskStatus::first(&streamed.event),
+            events: Vec::new(),
+            last_offset: 0,
+        };
+        record.apply(streamed, MAX_EVENTS_PER_TASK);
+        record
     }
 
-    /// Applies one event and returns whether it was new: events at or
-    /// before the last applied offset are ignored, so replaying is harmless.
+    /// Applies one event of this task, keeping at most `max_events` in the
+    /// history. Returns whether the event changed the state, not only the
+    /// history (a late `queued`).
     ///
     /// A `queued` event older than the task's latest event is history
     /// only. The gateway emits `queued` once the broker has confirmed the
@@ -98,47 +95,32 @@ impl StatusView {
     /// turn a running or finished task back into `queued`. A `queued`
     /// event newer than everything else (a replay from the parking lot, a
     /// task published again with the same id) does.
-    pub fn apply(&mut self, streamed: StreamedEvent) -> bool {
-        if let Some(last) = self.last_offset
-            && streamed.offset <= last
-            && streamed.offset != 0
-        {
-            return false;
-        }
-        self.last_offset = Some(streamed.offset);
+    pub fn apply(&mut self, streamed: StreamedEvent, max_events: usize) -> bool {
+        self.last_offset = self.last_offset.max(streamed.offset);
         if streamed.event.state == TaskState::Queued
-            && let Some(entry) = self.tasks.get_mut(&streamed.event.task_id)
-            && streamed.event.at < entry.status.updated_at
+            && !self.events.is_empty()
+            && streamed.event.at < self.status.updated_at
         {
             let at = streamed.event.at;
-            let queued_at = entry.status.queued_at.get_or_insert(at);
+            let queued_at = self.status.queued_at.get_or_insert(at);
             *queued_at = (*queued_at).min(at);
-            if entry.events.len() < MAX_EVENTS_PER_TASK {
-                let position = entry
+            if self.events.len() < max_events {
+                let position = self
                     .events
                     .iter()
                     .position(|e| e.event.at > at)
-                    .unwrap_or(entry.events.len());
-                entry.events.insert(position, streamed);
+                    .unwrap_or(self.events.len());
+                self.events.insert(position, streamed);
             }
-            return true;
+            return false;
         }
         let e = &streamed.event;
-        let touched = streamed.offset;
-        let entry = self
-            .tasks
-            .entry(e.task_id.clone())
-            .or_insert_with(|| Entry {
-                status: TaskStatus::first(e),
-                events: Vec::new(),
-                touched,
-            });
-        let s = &mut entry.status;
+        let s = &mut self.status;
         // A final state sticks, unless the task is queued anew (replayed
         // from the parking lot, or published again with the same id).
         if !s.state.is_final()
             || matches!(e.state, TaskState::Queued | TaskState::Scheduled)
-            || entry.events.is_empty()
+            || self.events.is_empty()
         {
             s.state = e.state;
             s.attempt = e.attempt;
@@ -176,11 +158,122 @@ impl StatusView {
                 s.next_attempt_at = None;
             }
         }
-        if entry.events.len() < MAX_EVENTS_PER_TASK {
-            entry.events.push(streamed.clone());
+        if self.events.len() < max_events {
+            self.events.push(streamed);
         }
-        entry.touched = touched;
-        self.order.push_back((e.task_id.clone(), touched));
+        true
+    }
+
+    /// Where the task sorts in a listing, newest first: its last update
+    /// in milliseconds, times 1000, plus its last offset modulo 1000, so
+    /// tasks updated in the same millisecond still sort apart. Exact in an
+    /// `f64` (a Redis sorted-set score) until the year 2255.
+    pub fn position(&self) -> u64 {
+        let ms = u64::try_from(self.status.updated_at.timestamp_millis()).unwrap_or(0);
+        ms * 1000 + self.last_offset % 1000
+    }
+}
+
+/// The lower bound of [`TaskRecord::position`] for tasks updated at or
+/// after `since`.
+pub fn position_since(since: DateTime<Utc>) -> u64 {
+    u64::try_from(since.timestamp_millis()).unwrap_or(0) * 1000
+}
+
+/// What a listing asks for: tasks in this state, of this type, updated at
+/// or after `since` and sorting before `before` (a page's cursor), newest
+/// first, at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    pub state: Option<TaskState>,
+    pub task_type: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Only tasks whose [`TaskRecord::position`] is below this.
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// Whether `record` is one this query lists (all but the limit).
+    pub fn matches(&self, record: &TaskRecord) -> bool {
+        self.state.is_none_or(|s| s == record.status.state)
+            && self
+                .task_type
+                .as_deref()
+                .is_none_or(|t| t == record.status.task_type)
+            && self.since.is_none_or(|s| record.status.updated_at >= s)
+            && self.before.is_none_or(|b| record.position() < b)
+    }
+}
+
+/// One page of a listing: the tasks, newest first, and the cursor of the
+/// next page if there may be more.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub tasks: Vec<TaskStatus>,
+    pub next: Option<u64>,
+}
+
+/// The status of every task seen in the stream, bounded in memory: past
+/// `capacity` tasks the least recently updated are forgotten, and each task
+/// keeps at most `MAX_EVENTS_PER_TASK` events.
+pub struct StatusView {
+    tasks: HashMap<String, Entry>,
+    order: VecDeque<(String, u64)>,
+    capacity: usize,
+    last_offset: Option<u64>,
+}
+
+struct Entry {
+    record: TaskRecord,
+    touched: u64,
+}
+
+/// Events kept per task for replay (`/events`).
+pub const MAX_EVENTS_PER_TASK: usize = 64;
+
+impl StatusView {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tasks: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            last_offset: None,
+        }
+    }
+
+    /// Applies one event and returns whether it was new: events at or
+    /// before the last applied offset are ignored, so replaying is harmless.
+    /// The ordering rules are [`TaskRecord::apply`]'s.
+    pub fn apply(&mut self, streamed: StreamedEvent) -> bool {
+        if let Some(last) = self.last_offset
+            && streamed.offset <= last
+            && streamed.offset != 0
+        {
+            return false;
+        }
+        self.last_offset = Some(streamed.offset);
+        let touched = streamed.offset;
+        let id = streamed.event.task_id.clone();
+        match self.tasks.get_mut(&id) {
+            Some(entry) => {
+                if !entry.record.apply(streamed, MAX_EVENTS_PER_TASK) {
+                    // History only: the task's place in the order stays.
+                    return true;
+                }
+                entry.touched = touched;
+            }
+            None => {
+                self.tasks.insert(
+                    id.clone(),
+                    Entry {
+                        record: TaskRecord::first(streamed),
+                        touched,
+                    },
+                );
+            }
+        }
+        self.order.push_back((id, touched));
         self.evict();
         true
     }
@@ -204,15 +297,41 @@ impl StatusView {
     }
 
     pub fn get(&self, task_id: &str) -> Option<&TaskStatus> {
-        self.tasks.get(task_id).map(|e| &e.status)
+        self.tasks.get(task_id).map(|e| &e.record.status)
+    }
+
+    /// The task's status and history.
+    pub fn record(&self, task_id: &str) -> Option<&TaskRecord> {
+        self.tasks.get(task_id).map(|e| &e.record)
     }
 
     /// The task's events so far, oldest first.
     pub fn events(&self, task_id: &str) -> Vec<StreamedEvent> {
         self.tasks
             .get(task_id)
-            .map(|e| e.events.clone())
+            .map(|e| e.record.events.clone())
             .unwrap_or_default()
+    }
+
+    /// One page of the tasks `query` asks for, newest first.
+    pub fn list(&self, query: &ListQuery) -> Page {
+        let mut found: Vec<(u64, &TaskRecord)> = self
+            .tasks
+            .values()
+            .filter(|e| query.matches(&e.record))
+            .map(|e| (e.record.position(), &e.record))
+            .collect();
+        found.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
+        let more = found.len() > query.limit;
+        found.truncate(query.limit);
+        Page {
+            next: if more {
+                found.last().map(|(p, _)| *p)
+            } else {
+                None
+            },
+            tasks: found.into_iter().map(|(_, r)| r.status.clone()).collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -313,5 +432,50 @@ mod tests {
             "the least recently updated goes first"
         );
         assert!(v.get("a").is_some() && v.get("c").is_some());
+    }
+
+    #[test]
+    fn listing_filters_and_pages_newest_first() {
+        let mut v = StatusView::new(100);
+        let t0 = Utc::now();
+        for i in 0..10u64 {
+            let mut e = ev(i + 1, &format!("t{i}"), TaskState::Queued, 1);
+            e.event.at = t0 + chrono::Duration::milliseconds(i as i64);
+            if i % 2 == 1 {
+                e.event.task_type = "image.thumbnail".into();
+            }
+            v.apply(e);
+        }
+        let mut done = ev(11, "t3", TaskState::Succeeded, 1);
+        done.event.task_type = "image.thumbnail".into();
+        done.event.at = t0 + chrono::Duration::milliseconds(20);
+        v.apply(done);
+        let ids = |p: &Page| {
+            p.tasks
+                .iter()
+                .map(|s| s.task_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut query = ListQuery {
+            limit: 4,
+            ..Default::default()
+        };
+        let first = v.list(&query);
+        assert_eq!(ids(&first), ["t3", "t9", "t8", "t7"]);
+        query.before = first.next;
+        let second = v.list(&query);
+        assert_eq!(ids(&second), ["t6", "t5", "t4", "t2"]);
+        query.before = second.next;
+        let last = v.list(&query);
+        assert_eq!(ids(&last), ["t1", "t0"]);
+        assert_eq!(last.next, None);
+        let typed = v.list(&ListQuery {
+            state: Some(TaskState::Queued),
+            task_type: Some("image.thumbnail".into()),
+            since: Some(t0 + chrono::Duration::milliseconds(5)),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(ids(&typed), ["t9", "t7", "t5"]);
     }
 }

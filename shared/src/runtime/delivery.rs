@@ -32,7 +32,7 @@ pub(super) async fn process(
     delivery: Delivery,
     permit: OwnedSemaphorePermit,
 ) {
-    let Meta { ctx, id_assigned } = read_meta(&delivery, inner.consumer.max_attempts());
+    let Meta { ctx, id_assigned } = read_meta(&delivery, &inner);
     // The span's fields are what a log line needs; every one of them is
     // formatted into JSON when the span opens, for every task, so the
     // OpenTelemetry messaging attributes, which only an exporter reads,
@@ -139,7 +139,7 @@ async fn run_handler(
     ctx: &TaskContext,
     body: &[u8],
 ) -> Result<Handled, TaskError> {
-    let Some(handler) = inner.handlers.get(ctx.task_type.as_str()) else {
+    let Some(route) = inner.handlers.get(ctx.task_type.as_str()) else {
         return Err(TaskError::permanent(
             "unknown_task_type",
             format!(
@@ -162,8 +162,8 @@ async fn run_handler(
             Err(e) => return Err(TaskError::retry("idempotency_store", e)),
         }
     }
-    let future = handler(ctx.clone(), body);
-    let timeout = inner.consumer.task_timeout;
+    let future = (route.handler)(ctx.clone(), body);
+    let timeout = inner.time_limit(&ctx.task_type);
     // A task of its own: a panic in the handler surfaces as a JoinError
     // here instead of unwinding through the consumer.
     match tokio::spawn(tokio::time::timeout(timeout, future)).await {
@@ -221,7 +221,7 @@ struct Meta {
     id_assigned: bool,
 }
 
-fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
+fn read_meta(delivery: &Delivery, inner: &Inner) -> Meta {
     let props = &delivery.properties;
     let hdrs = props.headers().as_ref();
     let (id, id_assigned) = match props.message_id() {
@@ -238,18 +238,14 @@ fn read_meta(delivery: &Delivery, max_attempts: u32) -> Meta {
         .timestamp()
         .and_then(|ts| i64::try_from(ts).ok())
         .and_then(|ts| DateTime::from_timestamp(ts, 0));
-    Meta {
-        ctx: TaskContext {
-            id,
-            task_type,
-            attempt: contract::header_u32(hdrs, headers::ATTEMPT)
-                .unwrap_or(1)
-                .max(1),
-            max_attempts,
-            priority: props.priority().unwrap_or(0),
-            published_at,
-            redelivered: delivery.redelivered,
-        },
-        id_assigned,
-    }
+    let max_attempts = inner.max_attempts(&task_type);
+    let mut ctx = TaskContext::new(id, task_type);
+    ctx.attempt = contract::header_u32(hdrs, headers::ATTEMPT)
+        .unwrap_or(1)
+        .max(1);
+    ctx.max_attempts = max_attempts;
+    ctx.priority = props.priority().unwrap_or(0);
+    ctx.published_at = published_at;
+    ctx.redelivered = delivery.redelivered;
+    Meta { ctx, id_assigned }
 }

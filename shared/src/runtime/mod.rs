@@ -40,11 +40,12 @@ use tracing::{error, info, warn};
 
 use crate::broker::{Backoff, worker_identity};
 use crate::contract::Names;
+use crate::events::{Batching, EventPublisher};
 use crate::idempotency::{self, IdempotencyStore};
 use crate::metrics;
 use crate::settings::{BrokerSettings, ConsumerSettings};
 use crate::topology::{Topology, TopologyError};
-use crate::{Outcome, Task, TaskContext, TaskError};
+use crate::{Outcome, Task, TaskContext, TaskError, TaskOptions};
 use session::{SessionError, session};
 
 /// Errors that stop a worker for good. Connection trouble is not among
@@ -89,16 +90,61 @@ impl WorkerStatus {
     }
 }
 
+/// One task type's handler and what the type declared.
+#[derive(Clone)]
+struct Route {
+    handler: ErasedHandler,
+    options: TaskOptions,
+}
+
 /// A worker consuming one queue and dispatching by task type.
-pub struct Worker {
+///
+/// Build it from a task type with [`Worker::for_task`] (the queue and its
+/// binding come from the type), give it its dependencies once with
+/// [`Worker::with_state`], route types to handlers with
+/// [`Worker::handle_with`] (or [`Worker::handle`] for handlers without
+/// state), and run it with [`crate::App`] or [`crate::serve`], which bring
+/// settings, telemetry, metrics, ops endpoints, idempotency and shutdown.
+///
+/// Every task type routed on one worker shares its queue (and its
+/// prefetch); for types with different limits or very different
+/// durations, use one worker (one queue) per type in the same [`crate::App`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use warren::prelude::*;
+///
+/// #[derive(serde::Deserialize, serde::Serialize)]
+/// struct Resize {
+///     key: String,
+/// }
+///
+/// impl Task for Resize {
+///     const TYPE: &'static str = "photos.resize";
+/// }
+///
+/// struct Store;
+///
+/// async fn resize(_ctx: TaskContext, task: Resize, _store: Arc<Store>) -> Result<Outcome, TaskError> {
+///     Ok(Outcome::with_result(serde_json::json!({ "key": task.key })))
+/// }
+///
+/// let worker = Worker::for_task::<Resize>().with_state(Store).handle_with(resize);
+/// assert_eq!(worker.queue_stem(), "photos");
+/// assert_eq!(worker.binding_keys(), ["photos.resize"]);
+/// ```
+pub struct Worker<S = ()> {
     service: String,
     stem: String,
     binding_keys: Vec<String>,
+    /// Built by [`Worker::for_task`]: each handled type adds its binding.
+    derived: bool,
     broker: BrokerSettings,
     consumer: ConsumerSettings,
-    handlers: HashMap<&'static str, ErasedHandler>,
+    handlers: HashMap<&'static str, Route>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
     status: Arc<WorkerStatus>,
+    state: Arc<S>,
 }
 
 impl Worker {
@@ -115,12 +161,77 @@ impl Worker {
             service: service.into(),
             stem: stem.into(),
             binding_keys: binding_keys.iter().map(|k| (*k).to_owned()).collect(),
+            derived: false,
             broker,
             consumer,
             handlers: HashMap::new(),
             idempotency: None,
             status: Arc::default(),
+            state: Arc::new(()),
         }
+    }
+
+    /// A worker for task type `T`: it consumes `{namespace}.{stem}`, the
+    /// stem being `T::OPTIONS.queue` or else the first segment of
+    /// `T::TYPE`, bound with `T::OPTIONS.bindings` or else `T::TYPE`.
+    /// Settings are the defaults until [`crate::App`] (or
+    /// [`Worker::settings`]) gives it its own.
+    pub fn for_task<T: Task>() -> Self {
+        let stem = queue_stem_of::<T>();
+        let mut worker = Self::new(
+            format!("{stem}-worker"),
+            stem,
+            &[],
+            BrokerSettings::default(),
+            ConsumerSettings::default(),
+        );
+        worker.derived = true;
+        worker.bind::<T>();
+        worker
+    }
+}
+
+/// The stem of `T`'s work queue.
+fn queue_stem_of<T: Task>() -> &'static str {
+    T::OPTIONS
+        .queue
+        .unwrap_or_else(|| T::TYPE.split('.').next().unwrap_or(T::TYPE))
+}
+
+impl<S: Send + Sync + 'static> Worker<S> {
+    /// This worker with `state` handed to every [`Worker::handle_with`]
+    /// handler as an `Arc<S>`: built once, shared, never cloned by hand.
+    pub fn with_state<S2: Send + Sync + 'static>(self, state: S2) -> Worker<S2> {
+        Worker {
+            service: self.service,
+            stem: self.stem,
+            binding_keys: self.binding_keys,
+            derived: self.derived,
+            broker: self.broker,
+            consumer: self.consumer,
+            handlers: self.handlers,
+            idempotency: self.idempotency,
+            status: self.status,
+            state: Arc::new(state),
+        }
+    }
+
+    /// The state handlers get, e.g. to close it after the worker stops.
+    pub fn state(&self) -> Arc<S> {
+        self.state.clone()
+    }
+
+    /// The service name (logs, metrics, the worker's identity).
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = service.into();
+        self
+    }
+
+    /// This worker with these broker and consumer settings.
+    pub fn settings(mut self, broker: BrokerSettings, consumer: ConsumerSettings) -> Self {
+        self.broker = broker;
+        self.consumer = consumer;
+        self
     }
 
     /// Deduplicate by task id with this store.
@@ -129,21 +240,78 @@ impl Worker {
         self
     }
 
-    /// Routes task type `T::TYPE` to `handler`. The body is decoded into `T`
-    /// first; a body that does not decode is dead-lettered at once.
-    pub fn handle<T, F, Fut>(mut self, handler: F) -> Self
+    /// The stem of the queue this worker consumes, `{namespace}.{stem}`.
+    pub fn queue_stem(&self) -> &str {
+        &self.stem
+    }
+
+    /// The keys binding its queue to the tasks exchange.
+    pub fn binding_keys(&self) -> &[String] {
+        &self.binding_keys
+    }
+
+    /// The task types it handles.
+    pub fn task_types(&self) -> Vec<&'static str> {
+        let mut types: Vec<_> = self.handlers.keys().copied().collect();
+        types.sort_unstable();
+        types
+    }
+
+    fn bind<T: Task>(&mut self) {
+        if !self.derived {
+            return;
+        }
+        let keys = T::OPTIONS.bindings.unwrap_or(&[]);
+        let keys = if keys.is_empty() {
+            &[T::TYPE][..]
+        } else {
+            keys
+        };
+        for key in keys {
+            if !self.binding_keys.iter().any(|k| k == key) {
+                self.binding_keys.push((*key).to_owned());
+            }
+        }
+    }
+
+    /// Routes task type `T::TYPE` to `handler`, which gets the task's
+    /// context, the decoded task and the worker's state. The body is
+    /// decoded into `T` first; a body that does not decode is
+    /// dead-lettered at once. On a worker from [`Worker::for_task`], the
+    /// queue is also bound with `T`'s key.
+    pub fn handle_with<T, F, Fut>(mut self, handler: F) -> Self
+    where
+        T: Task,
+        F: Fn(TaskContext, T, Arc<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome, TaskError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let state = self.state.clone();
+        let erased: ErasedHandler = Arc::new(move |ctx, body| match T::decode(body) {
+            Ok(task) => Box::pin(handler(ctx, task, state.clone())),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        });
+        self.bind::<T>();
+        self.handlers.insert(
+            T::TYPE,
+            Route {
+                handler: erased,
+                options: T::OPTIONS,
+            },
+        );
+        self
+    }
+
+    /// Routes task type `T::TYPE` to `handler`, which needs no state. The
+    /// body is decoded into `T` first; a body that does not decode is
+    /// dead-lettered at once.
+    pub fn handle<T, F, Fut>(self, handler: F) -> Self
     where
         T: Task,
         F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Outcome, TaskError>> + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let erased: ErasedHandler = Arc::new(move |ctx, body| match T::decode(body) {
-            Ok(task) => Box::pin(handler(ctx, task)),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        });
-        self.handlers.insert(T::TYPE, erased);
-        self
+        self.handle_with(move |ctx, task: T, _state: Arc<S>| handler(ctx, task))
     }
 
     /// The topology this worker declares.
@@ -196,6 +364,13 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(concurrency));
         let tracker = TaskTracker::new();
         let mut backoff = Backoff::new(Duration::from_millis(250), self.broker.reconnect_max_delay);
+        // One for the worker's life, attached to each session's connection,
+        // so events not confirmed before a connection was lost are not lost
+        // with it.
+        let events = inner
+            .consumer
+            .events
+            .then(|| EventPublisher::new(&inner.names, Batching::default()));
 
         info!(
             queue = %inner.queue,
@@ -213,6 +388,7 @@ impl Worker {
                 &tracker,
                 &shutdown,
                 &mut backoff,
+                events.as_ref(),
             )
             .await;
             inner.status.consuming.store(false, Ordering::SeqCst);
@@ -251,7 +427,7 @@ struct Inner {
     /// `process {queue}`, the OpenTelemetry name of a task's span.
     span_name: String,
     identity: String,
-    handlers: HashMap<&'static str, ErasedHandler>,
+    handlers: HashMap<&'static str, Route>,
     /// Metric handles of each handled task type, looked up once: their
     /// series exist (at zero) from the start, and a task costs no label
     /// lookups.
@@ -263,6 +439,24 @@ struct Inner {
 }
 
 impl Inner {
+    /// Attempts of `task_type` before a transient failure is parked: its
+    /// own declaration, else the worker's settings.
+    fn max_attempts(&self, task_type: &str) -> u32 {
+        self.handlers
+            .get(task_type)
+            .and_then(|r| r.options.max_attempts)
+            .unwrap_or_else(|| self.consumer.max_attempts())
+            .max(1)
+    }
+
+    /// How long an attempt of `task_type` may run.
+    fn time_limit(&self, task_type: &str) -> Duration {
+        self.handlers
+            .get(task_type)
+            .and_then(|r| r.options.time_limit)
+            .unwrap_or(self.consumer.task_timeout)
+    }
+
     /// The idempotency store's key of a task.
     fn dedup_key(&self, ctx: &TaskContext) -> String {
         idempotency::key(self.names.namespace(), &ctx.task_type, &ctx.id)

@@ -25,8 +25,8 @@ use crate::publisher::{PublishError, Publisher};
 use crate::settings::BrokerSettings;
 use crate::topology::TopologyError;
 
-/// What a delivery publishes through: copies (confirmed) and events (fire
-/// and forget).
+/// What a delivery publishes through: copies (confirmed before the ack)
+/// and events (confirmed in envelopes, off the task's path).
 #[derive(Clone)]
 pub(super) struct Outbound {
     pub(super) publisher: Publisher,
@@ -60,6 +60,7 @@ pub(super) async fn session(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
+    events: Option<&EventPublisher>,
 ) -> Result<(), SessionError> {
     let connection = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
@@ -74,11 +75,12 @@ pub(super) async fn session(
         Err(TopologyError::Broker { source, .. }) => return Err(SessionError::Broker(source)),
     }
     let publisher = Publisher::on(&connection, inner.names.clone()).await?;
-    let events = if inner.consumer.events {
-        Some(EventPublisher::on(&connection, &inner.names).await?)
-    } else {
-        None
-    };
+    // The worker's one event publisher, on this connection: what it could
+    // not publish on the last one goes out here.
+    if let Some(events) = events {
+        events.attach(&connection).await?;
+    }
+    let events = events.cloned();
     let restart = CancellationToken::new();
     let out = Outbound {
         publisher,
@@ -149,9 +151,15 @@ pub(super) async fn session(
     if result.is_ok() {
         drain(inner, &channel, &tag, &mut consumer, tracker).await;
     }
-    // The finished tasks' last events, before the connection goes.
-    if let Some(events) = &out.events {
-        events.flush(Duration::from_secs(2)).await;
+    // The finished tasks' last events, confirmed before the connection
+    // goes. After a lost connection they wait for the next one instead.
+    if let Some(events) = &out.events
+        && result.is_ok()
+        && !events.flush(Duration::from_secs(2)).await
+    {
+        debug!(
+            "Some task events were not confirmed before the connection closed; they go out on the next one."
+        );
     }
     if channel.status().connected() {
         let _ = channel.close(200, "worker stopping".into()).await;

@@ -137,22 +137,6 @@ async fn watch(http: SocketAddr, id: &str, every: Duration) -> (Vec<String>, Val
     }
 }
 
-/// Waits until the status is `state`.
-async fn wait_state(http: SocketAddr, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, body) = status(http, id).await;
-        if body["state"] == state {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {id} not {state} within {WAIT:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads an SSE stream to its end (within `WAIT`).
 async fn read_all_events(stream: &mut http::SseStream) -> Vec<SseEvent> {
     let mut events = Vec::new();
@@ -278,7 +262,7 @@ async fn an_email_enqueued_over_http_goes_queued_running_succeeded() {
 #[tokio::test]
 async fn a_transient_failure_shows_retrying_then_succeeded_and_a_permanent_one_dead_lettered() {
     let mut w = World::new().await;
-    // A 1 s delay before the retry, so `retrying` is there to be seen.
+    // A 1 s delay before the retry.
     let ladder = r#"["1s","2s"]"#;
     w.email_worker(&[("WARREN_CONSUMER__RETRY_DELAYS", ladder)])
         .await;
@@ -295,17 +279,44 @@ async fn a_transient_failure_shows_retrying_then_succeeded_and_a_permanent_one_d
     assert_eq!(r.status, 202, "{}", r.text());
     let flaky = r.json().unwrap()["task_id"].as_str().unwrap().to_owned();
 
-    let retrying = wait_state(http, &flaky, "retrying").await;
+    // The task's whole history, read to its final state: the `retrying`
+    // that passes by is in it, however briefly it lasted.
+    let mut history = http::sse(http, &format!("/v1/tasks/{flaky}/events"), &[])
+        .await
+        .unwrap();
+    let events: Vec<Value> = read_all_events(&mut history)
+        .await
+        .iter()
+        .map(|e| e.json().unwrap())
+        .collect();
+    let retrying = events
+        .iter()
+        .find(|e| e["state"] == "retrying")
+        .unwrap_or_else(|| panic!("no retrying event: {events:?}"));
     assert_eq!(retrying["attempt"], 1);
     assert_eq!(retrying["error_kind"], "smtp_transient");
     assert!(
         retrying["error"].as_str().unwrap().contains("451"),
         "{retrying}"
     );
-    let wait_ms = (nanos(&retrying["next_attempt_at"]) - nanos(&retrying["updated_at"])) / MS;
+    // The retry time is stamped before the copy is confirmed and the event
+    // after it: the announced wait is positive and at most the delay.
+    let next_attempt_at = nanos(&retrying["next_attempt_at"]);
+    let wait = next_attempt_at - nanos(&retrying["at"]);
     assert!(
-        (900..=1100).contains(&wait_ms),
-        "next try {wait_ms} ms later: {retrying}"
+        0 < wait && wait <= 1000 * MS,
+        "next try {} ms later: {retrying}",
+        wait / MS
+    );
+    // The broker's delay queue holds the copy the whole delay: the second
+    // attempt starts no earlier than announced.
+    let second = events
+        .iter()
+        .find(|e| e["state"] == "running" && e["attempt"] == 2)
+        .unwrap_or_else(|| panic!("no second attempt: {events:?}"));
+    assert!(
+        nanos(&second["at"]) >= next_attempt_at,
+        "the second attempt started before next_attempt_at: {second} after {retrying}"
     );
     let (seen, done) = watch(http, &flaky, Duration::from_millis(20)).await;
     assert_eq!(

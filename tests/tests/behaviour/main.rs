@@ -12,8 +12,12 @@
 mod delay;
 mod email;
 mod email_wire;
+mod events;
 mod gateway;
 mod image;
 mod observability;
 mod runtime;
+mod secrets;
+mod settings;
 mod smtp_sink;
+mod status_store;

@@ -164,7 +164,7 @@ fn the_settings_trees_in_the_docs_are_the_codes_defaults() {
     problems.extend(settings_block_problems(
         "docs/gateway.md",
         defaults::<gateway::Settings>(),
-        &["ops", "http", "events", "tasks", "email"],
+        &["ops", "http", "events", "status", "tasks", "email"],
     ));
     report(problems);
 }

@@ -54,6 +54,10 @@ pub struct SendEmail {
 
 impl Task for SendEmail {
     const TYPE: &'static str = "email.send";
+    /// Consumed from the contract's queue, bound as the contract says.
+    const OPTIONS: warren_core::TaskOptions = warren_core::TaskOptions::new()
+        .queue(super::QUEUE.stem)
+        .bindings(super::QUEUE.binding_keys);
 }
 
 /// One attachment, as published.

@@ -33,12 +33,23 @@ impl SourceFormat {
         }
     }
 
+    /// The format's name in the contract (`"jpeg"`, `"png"`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jpeg => "jpeg",
             Self::Png => "png",
             Self::Webp => "webp",
             Self::Gif => "gif",
+        }
+    }
+
+    /// The name people write, for error messages.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Self::Jpeg => "JPEG",
+            Self::Png => "PNG",
+            Self::Webp => "WebP",
+            Self::Gif => "GIF",
         }
     }
 

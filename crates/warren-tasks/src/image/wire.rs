@@ -32,6 +32,10 @@ pub struct ThumbnailTask {
 
 impl Task for ThumbnailTask {
     const TYPE: &'static str = "image.thumbnail";
+    /// Consumed from the contract's queue, bound as the contract says.
+    const OPTIONS: warren_core::TaskOptions = warren_core::TaskOptions::new()
+        .queue(super::QUEUE.stem)
+        .bindings(super::QUEUE.binding_keys);
 }
 
 /// Exactly one of `key` (an object in the image store) and `base64` (the

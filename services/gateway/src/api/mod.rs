@@ -1,12 +1,13 @@
 //! The HTTP API: routes, shared state, and the layers every request goes
 //! through (metrics, a time limit, panics caught and answered with 500).
 //!
-//! Routes: `POST /v1/tasks`, `POST /v1/tasks/email`, `POST
-//! /v1/tasks/image`, `POST /v1/images`, `GET /v1/tasks/{id}`, `GET
-//! /v1/tasks/{id}/events` and `GET /openapi.json`. Every error is a
+//! Routes: `POST /v1/tasks`, `GET /v1/tasks` (a listing), `POST
+//! /v1/tasks/email`, `POST /v1/tasks/image`, `POST /v1/images`, `GET
+//! /v1/tasks/{id}`, `GET /v1/tasks/{id}/events` and `GET /openapi.json`. Every error is a
 //! [`Problem`]; nothing a client sends can panic the server, and if a bug
 //! does, the panic ends that request only.
 
+pub mod list;
 pub mod model;
 pub mod status;
 pub mod tasks;
@@ -67,6 +68,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub unknown_wait: Duration,
     pub keep_alive: Duration,
+    /// `status.max_list_limit`.
+    pub max_list_limit: usize,
 }
 
 impl AppState {
@@ -96,7 +99,12 @@ pub fn router(state: AppState) -> Router {
     );
     let timeout = state.limits.request_timeout;
     Router::new()
-        .route("/v1/tasks", post(tasks::enqueue_task).layer(json_limit))
+        .route(
+            "/v1/tasks",
+            post(tasks::enqueue_task)
+                .layer(json_limit)
+                .get(list::list_tasks),
+        )
         .route(
             "/v1/tasks/email",
             post(tasks::enqueue_email).layer(json_limit),
@@ -305,6 +313,7 @@ mod tests {
                 request_timeout: Duration::from_secs(5),
                 unknown_wait: Duration::from_millis(10),
                 keep_alive: Duration::from_secs(15),
+                max_list_limit: 10,
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: CancellationToken::new(),
@@ -483,6 +492,42 @@ mod tests {
             body,
             serde_json::json!({"task_id": "t-1", "state": "unknown"})
         );
+    }
+
+    #[tokio::test]
+    async fn the_listing_pages_and_names_a_bad_parameter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, tracker) = app(dir.path());
+        tracker.mark_caught_up();
+        for i in 1..=3u64 {
+            let mut event = warren::events::TaskEvent::new(
+                &format!("t{i}"),
+                "email.send",
+                warren::events::TaskState::DeadLettered,
+                1,
+            );
+            event.at += chrono::Duration::milliseconds(i as i64);
+            tracker.apply(warren::events::StreamedEvent { offset: i, event });
+        }
+        let get = |uri: &str| HttpRequest::get(uri).body(Body::empty()).unwrap();
+        let (code, _, body) = call(&app, get("/v1/tasks?state=dead_lettered&limit=2")).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["tasks"][0]["task_id"], "t3");
+        assert_eq!(body["tasks"][1]["task_id"], "t2");
+        let next = body["next"].as_str().unwrap().to_owned();
+        let (_, _, body) = call(&app, get(&next)).await;
+        assert_eq!(body["tasks"][0]["task_id"], "t1");
+        assert!(body.get("next").is_none(), "{body}");
+        for (uri, field) in [
+            ("/v1/tasks?limit=11", "limit"),
+            ("/v1/tasks?state=lost", "state"),
+            ("/v1/tasks?colour=red", "colour"),
+        ] {
+            let (code, content_type, body) = call(&app, get(uri)).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(content_type, "application/problem+json");
+            assert_eq!(body["field"], field, "{body}");
+        }
     }
 
     async fn boom() -> &'static str {

@@ -28,6 +28,7 @@ use super::model::StatusBody;
 use crate::metrics;
 use crate::problem::{Problem, ProblemDocument};
 use crate::status::Tracker;
+use warren::events::{StatusStoreError as StoreError, result_ref};
 
 /// The status of a task.
 #[utoipa::path(
@@ -47,17 +48,42 @@ pub async fn task_status(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let Path(id) = id.map_err(path_problem)?;
-    Ok(match app.tracker.status(&id) {
-        Some(status) => Json(StatusBody::from(status)).into_response(),
-        None => {
-            not_caught_up(&app)?;
-            (StatusCode::NOT_FOUND, Json(StatusBody::unknown(&id))).into_response()
-        }
+    let Some(mut status) = app.tracker.status(&id).await.map_err(store_problem)? else {
+        not_caught_up(&app)?;
+        return Ok((StatusCode::NOT_FOUND, Json(StatusBody::unknown(&id))).into_response());
+    };
+    // A result the `redis` store keeps by reference: read from its event
+    // in the stream, so clients see it as ever.
+    if let Some(offset) = status.result.as_ref().and_then(result_ref)
+        && let Some(result) = app.broker.result_at(offset, &id).await
+    {
+        status.result = Some(result);
+    }
+    Ok(Json(StatusBody::from(status)).into_response())
+}
+
+/// The status store failed (Redis does not answer): 503.
+pub fn store_problem(e: StoreError) -> Problem {
+    tracing::warn!(error = %e, "The status store failed a request.");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "status_store_unavailable",
+        "The status store does not answer",
+        "the status store (redis) did not answer; ask again shortly",
+    )
+}
+
+/// The task's stored events for an open SSE stream; none when the store
+/// fails (the live ones still come).
+async fn stored_events(tracker: &Tracker, id: &str) -> Vec<StreamedEvent> {
+    tracker.events(id).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "The status store failed an SSE stream's read.");
+        Vec::new()
     })
 }
 
 /// Until the view has read the stream, "unknown" may be wrong: 503.
-fn not_caught_up(app: &AppState) -> Result<(), Problem> {
+pub(crate) fn not_caught_up(app: &AppState) -> Result<(), Problem> {
     if app.tracker.is_caught_up() {
         return Ok(());
     }
@@ -91,8 +117,8 @@ pub async fn task_events(
     let Path(id) = id.map_err(path_problem)?;
     // Subscribe first: whatever is applied after this shows up live.
     let mut rx = app.tracker.subscribe();
-    let mut stored = app.tracker.events(&id);
-    if stored.is_empty() && !app.tracker.knows(&id) {
+    let mut stored = app.tracker.events(&id).await.map_err(store_problem)?;
+    if stored.is_empty() && !app.tracker.knows(&id).await.map_err(store_problem)? {
         not_caught_up(&app)?;
         stored = wait_for_first(
             &app.tracker,
@@ -153,7 +179,7 @@ async fn wait_for_first(
         };
         match next {
             Ok(event) if event.event.task_id == id => {
-                let stored = tracker.events(id);
+                let stored = stored_events(tracker, id).await;
                 return Some(if stored.is_empty() {
                     vec![event]
                 } else {
@@ -162,7 +188,7 @@ async fn wait_for_first(
             }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => {
-                let stored = tracker.events(id);
+                let stored = stored_events(tracker, id).await;
                 if !stored.is_empty() {
                     return Some(stored);
                 }
@@ -246,7 +272,7 @@ impl Feed {
                     }
                     // Fell behind the live buffer: the view has them all.
                     Err(RecvError::Lagged(_)) => {
-                        let stored = self.tracker.events(&self.id);
+                        let stored = stored_events(&self.tracker, &self.id).await;
                         self.queue.extend(stored);
                     }
                     Err(RecvError::Closed) => return None,

@@ -1,59 +1,17 @@
-//! Which format a source is, told by its first bytes and never by a file
-//! name or a content type that a client chose.
+//! Which format a source is, told by its first bytes (the contract crate's
+//! [`SourceFormat::sniff`]) and never by a file name or a content type that a
+//! client chose; here, what the decoder needs on top of it.
 
 use image::ImageFormat;
+pub use warren_tasks::image::SourceFormat;
 
-/// The formats Warren decodes, recognised by their first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceFormat {
-    Jpeg,
-    Png,
-    Webp,
-    Gif,
-}
-
-impl SourceFormat {
-    /// The format whose signature `bytes` start with.
-    pub fn sniff(bytes: &[u8]) -> Option<Self> {
-        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-            Some(Self::Jpeg)
-        } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-            Some(Self::Png)
-        } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
-            Some(Self::Gif)
-        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-            Some(Self::Webp)
-        } else {
-            None
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jpeg => "jpeg",
-            Self::Png => "png",
-            Self::Webp => "webp",
-            Self::Gif => "gif",
-        }
-    }
-
-    /// The name people write, for error messages.
-    pub(crate) fn display_name(self) -> &'static str {
-        match self {
-            Self::Jpeg => "JPEG",
-            Self::Png => "PNG",
-            Self::Webp => "WebP",
-            Self::Gif => "GIF",
-        }
-    }
-
-    pub(crate) fn image_format(self) -> ImageFormat {
-        match self {
-            Self::Jpeg => ImageFormat::Jpeg,
-            Self::Png => ImageFormat::Png,
-            Self::Webp => ImageFormat::WebP,
-            Self::Gif => ImageFormat::Gif,
-        }
+/// The `image` crate's name for a format.
+pub(crate) fn image_format(format: SourceFormat) -> ImageFormat {
+    match format {
+        SourceFormat::Jpeg => ImageFormat::Jpeg,
+        SourceFormat::Png => ImageFormat::Png,
+        SourceFormat::Webp => ImageFormat::WebP,
+        SourceFormat::Gif => ImageFormat::Gif,
     }
 }
 
@@ -79,27 +37,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_are_recognised_by_their_bytes_only() {
-        assert_eq!(
-            SourceFormat::sniff(&[0xFF, 0xD8, 0xFF, 0xE0]),
-            Some(SourceFormat::Jpeg)
-        );
-        assert_eq!(
-            SourceFormat::sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
-            Some(SourceFormat::Png)
-        );
-        assert_eq!(
-            SourceFormat::sniff(b"GIF89a......"),
-            Some(SourceFormat::Gif)
-        );
-        assert_eq!(
-            SourceFormat::sniff(b"RIFF\0\0\0\0WEBPVP8 "),
-            Some(SourceFormat::Webp)
-        );
-        assert_eq!(SourceFormat::sniff(b"RIFF\0\0\0\0WAVEfmt "), None);
-        assert_eq!(SourceFormat::sniff(b""), None);
+    fn a_non_image_is_described_by_its_first_bytes() {
         assert_eq!(describe_start(b""), "nothing: it is empty");
         assert_eq!(describe_start(b"hello, I am text"), "\"hello, I\"");
         assert_eq!(describe_start(&[0, 1, 0xFE]), "00 01 fe");
+        assert_eq!(image_format(SourceFormat::Webp), ImageFormat::WebP);
     }
 }

@@ -125,7 +125,7 @@ impl<'a> Probe<'a> {
         if let Some((width, height)) = limits::declared_size(format, bytes) {
             limits::check_limits(format, width, height, &limits)?;
         }
-        let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format::image_format(format));
         reader.limits(generic::image_limits(&limits));
         let mut decoder = reader.into_decoder().map_err(generic::image_error)?;
         let (width, height) = decoder.dimensions();
