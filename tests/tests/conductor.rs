@@ -102,6 +102,27 @@ async fn drain(namespace: &str) -> BTreeMap<DateTime<Utc>, (usize, i64)> {
     fires
 }
 
+/// Stops every conductor (SIGTERM), then reads the fires from the work
+/// queue and checks that none was made twice.
+async fn stop_and_drain(
+    conductors: &mut [WorkerProcess],
+    namespace: &str,
+) -> BTreeMap<DateTime<Utc>, (usize, i64)> {
+    for c in conductors.iter() {
+        c.signal("TERM").unwrap();
+    }
+    for c in conductors.iter_mut() {
+        c.wait_exit(WAIT).await.unwrap();
+    }
+    let fires = drain(namespace).await;
+    let duplicated: Vec<_> = fires.iter().filter(|(_, (n, _))| *n != 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "fired more than once: {duplicated:?}"
+    );
+    fires
+}
+
 async fn cleanup(namespace: &str) {
     let broker = TestBroker::with_namespace(namespace.to_owned())
         .await
@@ -139,19 +160,7 @@ async fn each_second_fires_exactly_once_through_kills_and_a_sigterm_of_the_leade
         .wait_for_log("Fired.", 3, WAIT)
         .await
         .unwrap();
-    for c in &conductors {
-        c.signal("TERM").unwrap();
-    }
-    for c in &mut conductors {
-        c.wait_exit(WAIT).await.unwrap();
-    }
-
-    let fires = drain(&namespace).await;
-    let duplicated: Vec<_> = fires.iter().filter(|(_, (n, _))| *n != 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "fired more than once: {duplicated:?}"
-    );
+    let fires = stop_and_drain(&mut conductors, &namespace).await;
     let first = *fires.keys().next().unwrap();
     let last = *fires.keys().last().unwrap();
     let seconds = (last - first).num_seconds() + 1;
@@ -175,15 +184,6 @@ async fn each_second_fires_exactly_once_through_kills_and_a_sigterm_of_the_leade
     cleanup(&namespace).await;
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl must be installed");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
 #[tokio::test]
 async fn a_broker_restart_fires_nothing_twice_and_applies_the_misfire_policy() {
     let _serial = SERIAL.lock().await;
@@ -202,11 +202,11 @@ async fn a_broker_restart_fires_nothing_twice_and_applies_the_misfire_policy() {
         .wait_for_log("Fired.", 3, WAIT)
         .await
         .unwrap();
-    rabbitmqctl(&["stop_app"]);
+    warren_tests::broker::rabbitmqctl(&["stop_app"]);
     let stopped = Utc::now();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    rabbitmqctl(&["start_app"]);
-    rabbitmqctl(&["await_startup"]);
+    warren_tests::broker::rabbitmqctl(&["start_app"]);
+    warren_tests::broker::rabbitmqctl(&["await_startup"]);
     let started = Utc::now();
     // Both lost their connection; one leads again and fires on.
     let deadline = Instant::now() + WAIT;
@@ -225,19 +225,7 @@ async fn a_broker_restart_fires_nothing_twice_and_applies_the_misfire_policy() {
         .wait_for_log("Fired.", before + 3, WAIT)
         .await
         .unwrap();
-    for c in &conductors {
-        c.signal("TERM").unwrap();
-    }
-    for c in &mut conductors {
-        c.wait_exit(WAIT).await.unwrap();
-    }
-
-    let fires = drain(&namespace).await;
-    let duplicated: Vec<_> = fires.iter().filter(|(_, (n, _))| *n != 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "fired more than once: {duplicated:?}"
-    );
+    let fires = stop_and_drain(&mut conductors, &namespace).await;
     // Of the seconds the broker was down, only those within the grace
     // before the new leader's start, and the latest misfire, were made.
     let during: Vec<_> = fires
