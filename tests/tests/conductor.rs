@@ -164,15 +164,19 @@ async fn each_second_fires_exactly_once_through_kills_and_a_sigterm_of_the_leade
     let first = *fires.keys().next().unwrap();
     let last = *fires.keys().last().unwrap();
     let seconds = (last - first).num_seconds() + 1;
-    assert!(seconds >= 25, "ran {seconds} s");
+    let published: Vec<i64> = fires.values().map(|(_, p)| *p).collect();
+    let gap = published.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!(
+        "{} fires, each once, over {seconds} s; longest gap between fires {gap} ms",
+        fires.len()
+    );
+    assert!(seconds >= 20, "ran {seconds} s");
     assert_eq!(
         fires.len() as i64,
         seconds,
         "every second from {first} to {last} fired"
     );
     // The gap at each failover: between consecutive publishes.
-    let published: Vec<i64> = fires.values().map(|(_, p)| *p).collect();
-    let gap = published.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     assert!(
         gap < TAKEOVER.as_millis() as i64,
         "the longest gap between fires was {gap} ms"
