@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use warren::PublishOptions;
-use warren_tests::broker::TestBroker;
+use warren_tests::broker::{TestBroker, rabbitmqctl};
 use warren_tests::worker::WorkerProcess;
 use warren_tests::{EmailWorld, rcpt, wait_until};
 
@@ -71,15 +71,6 @@ async fn a_worker_killed_mid_task_loses_nothing() {
     assert_eq!(broker.depth(&queue).await.unwrap(), 0);
     assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
     broker.cleanup().await.unwrap();
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl must be installed");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
 }
 
 /// Publishes, reconnecting through a broker outage until the publish is
