@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use warren::PublishOptions;
-use warren_tests::broker::TestBroker;
+use warren_tests::broker::{TestBroker, rabbitmqctl};
 use warren_tests::worker::WorkerProcess;
 use warren_tests::{EmailWorld, rcpt, wait_until};
 
@@ -73,15 +73,6 @@ async fn a_worker_killed_mid_task_loses_nothing() {
     broker.cleanup().await.unwrap();
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl must be installed");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
 /// Publishes, reconnecting through a broker outage until the publish is
 /// confirmed.
 async fn publish_through_outage(
@@ -116,17 +107,18 @@ async fn publish_through_outage(
     }
 }
 
+/// An email world whose worker runs four handlers at once.
+async fn four_handlers() -> (TestBroker, warren_tests::smtp::SmtpSink, WorkerProcess) {
+    let world = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
+        .await
+        .unwrap();
+    (world.broker, world.sink, world.worker)
+}
+
 #[tokio::test]
 async fn a_broker_restart_while_tasks_flow_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let EmailWorld {
-        mut broker,
-        sink,
-        worker,
-        env: _,
-    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
-        .await
-        .unwrap();
+    let (mut broker, sink, worker) = four_handlers().await;
     let namespace = broker.namespace().to_owned();
 
     let to = rcpt("restart");
@@ -221,14 +213,7 @@ async fn a_broker_restart_while_tasks_run_leaves_no_status_behind_its_final_stat
     use warren::events::{self, StatusView, TaskState};
 
     let _serial = SERIAL.lock().await;
-    let EmailWorld {
-        mut broker,
-        sink,
-        worker,
-        env: _,
-    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
-        .await
-        .unwrap();
+    let (mut broker, sink, worker) = four_handlers().await;
     let namespace = broker.namespace().to_owned();
     // The stream a gateway declares: the events land in it.
     events::declare_stream(&broker.connection, &broker.names, Duration::from_secs(3600))

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren::broker::{Backoff, ConnectError, connect, worker_identity};
 use warren::contract::{CONTENT_TYPE_JSON, EVENT_MESSAGE_TYPE, Names, PERSISTENT, broker_headers};
-use warren::events::{TaskEvent, TaskState};
+use warren::events::{TaskEvent, TaskState, envelope};
 use warren::topology::Topology;
 use warren::{TopologyError, task_properties};
 
@@ -251,20 +251,33 @@ impl Conductor {
                 Ok(Some(d)) => d?,
             };
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            let Ok(event) = serde_json::from_slice::<TaskEvent>(&delivery.data) else {
+            // An envelope of events, or a single one (as fires are written).
+            let Ok(events) = envelope::decode(
+                delivery
+                    .properties
+                    .content_type()
+                    .as_ref()
+                    .map(|c| c.as_str()),
+                delivery.properties.kind().as_ref().map(|k| k.as_str()),
+                &delivery.data,
+            ) else {
                 continue;
             };
-            if event.state == TaskState::Scheduled
-                && let Some((name, at)) = parse_task_id(&event.task_id)
-                && self.schedules.iter().any(|s| s.name() == name)
-            {
-                let slot = last.entry(name.to_owned()).or_insert(at);
-                *slot = (*slot).max(at);
-                if latest.as_ref().is_none_or(|(t, _)| *t <= event.at) {
-                    latest = Some((event.at, event.by.clone()));
+            let mut caught_up = false;
+            for event in events {
+                caught_up |= event.at >= acquired;
+                if event.state == TaskState::Scheduled
+                    && let Some((name, at)) = parse_task_id(&event.task_id)
+                    && self.schedules.iter().any(|s| s.name() == name)
+                {
+                    let slot = last.entry(name.to_owned()).or_insert(at);
+                    *slot = (*slot).max(at);
+                    if latest.as_ref().is_none_or(|(t, _)| *t <= event.at) {
+                        latest = Some((event.at, event.by.clone()));
+                    }
                 }
             }
-            if event.at >= acquired {
+            if caught_up {
                 break;
             }
         }

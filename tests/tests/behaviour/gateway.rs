@@ -1033,3 +1033,65 @@ async fn each_bad_request_gets_its_code_and_a_problem_body_naming_the_field() {
     );
     w.finish().await;
 }
+
+#[tokio::test]
+async fn image_progress_reaches_sse_in_order_coalesced_and_ends_with_the_final_state() {
+    let mut w = World::new().await;
+    w.image_worker().await;
+    let (http, _) = w.gateway(&[]).await;
+    let outputs: Vec<Value> = (1..=8)
+        .map(|i| json!({"width": 16 * i, "height": 16 * i, "format": "png"}))
+        .collect();
+    let form = Multipart::new()
+        .file("file", "p.png", "image/png", &photo_png(400, 300))
+        .text("outputs", &serde_json::to_string(&outputs).unwrap());
+    let r = http::post_multipart(http, "/v1/images", form)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json().unwrap()["task_id"].as_str().unwrap().to_owned();
+    let mut live = http::sse(http, &format!("/v1/tasks/{id}/events"), &[])
+        .await
+        .unwrap();
+    let events = read_all_events(&mut live).await;
+    let got = states(&events);
+    assert_eq!(got.last().map(String::as_str), Some("succeeded"), "{got:?}");
+    let progress: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("progress"))
+        .map(|e| e.json().unwrap())
+        .collect();
+    assert!(!progress.is_empty(), "{got:?}");
+    assert!(progress.len() <= outputs.len(), "{got:?}");
+    // In order, ending at 1.0 just before the final state.
+    let fractions: Vec<f64> = progress
+        .iter()
+        .map(|p| p["progress"].as_f64().unwrap())
+        .collect();
+    println!(
+        "progress events: {fractions:?} of {} reports",
+        outputs.len()
+    );
+    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
+    assert_eq!(fractions.last(), Some(&1.0));
+    assert_eq!(got[got.len() - 2], "progress", "{got:?}");
+    assert!(
+        progress[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("wrote ")
+    );
+    // Coalesced: at most four a second, except the last, sent at once
+    // when the attempt ends.
+    let at: Vec<i64> = progress.iter().map(|p| nanos(&p["at"])).collect();
+    if at.len() > 2 {
+        for pair in at[..at.len() - 1].windows(2) {
+            assert!(pair[1] - pair[0] >= 240 * MS, "{at:?}");
+        }
+    }
+    // The status shows the last report.
+    let (_, done) = status(http, &id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["progress"], 1.0);
+    w.finish().await;
+}
