@@ -5,6 +5,7 @@
 #   docker build --target email-worker -t warren/email-worker .
 #   docker build --target image-worker -t warren/image-worker .
 #   docker build --target gateway      -t warren/gateway .
+#   docker build --target conductor    -t warren/conductor .
 #
 # The builder compiles every service binary once, with the same command as
 # the release build in docs/deploy.md (`cargo test -p warren-deploy-check
@@ -25,9 +26,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     set -eux; \
-    cargo build --release --locked --bin email-worker --bin image-worker --bin gateway; \
+    cargo build --release --locked --bin email-worker --bin image-worker --bin gateway --bin conductor; \
     mkdir -p /out; \
-    cp target/release/email-worker target/release/image-worker target/release/gateway /out/
+    cp target/release/email-worker target/release/image-worker target/release/gateway target/release/conductor /out/
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates: TLS to the broker, to SMTP servers and to S3 uses the
@@ -78,3 +79,10 @@ USER 10001:10001
 # HTTP API, then ops.
 EXPOSE 8080 9403
 ENTRYPOINT ["/usr/local/bin/gateway"]
+
+FROM runtime AS conductor
+COPY --from=builder /out/conductor /usr/local/bin/conductor
+USER 10001:10001
+# Ops: /metrics, /healthz, /readyz, /v1/schedules.
+EXPOSE 9404
+ENTRYPOINT ["/usr/local/bin/conductor"]

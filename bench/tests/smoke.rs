@@ -1,6 +1,7 @@
 //! The benchmark's smoke run: every section with tiny sizes against the
-//! real broker, so the bench never rots. It asserts only that every figure
-//! is produced (a finite, positive number), never how fast anything is.
+//! real broker, so the bench never rots. It asserts that every figure is
+//! produced (a finite, positive number) and that the runtime logged no
+//! unexpected warning, never how fast anything is.
 
 use serde_json::Value;
 use warren_bench::{Config, Section};
@@ -41,6 +42,12 @@ async fn every_section_produces_its_figures() {
         let mut found = Vec::new();
         numbers(section.as_str(), value, &mut found);
         assert!(!found.is_empty(), "section {section} has no numbers");
+        assert_eq!(
+            value["unexpected_runtime_warnings"].as_u64(),
+            Some(0),
+            "section {section}: the runtime logged unexpected warnings (on stderr above); notes: {:?}",
+            report.notes
+        );
         for (path, x) in found {
             let x = x.as_f64();
             assert!(

@@ -38,6 +38,9 @@ pub mod headers {
     /// Publish time in milliseconds since the Unix epoch (the AMQP
     /// `timestamp` property has whole seconds only), for queue-wait metrics.
     pub const PUBLISHED_AT_MS: &str = "x-warren-published-at-ms";
+    /// On a follow-up task published by a handler (`ctx.publish`): the id
+    /// of the task that published it.
+    pub const CAUSATION_ID: &str = "x-warren-causation-id";
     /// When the task is due, in milliseconds since the Unix epoch. A
     /// producer may set it on a task it publishes to the tasks exchange: a
     /// worker that receives it early moves it into the delay cascade
@@ -64,6 +67,7 @@ pub mod headers {
         ORIGINAL_EXCHANGE,
         ORIGINAL_ROUTING_KEY,
         PUBLISHED_AT_MS,
+        CAUSATION_ID,
         ETA_MS,
         DELAY_MS,
     ];

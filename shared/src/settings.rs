@@ -100,6 +100,22 @@ pub struct ConsumerSettings {
     /// Emit task lifecycle events (started, retrying, succeeded,
     /// dead-lettered) to `{ns}.events`, for the gateway's status view.
     pub events: bool,
+    /// Where the task types' rate limits (`TaskOptions::rate_limit`) are
+    /// kept: `memory` (per replica) or `redis` (across replicas).
+    pub rate_limit_backend: RateLimitBackend,
+    /// Redis URL of the `redis` rate-limit backend (may carry a password).
+    #[serde(serialize_with = "serialize_secret")]
+    pub rate_limit_redis_url: SecretString,
+}
+
+/// Where the task types' rate limits are kept.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    /// In-process (governor): each replica starts at most the rate.
+    Memory,
+    /// A GCRA in Redis: all replicas together start at most the rate.
+    Redis,
 }
 
 impl Default for ConsumerSettings {
@@ -115,6 +131,8 @@ impl Default for ConsumerSettings {
             task_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(30),
             events: true,
+            rate_limit_backend: RateLimitBackend::Memory,
+            rate_limit_redis_url: SecretString::from("redis://127.0.0.1:6379/0"),
         }
     }
 }

@@ -417,6 +417,7 @@ fn documented_headers(doc: &Value) -> BTreeMap<String, &'static str> {
     let schemas = &doc["components"]["schemas"];
     for schema in [
         "TaskHeaders",
+        "FollowUpHeaders",
         "RetryHeaders",
         "ParkedHeaders",
         "BrokerDeadLetterHeaders",

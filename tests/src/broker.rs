@@ -290,3 +290,15 @@ pub async fn cleanup_namespace_stems(
     let _ = channel.close(200, "cleaned".into()).await;
     Ok(())
 }
+
+/// Runs `rabbitmqctl` on the local node (`stop_app`, `start_app`,
+/// `await_startup`): for the disruptive tests, under the exclusive broker
+/// lock.
+pub fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl must be installed");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}

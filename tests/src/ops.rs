@@ -60,9 +60,34 @@ fn dechunk(mut rest: &str) -> anyhow::Result<String> {
 
 /// The value of the sample `name` whose labels include every pair of
 /// `labels`, summed over the samples that match (so leaving a label out
-/// sums across it). 0 when nothing matches.
+/// sums across it).
+///
+/// # Panics
+///
+/// When no sample matches: a misspelt name or label must fail the test, not
+/// read as 0. Use [`sample_or_zero`] where a series legitimately does not
+/// exist yet.
 pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
+    try_sample(exposition, name, labels).unwrap_or_else(|| {
+        let same_name: Vec<&str> = exposition
+            .lines()
+            .filter(|l| !l.starts_with('#') && metric_name(l) == Some(name))
+            .collect();
+        panic!("no sample of {name} with labels {labels:?}; the samples of {name}: {same_name:#?}")
+    })
+}
+
+/// Like [`sample`], but 0 when nothing matches: for a counter whose series
+/// appears at its first increment (`prometheus` creates a labelled series
+/// on first use), read before anything could have incremented it.
+pub fn sample_or_zero(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    try_sample(exposition, name, labels).unwrap_or(0.0)
+}
+
+/// The sum of the samples `name` with `labels`, or `None` when no sample
+/// matches.
+pub fn try_sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -79,7 +104,13 @@ pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The metric name of a sample line.
+fn metric_name(line: &str) -> Option<&str> {
+    line.split(['{', ' ']).next()
 }
 
 #[cfg(test)]
@@ -93,7 +124,15 @@ mod tests {
         assert_eq!(sample(text, "x", &[("a", "1")]), 7.0);
         assert_eq!(sample(text, "x", &[("b", "3")]), 4.0);
         assert_eq!(sample(text, "y", &[]), 7.0);
-        assert_eq!(sample(text, "z", &[]), 0.0);
+        assert_eq!(try_sample(text, "z", &[]), None);
+        assert_eq!(try_sample(text, "x", &[("a", "2")]), None);
+        assert_eq!(sample_or_zero(text, "z", &[]), 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "no sample of x with labels")]
+    fn a_missing_series_fails() {
+        sample("x{a=\"1\"} 3\n", "x", &[("a", "2")]);
     }
 
     #[test]

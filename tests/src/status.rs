@@ -269,6 +269,12 @@ pub fn lifecycle(
         }
         TaskState::Scheduled | TaskState::Queued => events.truncate(1),
         TaskState::Running => events.truncate(2),
+        TaskState::Progress => {
+            let mut half = step(TaskState::Progress, 1, 2);
+            half.progress = Some(0.5);
+            half.message = Some("half".into());
+            events.push(half);
+        }
     }
     events
 }

@@ -1,5 +1,5 @@
 //! What must survive: a worker killed mid-task, a broker restart while tasks
-//! flow, and SIGTERM with tasks in flight.
+//! flow (the tasks and their statuses), and SIGTERM with tasks in flight.
 //!
 //! These tests kill processes and restart the shared broker, so they live in
 //! a test binary of their own (cargo runs test binaries one after another)
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use warren::PublishOptions;
-use warren_tests::broker::TestBroker;
+use warren_tests::broker::{TestBroker, rabbitmqctl};
 use warren_tests::worker::WorkerProcess;
 use warren_tests::{EmailWorld, rcpt, wait_until};
 
@@ -73,15 +73,6 @@ async fn a_worker_killed_mid_task_loses_nothing() {
     broker.cleanup().await.unwrap();
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl must be installed");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
 /// Publishes, reconnecting through a broker outage until the publish is
 /// confirmed.
 async fn publish_through_outage(
@@ -116,17 +107,18 @@ async fn publish_through_outage(
     }
 }
 
+/// An email world whose worker runs four handlers at once.
+async fn four_handlers() -> (TestBroker, warren_tests::smtp::SmtpSink, WorkerProcess) {
+    let world = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
+        .await
+        .unwrap();
+    (world.broker, world.sink, world.worker)
+}
+
 #[tokio::test]
 async fn a_broker_restart_while_tasks_flow_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let EmailWorld {
-        mut broker,
-        sink,
-        worker,
-        env: _,
-    } = EmailWorld::start(&[("WARREN_CONSUMER__CONCURRENCY", "4")])
-        .await
-        .unwrap();
+    let (mut broker, sink, worker) = four_handlers().await;
     let namespace = broker.namespace().to_owned();
 
     let to = rcpt("restart");
@@ -197,7 +189,104 @@ async fn a_broker_restart_while_tasks_flow_loses_nothing() {
         "broker restart: {} tasks delivered, {duplicates} duplicate sends",
         ids.len()
     );
+    // The worker lived through the outage: a task sent whose ack the outage
+    // swallowed comes back redelivered, and its id is in the worker's
+    // idempotency store (or a republished copy carries the same id), so it
+    // is skipped, not sent again (docs/operations.md, "An email can be sent
+    // twice" needs a worker that dies).
+    assert_eq!(
+        duplicates,
+        0,
+        "duplicate sends across a broker restart: {:?}",
+        received()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
+    broker.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_restart_while_tasks_run_leaves_no_status_behind_its_final_state() {
+    use futures::StreamExt;
+    use warren::events::{self, StatusView, TaskState};
+
+    let _serial = SERIAL.lock().await;
+    let (mut broker, sink, worker) = four_handlers().await;
+    let namespace = broker.namespace().to_owned();
+    // The stream a gateway declares: the events land in it.
+    events::declare_stream(&broker.connection, &broker.names, Duration::from_secs(3600))
+        .await
+        .unwrap();
+
+    // Each send takes 300 ms at the sink: tasks are running, and their
+    // events on their way, when the broker goes.
+    let to = rcpt("slow300");
+    let ids: Vec<String> = (0..40)
+        .map(|i| format!("status-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i == 16 {
+            rabbitmqctl(&["stop_app"]);
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
+        }
+        let body = json!({"to": to, "subject": id, "text": "statuses"});
+        publish_through_outage(&mut broker, &namespace, id, &body).await;
+    }
+    wait_until("every task to reach the sink", WAIT, || {
+        let seen: HashSet<String> = sink
+            .messages_to(&to)
+            .iter()
+            .filter_map(|m| m.subject())
+            .collect();
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+
+    // Every task succeeded; the statuses folded from the stream must say
+    // so for every one of them, as a gateway started now would.
+    let mut stream = Box::pin(
+        events::follow(&broker.connection, &broker.names)
+            .await
+            .unwrap(),
+    );
+    let mut view = StatusView::new(1000);
+    let succeeded = |v: &StatusView| {
+        ids.iter()
+            .all(|id| v.get(id).is_some_and(|s| s.state == TaskState::Succeeded))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !succeeded(&view) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(event))) => {
+                view.apply(event);
+            }
+            Ok(other) => panic!("the events stream ended: {other:?}"),
+            Err(_) => {
+                let behind: Vec<_> = ids
+                    .iter()
+                    .filter_map(|id| {
+                        let state = view.get(id).map(|s| s.state);
+                        (state != Some(TaskState::Succeeded)).then_some((id, state))
+                    })
+                    .collect();
+                panic!(
+                    "{} statuses stayed behind their task's final state: {behind:?}\nworker:\n{}",
+                    behind.len(),
+                    worker.tail(40)
+                );
+            }
+        }
+    }
+    let reemitted = worker
+        .logs_with_message("Re-emitting the final states of tasks whose events were given up.");
+    eprintln!(
+        "broker restart: {} statuses final, {} re-emissions",
+        ids.len(),
+        reemitted.len()
+    );
     broker.cleanup().await.unwrap();
 }
 
@@ -230,7 +319,12 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
             .unwrap();
     }
     let queue = broker.names.work_queue("email");
+    let ops = first.ops_addr().await.unwrap();
     let held = sink.wait_for_holding(3, WAIT).await.unwrap();
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        200
+    );
     first.signal("TERM").unwrap();
     let drained = first
         .wait_for_log("Stopped consuming; waiting for in-flight tasks.", 1, WAIT)
@@ -238,6 +332,12 @@ async fn sigterm_lets_in_flight_tasks_finish_and_hands_back_the_rest() {
         .unwrap();
     let in_flight = drained[0]["fields"]["in_flight"].as_u64().unwrap() as usize;
     assert_eq!(in_flight, 3, "three handlers were running");
+    // Draining: no longer ready, so no new traffic is routed to it.
+    assert_eq!(
+        warren_tests::ops::http_get(ops, "/readyz").await.unwrap().0,
+        503,
+        "/readyz while draining"
+    );
     for h in &held {
         sink.release(&h.rcpt_tos[0]).await.unwrap();
     }

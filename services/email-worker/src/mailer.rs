@@ -310,11 +310,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rate_limited_mailer_still_sends() {
+    async fn a_rate_limited_mailer_sends_and_the_limit_holds() {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = outbox_settings(dir.path());
-        settings.rate_limit_per_second = 1000;
+        // Three per second: a burst of three, then one every 333 ms.
+        settings.rate_limit_per_second = 3;
         let mailer = Mailer::from_settings(&settings).unwrap();
+        let limiter = mailer.inner.limiter.as_ref().expect("a limiter");
         for n in 0..3 {
             mailer
                 .send(
@@ -325,5 +327,21 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+        // The burst is spent: a fourth send now would have to wait.
+        assert!(
+            limiter.check().is_err(),
+            "three sends left room for a fourth within the same second"
+        );
+    }
+
+    #[test]
+    fn no_rate_limit_means_no_limiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = outbox_settings(dir.path());
+        settings.rate_limit_per_second = 0;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _guard = runtime.enter();
+        let mailer = Mailer::from_settings(&settings).unwrap();
+        assert!(mailer.inner.limiter.is_none());
     }
 }

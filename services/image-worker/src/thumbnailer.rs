@@ -121,7 +121,8 @@ impl Thumbnailer {
             "Decoded the source image."
         );
 
-        let mut written = Vec::with_capacity(outputs.len());
+        let total = outputs.len();
+        let mut written = Vec::with_capacity(total);
         for output in outputs {
             let bytes = output.bytes.len();
             inner
@@ -136,6 +137,10 @@ impl Thumbnailer {
                 "height": output.height,
                 "bytes": bytes,
             }));
+            ctx.progress(
+                written.len() as f64 / total as f64,
+                format!("wrote {}", output.key.as_str()),
+            );
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(

@@ -14,6 +14,9 @@ pub enum TaskState {
     Queued,
     /// A worker is running it.
     Running,
+    /// Not a state of its own: how far a running task is (`ctx.progress`),
+    /// with `progress` and `message`. The status stays `running`.
+    Progress,
     /// An attempt failed; it waits in a delay queue for the next one.
     Retrying,
     /// Done.
@@ -24,10 +27,11 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Scheduled,
         TaskState::Queued,
         TaskState::Running,
+        TaskState::Progress,
         TaskState::Retrying,
         TaskState::Succeeded,
         TaskState::DeadLettered,
@@ -38,6 +42,7 @@ impl TaskState {
             TaskState::Scheduled => "scheduled",
             TaskState::Queued => "queued",
             TaskState::Running => "running",
+            TaskState::Progress => "progress",
             TaskState::Retrying => "retrying",
             TaskState::Succeeded => "succeeded",
             TaskState::DeadLettered => "dead_lettered",
@@ -79,6 +84,12 @@ pub struct TaskEvent {
     /// For `succeeded`: the handler's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// For `progress`: how far the task is, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// For `progress`: what the handler said with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl TaskEvent {
@@ -97,6 +108,8 @@ impl TaskEvent {
             due_at: None,
             reason: None,
             result: None,
+            progress: None,
+            message: None,
         }
     }
 

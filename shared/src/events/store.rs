@@ -431,6 +431,11 @@ struct Compact {
     r: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     v: Option<Value>,
+    /// Progress (`g`) and its message (`m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    g: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     h: Vec<CompactEvent>,
 }
@@ -453,6 +458,10 @@ struct CompactEvent {
     d: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     r: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    g: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<String>,
 }
 
 fn nanos(at: DateTime<Utc>) -> i64 {
@@ -505,6 +514,8 @@ fn encode(record: &TaskRecord, max_result_bytes: usize) -> String {
         e: s.error.clone(),
         r: s.reason.clone(),
         v: result,
+        g: s.progress,
+        m: s.progress_message.clone(),
         h: record
             .events
             .iter()
@@ -519,6 +530,8 @@ fn encode(record: &TaskRecord, max_result_bytes: usize) -> String {
                 n: e.event.next_attempt_at.map(nanos),
                 d: e.event.due_at.map(nanos),
                 r: e.event.reason.clone(),
+                g: e.event.progress,
+                m: e.event.message.clone(),
             })
             .collect(),
     };
@@ -548,6 +561,8 @@ fn decode(task_id: &str, raw: &str) -> Option<TaskRecord> {
         error: c.e,
         reason: c.r,
         result: c.v,
+        progress: c.g,
+        progress_message: c.m,
     };
     let events =
         c.h.into_iter()
@@ -565,6 +580,8 @@ fn decode(task_id: &str, raw: &str) -> Option<TaskRecord> {
                     next_attempt_at: h.n.map(time),
                     due_at: h.d.map(time),
                     reason: h.r,
+                    progress: h.g,
+                    message: h.m,
                     result: if h.s == TaskState::Succeeded {
                         status.result.clone()
                     } else {

@@ -32,6 +32,12 @@ pub struct TaskStatus {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// The latest `progress` of the current attempt, 0.0 to 1.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// The message of that `progress` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
 }
 
 impl TaskStatus {
@@ -53,6 +59,8 @@ impl TaskStatus {
             error: None,
             reason: None,
             result: None,
+            progress: None,
+            progress_message: None,
         }
     }
 }
@@ -122,7 +130,11 @@ impl TaskRecord {
             || matches!(e.state, TaskState::Queued | TaskState::Scheduled)
             || self.events.is_empty()
         {
-            s.state = e.state;
+            // A progress event says the task is running.
+            s.state = match e.state {
+                TaskState::Progress => TaskState::Running,
+                state => state,
+            };
             s.attempt = e.attempt;
         }
         s.updated_at = e.at;
@@ -139,6 +151,12 @@ impl TaskRecord {
             TaskState::Running => {
                 s.started_at.get_or_insert(e.at);
                 s.next_attempt_at = None;
+                s.progress = None;
+                s.progress_message = None;
+            }
+            TaskState::Progress => {
+                s.progress = e.progress;
+                s.progress_message.clone_from(&e.message);
             }
             TaskState::Retrying => {
                 s.next_attempt_at = e.next_attempt_at;
@@ -356,6 +374,31 @@ mod tests {
             offset,
             event: TaskEvent::new(id, "email.send", state, attempt),
         }
+    }
+
+    #[test]
+    fn progress_keeps_a_task_running_and_shows_the_latest_report() {
+        let mut v = StatusView::new(10);
+        v.apply(ev(1, "a", TaskState::Running, 1));
+        let mut p = ev(2, "a", TaskState::Progress, 1);
+        p.event.progress = Some(0.5);
+        p.event.message = Some("half".into());
+        v.apply(p);
+        let s = v.get("a").unwrap();
+        assert_eq!(s.state, TaskState::Running);
+        assert_eq!(s.progress, Some(0.5));
+        assert_eq!(s.progress_message.as_deref(), Some("half"));
+        // A new attempt starts from nothing; the final state keeps the
+        // last report.
+        v.apply(ev(3, "a", TaskState::Running, 2));
+        assert_eq!(v.get("a").unwrap().progress, None);
+        let mut p = ev(4, "a", TaskState::Progress, 2);
+        p.event.progress = Some(1.0);
+        v.apply(p);
+        v.apply(ev(5, "a", TaskState::Succeeded, 2));
+        let s = v.get("a").unwrap();
+        assert_eq!((s.state, s.progress), (TaskState::Succeeded, Some(1.0)));
+        assert_eq!(v.events("a").len(), 5);
     }
 
     #[test]

@@ -13,9 +13,12 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::context::{DeliveryRuntime, ProgressPump};
+use super::limits;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};
@@ -85,6 +88,13 @@ pub(super) async fn process(
             events: out.events.as_ref(),
             by: &inner.identity,
         };
+        // Held back by the type's limits: unacked, not failed; handed back
+        // if the worker stops first.
+        let Some(_pass) = inner.gates.enter(&ctx.task_type, &inner.stop).await else {
+            settle::nack_requeue(&delivery).await;
+            inner.status.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return;
+        };
         let queue_wait = queue_wait(&delivery, &ctx);
         let handled = inner.handlers.contains_key(ctx.task_type.as_str());
         rec.record(Started {
@@ -94,11 +104,29 @@ pub(super) async fn process(
         })
         .await;
         let started = Instant::now();
+        let cancel = CancellationToken::new();
+        let progress = out
+            .events
+            .clone()
+            .map(|events| ProgressPump::new(events, &ctx, &inner.identity));
         let result = match early {
             // Bad due headers: parked at once with the reason.
             Some(e) => Err(e),
-            None => run_handler(&inner, &ctx, &delivery.data).await,
+            None => {
+                let handler_ctx = DeliveryRuntime {
+                    publisher: out.publisher.clone(),
+                    parent_id: ctx.id.clone(),
+                    span: tracing::Span::current(),
+                    cancel: cancel.clone(),
+                    progress: progress.clone(),
+                }
+                .attach(ctx.clone());
+                run_handler(&inner, handler_ctx, &delivery.data, &cancel).await
+            }
         };
+        if let Some(progress) = progress {
+            progress.finish().await;
+        }
         let elapsed = started.elapsed();
         match result {
             Ok(Handled::Duplicate) => settle::duplicate(&delivery, &rec).await,
@@ -136,8 +164,9 @@ enum Handled {
 
 async fn run_handler(
     inner: &Arc<Inner>,
-    ctx: &TaskContext,
+    ctx: TaskContext,
     body: &[u8],
+    cancel: &CancellationToken,
 ) -> Result<Handled, TaskError> {
     let Some(route) = inner.handlers.get(ctx.task_type.as_str()) else {
         return Err(TaskError::permanent(
@@ -156,14 +185,15 @@ async fn run_handler(
         ));
     };
     if let Some(store) = &inner.idempotency {
-        match store.is_done(&inner.dedup_key(ctx)).await {
+        match store.is_done(&inner.dedup_key(&ctx)).await {
             Ok(true) => return Ok(Handled::Duplicate),
             Ok(false) => {}
             Err(e) => return Err(TaskError::retry("idempotency_store", e)),
         }
     }
-    let future = (route.handler)(ctx.clone(), body);
     let timeout = inner.time_limit(&ctx.task_type);
+    let _soft = limits::soft_limit(route.options.soft_time_limit, cancel);
+    let future = (route.handler)(ctx, body);
     // A task of its own: a panic in the handler surfaces as a JoinError
     // here instead of unwinding through the consumer.
     match tokio::spawn(tokio::time::timeout(timeout, future)).await {
@@ -247,5 +277,6 @@ fn read_meta(delivery: &Delivery, inner: &Inner) -> Meta {
     ctx.priority = props.priority().unwrap_or(0);
     ctx.published_at = published_at;
     ctx.redelivered = delivery.redelivered;
+    ctx.causation_id = contract::header_str(hdrs, headers::CAUSATION_ID);
     Meta { ctx, id_assigned }
 }

@@ -13,15 +13,19 @@
 //! connection when that gives up), and a drain on shutdown that lets
 //! in-flight tasks finish within a deadline and hands the rest back.
 //!
-//! The rooms: [`session`] (one connection's life, and the watch on it),
+//! The rooms: [`context`] (what a handler's context asks of the runtime:
+//! follow-ups), [`limits`] (per-type concurrency, rate and soft time
+//! limits), [`session`] (one connection's life, and the watch on it),
 //! [`delivery`] (one delivery from its metadata to the handler's answer),
 //! [`settle`] (ack, or a confirmed copy to a delay queue or the parking
 //! lot), [`record`] (each outcome's metric, log line and task event as one
 //! value) and [`drain`] (stopping without losing anything).
 
+mod context;
 mod defer;
 mod delivery;
 mod drain;
+mod limits;
 mod record;
 mod session;
 mod settle;
@@ -56,6 +60,9 @@ pub enum RuntimeError {
     Topology(#[from] TopologyError),
     #[error("the worker has no handlers")]
     NoHandlers,
+    /// The Redis of the `redis` rate-limit backend is unreachable.
+    #[error("could not connect to the rate limit store: {0}")]
+    RateLimitStore(#[from] redis::RedisError),
 }
 
 type ErasedHandler =
@@ -342,7 +349,15 @@ impl<S: Send + Sync + 'static> Worker<S> {
             .consumer
             .concurrency
             .clamp(1, usize::from(self.consumer.prefetch.max(1)));
+        let gates = limits::Gates::new(
+            self.handlers.iter().map(|(t, r)| (*t, r.options)),
+            &self.broker.namespace,
+            &self.consumer,
+        )
+        .await?;
         let inner = Arc::new(Inner {
+            gates,
+            stop: shutdown.child_token(),
             names: Names::new(&self.broker.namespace),
             queue: topology.work_queue.name.clone(),
             span_name: format!("process {}", topology.work_queue.name),
@@ -436,6 +451,10 @@ struct Inner {
     consumer: ConsumerSettings,
     topology: Topology,
     status: Arc<WorkerStatus>,
+    /// Per-type concurrency and rate limits.
+    gates: limits::Gates,
+    /// Cancelled on shutdown: tasks waiting at a gate are handed back.
+    stop: CancellationToken,
 }
 
 impl Inner {
@@ -460,5 +479,64 @@ impl Inner {
     /// The idempotency store's key of a task.
     fn dedup_key(&self, ctx: &TaskContext) -> String {
         idempotency::key(self.names.namespace(), &ctx.task_type, &ctx.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Resize {}
+    impl Task for Resize {
+        const TYPE: &'static str = "photos.resize";
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Crop {}
+    impl Task for Crop {
+        const TYPE: &'static str = "photos.crop";
+        const OPTIONS: TaskOptions = TaskOptions::new().max_attempts(2);
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Send {}
+    impl Task for Send {
+        const TYPE: &'static str = "mail.send";
+        const OPTIONS: TaskOptions = TaskOptions::new().queue("outbox").bindings(&["mail.#"]);
+    }
+
+    async fn ok() -> Result<Outcome, TaskError> {
+        Ok(Outcome::done())
+    }
+
+    #[test]
+    fn a_worker_derives_its_queue_and_a_binding_per_type() {
+        let w = Worker::for_task::<Resize>()
+            .handle(|_, _: Resize| ok())
+            .handle(|_, _: Crop| ok());
+        assert_eq!(w.queue_stem(), "photos");
+        assert_eq!(w.binding_keys(), ["photos.resize", "photos.crop"]);
+        assert_eq!(w.task_types(), ["photos.crop", "photos.resize"]);
+        let w =
+            Worker::for_task::<Send>()
+                .with_state(3u8)
+                .handle_with(|_, _: Send, n| async move {
+                    Ok(Outcome::with_result(serde_json::json!(*n)))
+                });
+        assert_eq!(
+            (w.queue_stem(), w.binding_keys()),
+            ("outbox", &["mail.#".to_owned()][..])
+        );
+        // A worker with explicit bindings keeps exactly those.
+        let w = Worker::new(
+            "s",
+            "q",
+            &["x.#"],
+            BrokerSettings::default(),
+            ConsumerSettings::default(),
+        )
+        .handle(|_, _: Resize| ok());
+        assert_eq!(w.binding_keys(), ["x.#"]);
     }
 }

@@ -265,7 +265,8 @@ async fn ack(delivery: &Delivery) {
     }
 }
 
-async fn nack_requeue(delivery: &Delivery) {
+/// Gives the delivery back to its queue.
+pub(super) async fn nack_requeue(delivery: &Delivery) {
     if let Err(e) = delivery
         .acker
         .nack(BasicNackOptions {

@@ -128,7 +128,7 @@ async fn a_template_is_rendered_and_a_missing_message_id_is_assigned() {
 
 #[tokio::test]
 async fn smtp_451_twice_then_250_is_delivered_once_after_two_retries() {
-    let s = EmailWorld::start(&[]).await.unwrap();
+    let mut s = EmailWorld::start(&[]).await.unwrap();
     let to = rcpt("tempfail451x2");
     let id = s
         .broker
@@ -163,8 +163,10 @@ async fn smtp_451_twice_then_250_is_delivered_once_after_two_retries() {
     assert_eq!(done[0]["span"]["attempt"], 3);
     assert_eq!(done[0]["span"]["task_id"], id);
 
-    // Exactly once: give a stray duplicate time to show up.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Exactly once: with the worker drained and gone and every queue
+    // empty (below), no stray duplicate can still be on its way.
+    s.worker.signal("TERM").unwrap();
+    assert!(s.worker.wait_exit(WAIT).await.unwrap().success());
     assert_eq!(s.sink.messages_to(&to).len(), 1);
     assert_eq!(s.sink.rejections_to(&to).len(), 2);
     for q in [
@@ -214,6 +216,30 @@ async fn transient_failures_that_outlast_the_ladder_are_dead_lettered() {
     );
     assert_eq!(s.sink.rejections_to(&to).len(), 2);
     assert!(s.sink.messages_to(&to).is_empty());
+
+    // Replayed as it is (a shovel's "Move messages"): it keeps its
+    // `x-warren-attempt`, so its first transient failure parks it again.
+    s.broker
+        .publish_raw("email.send", &dead[0].body, dead[0].properties.clone())
+        .await
+        .unwrap();
+    let again = s
+        .broker
+        .take(&s.broker.email_dead_queue(), 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(again[0].message_id().as_deref(), Some(id.as_str()));
+    // Run again as the attempt it was parked at: the last one allowed.
+    assert_eq!(again[0].header(headers::ATTEMPT).as_deref(), Some("2"));
+    assert_eq!(
+        again[0].header(headers::DEAD_REASON).as_deref(),
+        Some("attempts_exhausted")
+    );
+    assert_eq!(
+        again[0].body, dead[0].body,
+        "the body is kept byte for byte"
+    );
+    assert_eq!(s.sink.rejections_to(&to).len(), 3, "one more try only");
     s.broker.cleanup().await.unwrap();
 }
 
@@ -311,6 +337,12 @@ async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_is_sent() {
             "not an address",
         ),
         (
+            "binary",
+            vec![0xff, 0xfe, b'{', 0x00, b'\r', b'\n', 0x80],
+            "invalid_json",
+            "JSON",
+        ),
+        (
             "crlf",
             json!({"to": ok_rcpt, "subject": "Hi\r\nBcc: victim@example.com", "text": "t"})
                 .to_string()
@@ -331,11 +363,12 @@ async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_is_sent() {
         .take(&s.broker.email_dead_queue(), cases.len(), WAIT)
         .await
         .unwrap();
-    for (id, _, kind, needle) in &cases {
+    for (id, body, kind, needle) in &cases {
         let d = dead
             .iter()
             .find(|d| d.message_id().as_deref() == Some(*id))
             .unwrap_or_else(|| panic!("{id} not dead-lettered"));
+        assert_eq!(&d.body, body, "{id}: the parked body is kept byte for byte");
         assert_eq!(
             d.header(headers::ERROR_KIND).as_deref(),
             Some(*kind),

@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use warren::PublishOptions;
 use warren_tests::broker::TestBroker;
-use warren_tests::ops::{http_get, sample};
+use warren_tests::ops::{http_get, sample, sample_or_zero};
 use warren_tests::worker::{WorkerProcess, email_env, with};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -227,7 +227,9 @@ async fn postfix_smtp_sink_accepts_1000_emails() {
     tokio::time::timeout(WAIT, async {
         loop {
             let (_, body) = http_get(addr, "/metrics").await.unwrap();
-            if sample(&body, "warren_emails_sent_total", &[("transport", "smtp")]) >= N as f64 {
+            if sample_or_zero(&body, "warren_emails_sent_total", &[("transport", "smtp")])
+                >= N as f64
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -354,7 +356,8 @@ async fn a_server_that_answers_421_gets_fewer_connections_and_every_email() {
         0,
         "nothing parked"
     );
-    let retried = sample(&metrics, "warren_tasks_retried_total", &[]);
+    // Created at the first retry: absent means none.
+    let retried = sample_or_zero(&metrics, "warren_tasks_retried_total", &[]);
     assert_eq!(
         retried, 0.0,
         "the back-pressure is absorbed in the pool, not retried"

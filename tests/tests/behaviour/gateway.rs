@@ -137,22 +137,6 @@ async fn watch(http: SocketAddr, id: &str, every: Duration) -> (Vec<String>, Val
     }
 }
 
-/// Waits until the status is `state`.
-async fn wait_state(http: SocketAddr, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, body) = status(http, id).await;
-        if body["state"] == state {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {id} not {state} within {WAIT:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads an SSE stream to its end (within `WAIT`).
 async fn read_all_events(stream: &mut http::SseStream) -> Vec<SseEvent> {
     let mut events = Vec::new();
@@ -278,7 +262,7 @@ async fn an_email_enqueued_over_http_goes_queued_running_succeeded() {
 #[tokio::test]
 async fn a_transient_failure_shows_retrying_then_succeeded_and_a_permanent_one_dead_lettered() {
     let mut w = World::new().await;
-    // A 1 s delay before the retry, so `retrying` is there to be seen.
+    // A 1 s delay before the retry.
     let ladder = r#"["1s","2s"]"#;
     w.email_worker(&[("WARREN_CONSUMER__RETRY_DELAYS", ladder)])
         .await;
@@ -295,17 +279,44 @@ async fn a_transient_failure_shows_retrying_then_succeeded_and_a_permanent_one_d
     assert_eq!(r.status, 202, "{}", r.text());
     let flaky = r.json().unwrap()["task_id"].as_str().unwrap().to_owned();
 
-    let retrying = wait_state(http, &flaky, "retrying").await;
+    // The task's whole history, read to its final state: the `retrying`
+    // that passes by is in it, however briefly it lasted.
+    let mut history = http::sse(http, &format!("/v1/tasks/{flaky}/events"), &[])
+        .await
+        .unwrap();
+    let events: Vec<Value> = read_all_events(&mut history)
+        .await
+        .iter()
+        .map(|e| e.json().unwrap())
+        .collect();
+    let retrying = events
+        .iter()
+        .find(|e| e["state"] == "retrying")
+        .unwrap_or_else(|| panic!("no retrying event: {events:?}"));
     assert_eq!(retrying["attempt"], 1);
     assert_eq!(retrying["error_kind"], "smtp_transient");
     assert!(
         retrying["error"].as_str().unwrap().contains("451"),
         "{retrying}"
     );
-    let wait_ms = (nanos(&retrying["next_attempt_at"]) - nanos(&retrying["updated_at"])) / MS;
+    // The retry time is stamped before the copy is confirmed and the event
+    // after it: the announced wait is positive and at most the delay.
+    let next_attempt_at = nanos(&retrying["next_attempt_at"]);
+    let wait = next_attempt_at - nanos(&retrying["at"]);
     assert!(
-        (900..=1100).contains(&wait_ms),
-        "next try {wait_ms} ms later: {retrying}"
+        0 < wait && wait <= 1000 * MS,
+        "next try {} ms later: {retrying}",
+        wait / MS
+    );
+    // The broker's delay queue holds the copy the whole delay: the second
+    // attempt starts no earlier than announced.
+    let second = events
+        .iter()
+        .find(|e| e["state"] == "running" && e["attempt"] == 2)
+        .unwrap_or_else(|| panic!("no second attempt: {events:?}"));
+    assert!(
+        nanos(&second["at"]) >= next_attempt_at,
+        "the second attempt started before next_attempt_at: {second} after {retrying}"
     );
     let (seen, done) = watch(http, &flaky, Duration::from_millis(20)).await;
     assert_eq!(
@@ -1020,5 +1031,67 @@ async fn each_bad_request_gets_its_code_and_a_problem_body_naming_the_field() {
             .logs_with_message("A request handler panicked; answered 500.")
             .is_empty()
     );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn image_progress_reaches_sse_in_order_coalesced_and_ends_with_the_final_state() {
+    let mut w = World::new().await;
+    w.image_worker().await;
+    let (http, _) = w.gateway(&[]).await;
+    let outputs: Vec<Value> = (1..=8)
+        .map(|i| json!({"width": 16 * i, "height": 16 * i, "format": "png"}))
+        .collect();
+    let form = Multipart::new()
+        .file("file", "p.png", "image/png", &photo_png(400, 300))
+        .text("outputs", &serde_json::to_string(&outputs).unwrap());
+    let r = http::post_multipart(http, "/v1/images", form)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json().unwrap()["task_id"].as_str().unwrap().to_owned();
+    let mut live = http::sse(http, &format!("/v1/tasks/{id}/events"), &[])
+        .await
+        .unwrap();
+    let events = read_all_events(&mut live).await;
+    let got = states(&events);
+    assert_eq!(got.last().map(String::as_str), Some("succeeded"), "{got:?}");
+    let progress: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("progress"))
+        .map(|e| e.json().unwrap())
+        .collect();
+    assert!(!progress.is_empty(), "{got:?}");
+    assert!(progress.len() <= outputs.len(), "{got:?}");
+    // In order, ending at 1.0 just before the final state.
+    let fractions: Vec<f64> = progress
+        .iter()
+        .map(|p| p["progress"].as_f64().unwrap())
+        .collect();
+    println!(
+        "progress events: {fractions:?} of {} reports",
+        outputs.len()
+    );
+    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
+    assert_eq!(fractions.last(), Some(&1.0));
+    assert_eq!(got[got.len() - 2], "progress", "{got:?}");
+    assert!(
+        progress[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("wrote ")
+    );
+    // Coalesced: at most four a second, except the last, sent at once
+    // when the attempt ends.
+    let at: Vec<i64> = progress.iter().map(|p| nanos(&p["at"])).collect();
+    if at.len() > 2 {
+        for pair in at[..at.len() - 1].windows(2) {
+            assert!(pair[1] - pair[0] >= 240 * MS, "{at:?}");
+        }
+    }
+    // The status shows the last report.
+    let (_, done) = status(http, &id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["progress"], 1.0);
     w.finish().await;
 }

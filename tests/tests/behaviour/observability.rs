@@ -4,10 +4,11 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use warren::PublishOptions;
-use warren_tests::ops::{http_get, sample};
+use warren_tests::ops::{http_get, sample, sample_or_zero, try_sample};
 use warren_tests::{EmailWorld, WAIT, rcpt};
 
 #[tokio::test]
@@ -19,7 +20,10 @@ async fn a_scrape_shows_exactly_the_tasks_processed_and_promtool_accepts_it() {
     // Before any task: the series exist (or are absent, i.e. zero).
     let (status, before) = http_get(ops, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(sample(&before, "warren_tasks_received_total", &[]), 0.0);
+    assert_eq!(
+        sample_or_zero(&before, "warren_tasks_received_total", &[]),
+        0.0
+    );
     assert_eq!(
         sample(
             &before,
@@ -56,7 +60,6 @@ async fn a_scrape_shows_exactly_the_tasks_processed_and_promtool_accepts_it() {
         .await
         .unwrap();
 
-    let (_, text) = http_get(ops, "/metrics").await.unwrap();
     let q = broker.names.work_queue("email");
     let task = [
         ("service", "email-worker"),
@@ -113,13 +116,23 @@ async fn a_scrape_shows_exactly_the_tasks_processed_and_promtool_accepts_it() {
         ),
         ("warren_build_info", vec![("service", "email-worker")], 1.0),
     ];
-    for (name, labels, want) in expect {
-        assert_eq!(
-            sample(&text, name, &labels),
-            want,
-            "{name} {labels:?}\n{text}"
-        );
-    }
+    // The log lines come first; the metrics (the in-progress gauge last of
+    // all) settle once each delivery is acked: read until they have.
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let (_, text) = http_get(ops, "/metrics").await.unwrap();
+        let wrong = expect
+            .iter()
+            .find(|(name, labels, want)| try_sample(&text, name, labels) != Some(*want));
+        match wrong {
+            None => break text,
+            Some((name, labels, want)) => assert!(
+                Instant::now() < deadline,
+                "{name} {labels:?} is not {want} after {WAIT:?}\n{text}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     // promtool lints the exposition the way Prometheus ingests it.
     let mut promtool = Command::new("promtool")

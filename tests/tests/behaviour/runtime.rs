@@ -233,13 +233,18 @@ async fn the_concurrency_limit_holds_with_a_larger_prefetch() {
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
-    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
+    // Each handler waits for a permit the test hands out one at a time, so
+    // handlers overlap however the deliveries were timed.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (r, p, d, g) = (running.clone(), peak.clone(), done.clone(), gate.clone());
     let run = start(consumer(2, 10), move |_ctx, _task: Ping| {
-        let (r, p, d) = (r.clone(), p.clone(), d.clone());
+        let (r, p, d, g) = (r.clone(), p.clone(), d.clone(), g.clone());
         async move {
             let now = r.fetch_add(1, Ordering::SeqCst) + 1;
             p.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            if let Ok(permit) = g.acquire().await {
+                permit.forget();
+            }
             r.fetch_sub(1, Ordering::SeqCst);
             d.fetch_add(1, Ordering::SeqCst);
             Ok(Outcome::done())
@@ -249,7 +254,21 @@ async fn the_concurrency_limit_holds_with_a_larger_prefetch() {
     for n in 0..8 {
         run.publish("rt.ping", n).await;
     }
-    wait_until("all eight", WAIT, || done.load(Ordering::SeqCst) == 8).await;
+    // Two handlers block with six deliveries prefetched behind them; each
+    // permit lets one finish and the next start.
+    wait_until("two running", WAIT, || running.load(Ordering::SeqCst) == 2).await;
+    for finished in 1..=8 {
+        gate.add_permits(1);
+        wait_until("the next to finish", WAIT, || {
+            done.load(Ordering::SeqCst) == finished
+        })
+        .await;
+        let want = (8 - finished).min(2);
+        wait_until("the next to start", WAIT, || {
+            running.load(Ordering::SeqCst) == want
+        })
+        .await;
+    }
     assert_eq!(peak.load(Ordering::SeqCst), 2);
     run.finish().await;
 }

@@ -54,8 +54,8 @@ pub fn promtool(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// `deploy/prometheus/prometheus.yml` rewritten for a test: every job named
 /// in `targets` scrapes only the given `host:port`s (keeping its path and
-/// parameters), every other job is dropped, scrapes and rule evaluations
-/// run each second, and `rule_files` point at `rules_dir`.
+/// parameters), every other job is dropped, scrapes run every 2 s (2 s
+/// allowed each), rule evaluations each second, and `rule_files` point at `rules_dir`.
 pub fn local_config(
     deploy_config: &str,
     rules_dir: &Path,
@@ -64,8 +64,10 @@ pub fn local_config(
     let mut config: Value =
         serde_yaml_ng::from_str(deploy_config).context("prometheus.yml is not YAML")?;
     config["global"] = serde_json::json!({
-        "scrape_interval": "1s",
-        "scrape_timeout": "1s",
+        // A scrape may take more than a second on a loaded machine; tests
+        // wait for scrapes to happen, never for time to pass.
+        "scrape_interval": "2s",
+        "scrape_timeout": "2s",
         "evaluation_interval": "1s",
     });
     if let Some(files) = config["rule_files"].as_array_mut() {
@@ -372,7 +374,7 @@ mod tests {
         )
         .unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["global"]["scrape_interval"], "1s");
+        assert_eq!(v["global"]["scrape_interval"], "2s");
         assert_eq!(v["rule_files"][0], "/rules/alerts.yml");
         assert_eq!(v["scrape_configs"].as_array().unwrap().len(), 1);
         assert_eq!(v["scrape_configs"][0]["metrics_path"], "/m");

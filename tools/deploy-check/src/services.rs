@@ -1,4 +1,4 @@
-//! The three Warren services as the deploy files name them, and each one's
+//! The four Warren services as the deploy files name them, and each one's
 //! settings loaded by its own loader from exactly the environment a
 //! container would get.
 
@@ -18,16 +18,23 @@ pub enum Service {
     EmailWorker,
     ImageWorker,
     Gateway,
+    Conductor,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::EmailWorker, Service::ImageWorker, Service::Gateway];
+    pub const ALL: [Service; 4] = [
+        Service::EmailWorker,
+        Service::ImageWorker,
+        Service::Gateway,
+        Service::Conductor,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Service::EmailWorker => "email-worker",
             Service::ImageWorker => "image-worker",
             Service::Gateway => "gateway",
+            Service::Conductor => "conductor",
         }
     }
 
@@ -36,12 +43,13 @@ impl Service {
     }
 
     /// The stem of the work queue a worker consumes (`{ns}.{stem}`), as its
-    /// `main.rs` passes it to `Worker::new`; `None` for the gateway.
+    /// `main.rs` passes it to `Worker::new`; `None` for the gateway and the
+    /// conductor.
     pub fn queue_stem(self) -> Option<&'static str> {
         match self {
             Service::EmailWorker => Some("email"),
             Service::ImageWorker => Some("image"),
-            Service::Gateway => None,
+            Service::Gateway | Service::Conductor => None,
         }
     }
 
@@ -54,6 +62,7 @@ impl Service {
             Service::EmailWorker => load::<email_worker::Settings>(env),
             Service::ImageWorker => load::<image_worker::Settings>(env),
             Service::Gateway => load::<gateway::Settings>(env),
+            Service::Conductor => load::<conductor::Settings>(env),
         }
         .with_context(|| format!("{} does not accept these settings", self.name()))
     }

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use warren::PublishOptions;
@@ -296,8 +296,21 @@ async fn every_dashboard_query_is_valid_and_returns_data() {
     if let Err(e) = prometheus.wait_for(&expr, |v| v >= 1.0, WAIT).await {
         panic!("{e:#}\nPrometheus log:\n{}", prometheus.log_text());
     }
-    // A few more scrapes after the last change, for the rates.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two more scrapes of every target after the last change, for the
+    // rates: counted by Prometheus itself.
+    let scrapes = "sum(count_over_time(up[1h]))";
+    let value = |answer: QueryAnswer| match answer {
+        QueryAnswer::Data(result) => result.iter().find_map(sample_value),
+        QueryAnswer::Error(_) => None,
+    };
+    let so_far = value(prometheus.query(scrapes).await.unwrap()).unwrap_or(0.0);
+    let targets = value(prometheus.query("count(up)").await.unwrap()).unwrap_or(1.0);
+    if let Err(e) = prometheus
+        .wait_for(scrapes, |v| v >= so_far + 2.0 * targets, WAIT)
+        .await
+    {
+        panic!("{e:#}\nPrometheus log:\n{}", prometheus.log_text());
+    }
     show(&format!(
         "Scraped the traffic after {:?}.",
         traffic.elapsed()

@@ -122,6 +122,9 @@ pub enum State {
     Scheduled,
     Queued,
     Running,
+    /// Only as an event's state (the SSE event `progress`): how far a
+    /// running task is. A status is never `progress`.
+    Progress,
     Retrying,
     Succeeded,
     DeadLettered,
@@ -133,6 +136,7 @@ impl From<TaskState> for State {
             TaskState::Scheduled => State::Scheduled,
             TaskState::Queued => State::Queued,
             TaskState::Running => State::Running,
+            TaskState::Progress => State::Progress,
             TaskState::Retrying => State::Retrying,
             TaskState::Succeeded => State::Succeeded,
             TaskState::DeadLettered => State::DeadLettered,
@@ -192,6 +196,13 @@ pub struct StatusBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+    /// `running`: how far the current attempt is, 0.0 to 1.0, as its
+    /// handler last reported (`ctx.progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// `running`: the message of that report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
 }
 
 impl StatusBody {
@@ -212,6 +223,8 @@ impl StatusBody {
             error: None,
             reason: None,
             result: None,
+            progress: None,
+            progress_message: None,
         }
     }
 }
@@ -233,6 +246,8 @@ impl From<TaskStatus> for StatusBody {
             error: s.error,
             reason: s.reason,
             result: s.result,
+            progress: s.progress,
+            progress_message: s.progress_message,
         }
     }
 }
@@ -261,6 +276,10 @@ pub struct TaskEventDoc {
     /// `succeeded`: the handler's result.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+    /// `progress`: how far the task is, 0.0 to 1.0.
+    pub progress: Option<f64>,
+    /// `progress`: what the handler said with it.
+    pub message: Option<String>,
 }
 
 /// `POST /v1/images`: a `multipart/form-data` body.
@@ -295,6 +314,8 @@ mod tests {
         e.next_attempt_at = Some(Utc::now());
         e.reason = Some("permanent".into());
         e.result = Some(json!({"a": 1}));
+        e.progress = Some(0.5);
+        e.message = Some("half".into());
         let wire = serde_json::to_value(&e).unwrap();
         let doc: TaskEventDoc = serde_json::from_value(wire.clone()).unwrap();
         let back = serde_json::to_value(&doc).unwrap();

@@ -405,6 +405,12 @@ fn resources_cover_what_each_service_may_hold_and_run() {
                     ),
                 )
             }
+            // Its schedules and one fire at a time.
+            Service::Conductor => (
+                0.0,
+                16.0 * 1024.0 * 1024.0,
+                "its schedules and one fire at a time".to_owned(),
+            ),
             Service::EmailWorker => (
                 0.0,
                 number("consumer.prefetch")

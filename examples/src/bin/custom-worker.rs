@@ -1,0 +1,26 @@
+//! A custom worker with two task types, each on its own queue
+//! (`{ns}.files`, `{ns}.digest`): `files.cleanup` under `$CLEANUP_ROOT`,
+//! and `digest.weekly`, which publishes `email.send` follow-ups.
+
+use anyhow::Context;
+use warren::prelude::*;
+use warren_examples::{
+    CleanupOldFiles, CleanupRoot, SendWeeklyDigest, cleanup_old_files, send_weekly_digest,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let app = App::from_env("custom-worker")?;
+    let root =
+        std::env::var("CLEANUP_ROOT").context("Set CLEANUP_ROOT to the directory to clean")?;
+    let root = CleanupRoot::new(&root).with_context(|| format!("Cannot open {root}"))?;
+    app.worker(
+        Worker::for_task::<CleanupOldFiles>()
+            .with_state(root)
+            .handle_with(cleanup_old_files),
+    )
+    .worker(Worker::for_task::<SendWeeklyDigest>().handle(send_weekly_digest))
+    .run()
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The conductor under disruption, with real processes and the real
+//! RabbitMQ: the leader killed (`kill -9`) and stopped (SIGTERM) while a
+//! schedule fires every second, and the broker restarted under it. Each
+//! fire is counted by its deterministic id at a real consumer (the work
+//! queue, drained at the end).
+//!
+//! These kill processes and restart the shared broker: a binary of its own,
+//! its tests one at a time; run it under `flock -x /tmp/warren-broker.lock`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use warren::contract::{self, headers};
+use warren_tests::broker::{Message, TestBroker};
+use warren_tests::worker::{WorkerProcess, binary};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The documented takeover time (docs/conductor.md): from the leader's
+/// death to the first fire of its successor.
+const TAKEOVER: Duration = Duration::from_secs(3);
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A settings file with one schedule firing every second.
+fn settings_file(misfire: &str, grace: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(
+        f,
+        r#"
+[conductor]
+misfire_grace = "{grace}"
+
+[[schedules]]
+name = "tick"
+every = "1s"
+task_type = "email.send"
+misfire = "{misfire}"
+payload = {{ to = "tick@example.com", subject = "Tick", text = "tock" }}
+"#
+    )
+    .unwrap();
+    f
+}
+
+async fn conductor(namespace: &str, config: &std::path::Path, n: usize) -> WorkerProcess {
+    let path = binary("conductor", "conductor").unwrap();
+    WorkerProcess::start(
+        path,
+        &format!("conductor-{n}"),
+        &[
+            ("WARREN_CONFIG", config.display().to_string()),
+            ("WARREN_BROKER__NAMESPACE", namespace.to_owned()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ],
+    )
+    .await
+    .unwrap()
+}
+
+/// The running conductor that holds the lock (took it more often than it
+/// lost it), once there is one.
+async fn leader(conductors: &[WorkerProcess]) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(i) = conductors.iter().position(|c| {
+            c.logs_with_message("Took the leader lock.").len()
+                > c.logs_with_message("No longer the leader.").len()
+                && c.logs_with_message("Conductor stopped.").is_empty()
+        }) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no conductor took the lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every fire in the work queue: scheduled time -> (copies, publish time).
+async fn drain(namespace: &str) -> BTreeMap<DateTime<Utc>, (usize, i64)> {
+    let broker = TestBroker::with_namespace(namespace.to_owned())
+        .await
+        .unwrap();
+    let queue = broker.names.work_queue("email");
+    let n = broker.depth(&queue).await.unwrap() as usize;
+    let messages: Vec<Message> = broker.take(&queue, n, WAIT).await.unwrap();
+    let mut fires = BTreeMap::new();
+    for m in messages {
+        let id = m.message_id().unwrap();
+        let at = id.strip_prefix("tick@").expect("a tick id");
+        let at = DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .with_timezone(&Utc);
+        let published =
+            contract::header_i64(m.properties.headers().as_ref(), headers::PUBLISHED_AT_MS)
+                .unwrap();
+        let entry = fires.entry(at).or_insert((0, published));
+        entry.0 += 1;
+    }
+    fires
+}
+
+/// Stops every conductor (SIGTERM), then reads the fires from the work
+/// queue and checks that none was made twice.
+async fn stop_and_drain(
+    conductors: &mut [WorkerProcess],
+    namespace: &str,
+) -> BTreeMap<DateTime<Utc>, (usize, i64)> {
+    for c in conductors.iter() {
+        c.signal("TERM").unwrap();
+    }
+    for c in conductors.iter_mut() {
+        c.wait_exit(WAIT).await.unwrap();
+    }
+    let fires = drain(namespace).await;
+    let duplicated: Vec<_> = fires.iter().filter(|(_, (n, _))| *n != 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "fired more than once: {duplicated:?}"
+    );
+    fires
+}
+
+async fn cleanup(namespace: &str) {
+    let broker = TestBroker::with_namespace(namespace.to_owned())
+        .await
+        .unwrap();
+    let _ = broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn each_second_fires_exactly_once_through_kills_and_a_sigterm_of_the_leader() {
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    let config = settings_file("skip", "30s");
+    let mut conductors = Vec::new();
+    for n in 0..3 {
+        conductors.push(conductor(&namespace, config.path(), n).await);
+    }
+    let mut next_n = 3;
+    let mut lead = leader(&conductors).await;
+    // Four failovers, about 7 s apart: kill -9 three times, SIGTERM once.
+    for signal in ["KILL", "KILL", "TERM", "KILL"] {
+        conductors[lead]
+            .wait_for_log("Fired.", 7, WAIT)
+            .await
+            .unwrap();
+        conductors[lead].signal(signal).unwrap();
+        conductors[lead].wait_exit(WAIT).await.unwrap();
+        conductors.remove(lead);
+        // Three again.
+        conductors.push(conductor(&namespace, config.path(), next_n).await);
+        next_n += 1;
+        lead = leader(&conductors).await;
+    }
+    conductors[lead]
+        .wait_for_log("Fired.", 3, WAIT)
+        .await
+        .unwrap();
+    let fires = stop_and_drain(&mut conductors, &namespace).await;
+    let first = *fires.keys().next().unwrap();
+    let last = *fires.keys().last().unwrap();
+    let seconds = (last - first).num_seconds() + 1;
+    let published: Vec<i64> = fires.values().map(|(_, p)| *p).collect();
+    let gap = published.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!(
+        "{} fires, each once, over {seconds} s; longest gap between fires {gap} ms",
+        fires.len()
+    );
+    assert!(seconds >= 20, "ran {seconds} s");
+    assert_eq!(
+        fires.len() as i64,
+        seconds,
+        "every second from {first} to {last} fired"
+    );
+    // The gap at each failover: between consecutive publishes.
+    assert!(
+        gap < TAKEOVER.as_millis() as i64,
+        "the longest gap between fires was {gap} ms"
+    );
+    eprintln!(
+        "{} fires over {seconds} s, longest gap {gap} ms",
+        fires.len()
+    );
+    cleanup(&namespace).await;
+}
+
+#[tokio::test]
+async fn a_broker_restart_fires_nothing_twice_and_applies_the_misfire_policy() {
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    drop(broker);
+    // Fires missed by more than 2 s are misfires: run_once makes the
+    // latest of them only.
+    let config = settings_file("run_once", "2s");
+    let mut conductors = Vec::new();
+    for n in 0..2 {
+        conductors.push(conductor(&namespace, config.path(), n).await);
+    }
+    let lead = leader(&conductors).await;
+    conductors[lead]
+        .wait_for_log("Fired.", 3, WAIT)
+        .await
+        .unwrap();
+    warren_tests::broker::rabbitmqctl(&["stop_app"]);
+    let stopped = Utc::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    warren_tests::broker::rabbitmqctl(&["start_app"]);
+    warren_tests::broker::rabbitmqctl(&["await_startup"]);
+    let started = Utc::now();
+    // Both lost their connection; one leads again and fires on.
+    let deadline = Instant::now() + WAIT;
+    while conductors
+        .iter()
+        .map(|c| c.logs_with_message("Took the leader lock.").len())
+        .sum::<usize>()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "nobody took the lock again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lead = leader(&conductors).await;
+    let before = conductors[lead].logs_with_message("Fired.").len();
+    conductors[lead]
+        .wait_for_log("Fired.", before + 3, WAIT)
+        .await
+        .unwrap();
+    let fires = stop_and_drain(&mut conductors, &namespace).await;
+    // Of the seconds the broker was down, only those within the grace
+    // before the new leader's start, and the latest misfire, were made.
+    let during: Vec<_> = fires
+        .keys()
+        .filter(|at| **at > stopped && **at < started)
+        .collect();
+    assert!(
+        during.len() <= 2 + 1 + 2,
+        "outage of {} s: {} fires made for it ({during:?})",
+        (started - stopped).num_seconds(),
+        during.len()
+    );
+    assert!(fires.keys().any(|at| *at > started), "fires resumed");
+    cleanup(&namespace).await;
+}
