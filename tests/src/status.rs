@@ -117,10 +117,17 @@ impl StatusWorld {
     /// Publishes `events` in order to the namespace's events exchange.
     pub async fn publish(&mut self, events: Vec<TaskEvent>) {
         self.published += events.len();
-        for event in events {
-            self.publisher.emit(event).await;
+        // The writer gives an event up when its buffer is full: hand them
+        // over a buffer's worth at a time, each lot confirmed.
+        for lot in events.chunks(256) {
+            for event in lot {
+                self.publisher.emit(event.clone()).await;
+            }
+            assert!(
+                self.publisher.flush(Duration::from_secs(30)).await,
+                "the broker did not confirm the events"
+            );
         }
-        self.publisher.flush(Duration::from_secs(30)).await;
     }
 
     /// Every event published so far, read back from the stream and folded
