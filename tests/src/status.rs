@@ -114,6 +114,20 @@ impl StatusWorld {
         Ok((addr, self.processes.len() - 1))
     }
 
+    /// Waits until the gateway at `addr` stops answering 503 (`not_ready`)
+    /// while it attaches to the events stream.
+    pub async fn wait_ready(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        while crate::http::get(addr, "/v1/tasks?limit=1").await?.status == 503 {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway at {addr} did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// Publishes `events` in order to the namespace's events exchange.
     pub async fn publish(&mut self, events: Vec<TaskEvent>) {
         self.published += events.len();

@@ -70,6 +70,8 @@ async fn the_listing_filters_and_pages_on_redis_and_both_replicas_answer_alike()
         .unwrap();
     w.wait_indexed(last, WAIT).await.unwrap();
     w.assert_store_matches(&reference).await.unwrap();
+    w.wait_ready(first).await.unwrap();
+    w.wait_ready(second).await.unwrap();
 
     // What each filter must list, newest first.
     let mut expected: Vec<_> = reference.values().collect();
@@ -175,6 +177,13 @@ async fn past_the_retention_a_task_answers_unknown_and_its_keys_are_gone() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A gateway that reads Redis (not one that saw the events live and
+    // still holds them in its own recent view) answers from the store.
+    let (http, _) = w
+        .gateway(&[("WARREN_STATUS__INDEXER", "false")])
+        .await
+        .unwrap();
+    w.wait_ready(http).await.unwrap();
     assert_eq!(
         get(http, "/v1/tasks/old").await,
         (
