@@ -57,31 +57,50 @@ impl Topology {
     }
 
     async fn declare_on(&self, channel: &Channel) -> Result<(), TopologyError> {
-        for exchange in self.exchanges() {
-            declare_exchange(channel, &exchange).await?;
-        }
-        for queue in self.queues() {
-            declare_queue(channel, &queue).await?;
-        }
-        for binding in self.bindings() {
-            bind(channel, &binding)
-                .await
-                .map_err(|source| TopologyError::Broker {
-                    object: "binding",
-                    name: format!(
-                        "{} <- {} ({})",
-                        binding.queue, binding.exchange, binding.key
-                    ),
-                    source,
-                })?;
-        }
-        for binding in self.exchange_bindings() {
-            exchange_bind(channel, &binding)
-                .await
-                .map_err(|source| exchange_binding_error(&binding, source))?;
-        }
-        Ok(())
+        declare_all(
+            channel,
+            &self.exchanges(),
+            self.queues(),
+            &self.bindings(),
+            &self.exchange_bindings(),
+        )
+        .await
     }
+}
+
+/// Declares exchanges, then queues, then bindings, in that order: the one
+/// sequence every declared topology (a work queue's, the delay cascade) uses.
+async fn declare_all(
+    channel: &Channel,
+    exchanges: &[ExchangeSpec],
+    queues: impl IntoIterator<Item = QueueSpec>,
+    bindings: &[Binding],
+    exchange_bindings: &[ExchangeBinding],
+) -> Result<(), TopologyError> {
+    for exchange in exchanges {
+        declare_exchange(channel, exchange).await?;
+    }
+    for queue in queues {
+        declare_queue(channel, &queue).await?;
+    }
+    for binding in bindings {
+        bind(channel, binding)
+            .await
+            .map_err(|source| TopologyError::Broker {
+                object: "binding",
+                name: format!(
+                    "{} <- {} ({})",
+                    binding.queue, binding.exchange, binding.key
+                ),
+                source,
+            })?;
+    }
+    for binding in exchange_bindings {
+        exchange_bind(channel, binding)
+            .await
+            .map_err(|source| exchange_binding_error(binding, source))?;
+    }
+    Ok(())
 }
 
 fn exchange_binding_error(binding: &ExchangeBinding, source: lapin::Error) -> TopologyError {
@@ -100,30 +119,14 @@ fn exchange_binding_error(binding: &ExchangeBinding, source: lapin::Error) -> To
 /// started. Idempotent; a conflict is an error naming the object.
 pub async fn declare_delay_cascade(channel: &Channel, names: &Names) -> Result<(), TopologyError> {
     let cascade = DelayCascade::new(names);
-    for exchange in cascade.exchanges() {
-        declare_exchange(channel, &exchange).await?;
-    }
-    for queue in cascade.queues() {
-        declare_queue(channel, &queue).await?;
-    }
-    for binding in cascade.bindings() {
-        bind(channel, &binding)
-            .await
-            .map_err(|source| TopologyError::Broker {
-                object: "binding",
-                name: format!(
-                    "{} <- {} ({})",
-                    binding.queue, binding.exchange, binding.key
-                ),
-                source,
-            })?;
-    }
-    for binding in cascade.exchange_bindings() {
-        exchange_bind(channel, &binding)
-            .await
-            .map_err(|source| exchange_binding_error(&binding, source))?;
-    }
-    Ok(())
+    declare_all(
+        channel,
+        &cascade.exchanges(),
+        cascade.queues(),
+        &cascade.bindings(),
+        &cascade.exchange_bindings(),
+    )
+    .await
 }
 
 /// The one `exchange.bind` of Warren.
