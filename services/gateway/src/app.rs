@@ -87,7 +87,8 @@ impl Gateway {
         };
         let names = Names::new(&settings.broker.namespace);
         let broker = Arc::new(Broker::new(names, worker_identity("gateway")));
-        let tracker = Arc::new(match settings.status.store {
+        let tracker = Arc::new(
+            match settings.status.store {
             StoreKind::Memory => Tracker::new(settings.events.max_tracked_tasks),
             StoreKind::Redis => Tracker::shared(
                 settings.status.recent_tasks,
@@ -102,7 +103,9 @@ impl Gateway {
                     },
                 )?,
             ),
-        });
+        }
+            .with_retention(settings.events.retention),
+        );
         Ok(Self {
             settings,
             broker,
