@@ -242,7 +242,10 @@ impl Conductor {
     /// leader's identity. Only `*.scheduled` deliveries are decoded. Stops
     /// when the returned token is cancelled (this replica takes the lead)
     /// or the connection goes.
-    async fn follow_fires(&self, connection: &Connection) -> Result<CancellationToken, lapin::Error> {
+    async fn follow_fires(
+        &self,
+        connection: &Connection,
+    ) -> Result<CancellationToken, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel.basic_qos(1000, BasicQosOptions::default()).await?;
         let since = Utc::now()

@@ -339,8 +339,18 @@ mod tests {
     async fn a_task_past_the_retention_is_unknown_though_the_view_holds_it() {
         let t = Tracker::new(10).with_retention(Duration::from_secs(60));
         let now = Utc::now();
-        t.apply(ev(1, "old", TaskState::Succeeded, now - chrono::Duration::seconds(61)));
-        t.apply(ev(2, "new", TaskState::Succeeded, now - chrono::Duration::seconds(59)));
+        t.apply(ev(
+            1,
+            "old",
+            TaskState::Succeeded,
+            now - chrono::Duration::seconds(61),
+        ));
+        t.apply(ev(
+            2,
+            "new",
+            TaskState::Succeeded,
+            now - chrono::Duration::seconds(59),
+        ));
         assert_eq!(t.len(), 2);
         assert!(t.status("old").await.unwrap().is_none());
         assert!(t.events("old").await.unwrap().is_empty());

@@ -265,14 +265,21 @@ async fn a_task_through_a_real_worker_is_answered_from_redis_by_a_gateway_that_n
     w.wait_ready(reader).await.unwrap();
     for http in [reader, indexer] {
         let (code, body) = get(http, &format!("/v1/tasks/{id}")).await;
-        assert_eq!((code, body["state"].as_str()), (200, Some("succeeded")), "{body}");
+        assert_eq!(
+            (code, body["state"].as_str()),
+            (200, Some("succeeded")),
+            "{body}"
+        );
         assert_eq!(body["task_type"], "email.send");
         assert_eq!(body["attempt"], 1);
         assert!(
             body["result"]["message_id"].as_str().unwrap().contains(&id),
             "{body}"
         );
-        assert!(body["queued_at"].is_string() && body["finished_at"].is_string(), "{body}");
+        assert!(
+            body["queued_at"].is_string() && body["finished_at"].is_string(),
+            "{body}"
+        );
     }
     let (code, listed) = get(reader, "/v1/tasks?state=succeeded&type=email.send").await;
     assert_eq!(code, 200, "{listed}");
