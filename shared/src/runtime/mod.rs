@@ -17,10 +17,12 @@
 //! follow-ups), [`limits`] (per-type concurrency, rate and soft time
 //! limits), [`session`] (one connection's life, and the watch on it),
 //! [`delivery`] (one delivery from its metadata to the handler's answer),
-//! [`settle`] (ack, or a confirmed copy to a delay queue or the parking
-//! lot), [`record`] (each outcome's metric, log line and task event as one
+//! [`attempt`] (one run of a handler, shared with the test kit),
+//! [`settle`] (the retry-or-park decision, shared with the test kit; then
+//! ack, or a confirmed copy to a delay queue or the parking lot), [`record`] (each outcome's metric, log line and task event as one
 //! value) and [`drain`] (stopping without losing anything).
 
+mod attempt;
 mod context;
 mod defer;
 mod delivery;
@@ -45,7 +47,7 @@ use tracing::{error, info, warn};
 use crate::broker::{Backoff, worker_identity};
 use crate::contract::Names;
 use crate::events::{Batching, EventPublisher};
-use crate::idempotency::{self, IdempotencyStore};
+use crate::idempotency::IdempotencyStore;
 use crate::metrics;
 use crate::settings::{BrokerSettings, ConsumerSettings};
 use crate::topology::{Topology, TopologyError};
@@ -458,27 +460,15 @@ struct Inner {
 }
 
 impl Inner {
-    /// Attempts of `task_type` before a transient failure is parked: its
-    /// own declaration, else the worker's settings.
-    fn max_attempts(&self, task_type: &str) -> u32 {
-        self.handlers
-            .get(task_type)
-            .and_then(|r| r.options.max_attempts)
-            .unwrap_or_else(|| self.consumer.max_attempts())
-            .max(1)
-    }
-
-    /// How long an attempt of `task_type` may run.
-    fn time_limit(&self, task_type: &str) -> Duration {
-        self.handlers
-            .get(task_type)
-            .and_then(|r| r.options.time_limit)
-            .unwrap_or(self.consumer.task_timeout)
-    }
-
-    /// The idempotency store's key of a task.
-    fn dedup_key(&self, ctx: &TaskContext) -> String {
-        idempotency::key(self.names.namespace(), &ctx.task_type, &ctx.id)
+    /// The handlers and the rules their attempts run under.
+    fn dispatch(&self) -> attempt::Dispatch<'_> {
+        attempt::Dispatch {
+            handlers: &self.handlers,
+            idempotency: self.idempotency.as_deref(),
+            consumer: &self.consumer,
+            namespace: self.names.namespace(),
+            queue: &self.queue,
+        }
     }
 }
 

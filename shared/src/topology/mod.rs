@@ -177,6 +177,14 @@ pub struct Topology {
     names: Names,
 }
 
+/// The delay before attempt `next_attempt` (>= 2) on the retry ladder
+/// `retry_delays`: attempt n waits `retry_delays[n - 2]`, the last rung
+/// repeating. `None` when there is no ladder.
+pub fn retry_delay(retry_delays: &[Duration], next_attempt: u32) -> Option<Duration> {
+    let idx = (next_attempt.saturating_sub(2) as usize).min(retry_delays.len().checked_sub(1)?);
+    Some(retry_delays[idx])
+}
+
 impl Topology {
     /// The topology of a service consuming queue `{ns}.{stem}`, bound to the
     /// tasks exchange with `binding_keys` (e.g. `email.#`).
@@ -244,8 +252,11 @@ impl Topology {
     /// The rung whose delay applies before attempt `next_attempt` (>= 2);
     /// the last rung repeats.
     pub fn rung_for(&self, retry_delays: &[Duration], next_attempt: u32) -> Option<&RetryRung> {
-        let idx = (next_attempt.saturating_sub(2) as usize).min(retry_delays.len().checked_sub(1)?);
-        let delay = retry_delays[idx];
+        self.rung(retry_delay(retry_delays, next_attempt)?)
+    }
+
+    /// The rung of this delay, if the ladder has one.
+    pub fn rung(&self, delay: Duration) -> Option<&RetryRung> {
         self.retry_rungs.iter().find(|r| r.delay == delay)
     }
 
