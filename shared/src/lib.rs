@@ -50,6 +50,8 @@ mod runtime;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topology;
 pub mod trace;
 

@@ -19,13 +19,13 @@ use crate::{Outcome, TaskContext, TaskError};
 /// A worker's handlers and the rules their attempts run under.
 #[derive(Clone, Copy)]
 pub(crate) struct Dispatch<'a> {
-    pub(crate) handlers: &'a HashMap<&'static str, Route>,
-    pub(crate) idempotency: Option<&'a dyn IdempotencyStore>,
-    pub(crate) consumer: &'a ConsumerSettings,
+    pub(super) handlers: &'a HashMap<&'static str, Route>,
+    pub(super) idempotency: Option<&'a dyn IdempotencyStore>,
+    pub(super) consumer: &'a ConsumerSettings,
     /// The namespace, for idempotency keys.
-    pub(crate) namespace: &'a str,
+    pub(super) namespace: &'a str,
     /// The work queue, for error messages.
-    pub(crate) queue: &'a str,
+    pub(super) queue: &'a str,
 }
 
 /// What an attempt came to, when it did not fail.

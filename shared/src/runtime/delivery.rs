@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::context::{DeliveryRuntime, ProgressPump};
 use super::attempt::Handled;
+use super::context::{DeliveryRuntime, ProgressPump};
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};

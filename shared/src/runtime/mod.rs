@@ -32,6 +32,11 @@ mod record;
 mod session;
 mod settle;
 
+#[cfg(feature = "testing")]
+pub(crate) use attempt::Handled;
+#[cfg(feature = "testing")]
+pub(crate) use settle::{Verdict, decide};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -434,6 +439,51 @@ impl<S: Send + Sync + 'static> Worker<S> {
         }
         info!(worker = %identity, "Worker stopped.");
         Ok(())
+    }
+}
+
+/// A worker taken apart for the in-memory test kit: its handlers and the
+/// rules their attempts run under, without a broker.
+#[cfg(feature = "testing")]
+pub(crate) struct Lane {
+    handlers: HashMap<&'static str, Route>,
+    pub(crate) consumer: ConsumerSettings,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    namespace: String,
+    queue: String,
+}
+
+#[cfg(feature = "testing")]
+impl Lane {
+    /// The handlers and the rules their attempts run under.
+    pub(crate) fn dispatch(&self) -> attempt::Dispatch<'_> {
+        attempt::Dispatch {
+            handlers: &self.handlers,
+            idempotency: self.idempotency.as_deref(),
+            consumer: &self.consumer,
+            namespace: &self.namespace,
+            queue: &self.queue,
+        }
+    }
+
+    /// The task types it handles.
+    pub(crate) fn task_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.handlers.keys().copied()
+    }
+}
+
+#[cfg(feature = "testing")]
+impl<S: Send + Sync + 'static> Worker<S> {
+    /// Its handlers and rules, for the test kit.
+    pub(crate) fn into_lane(self) -> Lane {
+        let queue = self.topology().work_queue.name;
+        Lane {
+            handlers: self.handlers,
+            consumer: self.consumer,
+            idempotency: self.idempotency,
+            namespace: self.broker.namespace,
+            queue,
+        }
     }
 }
 
