@@ -19,6 +19,7 @@ mod image;
 mod limits;
 mod observability;
 mod runtime;
+mod scenarios;
 mod secrets;
 mod settings;
 mod smtp_sink;
