@@ -38,6 +38,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod app;
 pub mod broker;
 pub mod contract;

@@ -158,9 +158,11 @@ pub enum IdempotencyBackend {
     Off,
 }
 
+/// `[idempotency]`: deduplicating tasks by id.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencySettings {
+    /// Where succeeded ids are kept: `off`, `memory` or `redis`.
     pub backend: IdempotencyBackend,
     /// Redis URL (may carry a password).
     #[serde(with = "secret")]
@@ -222,15 +224,19 @@ impl Default for OpsSettings {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One JSON object per line (production).
     Json,
+    /// Human-readable lines (a terminal).
     Pretty,
 }
 
+/// `[telemetry]`: logs and traces.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
     /// `EnvFilter` directives; `RUST_LOG` wins when it is set.
     pub log_level: String,
+    /// `json` or `pretty`.
     pub log_format: LogFormat,
 }
 
@@ -476,6 +482,7 @@ pub mod duration_list {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the list as humantime strings.
     pub fn serialize<S: Serializer>(list: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(
             list.iter()
@@ -483,6 +490,7 @@ pub mod duration_list {
         )
     }
 
+    /// Reads a list of humantime strings.
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<Duration>, D::Error> {

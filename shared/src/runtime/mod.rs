@@ -63,8 +63,10 @@ use session::{SessionError, session};
 /// them: the runtime reconnects until it is told to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The broker has Warren's names with other arguments.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// `run` was called on a worker with no handlers.
     #[error("the worker has no handlers")]
     NoHandlers,
     /// The Redis of the `redis` rate-limit backend is unreachable.

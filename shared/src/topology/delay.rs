@@ -57,7 +57,9 @@ pub enum Destination<'a> {
 /// The exchange and routing key that delay a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DelayRoute {
+    /// The exchange of the highest level the delay waits at (its first).
     pub exchange: String,
+    /// The key that routes it through the levels of the delay's set bits, then to its destination.
     pub routing_key: String,
     /// The delay served, in whole seconds (the asked delay, rounded up).
     pub seconds: u64,
@@ -71,6 +73,7 @@ pub struct DelayRoute {
     humantime::format_duration(MAX_DELAY)
 )]
 pub struct DelayTooLong {
+    /// The delay asked for.
     pub asked: Duration,
 }
 
@@ -133,8 +136,11 @@ pub fn queue_key(queue: &str) -> String {
 /// `destination`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExchangeBinding {
+    /// The exchange that receives.
     pub destination: String,
+    /// The exchange that passes messages on.
     pub source: String,
+    /// The binding key.
     pub key: String,
 }
 
@@ -145,6 +151,7 @@ pub struct DelayCascade {
 }
 
 impl DelayCascade {
+    /// The cascade of `names`' namespace.
     pub fn new(names: &Names) -> Self {
         Self {
             names: names.clone(),
