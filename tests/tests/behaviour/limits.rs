@@ -252,7 +252,9 @@ async fn a_global_rate_limit_in_redis_holds_across_two_worker_processes() {
     ];
     let mut replicas = Vec::new();
     for name in ["rated-a", "rated-b"] {
-        let p = WorkerProcess::start(path.clone(), name, &env).await.unwrap();
+        let p = WorkerProcess::start(path.clone(), name, &env)
+            .await
+            .unwrap();
         p.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
         replicas.push(p);
     }

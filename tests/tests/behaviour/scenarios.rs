@@ -102,7 +102,10 @@ const TABLE: &[(&str, Input)] = &[
     ("panic", Input::Case("panic")),
     ("timeout", Input::Case("timeout")),
     ("follow-up", Input::Case("follow_up")),
-    ("unknown-field", Input::Raw(r#"{"case": "success", "extra": 1}"#)),
+    (
+        "unknown-field",
+        Input::Raw(r#"{"case": "success", "extra": 1}"#),
+    ),
     ("not-json", Input::Raw("{not json")),
 ];
 
@@ -235,10 +238,11 @@ async fn the_test_kit_and_the_real_broker_agree_on_every_scenario() {
         }
         true
     };
-    while !expected
-        .keys()
-        .all(|id| seen.get(id).and_then(|s| s.last()).is_some_and(|s| is_final(s.0)))
-    {
+    while !expected.keys().all(|id| {
+        seen.get(id)
+            .and_then(|s| s.last())
+            .is_some_and(|s| is_final(s.0))
+    }) {
         if !next(&mut seen).await {
             break;
         }
