@@ -42,6 +42,11 @@ pub struct BrokerSettings {
     /// How long to wait for the TCP and AMQP handshake.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// RabbitMQ's management HTTP API, read by the `warren` CLI (queues,
+    /// topology verify). Its user and password are the URL's, else those
+    /// of `url`. Secret: it may carry a password. The services ignore it.
+    #[serde(with = "secret")]
+    pub management_url: SecretString,
 }
 
 impl Default for BrokerSettings {
@@ -51,6 +56,7 @@ impl Default for BrokerSettings {
             namespace: "warren".to_owned(),
             reconnect_max_delay: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            management_url: SecretString::from("http://127.0.0.1:15672"),
         }
     }
 }
@@ -69,6 +75,10 @@ impl fmt::Debug for BrokerSettings {
             .field("namespace", &self.namespace)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "management_url",
+                &redact_url(self.management_url.expose_secret()),
+            )
             .finish()
     }
 }

@@ -64,6 +64,29 @@ impl Message {
     }
 }
 
+/// How long a test waits for the broker to take a connection before it
+/// fails: a broker that accepts TCP but never answers (still booting, or
+/// blocked) fails the test with a clear message instead of hanging it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection to the test broker, or a clear error within
+/// [`CONNECT_TIMEOUT`].
+pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(connection) => connection
+            .context("RabbitMQ must run on 127.0.0.1:5672 (guest/guest); scripts/test starts it"),
+        Err(_) => bail!(
+            "RabbitMQ on 127.0.0.1:5672 did not take a connection within {CONNECT_TIMEOUT:?}; \
+             is it running (scripts/test starts it) and not blocked by an alarm?"
+        ),
+    }
+}
+
 impl TestBroker {
     /// A fresh namespace on the local broker.
     pub async fn new() -> anyhow::Result<Self> {
@@ -76,9 +99,7 @@ impl TestBroker {
         // and a broker connection opened before it could miss heartbeats
         // and be dropped while cargo runs.
         crate::worker::binary("email-worker", "email-worker")?;
-        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .context("RabbitMQ must run on 127.0.0.1:5672 (guest/guest); scripts/test starts it")?;
+        let connection = connect(AMQP_URL).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
