@@ -28,8 +28,9 @@
 //! What it does not model: the per-type rate and concurrency limits
 //! (attempts run one at a time), prefetch, and the broker's own failures.
 //! Time limits run on tokio's clock (instant under `start_paused`).
-//! Deduplication by task id happens when the worker has an idempotency
-//! store ([`Worker::with_idempotency`]), as in production.
+//! Duplicate ids are skipped as under [`crate::serve`] with the default
+//! settings: the kit gives its workers one in-memory idempotency store
+//! (see [`TestKit::idempotency`]).
 //!
 //! ```
 //! use warren::prelude::*;
@@ -63,7 +64,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::contract::{DeadReason, MAX_PRIORITY};
 use crate::events::{TaskEvent, TaskState};
+use crate::idempotency::{IdempotencyStore, MemoryStore};
 use crate::runtime::{Handled, Lane, Verdict, decide};
+use crate::settings::IdempotencySettings;
 use crate::{ContextRuntime, FollowUp, PublishOptions, Task, TaskContext, TaskError, Worker};
 use warren_core::BoxFuture;
 
@@ -83,6 +86,8 @@ pub struct TestKit {
     seq: u64,
     records: Vec<TaskRecord>,
     eager: bool,
+    /// Shared by every worker of the kit, as [`crate::App`] shares one.
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
 }
 
 /// One attempt waiting for its due time.
@@ -246,13 +251,26 @@ impl TestKit {
             seq: 0,
             records: Vec::new(),
             eager: true,
+            idempotency: Some(Arc::new(memory_store())),
         }
+    }
+
+    /// Deduplicates task ids with `store` instead of the kit's in-memory
+    /// one; `None` turns deduplication off (`idempotency.backend = "off"`).
+    /// As with [`crate::App`], a worker's own store is replaced.
+    pub fn idempotency(mut self, store: Option<Arc<dyn IdempotencyStore>>) -> Self {
+        for lane in &mut self.lanes {
+            lane.set_idempotency(store.clone());
+        }
+        self.idempotency = store;
+        self
     }
 
     /// Adds a worker: its task types run on the kit, under its consumer
     /// settings (the retry ladder, max attempts, the time limit).
     pub fn worker<S: Send + Sync + 'static>(mut self, worker: Worker<S>) -> Self {
-        let lane = worker.into_lane();
+        let mut lane = worker.into_lane();
+        lane.set_idempotency(self.idempotency.clone());
         let index = self.lanes.len();
         for task_type in lane.task_types() {
             self.routes.insert(task_type, index);
@@ -560,6 +578,12 @@ impl TestKit {
     }
 }
 
+/// The memory store of the default settings.
+fn memory_store() -> MemoryStore {
+    let defaults = IdempotencySettings::default();
+    MemoryStore::new(defaults.memory_capacity, defaults.ttl)
+}
+
 /// What one attempt's context captured.
 #[derive(Default)]
 struct Captured {
@@ -720,6 +744,30 @@ mod tests {
         kit.task(&bad)
             .assert_parked(DeadReason::Permanent, "unknown_field");
         assert_eq!(kit.parked().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_id_is_acked_unrun_unless_deduplication_is_off() {
+        let task = Flaky {
+            fail_times: 0,
+            permanent: false,
+        };
+        let once = || PublishOptions {
+            id: Some("same".into()),
+            ..PublishOptions::default()
+        };
+        let mut kit = TestKit::new().worker(worker());
+        kit.publish_with(&task, once()).await;
+        kit.publish_with(&task, once()).await;
+        let runs = kit.published_of(Flaky::TYPE);
+        runs[0].assert_succeeded();
+        assert!(runs[1].duplicate && runs[1].state() == Some(TaskState::Running));
+        assert_eq!(kit.published_of(Note::TYPE).len(), 1);
+
+        let mut kit = TestKit::new().worker(worker()).idempotency(None);
+        kit.publish_with(&task, once()).await;
+        kit.publish_with(&task, once()).await;
+        assert_eq!(kit.published_of(Note::TYPE).len(), 2);
     }
 
     #[tokio::test]

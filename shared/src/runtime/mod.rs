@@ -468,6 +468,11 @@ impl Lane {
         }
     }
 
+    /// Deduplicates by task id with `store` (none: off).
+    pub(crate) fn set_idempotency(&mut self, store: Option<Arc<dyn IdempotencyStore>>) {
+        self.idempotency = store;
+    }
+
     /// The task types it handles.
     pub(crate) fn task_types(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.handlers.keys().copied()
