@@ -246,7 +246,10 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
         }
         report.row(
             "consume",
-            format!("{label} (Warren defaults vs {p}; peak RSS {} MiB)", peak / 1024),
+            format!(
+                "{label} (Warren defaults vs {p}; peak RSS {} MiB)",
+                peak / 1024
+            ),
             thousands(warren),
             thousands(peer),
             Some(r),

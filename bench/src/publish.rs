@@ -162,7 +162,10 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
         section[format!("ratio_warren_to_{peer}")] = json!(round(r, 2));
         report.row(
             "publish",
-            format!("msg/s, median of {} (Warren confirmed vs {peer} unconfirmed)", cfg.rounds),
+            format!(
+                "msg/s, median of {} (Warren confirmed vs {peer} unconfirmed)",
+                cfg.rounds
+            ),
             thousands(w),
             thousands(p),
             Some(r),

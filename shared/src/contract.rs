@@ -151,19 +151,45 @@ impl DeadReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
+    /// The prefix of the delay cascade's levels, when several namespaces
+    /// share one cascade (`broker.delay_cascade`); else the namespace.
+    delay_cascade: Option<String>,
 }
 
 impl Names {
-    /// The names of `namespace` (e.g. `warren`, or a test's own).
+    /// The names of `namespace`, with a delay cascade of its own.
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
+            delay_cascade: None,
         }
     }
 
-    /// The namespace every name starts with.
+    /// The same names, delaying through the cascade of prefix `cascade`
+    /// (`{cascade}.delay.00` ...), which other namespaces of the virtual
+    /// host may share. Equal to the namespace, or empty, means the
+    /// namespace's own cascade.
+    pub fn with_delay_cascade(mut self, cascade: impl Into<String>) -> Self {
+        let cascade = cascade.into();
+        self.delay_cascade = (!cascade.is_empty() && cascade != self.namespace).then_some(cascade);
+        self
+    }
+
+    /// The namespace every name of this set starts with.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The prefix of the delay cascade's names: the shared cascade's, or
+    /// the namespace.
+    pub fn delay_cascade(&self) -> &str {
+        self.delay_cascade.as_deref().unwrap_or(&self.namespace)
+    }
+
+    /// Whether the delay cascade is shared with other namespaces (and so
+    /// not this namespace's to delete).
+    pub fn shares_delay_cascade(&self) -> bool {
+        self.delay_cascade.is_some()
     }
 
     /// The topic exchange producers publish tasks to.
@@ -206,11 +232,25 @@ impl Names {
     /// Level `level` of the delay cascade (`warren.delay.07`): the topic
     /// exchange and the queue whose TTL is 2^level seconds share the name.
     pub fn delay_level(&self, level: u32) -> String {
-        format!("{}.delay.{level:02}", self.namespace)
+        format!("{}.delay.{level:02}", self.delay_cascade())
     }
 
-    /// The topic exchange at the foot of the delay cascade, to which the
-    /// work queues are bound (`warren.delay.delivery`).
+    /// The topic exchange at the foot of the delay cascade
+    /// (`warren.delay.exit`): every namespace on the cascade binds its
+    /// delivery exchange to it for the routing keys that name it, and what
+    /// no namespace takes goes to the cascade's unrouted exchange.
+    pub fn delay_exit(&self) -> String {
+        format!("{}.delay.exit", self.delay_cascade())
+    }
+
+    /// Where a due task goes when no namespace on the cascade takes it
+    /// (`warren.delay.unrouted` with the namespace's own cascade).
+    pub fn delay_cascade_unrouted(&self) -> String {
+        format!("{}.delay.unrouted", self.delay_cascade())
+    }
+
+    /// The namespace's topic exchange below the cascade's exit, to which
+    /// the work queues are bound (`warren.delay.delivery`).
     pub fn delay_delivery_exchange(&self) -> String {
         format!("{}.delay.delivery", self.namespace)
     }

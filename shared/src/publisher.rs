@@ -155,7 +155,7 @@ impl Publisher {
     /// Opens a connection of its own: for producers.
     pub async fn connect(settings: &BrokerSettings) -> Result<Self, PublishError> {
         let connection = connect(settings, "warren-producer").await?;
-        let names = Names::new(&settings.namespace);
+        let names = settings.names();
         let mut publisher = Self::on(&connection, names.clone()).await?;
         // A producer may start before any worker: make sure the exchange
         // exists so the publish reaches the broker's routing, where

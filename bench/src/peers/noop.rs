@@ -212,9 +212,13 @@ fn tree_rss_kib(pid: u32) -> u64 {
         total += status_kib(p, "VmRSS").unwrap_or(0);
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for task in tasks.flatten() {
-                let children = std::fs::read_to_string(task.path().join("children"))
-                    .unwrap_or_default();
-                stack.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                let children =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                stack.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
             }
         }
     }

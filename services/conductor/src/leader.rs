@@ -82,7 +82,7 @@ impl Conductor {
         let identity = worker_identity("conductor");
         let shared = Shared::new(&identity, &schedules);
         Ok(Self {
-            names: Names::new(&settings.broker.namespace),
+            names: settings.broker.names(),
             broker: settings.broker,
             settings: settings.conductor,
             schedules: Arc::new(schedules),
@@ -242,7 +242,10 @@ impl Conductor {
     /// leader's identity. Only `*.scheduled` deliveries are decoded. Stops
     /// when the returned token is cancelled (this replica takes the lead)
     /// or the connection goes.
-    async fn follow_fires(&self, connection: &Connection) -> Result<CancellationToken, lapin::Error> {
+    async fn follow_fires(
+        &self,
+        connection: &Connection,
+    ) -> Result<CancellationToken, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel.basic_qos(1000, BasicQosOptions::default()).await?;
         let since = Utc::now()

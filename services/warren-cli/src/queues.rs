@@ -29,7 +29,7 @@ pub struct QueueRow {
 pub async fn run(settings: &CliSettings, out: &Output, all: bool) -> Result<Exit, CliError> {
     let management = Management::new(&settings.broker)?;
     let queues = management.queues().await?;
-    let rows = rows(&settings.names().namespace().to_owned(), &queues, all);
+    let rows = rows(settings.names().namespace(), &queues, all);
     if out.json {
         out.json(&rows);
     } else if rows.is_empty() {
@@ -129,10 +129,17 @@ mod tests {
             {"name": "w.delay.00", "messages": 1},
             {"name": "other.email", "messages": 1}
         ]);
-        let rows = rows("w", queues.as_array().map(Vec::as_slice).unwrap_or(&[]), false);
+        let rows = rows(
+            "w",
+            queues.as_array().map(Vec::as_slice).unwrap_or(&[]),
+            false,
+        );
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].name, "w.email");
-        assert_eq!((rows[0].ready, rows[0].unacked, rows[0].consumers), (3, 1, 2));
+        assert_eq!(
+            (rows[0].ready, rows[0].unacked, rows[0].consumers),
+            (3, 1, 2)
+        );
         assert_eq!((rows[0].retrying, rows[0].parked), (Some(4), Some(7)));
         assert!((rows[0].in_rate - 1.5).abs() < 1e-9);
     }

@@ -334,7 +334,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
     pub fn topology(&self) -> Topology {
         let keys: Vec<&str> = self.binding_keys.iter().map(String::as_str).collect();
         Topology::new(
-            &Names::new(&self.broker.namespace),
+            &self.broker.names(),
             &self.stem,
             &keys,
             &self.consumer.retry_delays,
@@ -367,7 +367,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
         let inner = Arc::new(Inner {
             gates,
             stop: shutdown.child_token(),
-            names: Names::new(&self.broker.namespace),
+            names: self.broker.names(),
             queue: topology.work_queue.name.clone(),
             span_name: format!("process {}", topology.work_queue.name),
             identity: identity.clone(),

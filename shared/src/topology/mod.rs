@@ -334,13 +334,13 @@ impl Topology {
             v.push(Binding {
                 queue: work.clone(),
                 exchange: delivery.clone(),
-                key: delay::delivery_key(key),
+                key: delay::delivery_key(&self.names, key),
             });
         }
         v.push(Binding {
             queue: work.clone(),
             exchange: delivery,
-            key: delay::queue_key(work),
+            key: delay::queue_key(&self.names, work),
         });
         v.extend(self.delay.bindings());
         v

@@ -113,7 +113,10 @@ payload = {{ to = "tick@example.com", subject = "Tick", text = "tock" }}
     assert_eq!(tick["task_type"], "email.send");
     assert_eq!(tick["every"], "1s");
     assert_eq!(tick["misfire"], "skip");
-    assert!(tick.get("cron").is_none() && tick.get("time_zone").is_none(), "{tick}");
+    assert!(
+        tick.get("cron").is_none() && tick.get("time_zone").is_none(),
+        "{tick}"
+    );
     let (last, next) = (time(&tick["last_fire"]), time(&tick["next_fire"]));
     assert_eq!(next - last, chrono::Duration::seconds(1), "{tick}");
 
@@ -127,7 +130,10 @@ payload = {{ to = "tick@example.com", subject = "Tick", text = "tock" }}
     let own = standby["identity"].as_str().unwrap().to_owned();
     assert_ne!(own, identity);
     let seen = &standby["schedules"][0];
-    assert!(time(&seen["next_fire"]) > time(&seen["last_fire"]), "{seen}");
+    assert!(
+        time(&seen["next_fire"]) > time(&seen["last_fire"]),
+        "{seen}"
+    );
     // It follows the fires: a later one shows up too.
     let later = time(&seen["last_fire"]);
     schedules_when(standby_addr, |b| {
