@@ -82,7 +82,7 @@ impl Conductor {
         let identity = worker_identity("conductor");
         let shared = Shared::new(&identity, &schedules);
         Ok(Self {
-            names: Names::new(&settings.broker.namespace),
+            names: settings.broker.names(),
             broker: settings.broker,
             settings: settings.conductor,
             schedules: Arc::new(schedules),
