@@ -69,7 +69,10 @@ mod tests {
     fn tables_align_columns() {
         let t = table(
             &["id", "kind"],
-            &[vec!["a".into(), "x".into()], vec!["long-id".into(), "y".into()]],
+            &[
+                vec!["a".into(), "x".into()],
+                vec!["long-id".into(), "y".into()],
+            ],
         );
         assert_eq!(t, "id       kind\na        x\nlong-id  y");
         assert_eq!(cut("héllo world", 5), "héll…");

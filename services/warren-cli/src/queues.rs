@@ -129,10 +129,17 @@ mod tests {
             {"name": "w.delay.00", "messages": 1},
             {"name": "other.email", "messages": 1}
         ]);
-        let rows = rows("w", queues.as_array().map(Vec::as_slice).unwrap_or(&[]), false);
+        let rows = rows(
+            "w",
+            queues.as_array().map(Vec::as_slice).unwrap_or(&[]),
+            false,
+        );
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].name, "w.email");
-        assert_eq!((rows[0].ready, rows[0].unacked, rows[0].consumers), (3, 1, 2));
+        assert_eq!(
+            (rows[0].ready, rows[0].unacked, rows[0].consumers),
+            (3, 1, 2)
+        );
         assert_eq!((rows[0].retrying, rows[0].parked), (Some(4), Some(7)));
         assert!((rows[0].in_rate - 1.5).abs() < 1e-9);
     }

@@ -19,8 +19,9 @@ pub async fn run(out: &Output, gateway: &str, id: &str, follow: bool) -> Result<
         .pop_if_empty()
         .extend(["v1", "tasks", id]);
     let client = reqwest::Client::new();
-    let unreachable =
-        |e: reqwest::Error| CliError::Http(format!("the gateway at {gateway} does not answer: {e}"));
+    let unreachable = |e: reqwest::Error| {
+        CliError::Http(format!("the gateway at {gateway} does not answer: {e}"))
+    };
     let response = client.get(url.clone()).send().await.map_err(unreachable)?;
     let status = response.status();
     let body = response.bytes().await.map_err(unreachable)?;
@@ -29,7 +30,9 @@ pub async fn run(out: &Output, gateway: &str, id: &str, follow: bool) -> Result<
         if out.json {
             out.json(&doc);
         }
-        return Err(CliError::NotFound(format!("the gateway does not know task '{id}'")));
+        return Err(CliError::NotFound(format!(
+            "the gateway does not know task '{id}'"
+        )));
     }
     if !status.is_success() {
         return Err(CliError::Http(format!(

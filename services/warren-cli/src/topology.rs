@@ -200,7 +200,10 @@ fn compare_arguments(
     keys.extend(wanted.iter().map(|(k, _)| *k));
     for key in keys {
         let has = have.get(key);
-        let wants = wanted.iter().find(|(k, _)| *k == key).map(|(_, v)| json_of(v));
+        let wants = wanted
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| json_of(v));
         if has != wants.as_ref() {
             out.push(Difference {
                 object,
@@ -272,7 +275,10 @@ fn check_binding(
             && b["routing_key"].as_str() == Some(key)
     });
     if !found {
-        out.push(missing(object, &format!("{destination} <- {source} ({key})")));
+        out.push(missing(
+            object,
+            &format!("{destination} <- {source} ({key})"),
+        ));
     }
 }
 
@@ -292,7 +298,19 @@ mod tests {
             &[("x-max-priority", AMQPValue::LongInt(10))],
             &mut out,
         );
-        let what: Vec<_> = out.iter().map(|d| (d.what.as_str(), d.broker_has.as_str(), d.warren_wants.as_str())).collect();
-        assert_eq!(what, [("x-max-length", "3", "none"), ("x-max-priority", "5", "10")]);
+        let what: Vec<_> = out
+            .iter()
+            .map(|d| {
+                (
+                    d.what.as_str(),
+                    d.broker_has.as_str(),
+                    d.warren_wants.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            what,
+            [("x-max-length", "3", "none"), ("x-max-priority", "5", "10")]
+        );
     }
 }

@@ -9,8 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod cli;
 mod delay;
 mod email;
+mod email_sender;
 mod email_wire;
 mod events;
 mod examples;

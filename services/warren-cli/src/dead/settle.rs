@@ -105,13 +105,7 @@ pub async fn replay(
             let rows: Vec<Vec<String>> = scans
                 .iter()
                 .flat_map(|s| s.matched.iter().map(Summary::from))
-                .map(|s| {
-                    vec![
-                        s.queue,
-                        s.id,
-                        s.error_kind.unwrap_or_else(|| "-".into()),
-                    ]
-                })
+                .map(|s| vec![s.queue, s.id, s.error_kind.unwrap_or_else(|| "-".into())])
                 .collect();
             println!("{}", table(&["QUEUE", "ID", "KIND"], &rows));
             eprintln!("Dry run: {total} messages would be replayed; nothing moved.");
@@ -262,7 +256,13 @@ pub fn body_problem(task_type: Option<&str>, body: &[u8]) -> Option<(&'static st
         } else {
             "invalid_payload"
         };
-        (kind, format!("the body does not parse as {}: {text}", task_type.unwrap_or("a task")))
+        (
+            kind,
+            format!(
+                "the body does not parse as {}: {text}",
+                task_type.unwrap_or("a task")
+            ),
+        )
     })
 }
 
@@ -290,7 +290,11 @@ fn repark_properties(parked: &Parked, kind: &str, error: &str) -> BasicPropertie
     let mut table = parked.properties.headers().clone().unwrap_or_default();
     let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     contract::set_str(&mut table, headers::ERROR_KIND, kind);
-    contract::set_str(&mut table, headers::ERROR, format!("replay refused: {error}"));
+    contract::set_str(
+        &mut table,
+        headers::ERROR,
+        format!("replay refused: {error}"),
+    );
     contract::set_str(&mut table, headers::LAST_FAILURE_AT, now.clone());
     if contract::header_str(Some(&table), headers::FIRST_FAILURE_AT).is_none() {
         contract::set_str(&mut table, headers::FIRST_FAILURE_AT, now);
@@ -356,7 +360,10 @@ fn report(out: &Output, summary: &ReplaySummary) {
         }
     }
     if let Some(f) = &summary.failed {
-        println!("Stopped: {} could not be republished and stays parked: {}", f.id, f.error);
+        println!(
+            "Stopped: {} could not be republished and stays parked: {}",
+            f.id, f.error
+        );
     }
     if summary.not_reached > 0 {
         println!("Not reached, still parked: {}", summary.not_reached);
