@@ -301,13 +301,22 @@ async fn the_cli_lists_replays_and_purges_the_parking_lot_and_verifies_the_topol
     assert_eq!(forced.json()["purged"], 15);
     wait_depth(broker, &dead, 10).await;
 
-    // `queues`: the work queue with its consumer and parking lot.
-    let queues = warren(&env, &["queues", "--json"]).await;
-    assert_eq!(queues.status, 0, "{queues:?}");
-    let row = &queues.json()[0];
-    assert_eq!(row["name"], broker.names.work_queue("email"));
-    assert_eq!(row["consumers"], 1);
-    assert_eq!(row["parked"], 10);
+    // `queues`: the work queue with its consumer and parking lot (the
+    // management API refreshes its counters every few seconds).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let queues = warren(&env, &["queues", "--json"]).await;
+        assert_eq!(queues.status, 0, "{queues:?}");
+        let row = queues.json()[0].clone();
+        assert_eq!(row["name"], broker.names.work_queue("email"));
+        if row["parked"] == 10 && row["consumers"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{row}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let table = warren(&env, &["queues"]).await;
+    assert!(table.stdout.starts_with("QUEUE"), "{table:?}");
 
     // `topology verify`: clean, then a queue redeclared by hand with other
     // arguments.
