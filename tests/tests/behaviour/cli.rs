@@ -12,6 +12,7 @@ use warren::PublishOptions;
 use warren::contract::headers;
 use warren_tests::broker::TestBroker;
 use warren_tests::cli::{self, CliRun};
+use warren_tests::worker::{WorkerProcess, gateway_env};
 use warren_tests::{EmailWorld, WAIT, rcpt};
 
 /// The CLI's settings: the worker's namespace and retry ladder.
@@ -360,6 +361,12 @@ async fn the_cli_lists_replays_and_purges_the_parking_lot_and_verifies_the_topol
 async fn the_cli_publishes_a_task_and_answers_usage_errors_with_status_2() {
     let world = EmailWorld::start(&[]).await.unwrap();
     let env = cli_env(&world);
+    let store = tempfile::tempdir().unwrap();
+    let gateway = WorkerProcess::gateway(&gateway_env(world.broker.namespace(), store.path()))
+        .await
+        .unwrap();
+    let url = format!("http://{}", gateway.http_addr().await.unwrap());
+    gateway.wait_caught_up().await.unwrap();
     let to = rcpt("cli-publish");
     let body = json!({"to": to, "subject": "From the CLI", "text": "hi"}).to_string();
     let published = warren(
@@ -378,6 +385,33 @@ async fn the_cli_publishes_a_task_and_answers_usage_errors_with_status_2() {
     assert_eq!(published.status, 0, "{published:?}");
     assert_eq!(published.stdout.trim(), "cli-1");
     world.sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+
+    // `task`: its status and, followed, its events up to `succeeded`,
+    // through a gateway; an unknown task exits with 4.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = warren(&env, &["task", "cli-1", "--json", "--gateway", &url]).await;
+        if status.status == 0 && status.json()["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let followed = warren(
+        &env,
+        &["task", "cli-1", "--follow", "--json", "--gateway", &url],
+    )
+    .await;
+    assert_eq!(followed.status, 0, "{followed:?}");
+    let states: Vec<serde_json::Value> = followed
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["state"].clone())
+        .collect();
+    assert_eq!(states.last(), Some(&json!("succeeded")), "{followed:?}");
+    let unknown = warren(&env, &["task", "no-such-task", "--gateway", &url]).await;
+    assert_eq!(unknown.status, 4, "{unknown:?}");
+
     let usage = warren(&env, &["publish", "email.send", "[1]"]).await;
     assert_eq!(usage.status, 2, "{usage:?}");
     let completions = warren(&env, &["completions", "bash"]).await;
