@@ -29,7 +29,7 @@ pub struct QueueRow {
 pub async fn run(settings: &CliSettings, out: &Output, all: bool) -> Result<Exit, CliError> {
     let management = Management::new(&settings.broker)?;
     let queues = management.queues().await?;
-    let rows = rows(&settings.broker.namespace, &queues, all);
+    let rows = rows(settings.names().namespace(), &queues, all);
     if out.json {
         out.json(&rows);
     } else if rows.is_empty() {

@@ -20,6 +20,6 @@ impl CliSettings {
     }
 
     pub fn names(&self) -> warren::Names {
-        warren::Names::new(&self.broker.namespace)
+        self.broker.names()
     }
 }

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod cli;
+mod conductor;
 mod delay;
 mod email;
 mod email_sender;
@@ -21,6 +22,7 @@ mod image;
 mod limits;
 mod observability;
 mod runtime;
+mod scenarios;
 mod secrets;
 mod settings;
 mod smtp_sink;
