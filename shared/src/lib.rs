@@ -52,6 +52,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;
+pub mod workflow;
 
 pub use app::{App, AppError, serve};
 pub use contract::{DeadReason, Names};

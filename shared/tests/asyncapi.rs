@@ -422,6 +422,7 @@ fn documented_headers(doc: &Value) -> BTreeMap<String, &'static str> {
         "ParkedHeaders",
         "BrokerDeadLetterHeaders",
         "DelayHeaders",
+        "ChainHeaders",
     ] {
         let properties = schema_properties(&schemas[schema]);
         for name in properties {

@@ -21,6 +21,7 @@
 //! lot), [`record`] (each outcome's metric, log line and task event as one
 //! value) and [`drain`] (stopping without losing anything).
 
+mod chain;
 mod context;
 mod defer;
 mod delivery;

@@ -23,3 +23,4 @@ mod secrets;
 mod settings;
 mod smtp_sink;
 mod status_store;
+mod workflow;
