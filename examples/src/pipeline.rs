@@ -141,3 +141,40 @@ pub async fn save(
         serde_json::json!({ "saved": path.display().to_string() }),
     ))
 }
+
+/// `pipeline.report`: a chord's callback. Writes the members' outcomes, as
+/// the conductor gave them (member order), to `{dir}/{task id}.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Each member's outcome: `id`, `state`, and `result` or `error_kind`
+    /// and `error`.
+    pub results: Vec<serde_json::Value>,
+}
+
+impl Task for Report {
+    const TYPE: &'static str = "pipeline.report";
+}
+
+/// Writes the report; returns how many members succeeded and failed.
+pub async fn report(
+    ctx: TaskContext,
+    task: Report,
+    dir: Arc<PipelineDir>,
+) -> Result<Outcome, TaskError> {
+    let succeeded = task
+        .results
+        .iter()
+        .filter(|r| r["state"] == "succeeded")
+        .count();
+    let path = dir.0.join(format!("{}.json", ctx.id));
+    let json =
+        serde_json::to_vec(&task.results).map_err(|e| TaskError::permanent("invalid_record", e))?;
+    tokio::fs::write(&path, json)
+        .await
+        .map_err(|e| TaskError::retry("save_failed", e))?;
+    Ok(Outcome::with_result(serde_json::json!({
+        "succeeded": succeeded,
+        "failed": task.results.len() - succeeded,
+    })))
+}

@@ -1,5 +1,6 @@
 //! The validate → process → save pipeline's worker: one queue
-//! (`{ns}.pipeline`) for the three steps, saving under `$PIPELINE_DIR`.
+//! (`{ns}.pipeline`) for the three steps and the chord callback
+//! `pipeline.report`, saving under `$PIPELINE_DIR`.
 //! Publish the chain with `Publisher::publish_chain` (`docs/workflows.md`).
 
 use anyhow::Context;
@@ -15,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
             .with_state(PipelineDir(dir.into()))
             .handle(pipeline::validate)
             .handle_with(pipeline::process)
-            .handle_with(pipeline::save),
+            .handle_with(pipeline::save)
+            .handle_with(pipeline::report),
     )
     .run()
     .await?;

@@ -26,8 +26,13 @@
 //! ```
 
 mod chain;
+mod chord;
 
 pub use chain::{Chain, ChainError, MAX_SLIP_BYTES, MAX_STEPS, NextStep, Slip, Step, step_id};
+pub use chord::{
+    CHORD_CONTENT_TYPE, CHORD_MESSAGE_TYPE, Chord, ChordRecord, Group, GroupError, MAX_MEMBERS,
+    OnFailure, group,
+};
 
 /// A chain of [`Step`]s, in order: `chain![a, b, c]` is
 /// `Chain::new(vec![a, b, c])`.

@@ -2,7 +2,8 @@
 //! validate → process → save pipeline worker as a real process, chains
 //! published with `Publisher::publish_chain`, each step counted at a real
 //! consumer (a spy queue bound to every `pipeline.*` task published to the
-//! tasks exchange) and in the worker's log.
+//! tasks exchange) and in the worker's log. Chords also run the real
+//! conductor, whose leader publishes their callbacks.
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use warren::contract::headers;
-use warren::workflow::{Slip, Step};
+use warren::workflow::{OnFailure, Slip, Step, group};
 use warren_tests::broker::{Message, TestBroker};
 use warren_tests::worker::{WorkerProcess, binary};
 use warren_tests::{WAIT, wait_until};
@@ -182,13 +183,16 @@ async fn a_retried_step_does_not_restart_the_chain() {
         .unwrap();
     p.succeeded("order-2.3").await;
     assert_eq!(p.saved("r2"), json!({ "id": "r2", "value": 15 }));
-    // Step 2 failed twice and ran a third time; steps 1 and 3 ran once.
+    // Step 2 failed twice and ran a third time; steps 1 and 3 ran once. (A
+    // step logs its success after its ack, which follows the next step's
+    // publish: step 3 may finish before step 2's line is written.)
     assert_eq!(
         p.logs_of("Task failed; it will be retried.", "order-2.2"),
         2
     );
-    for (id, runs) in [("order-2.1", 1), ("order-2.2", 1), ("order-2.3", 1)] {
-        assert_eq!(p.logs_of("Task succeeded.", id), runs, "{id}");
+    for id in ["order-2.1", "order-2.2", "order-2.3"] {
+        p.succeeded(id).await;
+        assert_eq!(p.logs_of("Task succeeded.", id), 1, "{id}");
     }
     let steps = p.broker.take(&p.spy, 3, WAIT).await.unwrap();
     assert_eq!(ids(&steps), ["order-2.1", "order-2.2", "order-2.3"]);
@@ -257,6 +261,7 @@ async fn a_parked_step_parks_the_chain_and_its_replay_resumes_it() {
         .unwrap();
     p.succeeded("order-3.3").await;
     assert_eq!(p.saved("r3"), json!({ "id": "r3", "value": 12 }));
+    p.succeeded("order-3.1").await;
     assert_eq!(p.logs_of("Task succeeded.", "order-3.1"), 1);
     // Published: step 1, step 2 (by the producer), step 2 (the replay),
     // step 3.
@@ -294,5 +299,113 @@ async fn a_bad_routing_slip_parks_the_step_before_it_runs() {
         Some("invalid_chain")
     );
     assert_eq!(p.logs_of("Task succeeded.", "bad-slip.1"), 0);
+    p.stop().await;
+}
+
+/// A chord of 100 `pipeline.validate` members, members 10, 50 and 90
+/// invalid (dead-lettered at once), and `pipeline.report` as callback.
+async fn chord_of_100(policy: OnFailure) -> (Pipeline, WorkerProcess, String) {
+    let p = Pipeline::start().await;
+    let conductor = WorkerProcess::start(
+        binary("conductor", "conductor").unwrap(),
+        "conductor",
+        &[
+            ("WARREN_BROKER__NAMESPACE", p.broker.namespace().to_owned()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    conductor
+        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    let members = (1..=100)
+        .map(|i| {
+            let value = if [10, 50, 90].contains(&i) { -1 } else { i };
+            Step::new(
+                "pipeline.validate",
+                json!({ "record": { "id": format!("m{i}"), "value": value } }),
+            )
+        })
+        .collect();
+    let id = format!("chord-{}", uuid::Uuid::new_v4().simple());
+    let chord = group(members)
+        .id(&id)
+        .then(Step::new("pipeline.report", json!({})))
+        .on_failure(policy);
+    assert_eq!(p.broker.publisher.publish_chord(chord).await.unwrap(), id);
+    (p, conductor, id)
+}
+
+#[tokio::test]
+async fn a_chord_runs_its_callback_once_with_every_result_and_failure_in_member_order() {
+    let (p, conductor, id) = chord_of_100(OnFailure::Run).await;
+    let callback = format!("{id}.callback");
+    p.succeeded(&callback).await;
+    let results: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(p.dir.path().join(format!("{callback}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results.len(), 100);
+    for (i, r) in results.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(r["id"], format!("{id}.{n}"));
+        if [10, 50, 90].contains(&n) {
+            assert_eq!(r["state"], "dead_lettered", "{r}");
+            assert_eq!(r["error_kind"], "invalid_record");
+        } else {
+            assert_eq!(r["state"], "succeeded", "{r}");
+            assert_eq!(r["result"], json!({ "id": format!("m{n}"), "value": n }));
+        }
+    }
+    let ok = results.iter().filter(|r| r["state"] == "succeeded").count();
+    assert_eq!(ok, 97);
+    assert_eq!(p.logs_of("Task succeeded.", &callback), 1);
+    assert_eq!(
+        conductor
+            .logs_with_message("Chord complete; callback published.")
+            .len(),
+        1
+    );
+    drop(conductor);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_chord_that_skips_on_failure_parks_its_callback_with_the_reason() {
+    let (p, conductor, id) = chord_of_100(OnFailure::Skip).await;
+    let callback = format!("{id}.callback");
+    // The three members, then the callback, reach the parking lot.
+    let parked = p
+        .broker
+        .take(&p.broker.dead_queue("pipeline"), 4, WAIT)
+        .await
+        .unwrap();
+    let cb: Vec<_> = parked
+        .iter()
+        .filter(|m| m.message_id().as_deref() == Some(callback.as_str()))
+        .collect();
+    assert_eq!(cb.len(), 1);
+    assert_eq!(
+        cb[0].header(headers::ERROR_KIND).as_deref(),
+        Some("chord_member_failed")
+    );
+    let reason = cb[0].header(headers::ERROR).unwrap();
+    assert!(
+        reason.starts_with("3 of 100 members were dead-lettered"),
+        "{reason}"
+    );
+    for n in [10, 50, 90] {
+        assert!(
+            reason.contains(&format!("{id}.{n} (invalid_record")),
+            "{reason}"
+        );
+    }
+    // Its body holds the outcomes, for a replay after the cause is fixed.
+    let body: serde_json::Value = serde_json::from_slice(&cb[0].body).unwrap();
+    assert_eq!(body["results"].as_array().map(Vec::len), Some(100));
+    assert_eq!(p.logs_of("Task succeeded.", &callback), 0);
+    drop(conductor);
     p.stop().await;
 }
