@@ -47,7 +47,7 @@ impl StatusWorld {
     pub async fn new(retention: Duration) -> anyhow::Result<Self> {
         binary("gateway", "gateway")?;
         let broker = TestBroker::new().await?;
-        let names = Names::new(broker.namespace());
+        let names = broker.names.clone();
         let prefix = format!("test:{}:status:", broker.namespace());
         let store = RedisStatusStore::new(
             REDIS_URL,
@@ -82,7 +82,7 @@ impl StatusWorld {
     }
 
     pub fn names(&self) -> Names {
-        Names::new(self.broker.namespace())
+        self.broker.names.clone()
     }
 
     /// A gateway's environment on this world's store, plus `overrides`.

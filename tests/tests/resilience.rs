@@ -909,3 +909,104 @@ async fn a_publish_the_broker_never_confirms_is_a_503_broker_timeout() {
         .await
         .unwrap();
 }
+
+/// `warren dead replay` of 1,000 parked tasks, killed with `kill -9`
+/// midway: every task is parked or delivered (on its work queue), none is
+/// lost, and at most the one message in flight (published, its ack not
+/// yet processed) is in both places.
+#[tokio::test]
+async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_message_in_flight() {
+    use warren::contract::{self, headers};
+    use warren_tests::cli;
+
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    // No worker: the work queue keeps what the replay delivers.
+    broker.declare_email_topology(&[]).await.unwrap();
+    let work = broker.names.work_queue("email");
+    let dead = broker.email_dead_queue();
+    // Parked the way the runtime parks: a copy to the dead exchange, keyed
+    // by the work queue, with the failure headers, confirmed.
+    for n in 0..1000 {
+        let mut props = warren::task_properties(&format!("p{n}"), "email.send", 0);
+        let mut h = props.headers().clone().unwrap_or_default();
+        contract::set_str(&mut h, headers::DEAD_REASON, "permanent");
+        contract::set_str(&mut h, headers::ERROR_KIND, "smtp_permanent");
+        contract::set_str(&mut h, headers::ERROR, "550 rejected");
+        props = props.with_headers(h);
+        let body = json!({"to": format!("r{n}@example.com"), "subject": "s", "text": "t"});
+        broker
+            .publisher
+            .publish_confirmed(
+                &broker.names.dead_exchange(),
+                &work,
+                body.to_string().as_bytes(),
+                props,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(broker.depth(&dead).await.unwrap(), 1000);
+
+    let env = [("WARREN_BROKER__NAMESPACE", broker.namespace().to_owned())];
+    let mut replay = cli::spawn(&env, &["dead", "replay", "--rate", "400", "--json"]).unwrap();
+    // Killed once a good part has moved.
+    let deadline = Instant::now() + WAIT;
+    while broker.depth(&work).await.unwrap() < 300 {
+        assert!(Instant::now() < deadline, "the replay did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replay.start_kill().unwrap();
+    let status = replay.wait().await.unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+
+    // The held messages return to the parking lot once the broker sees the
+    // connection gone.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let total = broker.depth(&work).await.unwrap() + broker.depth(&dead).await.unwrap();
+        if total >= 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} of 1000 tasks found");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = broker
+        .take(&work, broker.depth(&work).await.unwrap() as usize, WAIT)
+        .await
+        .unwrap();
+    let parked = broker
+        .take(&dead, broker.depth(&dead).await.unwrap() as usize, WAIT)
+        .await
+        .unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in delivered.iter().chain(&parked) {
+        *seen.entry(m.message_id().unwrap()).or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    println!(
+        "replay killed: {} delivered, {} parked, {} duplicates",
+        delivered.len(),
+        parked.len(),
+        duplicates
+    );
+    assert_eq!(seen.len(), 1000, "every task is somewhere");
+    assert_eq!(delivered.len() + parked.len(), 1000 + duplicates);
+    assert!(
+        duplicates <= 1,
+        "{duplicates} duplicates: more than in flight"
+    );
+    // What was delivered starts afresh; what is parked is as it was.
+    assert!(
+        delivered
+            .iter()
+            .all(|m| m.header(headers::ATTEMPT).as_deref() == Some("1")
+                && m.header(headers::DEAD_REASON).is_none())
+    );
+    assert!(
+        parked
+            .iter()
+            .all(|m| m.header(headers::DEAD_REASON).as_deref() == Some("permanent"))
+    );
+    broker.cleanup().await.unwrap();
+}
