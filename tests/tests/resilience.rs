@@ -852,14 +852,15 @@ impl Drop for MemoryAlarm {
     }
 }
 
-/// Waits until the broker reports a connection of process `pid` whose name
-/// ends with `suffix` as `blocked`: it tried to publish under the alarm.
+/// Waits until the broker reports a connection of process `pid` whose
+/// client-provided name ends with `suffix` as `blocked`: it tried to
+/// publish under the alarm.
 async fn wait_blocked(pid: u32, suffix: &str) {
     let wanted = format!("/{pid} {suffix}");
     let deadline = Instant::now() + WAIT;
     loop {
         let output = tokio::process::Command::new("rabbitmqctl")
-            .args(["list_connections", "name", "state", "--silent"])
+            .args(["list_connections", "client_properties", "state", "--silent"])
             .output()
             .await
             .expect("rabbitmqctl");
