@@ -413,6 +413,8 @@ fn escape_glob(s: &str) -> String {
 struct Compact {
     y: String,
     s: TaskState,
+    /// The attempt, left out when it is the first (most tasks).
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     a: u32,
     o: u64,
     u: i64,
@@ -448,6 +450,8 @@ struct CompactEvent {
     o: u64,
     s: TaskState,
     t: i64,
+    /// The attempt, left out when it is the first (most tasks).
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     a: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     b: Option<String>,
@@ -465,6 +469,14 @@ struct CompactEvent {
     g: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(a: &u32) -> bool {
+    *a == 1
 }
 
 fn nanos(at: DateTime<Utc>) -> i64 {
@@ -632,6 +644,28 @@ mod tests {
         );
         let small = decode("t1", &encode(&record, 4)).unwrap();
         assert_eq!(result_ref(small.status.result.as_ref().unwrap()), Some(9));
+    }
+
+    #[test]
+    fn a_first_attempt_is_left_out_of_the_compact_form_and_a_later_one_kept() {
+        let mut record = TaskRecord::first(StreamedEvent {
+            offset: 1,
+            event: TaskEvent::new("t2", "email.send", TaskState::Running, 1),
+        });
+        let first = encode(&record, 1024);
+        assert!(!first.contains("\"a\":"), "{first}");
+        assert_eq!(decode("t2", &first).unwrap().status.attempt, 1);
+        record.apply(
+            StreamedEvent {
+                offset: 2,
+                event: TaskEvent::new("t2", "email.send", TaskState::Running, 2),
+            },
+            16,
+        );
+        let back = decode("t2", &encode(&record, 1024)).unwrap();
+        assert_eq!(back.status.attempt, 2);
+        let attempts: Vec<u32> = back.events.iter().map(|e| e.event.attempt).collect();
+        assert_eq!(attempts, [1, 2]);
     }
 
     fn store(retention: Duration) -> RedisStatusStore {
