@@ -27,3 +27,4 @@ mod secrets;
 mod settings;
 mod smtp_sink;
 mod status_store;
+mod workflow;
