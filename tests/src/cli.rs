@@ -34,7 +34,11 @@ pub fn command(env: &[(&str, String)], args: &[&str]) -> anyhow::Result<Command>
             cmd.env_remove(key);
         }
     }
-    cmd.env("WARREN_CONFIG", "/nonexistent/warren.toml");
+    // The tests' shared delay cascade, as the workers under test have it.
+    cmd.env("WARREN_CONFIG", "/nonexistent/warren.toml").env(
+        "WARREN_BROKER__DELAY_CASCADE",
+        crate::broker::TEST_DELAY_CASCADE,
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }
