@@ -12,6 +12,7 @@ pub mod http;
 pub mod images;
 pub mod ops;
 pub mod otlp;
+pub mod s3;
 pub mod smtp;
 pub mod status;
 pub mod worker;

@@ -20,6 +20,7 @@ mod image;
 mod limits;
 mod observability;
 mod runtime;
+mod s3;
 mod scenarios;
 mod secrets;
 mod settings;
