@@ -14,6 +14,7 @@ pub mod ops;
 pub mod otlp;
 pub mod s3;
 pub mod smtp;
+pub mod smtp_tls;
 pub mod status;
 pub mod worker;
 

@@ -24,5 +24,6 @@ mod s3;
 mod scenarios;
 mod secrets;
 mod settings;
+mod smtp_auth;
 mod smtp_sink;
 mod status_store;
