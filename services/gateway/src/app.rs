@@ -86,22 +86,25 @@ impl Gateway {
         };
         let names = settings.broker.names();
         let broker = Arc::new(Broker::new(names, worker_identity("gateway")));
-        let tracker = Arc::new(match settings.status.store {
-            StoreKind::Memory => Tracker::new(settings.events.max_tracked_tasks),
-            StoreKind::Redis => Tracker::shared(
-                settings.status.recent_tasks,
-                RedisStatusStore::new(
-                    settings.status.redis_url.expose_secret(),
-                    RedisOptions {
-                        prefix: key_prefix(&settings),
-                        retention: settings.events.retention,
-                        max_index_tasks: settings.status.max_index_tasks,
-                        max_events_per_task: settings.status.max_events_per_task,
-                        max_result_bytes: settings.status.max_result_bytes,
-                    },
-                )?,
-            ),
-        });
+        let tracker = Arc::new(
+            match settings.status.store {
+                StoreKind::Memory => Tracker::new(settings.events.max_tracked_tasks),
+                StoreKind::Redis => Tracker::shared(
+                    settings.status.recent_tasks,
+                    RedisStatusStore::new(
+                        settings.status.redis_url.expose_secret(),
+                        RedisOptions {
+                            prefix: key_prefix(&settings),
+                            retention: settings.events.retention,
+                            max_index_tasks: settings.status.max_index_tasks,
+                            max_events_per_task: settings.status.max_events_per_task,
+                            max_result_bytes: settings.status.max_result_bytes,
+                        },
+                    )?,
+                ),
+            }
+            .with_retention(settings.events.retention),
+        );
         Ok(Self {
             settings,
             broker,

@@ -9,9 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod cli;
 mod conductor;
 mod delay;
 mod email;
+mod email_sender;
 mod email_wire;
 mod events;
 mod examples;
@@ -27,3 +29,4 @@ mod settings;
 mod smtp_auth;
 mod smtp_sink;
 mod status_store;
+mod workflow;
