@@ -13,7 +13,9 @@ pub mod http;
 pub mod images;
 pub mod ops;
 pub mod otlp;
+pub mod s3;
 pub mod smtp;
+pub mod smtp_tls;
 pub mod status;
 pub mod worker;
 
