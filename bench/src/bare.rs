@@ -15,7 +15,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +62,7 @@ impl BareConsumer {
         progress: Arc<Progress>,
         ready: Option<oneshot::Sender<()>>,
     ) -> anyhow::Result<()> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        let connection = crate::broker::connect(&self.url).await?;
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
@@ -141,7 +141,7 @@ pub struct BarePublisher {
 
 impl BarePublisher {
     pub async fn connect(url: &str, exchange: &str) -> anyhow::Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let connection = crate::broker::connect(url).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -38,6 +38,30 @@ const EVENTS_RETENTION: Duration = Duration::from_secs(3600);
 /// The email worker's queue stem (`{namespace}.email`).
 pub const EMAIL_STEM: &str = "email";
 
+/// How long the bench waits for the broker to take a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection to the bench's broker, or a clear error within
+/// [`CONNECT_TIMEOUT`] instead of a hang (a broker that accepts TCP but
+/// never answers: still booting, or blocked by an alarm).
+pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(connection) => {
+            connection.with_context(|| format!("RabbitMQ must run at {}", redact(url)))
+        }
+        Err(_) => bail!(
+            "RabbitMQ at {} did not take a connection within {CONNECT_TIMEOUT:?}; \
+             is it running and not blocked by an alarm?",
+            redact(url)
+        ),
+    }
+}
+
 pub struct BenchBroker {
     pub url: String,
     pub names: Names,
@@ -50,9 +74,7 @@ impl BenchBroker {
     /// A fresh namespace with the work queues of every run declared.
     pub async fn new(url: &str) -> anyhow::Result<Self> {
         let namespace = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .with_context(|| format!("RabbitMQ must run at {}", redact(url)))?;
+        let connection = connect(url).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -276,7 +298,7 @@ impl BenchBroker {
     }
 
     async fn delete_everything(&self) -> anyhow::Result<()> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        let connection = connect(&self.url).await?;
         let channel = connection.create_channel().await?;
         for t in &self.topologies {
             for q in t.queue_names() {

@@ -16,6 +16,7 @@ use warren::settings::ConsumerSettings;
 use crate::bare::{BareConsumer, Progress};
 use crate::broker::BenchBroker;
 use crate::config::Config;
+use crate::peers::{Peer, noop as peer_noop};
 use crate::report::{Report, at_least, thousands};
 use crate::stats::{median, ratio, round};
 use crate::task::{BINDING, STEM, pad_for};
@@ -67,6 +68,8 @@ impl Variant {
 enum Contender {
     Warren(Variant),
     Bare,
+    /// With `--peers`: Celery's or Dramatiq's worker, no-op tasks.
+    Peer(Peer),
 }
 
 impl Contender {
@@ -74,6 +77,7 @@ impl Contender {
         match self {
             Contender::Warren(v) => v.key(),
             Contender::Bare => "bare_lapin",
+            Contender::Peer(p) => p.as_str(),
         }
     }
 }
@@ -141,13 +145,16 @@ pub async fn bare_once(cfg: &Config, bench: &BenchBroker, pad: &str) -> anyhow::
 pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyhow::Result<()> {
     let pad = pad_for(cfg.size);
     let variants = [Variant::Defaults, Variant::EventsOff, Variant::Lean];
-    let contenders = [
+    let mut contenders = vec![
         Contender::Warren(Variant::Defaults),
         Contender::Bare,
         Contender::Warren(Variant::EventsOff),
         Contender::Warren(Variant::Lean),
     ];
+    contenders.extend(cfg.peers.0.iter().map(|p| Contender::Peer(*p)));
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    // Each peer's worker: (peak, idle) resident set of its process tree.
+    let mut rss: Vec<Vec<(u64, u64)>> = vec![Vec::new(); contenders.len()];
     for r in 0..cfg.rounds {
         // Rotate the order each round, so no contender always runs first
         // (or right after the broker's busiest moment).
@@ -156,6 +163,11 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
             let rate = match contenders[i] {
                 Contender::Warren(v) => warren_once(cfg, bench, &pad, v).await?,
                 Contender::Bare => bare_once(cfg, bench, &pad).await?,
+                Contender::Peer(p) => {
+                    let run = peer_noop::consume_once(bench, p, cfg.n, budget(cfg.n)).await?;
+                    rss[i].push((run.peak_rss_kib, run.idle_rss_kib));
+                    run.rate
+                }
             };
             report.note(format!(
                 "consume round {}/{}: {} {} msg/s",
@@ -204,6 +216,45 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
             Some(r),
             target,
             met,
+        );
+    }
+    let warren = median_of(Contender::Warren(Variant::Defaults));
+    for (i, c) in contenders.iter().enumerate() {
+        let Contender::Peer(p) = *c else { continue };
+        let peer = median(&rates[i]);
+        let r = ratio(warren, peer);
+        let peak = rss[i].iter().map(|(p, _)| *p).max().unwrap_or(0);
+        let idle = rss[i].iter().map(|(_, i)| *i).min().unwrap_or(0);
+        section.insert(format!("ratio_warren_to_{p}"), json!(round(r, 2)));
+        if let Some(serde_json::Value::Object(o)) = section.get_mut(p.as_str()) {
+            o.insert("worker_peak_rss_kib".to_owned(), json!(peak));
+            o.insert("worker_idle_rss_kib".to_owned(), json!(idle));
+            o.insert(
+                "worker".to_owned(),
+                json!(match p {
+                    Peer::Celery => format!(
+                        "celery worker --pool prefork --concurrency {}, acks_late",
+                        peer_noop::PROCESSES
+                    ),
+                    Peer::Dramatiq => format!(
+                        "dramatiq --processes {} --threads {}",
+                        peer_noop::PROCESSES,
+                        peer_noop::DRAMATIQ_THREADS
+                    ),
+                }),
+            );
+        }
+        report.row(
+            "consume",
+            format!(
+                "{label} (Warren defaults vs {p}; peak RSS {} MiB)",
+                peak / 1024
+            ),
+            thousands(warren),
+            thousands(peer),
+            Some(r),
+            "",
+            None,
         );
     }
     section.insert("target_ratio".to_owned(), json!(0.9));

@@ -60,7 +60,7 @@ struct Args {
     email_memory_n: Option<usize>,
     /// Also run the peers beside Warren, from bench/.venv (install it with
     /// bench/prepare): all of them, or those named (comma-separated):
-    /// celery.
+    /// celery, dramatiq.
     #[arg(long, num_args = 0.., value_delimiter = ',')]
     peers: Option<Vec<Peer>>,
     /// Do not wait for RabbitMQ's per-queue counters after the retry run.

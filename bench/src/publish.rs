@@ -14,6 +14,7 @@ use warren::{PublishOptions, Publisher};
 use crate::bare::BarePublisher;
 use crate::broker::BenchBroker;
 use crate::config::Config;
+use crate::peers::noop as peer_noop;
 use crate::report::{Report, at_least, thousands};
 use crate::stats::{median, ratio, round};
 use crate::task::{BenchBody, STEM, TASK_TYPE, pad_for};
@@ -125,20 +126,54 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
             }
         }
     }
+    // With `--peers`: each peer's own publisher, in the same rounds.
+    let mut peers: Vec<Vec<f64>> = vec![Vec::new(); cfg.peers.0.len()];
+    for r in 0..cfg.rounds {
+        for (k, peer) in cfg.peers.0.iter().enumerate() {
+            let rate = peer_noop::publish_once(bench, *peer, cfg.n).await?;
+            report.note(format!(
+                "publish round {}/{}: {peer} {} msg/s (unconfirmed)",
+                r + 1,
+                cfg.rounds,
+                thousands(rate)
+            ));
+            peers[k].push(rate);
+        }
+    }
     bench.purge(STEM).await?;
     let (w, b) = (median(&warren), median(&bare));
     let r = ratio(w, b);
-    report.sections.insert(
-        "publish".to_owned(),
-        json!({
+    let mut section = json!({
             "warren": { "rates_msg_per_s": warren.iter().map(|x| round(*x, 1)).collect::<Vec<_>>(), "median_msg_per_s": round(w, 1) },
             "bare_lapin": { "rates_msg_per_s": bare.iter().map(|x| round(*x, 1)).collect::<Vec<_>>(), "median_msg_per_s": round(b, 1) },
             "ratio_warren_to_bare": round(r, 4),
             "target_ratio": 0.95,
             "publishes_in_flight": cfg.publish_concurrency,
             "body_bytes": cfg.size,
-        }),
-    );
+    });
+    for (k, peer) in cfg.peers.0.iter().enumerate() {
+        let p = median(&peers[k]);
+        let r = ratio(w, p);
+        section[peer.as_str()] = json!({
+            "rates_msg_per_s": peers[k].iter().map(|x| round(*x, 1)).collect::<Vec<_>>(),
+            "median_msg_per_s": round(p, 1),
+            "publisher": "its own, one at a time, unconfirmed (the framework's default)",
+        });
+        section[format!("ratio_warren_to_{peer}")] = json!(round(r, 2));
+        report.row(
+            "publish",
+            format!(
+                "msg/s, median of {} (Warren confirmed vs {peer} unconfirmed)",
+                cfg.rounds
+            ),
+            thousands(w),
+            thousands(p),
+            Some(r),
+            "",
+            None,
+        );
+    }
+    report.sections.insert("publish".to_owned(), section);
     report.row(
         "publish",
         format!("confirmed msg/s, median of {}", cfg.rounds),

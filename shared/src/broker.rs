@@ -12,18 +12,28 @@ use secrecy::ExposeSecret;
 
 use crate::settings::BrokerSettings;
 
+/// Why a connection to the broker could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The broker refused or dropped the connection.
     #[error("could not connect to the broker at {url}: {source}")]
     Broker {
+        /// The broker's URL, password redacted.
         url: String,
+        /// What lapin reported.
         #[source]
         source: lapin::Error,
     },
     #[error(
         "could not connect to the broker at {url} within {timeout:?} (refused, unreachable or not answering)"
     )]
-    Timeout { url: String, timeout: Duration },
+    /// The broker did not answer in time.
+    Timeout {
+        /// The broker's URL, password redacted.
+        url: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
 }
 
 /// Opens a connection named `name` (shown in the management UI).
@@ -82,6 +92,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Delays from `base`, doubling per failure up to `max`, with jitter.
     pub fn new(base: Duration, max: Duration) -> Self {
         Self {
             base,
@@ -101,6 +112,7 @@ impl Backoff {
         cap.mul_f64(factor)
     }
 
+    /// Starts over from `base`, after a success.
     pub fn reset(&mut self) {
         self.failures = 0;
     }

@@ -16,24 +16,36 @@ pub const PERSISTENT: u8 = 2;
 /// Highest priority a producer may set; the work queues use `x-max-priority`
 /// of [`QUEUE_MAX_PRIORITY`].
 pub const MAX_PRIORITY: u8 = 9;
+/// `x-max-priority` of every work queue: priorities 0-9 are served, 9 first.
 pub const QUEUE_MAX_PRIORITY: i32 = 10;
 
 /// Header names. `traceparent`/`tracestate` are W3C trace context; the rest
 /// are Warren's own.
 pub mod headers {
+    /// W3C trace context: the producer's (or the failed attempt's) span.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state, carried along with `traceparent`.
     pub const TRACESTATE: &str = "tracestate";
     /// Attempt number of this delivery (absent: 1); on a parking-lot copy,
     /// the attempts made.
     pub const ATTEMPT: &str = "x-warren-attempt";
+    /// A failed task's error kind (a short slug, e.g. `smtp_transient`).
     pub const ERROR_KIND: &str = "x-warren-error-kind";
+    /// A failed task's error message (at most 4 KiB).
     pub const ERROR: &str = "x-warren-error";
+    /// When the task first failed (RFC 3339).
     pub const FIRST_FAILURE_AT: &str = "x-warren-first-failure-at";
+    /// When the task last failed (RFC 3339).
     pub const LAST_FAILURE_AT: &str = "x-warren-last-failure-at";
+    /// The worker that saw the last failure, `<service>@<host>/<pid>`.
     pub const WORKER: &str = "x-warren-worker";
+    /// When a retried task's next attempt starts (RFC 3339).
     pub const NEXT_ATTEMPT_AT: &str = "x-warren-next-attempt-at";
+    /// Why a task is in the parking lot: `permanent` or `attempts_exhausted`.
     pub const DEAD_REASON: &str = "x-warren-dead-reason";
+    /// The exchange the task was first published to.
     pub const ORIGINAL_EXCHANGE: &str = "x-warren-original-exchange";
+    /// The routing key the task was first published with.
     pub const ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
     /// Publish time in milliseconds since the Unix epoch (the AMQP
     /// `timestamp` property has whole seconds only), for queue-wait metrics.
@@ -101,8 +113,11 @@ pub mod broker_headers {
     /// Each time the broker dead-lettered the message: queue, reason,
     /// count, time.
     pub const X_DEATH: &str = "x-death";
+    /// The queue a message the broker dead-lettered was first dead-lettered from.
     pub const X_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+    /// Why the broker dead-lettered it (`expired`, `rejected`, `maxlen`, ...).
     pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
+    /// The exchange it was published to before the broker dead-lettered it.
     pub const X_FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
 
     /// Every one of them.
@@ -128,6 +143,7 @@ impl DeadReason {
     /// Both reasons.
     pub const ALL: [DeadReason; 2] = [DeadReason::Permanent, DeadReason::AttemptsExhausted];
 
+    /// `permanent` or `attempts_exhausted`, as in the `x-warren-dead-reason` header.
     pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::Permanent => "permanent",
@@ -140,17 +156,45 @@ impl DeadReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
+    /// The prefix of the delay cascade's levels, when several namespaces
+    /// share one cascade (`broker.delay_cascade`); else the namespace.
+    delay_cascade: Option<String>,
 }
 
 impl Names {
+    /// The names of `namespace`, with a delay cascade of its own.
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
+            delay_cascade: None,
         }
     }
 
+    /// The same names, delaying through the cascade of prefix `cascade`
+    /// (`{cascade}.delay.00` ...), which other namespaces of the virtual
+    /// host may share. Equal to the namespace, or empty, means the
+    /// namespace's own cascade.
+    pub fn with_delay_cascade(mut self, cascade: impl Into<String>) -> Self {
+        let cascade = cascade.into();
+        self.delay_cascade = (!cascade.is_empty() && cascade != self.namespace).then_some(cascade);
+        self
+    }
+
+    /// The namespace every name of this set starts with.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The prefix of the delay cascade's names: the shared cascade's, or
+    /// the namespace.
+    pub fn delay_cascade(&self) -> &str {
+        self.delay_cascade.as_deref().unwrap_or(&self.namespace)
+    }
+
+    /// Whether the delay cascade is shared with other namespaces (and so
+    /// not this namespace's to delete).
+    pub fn shares_delay_cascade(&self) -> bool {
+        self.delay_cascade.is_some()
     }
 
     /// The topic exchange producers publish tasks to.
@@ -193,11 +237,25 @@ impl Names {
     /// Level `level` of the delay cascade (`warren.delay.07`): the topic
     /// exchange and the queue whose TTL is 2^level seconds share the name.
     pub fn delay_level(&self, level: u32) -> String {
-        format!("{}.delay.{level:02}", self.namespace)
+        format!("{}.delay.{level:02}", self.delay_cascade())
     }
 
-    /// The topic exchange at the foot of the delay cascade, to which the
-    /// work queues are bound (`warren.delay.delivery`).
+    /// The topic exchange at the foot of the delay cascade
+    /// (`warren.delay.exit`): every namespace on the cascade binds its
+    /// delivery exchange to it for the routing keys that name it, and what
+    /// no namespace takes goes to the cascade's unrouted exchange.
+    pub fn delay_exit(&self) -> String {
+        format!("{}.delay.exit", self.delay_cascade())
+    }
+
+    /// Where a due task goes when no namespace on the cascade takes it
+    /// (`warren.delay.unrouted` with the namespace's own cascade).
+    pub fn delay_cascade_unrouted(&self) -> String {
+        format!("{}.delay.unrouted", self.delay_cascade())
+    }
+
+    /// The namespace's topic exchange below the cascade's exit, to which
+    /// the work queues are bound (`warren.delay.delivery`).
     pub fn delay_delivery_exchange(&self) -> String {
         format!("{}.delay.delivery", self.namespace)
     }

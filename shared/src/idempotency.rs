@@ -17,8 +17,10 @@ use secrecy::ExposeSecret;
 
 use crate::settings::{IdempotencyBackend, IdempotencySettings};
 
+/// The idempotency store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Redis failed or is unreachable.
     #[error("idempotency store (redis) failed: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -67,6 +69,7 @@ struct MemoryInner {
 }
 
 impl MemoryStore {
+    /// A store of at most `capacity` ids, each kept for `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             inner: Mutex::new(MemoryInner::default()),
@@ -113,6 +116,7 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// Connects to the Redis at `url`; ids are kept for `ttl`.
     pub async fn connect(url: &str, ttl: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
         let connection = ConnectionManager::new(client).await?;

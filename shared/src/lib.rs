@@ -15,7 +15,10 @@
 //! (what is declared), [`events`] (task lifecycle events and the status
 //! view), [`settings`], [`telemetry`], [`metrics`], [`ops`] (health and
 //! metrics endpoints), [`idempotency`], [`broker`] (connecting),
-//! [`shutdown`] and [`trace`].
+//! [`shutdown`] and [`trace`]. With the `testing` feature,
+//! `warren::testing` runs a worker's handlers in memory, without a broker,
+//! through the runtime's own attempt and retry-or-park code, on a virtual
+//! clock (see `docs/writing-a-worker.md`, "Testing your tasks").
 //!
 //! ```no_run
 //! use warren::prelude::*;
@@ -38,6 +41,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod app;
 pub mod broker;
 pub mod contract;
@@ -50,6 +55,8 @@ mod runtime;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topology;
 pub mod trace;
 pub mod workflow;

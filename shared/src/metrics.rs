@@ -97,18 +97,31 @@ const WAIT_BUCKETS: &[f64] = &[
 
 /// What the consumer runtime records.
 pub struct RuntimeMetrics {
+    /// `warren_tasks_received_total`.
     pub received: IntCounterVec,
+    /// `warren_tasks_succeeded_total`.
     pub succeeded: IntCounterVec,
+    /// `warren_tasks_retried_total`, by error kind.
     pub retried: IntCounterVec,
+    /// `warren_tasks_dead_lettered_total`, by error kind and reason.
     pub dead_lettered: IntCounterVec,
+    /// `warren_tasks_duplicates_total`: ids that already succeeded.
     pub duplicates: IntCounterVec,
+    /// `warren_task_duration_seconds`, by outcome.
     pub duration: HistogramVec,
+    /// `warren_task_queue_wait_seconds`: from publish (or due time) to start.
     pub queue_wait: HistogramVec,
+    /// `warren_tasks_in_progress`.
     pub in_progress: IntGaugeVec,
+    /// `warren_broker_connected`: 1 while connected.
     pub broker_connected: IntGaugeVec,
+    /// `warren_broker_reconnects_total`.
     pub broker_reconnects: IntCounterVec,
+    /// `warren_publish_confirms_total`, by purpose and result.
     pub publish_confirms: IntCounterVec,
+    /// `warren_task_events_dropped_total`: events given up on.
     pub task_events_dropped: IntCounterVec,
+    /// `warren_task_events_reemitted_total`: events published again after a lost confirm.
     pub task_events_reemitted: IntCounterVec,
 }
 
@@ -232,16 +245,22 @@ impl RuntimeMetrics {
 /// One task type's handles.
 pub struct TaskMetrics {
     service_queue_task: (String, String, String),
+    /// Tasks received.
     pub received: IntCounter,
+    /// Tasks succeeded.
     pub succeeded: IntCounter,
+    /// Duplicates acked unrun.
     pub duplicates: IntCounter,
+    /// Seconds tasks waited in the queue.
     pub queue_wait: Histogram,
+    /// Tasks running now.
     pub in_progress: IntGauge,
     /// The duration histogram of successes, the hot path's.
     pub succeeded_duration: Histogram,
 }
 
 impl TaskMetrics {
+    /// Counts a retried attempt that failed with `error_kind`.
     pub fn retried(&self, error_kind: &str) {
         let (s, q, t) = &self.service_queue_task;
         runtime()
@@ -250,6 +269,7 @@ impl TaskMetrics {
             .inc();
     }
 
+    /// Counts a task parked after `error_kind`, for `reason`.
     pub fn dead_lettered(&self, error_kind: &str, reason: &str) {
         let (s, q, t) = &self.service_queue_task;
         runtime()
@@ -258,6 +278,7 @@ impl TaskMetrics {
             .inc();
     }
 
+    /// Observes an attempt's duration, by its `outcome`.
     pub fn duration(&self, outcome: &str, seconds: f64) {
         let (s, q, t) = &self.service_queue_task;
         runtime()

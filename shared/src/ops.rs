@@ -23,7 +23,9 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// A running ops server.
 pub struct OpsServer {
+    /// The address it listens on (the port chosen, for port 0).
     pub local_addr: SocketAddr,
+    /// The server's task: it ends after shutdown.
     pub task: JoinHandle<()>,
 }
 
@@ -53,7 +55,9 @@ pub async fn serve(
 #[derive(Debug, thiserror::Error)]
 #[error("could not listen on {addr} for the ops endpoints")]
 pub struct OpsBindError {
+    /// The address asked for.
     pub addr: String,
+    /// Why it could not be bound.
     #[source]
     pub source: std::io::Error,
 }

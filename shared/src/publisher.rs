@@ -44,28 +44,43 @@ use crate::contract::{self, CONTENT_TYPE_JSON, MAX_PRIORITY, Names, PERSISTENT};
 use crate::settings::BrokerSettings;
 use crate::topology::delay::{self, DelayTooLong, Destination};
 
+/// Why a task was not published. Every variant means the broker did not take it.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No connection to the broker.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The channel or connection failed.
     #[error("the broker did not take the message: {0}")]
     Broker(#[from] lapin::Error),
+    /// The broker nacked the message.
     #[error("the broker refused the message (publisher confirm nack)")]
     Nacked,
     #[error(
         "the broker could not route the message to any queue ({code} {text}): is the consumer's topology declared?"
     )]
-    Returned { code: u16, text: String },
+    /// The broker returned the message: no queue is bound for its key.
+    Returned {
+        /// The AMQP reply code (312 `NO_ROUTE`).
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
+    /// The body is not serializable to JSON.
     #[error("the task body could not be serialized: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// A priority above 9.
     #[error("priority {0} is out of range 0-{MAX_PRIORITY}")]
     InvalidPriority(u8),
     #[error(
         "the broker did not confirm the message within {0:?} (is it blocked by a resource alarm?)"
     )]
+    /// No confirm within the timeout.
     Timeout(Duration),
+    /// A delay longer than the delay cascade serves.
     #[error(transparent)]
     DelayTooLong(#[from] DelayTooLong),
+    /// The delay cascade could not be declared.
     #[error(transparent)]
     Topology(Box<crate::topology::TopologyError>),
 }
@@ -140,7 +155,7 @@ impl Publisher {
     /// Opens a connection of its own: for producers.
     pub async fn connect(settings: &BrokerSettings) -> Result<Self, PublishError> {
         let connection = connect(settings, "warren-producer").await?;
-        let names = Names::new(&settings.namespace);
+        let names = settings.names();
         let mut publisher = Self::on(&connection, names.clone()).await?;
         // A producer may start before any worker: make sure the exchange
         // exists so the publish reaches the broker's routing, where
@@ -169,6 +184,7 @@ impl Publisher {
         })
     }
 
+    /// The names it publishes to.
     pub fn names(&self) -> &Names {
         &self.names
     }

@@ -36,12 +36,22 @@ pub struct BrokerSettings {
     /// Prefix of every exchange and queue name (`warren.tasks`,
     /// `warren.email`, ...), so environments and tests share one broker.
     pub namespace: String,
+    /// The prefix of a delay cascade shared with other namespaces of the
+    /// virtual host (`{delay_cascade}.delay.00` ...). Empty (the default):
+    /// the namespace has a cascade of its own. Every process of a namespace
+    /// must agree on it; see docs/contract.md, "Delays of any length".
+    pub delay_cascade: String,
     /// Upper bound of the reconnect backoff after the broker went away.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
     /// How long to wait for the TCP and AMQP handshake.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// RabbitMQ's management HTTP API, read by the `warren` CLI (queues,
+    /// topology verify). Its user and password are the URL's, else those
+    /// of `url`. Secret: it may carry a password. The services ignore it.
+    #[serde(with = "secret")]
+    pub management_url: SecretString,
 }
 
 impl Default for BrokerSettings {
@@ -49,13 +59,20 @@ impl Default for BrokerSettings {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             namespace: "warren".to_owned(),
+            delay_cascade: String::new(),
             reconnect_max_delay: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            management_url: SecretString::from("http://127.0.0.1:15672"),
         }
     }
 }
 
 impl BrokerSettings {
+    /// The broker names of this namespace, on its delay cascade.
+    pub fn names(&self) -> crate::contract::Names {
+        crate::contract::Names::new(&self.namespace).with_delay_cascade(&self.delay_cascade)
+    }
+
     /// The URL with its password replaced, for logs.
     pub fn redacted_url(&self) -> String {
         redact_url(self.url.expose_secret())
@@ -67,8 +84,13 @@ impl fmt::Debug for BrokerSettings {
         f.debug_struct("BrokerSettings")
             .field("url", &self.redacted_url())
             .field("namespace", &self.namespace)
+            .field("delay_cascade", &self.delay_cascade)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "management_url",
+                &redact_url(self.management_url.expose_secret()),
+            )
             .finish()
     }
 }
@@ -158,9 +180,11 @@ pub enum IdempotencyBackend {
     Off,
 }
 
+/// `[idempotency]`: deduplicating tasks by id.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencySettings {
+    /// Where succeeded ids are kept: `off`, `memory` or `redis`.
     pub backend: IdempotencyBackend,
     /// Redis URL (may carry a password).
     #[serde(with = "secret")]
@@ -222,15 +246,19 @@ impl Default for OpsSettings {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One JSON object per line (production).
     Json,
+    /// Human-readable lines (a terminal).
     Pretty,
 }
 
+/// `[telemetry]`: logs and traces.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
     /// `EnvFilter` directives; `RUST_LOG` wins when it is set.
     pub log_level: String,
+    /// `json` or `pretty`.
     pub log_format: LogFormat,
 }
 
@@ -476,6 +504,7 @@ pub mod duration_list {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the list as humantime strings.
     pub fn serialize<S: Serializer>(list: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(
             list.iter()
@@ -483,6 +512,7 @@ pub mod duration_list {
         )
     }
 
+    /// Reads a list of humantime strings.
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<Duration>, D::Error> {

@@ -21,10 +21,13 @@ use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::settings::{LogFormat, TelemetrySettings};
 
+/// Telemetry could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// A global subscriber is already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+    /// The OTLP exporter could not be built.
     #[error("could not set up the OTLP trace exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }

@@ -343,6 +343,7 @@ fn every_routing_key_is_documented() {
     }
     let delay_exchanges: BTreeSet<String> = [
         format!("{delay_prefix}{{level}}"),
+        code.names.delay_exit(),
         code.names.delay_delivery_exchange(),
         code.names.delay_unrouted(),
     ]

@@ -64,11 +64,49 @@ impl Message {
     }
 }
 
+/// How long a test waits for the broker to take a connection before it
+/// fails: a broker that accepts TCP but never answers (still booting, or
+/// blocked) fails the test with a clear message instead of hanging it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection to the test broker, or a clear error within
+/// [`CONNECT_TIMEOUT`].
+pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(connection) => connection
+            .context("RabbitMQ must run on 127.0.0.1:5672 (guest/guest); scripts/test starts it"),
+        Err(_) => bail!(
+            "RabbitMQ on 127.0.0.1:5672 did not take a connection within {CONNECT_TIMEOUT:?}; \
+             is it running (scripts/test starts it) and not blocked by an alarm?"
+        ),
+    }
+}
+
+/// The delay cascade every test namespace shares (`broker.delay_cascade`):
+/// 28 quorum queues declared once and kept, instead of 28 created and
+/// deleted per test, a churn that can wedge a small RabbitMQ node
+/// (rabbitmq-server#13828). Every process a test starts gets it too.
+pub const TEST_DELAY_CASCADE: &str = "warren-test";
+
 impl TestBroker {
-    /// A fresh namespace on the local broker.
+    /// A fresh namespace on the local broker, on the shared test cascade.
     pub async fn new() -> anyhow::Result<Self> {
         let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         Self::with_namespace(namespace).await
+    }
+
+    /// A fresh namespace with a delay cascade of its own, for a test that
+    /// counts what the cascade's levels hold.
+    pub async fn with_own_delay_cascade() -> anyhow::Result<Self> {
+        let mut broker = Self::new().await?;
+        broker.names = Names::new(broker.namespace());
+        broker.publisher = Publisher::on(&broker.connection, broker.names.clone()).await?;
+        Ok(broker)
     }
 
     pub async fn with_namespace(namespace: String) -> anyhow::Result<Self> {
@@ -76,14 +114,12 @@ impl TestBroker {
         // and a broker connection opened before it could miss heartbeats
         // and be dropped while cargo runs.
         crate::worker::binary("email-worker", "email-worker")?;
-        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .context("RabbitMQ must run on 127.0.0.1:5672 (guest/guest); scripts/test starts it")?;
+        let connection = connect(AMQP_URL).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let names = Names::new(namespace);
+        let names = Names::new(namespace).with_delay_cascade(TEST_DELAY_CASCADE);
         let publisher = Publisher::on(&connection, names.clone()).await?;
         Ok(Self {
             names,
@@ -101,6 +137,7 @@ impl TestBroker {
     pub fn settings(&self) -> BrokerSettings {
         BrokerSettings {
             namespace: self.namespace().to_owned(),
+            delay_cascade: self.names.delay_cascade().to_owned(),
             ..BrokerSettings::default()
         }
     }
@@ -269,14 +306,25 @@ pub async fn cleanup_namespace_stems(
             QueueDeleteOptions::default(),
         )
         .await;
-    // The delay cascade: every worker, producer and gateway declares it.
+    // The delay cascade: every worker, producer and gateway declares it. A
+    // shared one stays; the namespace's own part goes.
     let cascade = warren::topology::DelayCascade::new(names);
-    for q in cascade.queues() {
+    let owned = cascade.owned_names();
+    for q in cascade
+        .queues()
+        .into_iter()
+        .filter(|q| owned.contains(&q.name))
+    {
         let _ = channel
             .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let mut exchanges: Vec<String> = cascade.exchanges().into_iter().map(|x| x.name).collect();
+    let mut exchanges: Vec<String> = cascade
+        .exchanges()
+        .into_iter()
+        .map(|x| x.name)
+        .filter(|x| owned.contains(x))
+        .collect();
     exchanges.extend([
         names.tasks_exchange(),
         names.dead_exchange(),

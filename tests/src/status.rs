@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use warren::contract::Names;
 use warren::events::{
     self, EventPublisher, RedisOptions, RedisStatusStore, StreamStart, TaskEvent, TaskRecord,
@@ -47,7 +47,7 @@ impl StatusWorld {
     pub async fn new(retention: Duration) -> anyhow::Result<Self> {
         binary("gateway", "gateway")?;
         let broker = TestBroker::new().await?;
-        let names = Names::new(broker.namespace());
+        let names = broker.names.clone();
         let prefix = format!("test:{}:status:", broker.namespace());
         let store = RedisStatusStore::new(
             REDIS_URL,
@@ -63,8 +63,7 @@ impl StatusWorld {
             .ping()
             .await
             .context("Redis must run on 127.0.0.1:6379")?;
-        let connection =
-            Connection::connect(crate::broker::AMQP_URL, ConnectionProperties::default()).await?;
+        let connection = crate::broker::connect(crate::broker::AMQP_URL).await?;
         // The stream exists before any event is published, so it keeps
         // them all.
         events::declare_stream(&connection, &names, retention).await?;
@@ -83,7 +82,7 @@ impl StatusWorld {
     }
 
     pub fn names(&self) -> Names {
-        Names::new(self.broker.namespace())
+        self.broker.names.clone()
     }
 
     /// A gateway's environment on this world's store, plus `overrides`.

@@ -100,7 +100,11 @@ impl WorkerProcess {
         }
         cmd.env("WARREN_TELEMETRY__LOG_FORMAT", "json")
             .env("RUST_LOG", "info,warren=debug")
-            .env("WARREN_CONFIG", "/nonexistent/warren.toml");
+            .env("WARREN_CONFIG", "/nonexistent/warren.toml")
+            .env(
+                "WARREN_BROKER__DELAY_CASCADE",
+                crate::broker::TEST_DELAY_CASCADE,
+            );
         for (k, v) in env {
             cmd.env(k, v);
         }

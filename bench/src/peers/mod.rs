@@ -4,12 +4,15 @@
 //! Each peer is Python from a virtualenv that `bench/prepare` installs from
 //! PyPI inside the checkout (`bench/.venv`, pinned in
 //! `bench/peers/requirements.txt`); its scripts live in `bench/peers/`.
-//! Today: [`Peer::Celery`] in the email section (the seed's email task).
+//! Today: [`Peer::Celery`] in the email section (the seed's email task),
+//! and both peers' no-op tasks in the consume and publish sections
+//! ([`noop`]).
 //! A section asks [`Peers::has`] for the peers it knows how to run, so a new
 //! peer (Dramatiq) or a new section (no-op consumers) adds a variant and its
 //! own module, nothing else.
 
 pub mod celery;
+pub mod noop;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -22,14 +25,17 @@ use anyhow::bail;
 pub enum Peer {
     /// Celery 5, prefork, `acks_late`.
     Celery,
+    /// Dramatiq 2, its RabbitMQ broker.
+    Dramatiq,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 1] = [Peer::Celery];
+    pub const ALL: [Peer; 2] = [Peer::Celery, Peer::Dramatiq];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Peer::Celery => "celery",
+            Peer::Dramatiq => "dramatiq",
         }
     }
 }

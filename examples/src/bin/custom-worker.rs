@@ -4,23 +4,17 @@
 
 use anyhow::Context;
 use warren::prelude::*;
-use warren_examples::{
-    CleanupOldFiles, CleanupRoot, SendWeeklyDigest, cleanup_old_files, send_weekly_digest,
-};
+use warren_examples::*;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let app = App::from_env("custom-worker")?;
-    let root =
-        std::env::var("CLEANUP_ROOT").context("Set CLEANUP_ROOT to the directory to clean")?;
+    let root = std::env::var("CLEANUP_ROOT").context("Set CLEANUP_ROOT")?;
     let root = CleanupRoot::new(&root).with_context(|| format!("Cannot open {root}"))?;
-    app.worker(
-        Worker::for_task::<CleanupOldFiles>()
-            .with_state(root)
-            .handle_with(cleanup_old_files),
-    )
-    .worker(Worker::for_task::<SendWeeklyDigest>().handle(send_weekly_digest))
-    .run()
-    .await?;
+    let cleanup = Worker::for_task::<CleanupOldFiles>().with_state(root);
+    App::from_env("custom-worker")?
+        .worker(cleanup.handle_with(cleanup_old_files))
+        .worker(Worker::for_task::<SendWeeklyDigest>().handle(send_weekly_digest))
+        .run()
+        .await?;
     Ok(())
 }

@@ -84,7 +84,7 @@ impl Conductor {
         let identity = worker_identity("conductor");
         let shared = Shared::new(&identity, &schedules);
         Ok(Self {
-            names: Names::new(&settings.broker.namespace),
+            names: settings.broker.names(),
             broker: settings.broker,
             settings: settings.conductor,
             schedules: Arc::new(schedules),
@@ -199,19 +199,36 @@ impl Conductor {
         self.connected.store(true, Ordering::SeqCst);
         backoff.reset();
         let mut announced = false;
+        // While standing by, the fires on the stream tell who leads.
+        let mut follower: Option<CancellationToken> = None;
+        let stop_following = |follower: &mut Option<CancellationToken>| {
+            if let Some(stop) = follower.take() {
+                stop.cancel();
+            }
+        };
         loop {
-            if try_lock(connection, &self.lock_queue()).await? {
-                break;
+            match try_lock(connection, &self.lock_queue()).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    stop_following(&mut follower);
+                    return Err(e.into());
+                }
             }
             if !announced {
                 info!(lock = %self.lock_queue(), "Another conductor leads; standing by.");
                 announced = true;
+                follower = Some(self.follow_fires(connection).await?);
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    stop_following(&mut follower);
+                    return Ok(());
+                }
                 _ = tokio::time::sleep(self.settings.takeover_poll) => {}
             }
         }
+        stop_following(&mut follower);
         let acquired = Utc::now();
         metrics::took_over();
         metrics::leader(true);
@@ -229,6 +246,64 @@ impl Conductor {
                 }
             }
         }
+    }
+
+    /// A standby's view of the leader: follows the events stream from
+    /// `conductor.lookback` and, for each fire of a schedule of ours, shows
+    /// its time as the schedule's last fire and its maker (`by`) as the
+    /// leader's identity. Only `*.scheduled` deliveries are decoded. Stops
+    /// when the returned token is cancelled (this replica takes the lead)
+    /// or the connection goes.
+    async fn follow_fires(
+        &self,
+        connection: &Connection,
+    ) -> Result<CancellationToken, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(1000, BasicQosOptions::default()).await?;
+        let since = Utc::now()
+            - chrono::Duration::from_std(self.settings.lookback).unwrap_or(chrono::Duration::MAX);
+        let mut args = FieldTable::default();
+        args.insert(
+            broker_headers::STREAM_OFFSET.into(),
+            AMQPValue::Timestamp(u64::try_from(since.timestamp()).unwrap_or(0)),
+        );
+        let mut consumer = channel
+            .basic_consume(
+                self.names.events_stream().as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await?;
+        let stop = CancellationToken::new();
+        let shared = self.shared.clone();
+        let schedules = self.schedules.clone();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                loop {
+                    let delivery = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        d = consumer.next() => match d {
+                            Some(Ok(d)) => d,
+                            _ => break,
+                        },
+                    };
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    if !delivery.routing_key.as_str().ends_with(".scheduled") {
+                        continue;
+                    }
+                    for event in delivery_events(&delivery) {
+                        if let Some((i, at)) = fire_of(&schedules, &event) {
+                            let next = schedules[i].next_after(at.max(Utc::now()));
+                            shared.saw_fire(i, at, next, event.by.clone());
+                        }
+                    }
+                }
+                let _ = channel.close(200, "stopped following".into()).await;
+            }
+        });
+        Ok(stop)
     }
 
     /// Each schedule's latest fire on the events stream since
@@ -263,26 +338,13 @@ impl Conductor {
                 Ok(Some(d)) => d?,
             };
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            // An envelope of events, or a single one (as fires are written).
-            let Ok(events) = envelope::decode(
-                delivery
-                    .properties
-                    .content_type()
-                    .as_ref()
-                    .map(|c| c.as_str()),
-                delivery.properties.kind().as_ref().map(|k| k.as_str()),
-                &delivery.data,
-            ) else {
-                continue;
-            };
             let mut caught_up = false;
-            for event in events {
+            for event in delivery_events(&delivery) {
                 caught_up |= event.at >= acquired;
-                if event.state == TaskState::Scheduled
-                    && let Some((name, at)) = parse_task_id(&event.task_id)
-                    && self.schedules.iter().any(|s| s.name() == name)
-                {
-                    let slot = last.entry(name.to_owned()).or_insert(at);
+                if let Some((i, at)) = fire_of(&self.schedules, &event) {
+                    let slot = last
+                        .entry(self.schedules[i].name().to_owned())
+                        .or_insert(at);
                     *slot = (*slot).max(at);
                     if latest.as_ref().is_none_or(|(t, _)| *t <= event.at) {
                         latest = Some((event.at, event.by.clone()));
@@ -412,6 +474,32 @@ impl Conductor {
         channel.tx_commit().await?;
         Ok(())
     }
+}
+
+/// The events of one stream delivery: an envelope, or a single event (as
+/// fires are written). Undecodable deliveries have none.
+fn delivery_events(delivery: &lapin::message::Delivery) -> Vec<TaskEvent> {
+    envelope::decode(
+        delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+        delivery.properties.kind().as_ref().map(|k| k.as_str()),
+        &delivery.data,
+    )
+    .unwrap_or_default()
+}
+
+/// The schedule (by index) and scheduled time of `event`, if it is a fire
+/// of one of `schedules`.
+fn fire_of(schedules: &[Schedule], event: &TaskEvent) -> Option<(usize, DateTime<Utc>)> {
+    if event.state != TaskState::Scheduled {
+        return None;
+    }
+    let (name, at) = parse_task_id(&event.task_id)?;
+    let i = schedules.iter().position(|s| s.name() == name)?;
+    Some((i, at))
 }
 
 /// Resolves once the connection is no longer usable.

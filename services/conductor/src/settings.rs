@@ -78,3 +78,13 @@ impl Default for ConductorSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ops_endpoints_and_get_schedules_default_to_port_9404() {
+        assert_eq!(Settings::default().ops.addr, "0.0.0.0:9404");
+    }
+}

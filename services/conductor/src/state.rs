@@ -38,7 +38,9 @@ pub struct Snapshot {
     /// Whether this replica holds the leader lock.
     pub leader: bool,
     /// The leader's identity, when known: this replica's while it leads,
-    /// else the `by` of the latest fire it read.
+    /// else the `by` of the latest fire it has read on the events stream
+    /// (a standby follows the stream from `conductor.lookback`; `null`
+    /// until it has seen a fire).
     pub leader_identity: Option<String>,
     pub leader_since: Option<DateTime<Utc>>,
     pub schedules: Vec<ScheduleView>,
@@ -110,10 +112,25 @@ impl Shared {
         });
     }
 
-    pub fn set_leader_identity(&self, by: Option<String>) {
+    /// A standby saw a fire on the events stream: its maker leads. The
+    /// leader's own view is not touched.
+    pub fn saw_fire(
+        &self,
+        index: usize,
+        at: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        by: Option<String>,
+    ) {
         self.update(|s| {
-            if !s.leader {
+            if s.leader {
+                return;
+            }
+            if by.is_some() {
                 s.leader_identity = by;
+            }
+            if let Some(v) = s.schedules.get_mut(index) {
+                v.last_fire = v.last_fire.max(Some(at));
+                v.next_fire = next;
             }
         });
     }

@@ -11,7 +11,6 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warren::broker::worker_identity;
-use warren::contract::Names;
 use warren::ops::Readiness;
 use warren_store::{SettingError, Store, StoreError, policy};
 use warren_tasks::email::EmailAddress;
@@ -85,24 +84,27 @@ impl Gateway {
             max_attachment_bytes: settings.email.max_attachment_bytes,
             image,
         };
-        let names = Names::new(&settings.broker.namespace);
+        let names = settings.broker.names();
         let broker = Arc::new(Broker::new(names, worker_identity("gateway")));
-        let tracker = Arc::new(match settings.status.store {
-            StoreKind::Memory => Tracker::new(settings.events.max_tracked_tasks),
-            StoreKind::Redis => Tracker::shared(
-                settings.status.recent_tasks,
-                RedisStatusStore::new(
-                    settings.status.redis_url.expose_secret(),
-                    RedisOptions {
-                        prefix: key_prefix(&settings),
-                        retention: settings.events.retention,
-                        max_index_tasks: settings.status.max_index_tasks,
-                        max_events_per_task: settings.status.max_events_per_task,
-                        max_result_bytes: settings.status.max_result_bytes,
-                    },
-                )?,
-            ),
-        });
+        let tracker = Arc::new(
+            match settings.status.store {
+                StoreKind::Memory => Tracker::new(settings.events.max_tracked_tasks),
+                StoreKind::Redis => Tracker::shared(
+                    settings.status.recent_tasks,
+                    RedisStatusStore::new(
+                        settings.status.redis_url.expose_secret(),
+                        RedisOptions {
+                            prefix: key_prefix(&settings),
+                            retention: settings.events.retention,
+                            max_index_tasks: settings.status.max_index_tasks,
+                            max_events_per_task: settings.status.max_events_per_task,
+                            max_result_bytes: settings.status.max_result_bytes,
+                        },
+                    )?,
+                ),
+            }
+            .with_retention(settings.events.retention),
+        );
         Ok(Self {
             settings,
             broker,

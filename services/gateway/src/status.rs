@@ -49,6 +49,9 @@ pub struct Tracker {
     started_at: DateTime<Utc>,
     stream_declared: AtomicBool,
     caught_up: AtomicBool,
+    /// A task last updated longer ago than this is unknown, whatever a
+    /// view still holds (`events.retention`).
+    retention: Option<chrono::Duration>,
 }
 
 #[derive(Default)]
@@ -80,7 +83,23 @@ impl Tracker {
             started_at: Utc::now(),
             stream_declared: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
+            retention: None,
         }
+    }
+
+    /// Answers nothing about a task last updated longer than `retention`
+    /// ago (`events.retention`): not from the store (whose record may
+    /// outlive it by the indexer's lag), not from the view (which holds
+    /// what it saw live, or read from a stream segment not yet deleted,
+    /// until it is pushed out).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = chrono::Duration::from_std(retention).ok();
+        self
+    }
+
+    /// The oldest last update still within the retention.
+    fn horizon(&self) -> Option<DateTime<Utc>> {
+        self.retention.map(|r| Utc::now() - r)
     }
 
     /// Applies an event read from the stream and hands it to the live
@@ -147,16 +166,19 @@ impl Tracker {
     /// The task's status and history: the store's, with what this replica
     /// saw live folded in.
     async fn record(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let horizon = self.horizon();
+        let within = |r: &TaskRecord| horizon.is_none_or(|h| r.status.updated_at >= h);
         let live = self
             .view
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .record(task_id)
+            .filter(|r| within(r))
             .cloned();
         let Some(store) = &self.shared else {
             return Ok(live);
         };
-        let stored = store.record(task_id).await?;
+        let stored = store.record(task_id).await?.filter(within);
         Ok(match (stored, live) {
             (stored, None) => stored,
             (None, live) => live,
@@ -179,14 +201,19 @@ impl Tracker {
     }
 
     /// One page of a listing, from the store (on `memory`, the view).
+    /// Tasks past the retention are not listed.
     pub async fn list(&self, query: &ListQuery, max_scan: usize) -> Result<Page, StoreError> {
+        let mut query = query.clone();
+        if let Some(horizon) = self.horizon() {
+            query.since = Some(query.since.map_or(horizon, |s| s.max(horizon)));
+        }
         match &self.shared {
-            Some(store) => store.list(query, max_scan).await,
+            Some(store) => store.list(&query, max_scan).await,
             None => Ok(self
                 .view
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .list(query)),
+                .list(&query)),
         }
     }
 
@@ -306,6 +333,43 @@ mod tests {
         );
         assert!(t.pending.lock().unwrap().tasks.is_empty());
         assert_eq!(t.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_task_past_the_retention_is_unknown_though_the_view_holds_it() {
+        let t = Tracker::new(10).with_retention(Duration::from_secs(60));
+        let now = Utc::now();
+        t.apply(ev(
+            1,
+            "old",
+            TaskState::Succeeded,
+            now - chrono::Duration::seconds(61),
+        ));
+        t.apply(ev(
+            2,
+            "new",
+            TaskState::Succeeded,
+            now - chrono::Duration::seconds(59),
+        ));
+        assert_eq!(t.len(), 2);
+        assert!(t.status("old").await.unwrap().is_none());
+        assert!(t.events("old").await.unwrap().is_empty());
+        assert_eq!(
+            t.status("new").await.unwrap().unwrap().state,
+            TaskState::Succeeded
+        );
+        let page = t
+            .list(
+                &ListQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        let listed: Vec<_> = page.tasks.iter().map(|s| s.task_id.as_str()).collect();
+        assert_eq!(listed, ["new"]);
     }
 
     #[test]

@@ -42,10 +42,13 @@ pub fn stream_offset(position: u64) -> u64 {
 /// Why a message from the events stream could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// A content type this reader does not know.
     #[error("content type {0:?} is not a task event or an envelope version this reader knows")]
     UnknownFormat(String),
+    /// The body does not parse.
     #[error("the body is not valid: {0}")]
     Body(#[from] serde_json::Error),
+    /// An envelope with more events than a reader accepts.
     #[error("the envelope holds {0} events, more than {MAX_ENVELOPE_EVENTS}")]
     TooLarge(usize),
 }

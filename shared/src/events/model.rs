@@ -37,6 +37,7 @@ impl TaskState {
         TaskState::DeadLettered,
     ];
 
+    /// The state as on the wire, e.g. `dead_lettered`.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Scheduled => "scheduled",
@@ -58,9 +59,13 @@ impl TaskState {
 /// One lifecycle event, as JSON on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
+    /// The task's id.
     pub task_id: String,
+    /// The task's type, e.g. `email.send`.
     pub task_type: String,
+    /// What happened.
     pub state: TaskState,
+    /// When it happened.
     pub at: DateTime<Utc>,
     /// The attempt this event belongs to (1 for the first).
     pub attempt: u32,
@@ -70,6 +75,7 @@ pub struct TaskEvent {
     /// For `retrying` and `dead_lettered`: the failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
+    /// For `retrying` and `dead_lettered`: the error message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// For `retrying`: when the next attempt starts.

@@ -34,8 +34,10 @@ use serde_json::Value;
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusStoreError {
+    /// Redis failed or is unreachable.
     #[error("the status store (redis) failed: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Another indexer took over; this one must stop writing.
     #[error("another indexer has written the status store since this one last did")]
     Fenced,
 }
@@ -141,6 +143,7 @@ impl RedisStatusStore {
         })
     }
 
+    /// The options it was opened with.
     pub fn options(&self) -> &RedisOptions {
         &self.options
     }

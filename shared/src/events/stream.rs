@@ -23,6 +23,7 @@ pub struct StreamedEvent {
     /// [`envelope::position`]). [`StreamedEvent::stream_offset`] gives the
     /// stream offset back.
     pub offset: u64,
+    /// The event.
     pub event: TaskEvent,
 }
 

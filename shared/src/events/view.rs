@@ -11,25 +11,38 @@ use super::{StreamedEvent, TaskEvent, TaskState};
 /// What is known about one task.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskStatus {
+    /// The task's id.
     pub task_id: String,
+    /// The task's type.
     pub task_type: String,
+    /// Where it is (`progress` events leave it `running`).
     pub state: TaskState,
+    /// The attempt of its latest event.
     pub attempt: u32,
+    /// When it was published, if a `queued` event was seen.
     pub queued_at: Option<DateTime<Utc>>,
+    /// When its first attempt started.
     pub started_at: Option<DateTime<Utc>>,
+    /// Its latest event's time.
     pub updated_at: DateTime<Utc>,
+    /// When it succeeded or was dead-lettered.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Retrying: when the next attempt starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Scheduled: when the task is due.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub due_at: Option<DateTime<Utc>>,
+    /// The latest failure's kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
+    /// The latest failure's message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Dead-lettered: `permanent` or `attempts_exhausted`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Succeeded: the handler's result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     /// The latest `progress` of the current attempt, 0.0 to 1.0.
@@ -70,6 +83,7 @@ impl TaskStatus {
 /// the in-memory view and a shared store answer alike.
 #[derive(Debug, Clone)]
 pub struct TaskRecord {
+    /// Its status, as the events so far say.
     pub status: TaskStatus,
     /// The task's events, in lifecycle order; at most
     /// [`MAX_EVENTS_PER_TASK`] (or the store's own, smaller, bound).
@@ -203,11 +217,15 @@ pub fn position_since(since: DateTime<Utc>) -> u64 {
 /// first, at most `limit`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
+    /// Only tasks in this state.
     pub state: Option<TaskState>,
+    /// Only tasks of this type.
     pub task_type: Option<String>,
+    /// Only tasks updated at or after this time.
     pub since: Option<DateTime<Utc>>,
     /// Only tasks whose [`TaskRecord::position`] is below this.
     pub before: Option<u64>,
+    /// At most this many tasks.
     pub limit: usize,
 }
 
@@ -228,7 +246,9 @@ impl ListQuery {
 /// next page if there may be more.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
+    /// The tasks, newest first.
     pub tasks: Vec<TaskStatus>,
+    /// The `before` cursor of the next page, if there may be more.
     pub next: Option<u64>,
 }
 
@@ -251,6 +271,7 @@ struct Entry {
 pub const MAX_EVENTS_PER_TASK: usize = 64;
 
 impl StatusView {
+    /// A view keeping at most `capacity` tasks (the oldest finished go first).
     pub fn new(capacity: usize) -> Self {
         Self {
             tasks: HashMap::new(),
@@ -314,6 +335,7 @@ impl StatusView {
         }
     }
 
+    /// The status of `task_id`, if it is known.
     pub fn get(&self, task_id: &str) -> Option<&TaskStatus> {
         self.tasks.get(task_id).map(|e| &e.record.status)
     }
@@ -352,14 +374,17 @@ impl StatusView {
         }
     }
 
+    /// Tasks known.
     pub fn len(&self) -> usize {
         self.tasks.len()
     }
 
+    /// Whether no task is known.
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
 
+    /// The offset of the last event applied: where a reader resumes.
     pub fn last_offset(&self) -> Option<u64> {
         self.last_offset
     }

@@ -17,15 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::attempt::Handled;
 use super::context::{DeliveryRuntime, ProgressPump};
-use super::limits;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};
 use super::{Inner, defer};
 use crate::contract::{self, headers};
 use crate::metrics;
-use crate::{Outcome, TaskContext, TaskError, trace};
+use crate::{TaskContext, trace};
 
 /// Handles one delivery from start to ack. Never panics, never returns an
 /// error: every path ends in ack, a confirmed copy plus ack, or a hand-back.
@@ -127,7 +127,10 @@ pub(super) async fn process(
                     progress: progress.clone(),
                 }
                 .attach(ctx.clone());
-                run_handler(&inner, handler_ctx, &delivery.data, &cancel).await
+                inner
+                    .dispatch()
+                    .run(handler_ctx, &delivery.data, &cancel)
+                    .await
             }
         };
         if let Some(progress) = progress {
@@ -168,73 +171,6 @@ pub(super) async fn process(
     }
     .instrument(span)
     .await
-}
-
-/// What the handler's run came to, when it did not fail.
-enum Handled {
-    Done(Outcome),
-    /// The id already succeeded; the handler did not run.
-    Duplicate,
-}
-
-async fn run_handler(
-    inner: &Arc<Inner>,
-    ctx: TaskContext,
-    body: &[u8],
-    cancel: &CancellationToken,
-) -> Result<Handled, TaskError> {
-    let Some(route) = inner.handlers.get(ctx.task_type.as_str()) else {
-        return Err(TaskError::permanent(
-            "unknown_task_type",
-            format!(
-                "no handler for task type '{}' on queue '{}' (handled: {})",
-                ctx.task_type,
-                inner.queue,
-                inner
-                    .handlers
-                    .keys()
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    };
-    if let Some(store) = &inner.idempotency {
-        match store.is_done(&inner.dedup_key(&ctx)).await {
-            Ok(true) => return Ok(Handled::Duplicate),
-            Ok(false) => {}
-            Err(e) => return Err(TaskError::retry("idempotency_store", e)),
-        }
-    }
-    let timeout = inner.time_limit(&ctx.task_type);
-    let _soft = limits::soft_limit(route.options.soft_time_limit, cancel);
-    let future = (route.handler)(ctx, body);
-    // A task of its own: a panic in the handler surfaces as a JoinError
-    // here instead of unwinding through the consumer.
-    match tokio::spawn(tokio::time::timeout(timeout, future)).await {
-        Ok(Ok(Ok(outcome))) => Ok(Handled::Done(outcome)),
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_elapsed)) => Err(TaskError::retry(
-            "timeout",
-            format!(
-                "the handler did not finish within {}",
-                humantime::format_duration(timeout)
-            ),
-        )),
-        Err(join) if join.is_panic() => {
-            let payload = join.into_panic();
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            Err(TaskError::retry(
-                "panic",
-                format!("the handler panicked: {message}"),
-            ))
-        }
-        Err(join) => Err(TaskError::retry("cancelled", join)),
-    }
 }
 
 /// Seconds the task waited in its queue: since the end of its retry delay
@@ -283,7 +219,7 @@ fn read_meta(delivery: &Delivery, inner: &Inner) -> Meta {
         .timestamp()
         .and_then(|ts| i64::try_from(ts).ok())
         .and_then(|ts| DateTime::from_timestamp(ts, 0));
-    let max_attempts = inner.max_attempts(&task_type);
+    let max_attempts = inner.dispatch().max_attempts(&task_type);
     let mut ctx = TaskContext::new(id, task_type);
     ctx.attempt = contract::header_u32(hdrs, headers::ATTEMPT)
         .unwrap_or(1)

@@ -17,10 +17,12 @@
 //! follow-ups), [`limits`] (per-type concurrency, rate and soft time
 //! limits), [`session`] (one connection's life, and the watch on it),
 //! [`delivery`] (one delivery from its metadata to the handler's answer),
-//! [`settle`] (ack, or a confirmed copy to a delay queue or the parking
-//! lot), [`record`] (each outcome's metric, log line and task event as one
+//! [`attempt`] (one run of a handler, shared with the test kit),
+//! [`settle`] (the retry-or-park decision, shared with the test kit; then
+//! ack, or a confirmed copy to a delay queue or the parking lot), [`record`] (each outcome's metric, log line and task event as one
 //! value) and [`drain`] (stopping without losing anything).
 
+mod attempt;
 mod chain;
 mod context;
 mod defer;
@@ -30,6 +32,11 @@ mod limits;
 mod record;
 mod session;
 mod settle;
+
+#[cfg(feature = "testing")]
+pub(crate) use attempt::Handled;
+#[cfg(feature = "testing")]
+pub(crate) use settle::{Verdict, decide};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,7 +53,7 @@ use tracing::{error, info, warn};
 use crate::broker::{Backoff, worker_identity};
 use crate::contract::Names;
 use crate::events::{Batching, EventPublisher};
-use crate::idempotency::{self, IdempotencyStore};
+use crate::idempotency::IdempotencyStore;
 use crate::metrics;
 use crate::settings::{BrokerSettings, ConsumerSettings};
 use crate::topology::{Topology, TopologyError};
@@ -57,8 +64,10 @@ use session::{SessionError, session};
 /// them: the runtime reconnects until it is told to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The broker has Warren's names with other arguments.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// `run` was called on a worker with no handlers.
     #[error("the worker has no handlers")]
     NoHandlers,
     /// The Redis of the `redis` rate-limit backend is unreachable.
@@ -326,7 +335,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
     pub fn topology(&self) -> Topology {
         let keys: Vec<&str> = self.binding_keys.iter().map(String::as_str).collect();
         Topology::new(
-            &Names::new(&self.broker.namespace),
+            &self.broker.names(),
             &self.stem,
             &keys,
             &self.consumer.retry_delays,
@@ -359,7 +368,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
         let inner = Arc::new(Inner {
             gates,
             stop: shutdown.child_token(),
-            names: Names::new(&self.broker.namespace),
+            names: self.broker.names(),
             queue: topology.work_queue.name.clone(),
             span_name: format!("process {}", topology.work_queue.name),
             identity: identity.clone(),
@@ -436,6 +445,56 @@ impl<S: Send + Sync + 'static> Worker<S> {
     }
 }
 
+/// A worker taken apart for the in-memory test kit: its handlers and the
+/// rules their attempts run under, without a broker.
+#[cfg(feature = "testing")]
+pub(crate) struct Lane {
+    handlers: HashMap<&'static str, Route>,
+    pub(crate) consumer: ConsumerSettings,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    namespace: String,
+    queue: String,
+}
+
+#[cfg(feature = "testing")]
+impl Lane {
+    /// The handlers and the rules their attempts run under.
+    pub(crate) fn dispatch(&self) -> attempt::Dispatch<'_> {
+        attempt::Dispatch {
+            handlers: &self.handlers,
+            idempotency: self.idempotency.as_deref(),
+            consumer: &self.consumer,
+            namespace: &self.namespace,
+            queue: &self.queue,
+        }
+    }
+
+    /// Deduplicates by task id with `store` (none: off).
+    pub(crate) fn set_idempotency(&mut self, store: Option<Arc<dyn IdempotencyStore>>) {
+        self.idempotency = store;
+    }
+
+    /// The task types it handles.
+    pub(crate) fn task_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.handlers.keys().copied()
+    }
+}
+
+#[cfg(feature = "testing")]
+impl<S: Send + Sync + 'static> Worker<S> {
+    /// Its handlers and rules, for the test kit.
+    pub(crate) fn into_lane(self) -> Lane {
+        let queue = self.topology().work_queue.name;
+        Lane {
+            handlers: self.handlers,
+            consumer: self.consumer,
+            idempotency: self.idempotency,
+            namespace: self.broker.namespace,
+            queue,
+        }
+    }
+}
+
 /// What one delivery needs, shared by all of them.
 struct Inner {
     names: Names,
@@ -459,27 +518,15 @@ struct Inner {
 }
 
 impl Inner {
-    /// Attempts of `task_type` before a transient failure is parked: its
-    /// own declaration, else the worker's settings.
-    fn max_attempts(&self, task_type: &str) -> u32 {
-        self.handlers
-            .get(task_type)
-            .and_then(|r| r.options.max_attempts)
-            .unwrap_or_else(|| self.consumer.max_attempts())
-            .max(1)
-    }
-
-    /// How long an attempt of `task_type` may run.
-    fn time_limit(&self, task_type: &str) -> Duration {
-        self.handlers
-            .get(task_type)
-            .and_then(|r| r.options.time_limit)
-            .unwrap_or(self.consumer.task_timeout)
-    }
-
-    /// The idempotency store's key of a task.
-    fn dedup_key(&self, ctx: &TaskContext) -> String {
-        idempotency::key(self.names.namespace(), &ctx.task_type, &ctx.id)
+    /// The handlers and the rules their attempts run under.
+    fn dispatch(&self) -> attempt::Dispatch<'_> {
+        attempt::Dispatch {
+            handlers: &self.handlers,
+            idempotency: self.idempotency.as_deref(),
+            consumer: &self.consumer,
+            namespace: self.names.namespace(),
+            queue: &self.queue,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use super::record::{DeadLettered, Duplicate, HandedBack, Recorder, Retried, Succ
 use super::session::Outbound;
 use crate::contract::{self, DeadReason, PERSISTENT, headers};
 use crate::publisher::{PublishError, Purpose};
+use crate::topology::retry_delay;
 use crate::{Outcome, TaskContext, TaskError, trace};
 
 /// Acks a duplicate of a task that already succeeded.
@@ -35,11 +36,7 @@ pub(super) async fn success(
     outcome: &Outcome,
     elapsed: Duration,
 ) {
-    if let Some(store) = &inner.idempotency
-        && let Err(e) = store.mark_done(&inner.dedup_key(rec.ctx)).await
-    {
-        warn!(error = %e, "Could not record the task as done; a redelivery would run it again.");
-    }
+    inner.dispatch().mark_done(rec.ctx).await;
     ack(delivery).await;
     let result = outcome.result.as_ref();
     rec.record(Succeeded { result, elapsed }).await;
@@ -57,16 +54,58 @@ pub(super) struct Failure<'a> {
     pub(super) elapsed: Duration,
 }
 
-/// Settles a failed attempt: retried while attempts remain and the
-/// failure may heal, else parked with its reason.
+/// What becomes of a failed attempt. The one decision both the AMQP
+/// runtime (below) and the in-memory test kit (`warren::testing`) act on,
+/// so the two cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Run again as attempt `next_attempt`, `delay` from now.
+    Retry {
+        /// The attempt the copy will be (2 for the first retry).
+        next_attempt: u32,
+        /// The retry ladder's delay before it.
+        delay: Duration,
+    },
+    /// Park it in the dead-letter queue with this reason.
+    Park(DeadReason),
+}
+
+/// Decides a failed attempt: retried while attempts remain and the
+/// failure may heal (after the ladder's delay), else parked with its
+/// reason. No ladder means no retry.
+pub(crate) fn decide(
+    err: &TaskError,
+    attempt: u32,
+    max_attempts: u32,
+    retry_delays: &[Duration],
+) -> Verdict {
+    if err.is_permanent() {
+        return Verdict::Park(DeadReason::Permanent);
+    }
+    let next_attempt = attempt.saturating_add(1);
+    match retry_delay(retry_delays, next_attempt) {
+        Some(delay) if attempt < max_attempts => Verdict::Retry {
+            next_attempt,
+            delay,
+        },
+        _ => Verdict::Park(DeadReason::AttemptsExhausted),
+    }
+}
+
+/// Settles a failed attempt as [`decide`] says.
 pub(super) async fn failure(f: Failure<'_>) {
     let ctx = f.rec.ctx;
-    if f.err.is_permanent() {
-        dead_letter(f, DeadReason::Permanent).await;
-    } else if ctx.attempt < ctx.max_attempts {
-        retry(f).await;
-    } else {
-        dead_letter(f, DeadReason::AttemptsExhausted).await;
+    match decide(
+        f.err,
+        ctx.attempt,
+        ctx.max_attempts,
+        &f.inner.consumer.retry_delays,
+    ) {
+        Verdict::Retry {
+            next_attempt,
+            delay,
+        } => retry(f, next_attempt, delay).await,
+        Verdict::Park(reason) => dead_letter(f, reason).await,
     }
 }
 
@@ -96,7 +135,7 @@ impl Failure<'_> {
 
 /// Publishes the task's copy to the next delay queue, then acks the
 /// original; if the copy cannot be published, hands the original back.
-async fn retry(f: Failure<'_>) {
+async fn retry(f: Failure<'_>, next_attempt: u32, delay: Duration) {
     let Failure {
         inner,
         out,
@@ -106,12 +145,8 @@ async fn retry(f: Failure<'_>) {
         elapsed,
     } = f;
     let ctx = rec.ctx;
-    let next_attempt = ctx.attempt + 1;
-    let Some(rung) = inner
-        .topology
-        .rung_for(&inner.consumer.retry_delays, next_attempt)
-    else {
-        // No ladder configured: retrying means dead-lettering.
+    let Some(rung) = inner.topology.rung(delay) else {
+        // Every delay of the ladder has its rung; this cannot happen.
         return dead_letter(f, DeadReason::AttemptsExhausted).await;
     };
     let now = Utc::now();
@@ -297,6 +332,29 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_retry_along_the_ladder_then_park() {
+        let ladder = [Duration::from_secs(1), Duration::from_secs(5)];
+        let transient = TaskError::retry("smtp_transient", "421");
+        let retry = |next_attempt, secs| Verdict::Retry {
+            next_attempt,
+            delay: Duration::from_secs(secs),
+        };
+        assert_eq!(decide(&transient, 1, 4, &ladder), retry(2, 1));
+        assert_eq!(decide(&transient, 2, 4, &ladder), retry(3, 5));
+        // The last rung repeats.
+        assert_eq!(decide(&transient, 3, 4, &ladder), retry(4, 5));
+        let exhausted = Verdict::Park(DeadReason::AttemptsExhausted);
+        assert_eq!(decide(&transient, 4, 4, &ladder), exhausted);
+        // No ladder: no retry.
+        assert_eq!(decide(&transient, 1, 4, &[]), exhausted);
+        let permanent = TaskError::permanent("invalid_json", "{");
+        assert_eq!(
+            decide(&permanent, 1, 4, &ladder),
+            Verdict::Park(DeadReason::Permanent)
+        );
+    }
 
     #[test]
     fn truncation_respects_char_boundaries() {

@@ -14,23 +14,34 @@ use lapin::{Channel, Connection};
 use super::{Binding, DelayCascade, ExchangeBinding, ExchangeSpec, QueueSpec, Topology};
 use crate::contract::Names;
 
+/// Why the topology could not be declared.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     #[error(
         "{object} '{name}' already exists on the broker with {argument} = {broker_has}, but Warren wants {argument} = {warren_wants}; \
          delete it (it is re-created on start-up) or choose another namespace"
     )]
+    /// The broker has the object with other arguments: fix or delete it.
     Conflict {
+        /// `exchange` or `queue`.
         object: &'static str,
+        /// Its name.
         name: String,
+        /// The argument that differs.
         argument: String,
+        /// The value the broker has.
         broker_has: String,
+        /// The value Warren declares.
         warren_wants: String,
     },
+    /// The broker refused the declaration for another reason.
     #[error("could not declare {object} '{name}': {source}")]
     Broker {
+        /// `exchange`, `queue` or `binding`.
         object: &'static str,
+        /// Its name.
         name: String,
+        /// What lapin reported.
         #[source]
         source: lapin::Error,
     },

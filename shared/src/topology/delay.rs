@@ -3,27 +3,36 @@
 //!
 //! The design is the one of NServiceBus's RabbitMQ transport. There are
 //! [`DELAY_LEVELS`] levels; level `n` is a topic exchange and a queue of
-//! the same name (`{ns}.delay.{nn}`) whose messages expire after 2^n
+//! the same name (`{cascade}.delay.{nn}`) whose messages expire after 2^n
 //! seconds. A delayed message's routing key spells its delay in binary, one
-//! word per level from the highest down, followed by its destination:
-//! `0.0.….1.0.1.email.send` is 5 s for task type `email.send`. Each level's
-//! exchange sends a message whose bit is 1 into its queue, and one whose
-//! bit is 0 straight on to the next level's exchange (an exchange-to-
-//! exchange binding). When a message expires from level `n`'s queue, the
-//! broker dead-letters it, with its routing key unchanged, to the exchange
-//! of level `n - 1`; below level 0 lies the delivery exchange
-//! (`{ns}.delay.delivery`). So a message waits exactly the sum of the
-//! levels whose bit is set, then reaches the delivery exchange, where each
-//! work queue is bound with its own binding keys behind [`DELAY_LEVELS`]
-//! `*` words: a delayed task reaches the queues the tasks exchange would
-//! have routed it to, and nothing else.
+//! word per level from the highest down, followed by its namespace and its
+//! destination: `0.0.….1.0.1.warren.email.send` is 5 s for task type
+//! `email.send` in namespace `warren`. Each level's exchange sends a
+//! message whose bit is 1 into its queue, and one whose bit is 0 straight
+//! on to the next level's exchange (an exchange-to-exchange binding). When
+//! a message expires from level `n`'s queue, the broker dead-letters it,
+//! with its routing key unchanged, to the exchange of level `n - 1`; below
+//! level 0 lies the cascade's exit exchange (`{cascade}.delay.exit`). So a
+//! message waits exactly the sum of the levels whose bit is set, then
+//! reaches the exit, which passes it to its namespace's delivery exchange
+//! (`{ns}.delay.delivery`, bound with [`DELAY_LEVELS`] `*` words and the
+//! namespace). There each work queue is bound with its own binding keys
+//! behind the same words: a delayed task reaches the queues the tasks
+//! exchange would have routed it to, and nothing else.
+//!
+//! By default a namespace has a cascade of its own (`{cascade}` is the
+//! namespace). Namespaces of one virtual host may share one cascade
+//! (`broker.delay_cascade`): 28 quorum queues in all instead of 28 per
+//! namespace, which matters where namespaces come and go (one per test
+//! run, say: RabbitMQ is not built for quorum-queue churn).
 //!
 //! Two destinations exist: a task type (the Rust publisher, the gateway, the
 //! conductor) and one work queue (`@{queue}`, used by a worker that defers
 //! a task it received early, so the other queues bound for its type do not
 //! get it twice). A task that, once due, no queue is bound for goes to the
 //! delivery exchange's alternate exchange and waits in
-//! `{ns}.delay.unrouted`: never dropped.
+//! `{ns}.delay.unrouted`; one whose namespace no longer listens waits in
+//! `{cascade}.delay.unrouted`: never dropped.
 //!
 //! The level queues are quorum queues with at-least-once dead-lettering:
 //! the broker moves an expired message to the next level only once that
@@ -57,7 +66,9 @@ pub enum Destination<'a> {
 /// The exchange and routing key that delay a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DelayRoute {
+    /// The exchange of the highest level the delay waits at (its first).
     pub exchange: String,
+    /// The key that routes it through the levels of the delay's set bits, then to its destination.
     pub routing_key: String,
     /// The delay served, in whole seconds (the asked delay, rounded up).
     pub seconds: u64,
@@ -71,6 +82,7 @@ pub struct DelayRoute {
     humantime::format_duration(MAX_DELAY)
 )]
 pub struct DelayTooLong {
+    /// The delay asked for.
     pub asked: Duration,
 }
 
@@ -93,11 +105,13 @@ pub fn route(
     // Enter at the highest level with a bit set: the levels above would
     // only pass the message down.
     let top = 63u32.saturating_sub(seconds.leading_zeros());
-    let mut key = String::with_capacity(2 * DELAY_LEVELS as usize + 32);
+    let mut key = String::with_capacity(2 * DELAY_LEVELS as usize + 48);
     for level in (0..DELAY_LEVELS).rev() {
         key.push(if seconds >> level & 1 == 1 { '1' } else { '0' });
         key.push('.');
     }
+    key.push_str(names.namespace());
+    key.push('.');
     match destination {
         Destination::TaskType(t) => key.push_str(t),
         Destination::Queue(q) => {
@@ -118,33 +132,44 @@ fn skip(words: u32) -> String {
 }
 
 /// The delivery exchange's binding key for a work queue's binding key on
-/// the tasks exchange (`email.#` -> `*.….*.email.#`).
-pub fn delivery_key(binding_key: &str) -> String {
-    format!("{}{binding_key}", skip(DELAY_LEVELS))
+/// the tasks exchange (`email.#` -> `*.….*.warren.email.#`).
+pub fn delivery_key(names: &Names, binding_key: &str) -> String {
+    format!("{}{}.{binding_key}", skip(DELAY_LEVELS), names.namespace())
 }
 
 /// The delivery exchange's binding key that takes messages deferred for
-/// one work queue (`*.….*.@warren.email`).
-pub fn queue_key(queue: &str) -> String {
-    format!("{}@{queue}", skip(DELAY_LEVELS))
+/// one work queue (`*.….*.warren.@warren.email`).
+pub fn queue_key(names: &Names, queue: &str) -> String {
+    format!("{}{}.@{queue}", skip(DELAY_LEVELS), names.namespace())
+}
+
+/// The exit's binding key that passes a namespace's due messages to its
+/// delivery exchange (`*.….*.warren.#`).
+pub fn namespace_key(names: &Names) -> String {
+    format!("{}{}.#", skip(DELAY_LEVELS), names.namespace())
 }
 
 /// An exchange bound to another: `source` passes what matches `key` on to
 /// `destination`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExchangeBinding {
+    /// The exchange that receives.
     pub destination: String,
+    /// The exchange that passes messages on.
     pub source: String,
+    /// The binding key.
     pub key: String,
 }
 
-/// Every object of one namespace's cascade.
+/// Every object a namespace needs to delay messages: the cascade (its own
+/// or a shared one) and the namespace's delivery exchange below it.
 #[derive(Debug, Clone)]
 pub struct DelayCascade {
     names: Names,
 }
 
 impl DelayCascade {
+    /// The cascade and delivery exchange of `names`.
     pub fn new(names: &Names) -> Self {
         Self {
             names: names.clone(),
@@ -152,17 +177,28 @@ impl DelayCascade {
     }
 
     /// Where level `level`'s messages go next: the level below, or the
-    /// delivery exchange below level 0.
+    /// cascade's exit below level 0.
     fn below(&self, level: u32) -> String {
         match level.checked_sub(1) {
             Some(l) => self.names.delay_level(l),
-            None => self.names.delay_delivery_exchange(),
+            None => self.names.delay_exit(),
         }
     }
 
-    /// The level exchanges (topic), the delivery exchange (topic, with the
-    /// unrouted exchange as its alternate) and the unrouted exchange
-    /// (fanout).
+    /// The unrouted exchanges: the cascade's, and the namespace's when the
+    /// cascade is shared (else they are one).
+    fn unrouted(&self) -> Vec<String> {
+        let mut v = vec![self.names.delay_cascade_unrouted()];
+        if self.names.shares_delay_cascade() {
+            v.push(self.names.delay_unrouted());
+        }
+        v
+    }
+
+    /// The level exchanges (topic), the unrouted exchange(s) (fanout), the
+    /// exit (topic, with the cascade's unrouted exchange as its alternate)
+    /// and the namespace's delivery exchange (topic, with the namespace's
+    /// unrouted exchange as its alternate).
     pub fn exchanges(&self) -> Vec<ExchangeSpec> {
         let mut v: Vec<ExchangeSpec> = (0..DELAY_LEVELS)
             .map(|level| ExchangeSpec {
@@ -171,10 +207,18 @@ impl DelayCascade {
                 arguments: Vec::new(),
             })
             .collect();
-        v.push(ExchangeSpec {
-            name: self.names.delay_unrouted(),
+        v.extend(self.unrouted().into_iter().map(|name| ExchangeSpec {
+            name,
             kind: ExchangeKind::Fanout,
             arguments: Vec::new(),
+        }));
+        v.push(ExchangeSpec {
+            name: self.names.delay_exit(),
+            kind: ExchangeKind::Topic,
+            arguments: vec![(
+                "alternate-exchange",
+                AMQPValue::LongString(self.names.delay_cascade_unrouted().into()),
+            )],
         });
         v.push(ExchangeSpec {
             name: self.names.delay_delivery_exchange(),
@@ -187,7 +231,26 @@ impl DelayCascade {
         v
     }
 
-    /// The level queues, then the unrouted queue.
+    /// The names of the queues and exchanges that belong to this namespace
+    /// alone: everything when the cascade is its own, else its delivery
+    /// and unrouted exchanges and its unrouted queue. What a namespace's
+    /// clean-up may delete.
+    pub fn owned_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.queues().into_iter().map(|q| q.name).collect();
+        v.extend(self.exchanges().into_iter().map(|x| x.name));
+        if self.names.shares_delay_cascade() {
+            let own = [
+                self.names.delay_delivery_exchange(),
+                self.names.delay_unrouted(),
+            ];
+            v.retain(|n| own.contains(n));
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The level queues, then the unrouted queue(s).
     pub fn queues(&self) -> Vec<QueueSpec> {
         let mut v: Vec<QueueSpec> = (0..DELAY_LEVELS)
             .map(|level| QueueSpec {
@@ -210,15 +273,15 @@ impl DelayCascade {
                 ],
             })
             .collect();
-        v.push(QueueSpec {
-            name: self.names.delay_unrouted(),
+        v.extend(self.unrouted().into_iter().map(|name| QueueSpec {
+            name,
             arguments: Vec::new(),
-        });
+        }));
         v
     }
 
     /// Each level's queue takes the messages whose bit of that level is 1;
-    /// the unrouted queue takes everything its exchange gets.
+    /// an unrouted queue takes everything its exchange gets.
     pub fn bindings(&self) -> Vec<Binding> {
         let mut v: Vec<Binding> = (0..DELAY_LEVELS)
             .map(|level| Binding {
@@ -227,24 +290,31 @@ impl DelayCascade {
                 key: level_key(level, '1'),
             })
             .collect();
-        v.push(Binding {
-            queue: self.names.delay_unrouted(),
-            exchange: self.names.delay_unrouted(),
+        v.extend(self.unrouted().into_iter().map(|name| Binding {
+            queue: name.clone(),
+            exchange: name,
             key: String::new(),
-        });
+        }));
         v
     }
 
     /// Each level's exchange passes the messages whose bit of that level is
-    /// 0 on to the level below (or the delivery exchange).
+    /// 0 on to the level below (or the exit); the exit passes the
+    /// namespace's messages on to its delivery exchange.
     pub fn exchange_bindings(&self) -> Vec<ExchangeBinding> {
-        (0..DELAY_LEVELS)
+        let mut v: Vec<ExchangeBinding> = (0..DELAY_LEVELS)
             .map(|level| ExchangeBinding {
                 destination: self.below(level),
                 source: self.names.delay_level(level),
                 key: level_key(level, '0'),
             })
-            .collect()
+            .collect();
+        v.push(ExchangeBinding {
+            destination: self.names.delay_delivery_exchange(),
+            source: self.names.delay_exit(),
+            key: namespace_key(&self.names),
+        });
+        v
     }
 }
 
@@ -266,7 +336,7 @@ mod tests {
         let words: Vec<&str> = route.routing_key.split('.').collect();
         let mut waited = Vec::new();
         let mut exchange = route.exchange.clone();
-        while exchange != names.delay_delivery_exchange() {
+        while exchange != names.delay_exit() {
             let level: u32 = exchange.rsplit('.').next().unwrap().parse().unwrap();
             let bit = words[(DELAY_LEVELS - 1 - level) as usize];
             if bit == "1" {
@@ -274,7 +344,8 @@ mod tests {
             }
             exchange = cascade.below(level);
         }
-        let rest = words[DELAY_LEVELS as usize..].join(".");
+        assert_eq!(words[DELAY_LEVELS as usize], names.namespace());
+        let rest = words[DELAY_LEVELS as usize + 1..].join(".");
         (waited, rest)
     }
 
@@ -290,7 +361,7 @@ mod tests {
         assert_eq!(r.exchange, "w.delay.02");
         assert_eq!(r.seconds, 5);
         assert!(
-            r.routing_key.ends_with(".1.0.1.email.send"),
+            r.routing_key.ends_with(".1.0.1.w.email.send"),
             "{}",
             r.routing_key
         );
@@ -337,15 +408,48 @@ mod tests {
             level_key(0, '0').matches("*.").count(),
             DELAY_LEVELS as usize - 1
         );
-        assert!(delivery_key("email.#").ends_with(".*.email.#"));
-        assert!(queue_key("w.email").ends_with(".*.@w.email"));
-        let c = DelayCascade::new(&Names::new("w"));
+        let w = Names::new("w");
+        assert!(delivery_key(&w, "email.#").ends_with(".*.w.email.#"));
+        assert!(queue_key(&w, "w.email").ends_with(".*.w.@w.email"));
+        let c = DelayCascade::new(&w);
         assert_eq!(c.queues().len(), DELAY_LEVELS as usize + 1);
-        assert_eq!(c.exchanges().len(), DELAY_LEVELS as usize + 2);
-        let last = c.exchange_bindings().remove(0);
+        assert_eq!(c.exchanges().len(), DELAY_LEVELS as usize + 3);
+        let bindings = c.exchange_bindings();
+        let last = &bindings[0];
         assert_eq!(
             (last.source.as_str(), last.destination.as_str()),
-            ("w.delay.00", "w.delay.delivery")
+            ("w.delay.00", "w.delay.exit")
         );
+        let exit = bindings.last().unwrap();
+        assert_eq!(
+            (exit.source.as_str(), exit.destination.as_str()),
+            ("w.delay.exit", "w.delay.delivery")
+        );
+        assert_eq!(exit.key, format!("{}w.#", skip(DELAY_LEVELS)));
+        assert_eq!(c.owned_names().len(), DELAY_LEVELS as usize + 3);
+    }
+
+    #[test]
+    fn namespaces_can_share_one_cascade() {
+        let a = Names::new("a").with_delay_cascade("shared");
+        let r = route(&a, Duration::from_secs(3), Destination::TaskType("x.y")).unwrap();
+        assert_eq!(r.exchange, "shared.delay.01");
+        let (waited, rest) = walk(&a, &r);
+        assert_eq!((waited, rest.as_str()), (vec![1, 0], "x.y"));
+        let c = DelayCascade::new(&a);
+        let exit = c.exchange_bindings().pop().unwrap();
+        assert_eq!(
+            (exit.source.as_str(), exit.destination.as_str()),
+            ("shared.delay.exit", "a.delay.delivery")
+        );
+        // The shared cascade's objects are not the namespace's to delete.
+        assert_eq!(
+            c.owned_names(),
+            vec!["a.delay.delivery".to_owned(), "a.delay.unrouted".to_owned()]
+        );
+        assert_eq!(c.queues().len(), DELAY_LEVELS as usize + 2);
+        // Sharing with oneself is having one's own.
+        let own = Names::new("a").with_delay_cascade("a");
+        assert!(!own.shares_delay_cascade());
     }
 }

@@ -35,8 +35,11 @@ pub use delay::{DelayCascade, ExchangeBinding};
 /// none).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeSpec {
+    /// Its name.
     pub name: String,
+    /// `topic`, `direct`, ...
     pub kind: ExchangeKind,
+    /// Its arguments.
     pub arguments: Vec<(&'static str, AMQPValue)>,
 }
 
@@ -88,7 +91,9 @@ impl ExchangeSpec {
 /// A queue and its arguments: durable, not exclusive, not auto-deleted.
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
+    /// Its name.
     pub name: String,
+    /// Its arguments (`x-max-priority`, `x-dead-letter-exchange`, ...).
     pub arguments: Vec<(&'static str, AMQPValue)>,
 }
 
@@ -139,8 +144,11 @@ fn table(arguments: &[(&'static str, AMQPValue)]) -> FieldTable {
 /// A queue bound to an exchange with a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
+    /// The queue.
     pub queue: String,
+    /// The exchange it is bound to.
     pub exchange: String,
+    /// The binding key.
     pub key: String,
 }
 
@@ -158,23 +166,39 @@ impl Binding {
 /// A retry rung: the delay and its queue.
 #[derive(Debug, Clone)]
 pub struct RetryRung {
+    /// How long a task waits on this rung.
     pub delay: Duration,
+    /// Its delay queue, `{ns}.{stem}.retry.{delay}`.
     pub queue: QueueSpec,
 }
 
 /// Everything one worker declares.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// `{ns}.tasks`, where producers publish.
     pub tasks_exchange: String,
+    /// `{ns}.dead`, in front of every parking lot.
     pub dead_exchange: String,
+    /// The work queue, `{ns}.{stem}`.
     pub work_queue: QueueSpec,
+    /// The keys binding it to the tasks exchange.
     pub binding_keys: Vec<String>,
+    /// The parking lot, `{ns}.{stem}.dead`.
     pub dead_queue: QueueSpec,
+    /// The retry ladder's delay queues.
     pub retry_rungs: Vec<RetryRung>,
     /// The delay cascade every worker declares (its objects are shared by
     /// the namespace), which delivers delayed tasks to the work queue.
     pub delay: DelayCascade,
     names: Names,
+}
+
+/// The delay before attempt `next_attempt` (>= 2) on the retry ladder
+/// `retry_delays`: attempt n waits `retry_delays[n - 2]`, the last rung
+/// repeating. `None` when there is no ladder.
+pub fn retry_delay(retry_delays: &[Duration], next_attempt: u32) -> Option<Duration> {
+    let idx = (next_attempt.saturating_sub(2) as usize).min(retry_delays.len().checked_sub(1)?);
+    Some(retry_delays[idx])
 }
 
 impl Topology {
@@ -244,8 +268,11 @@ impl Topology {
     /// The rung whose delay applies before attempt `next_attempt` (>= 2);
     /// the last rung repeats.
     pub fn rung_for(&self, retry_delays: &[Duration], next_attempt: u32) -> Option<&RetryRung> {
-        let idx = (next_attempt.saturating_sub(2) as usize).min(retry_delays.len().checked_sub(1)?);
-        let delay = retry_delays[idx];
+        self.rung(retry_delay(retry_delays, next_attempt)?)
+    }
+
+    /// The rung of this delay, if the ladder has one.
+    pub fn rung(&self, delay: Duration) -> Option<&RetryRung> {
         self.retry_rungs.iter().find(|r| r.delay == delay)
     }
 
@@ -307,13 +334,13 @@ impl Topology {
             v.push(Binding {
                 queue: work.clone(),
                 exchange: delivery.clone(),
-                key: delay::delivery_key(key),
+                key: delay::delivery_key(&self.names, key),
             });
         }
         v.push(Binding {
             queue: work.clone(),
             exchange: delivery,
-            key: delay::queue_key(work),
+            key: delay::queue_key(&self.names, work),
         });
         v.extend(self.delay.bindings());
         v

@@ -76,7 +76,7 @@ fn body() -> serde_json::Value {
 
 #[tokio::test]
 async fn a_three_hour_delay_and_an_eta_tomorrow_sit_in_the_cascade() {
-    let broker = TestBroker::new().await.unwrap();
+    let broker = TestBroker::with_own_delay_cascade().await.unwrap();
     broker.declare_email_topology(&[]).await.unwrap();
     broker
         .publish(

@@ -701,3 +701,93 @@ async fn topology_deleted_under_a_running_worker_is_declared_again() {
     );
     s.broker.cleanup().await.unwrap();
 }
+
+/// Takes the parked task and checks it was parked after the whole ladder,
+/// with `kind` as its last error.
+async fn parked_with_kind(broker: &TestBroker, id: &str, kind: &str) {
+    let dead = broker
+        .take(&broker.email_dead_queue(), 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(dead[0].message_id().as_deref(), Some(id));
+    assert_eq!(
+        dead[0].header(headers::DEAD_REASON).as_deref(),
+        Some("attempts_exhausted"),
+        "{kind}"
+    );
+    assert_eq!(dead[0].header(headers::ATTEMPT).as_deref(), Some("2"));
+    assert_eq!(dead[0].header(headers::ERROR_KIND).as_deref(), Some(kind));
+}
+
+#[tokio::test]
+async fn a_send_held_past_send_timeout_is_a_timeout_retried_then_parked() {
+    let s = EmailWorld::start(&[
+        ("WARREN_CONSUMER__MAX_ATTEMPTS", "2"),
+        ("WARREN_EMAIL__SEND_TIMEOUT", "1s"),
+    ])
+    .await
+    .unwrap();
+    // The sink holds its answer to DATA until released: never, here.
+    let to = rcpt("hold");
+    let id = s
+        .broker
+        .publish(
+            "email.send",
+            &json!({"to": to, "subject": "s", "text": "t"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    s.sink.wait_for_holding_to(&to, 1, WAIT).await.unwrap();
+    let retried = s
+        .worker
+        .wait_for_log("Task failed; it will be retried.", 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(retried[0]["fields"]["error_kind"], "timeout", "{retried:?}");
+    parked_with_kind(&s.broker, &id, "timeout").await;
+    // Both tries reached DATA and were cut off there; nothing was sent.
+    let held = s.sink.wait_for_holding_to(&to, 2, WAIT).await.unwrap();
+    assert_eq!(held.len(), 2, "{held:?}");
+    s.sink.release(&to).await.unwrap();
+    assert!(s.sink.messages_to(&to).is_empty());
+    s.broker.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_smtp_connection_is_smtp_connection_retried_then_parked() {
+    let broker = TestBroker::new().await.unwrap();
+    // A port nothing listens on: every connection is refused.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let env = with(
+        email_env(broker.namespace(), port),
+        &[("WARREN_CONSUMER__MAX_ATTEMPTS", "2")],
+    );
+    let mut worker = WorkerProcess::email(&env).await.unwrap();
+    worker.wait_ready().await.unwrap();
+    let id = broker
+        .publish(
+            "email.send",
+            &json!({"to": rcpt("refused"), "subject": "s", "text": "t"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    let retried = worker
+        .wait_for_log("Task failed; it will be retried.", 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        retried[0]["fields"]["error_kind"], "smtp_connection",
+        "{retried:?}"
+    );
+    parked_with_kind(&broker, &id, "smtp_connection").await;
+    // The worker goes on: still ready after it.
+    worker.wait_ready().await.unwrap();
+    worker.signal("TERM").unwrap();
+    assert!(worker.wait_exit(WAIT).await.unwrap().success());
+    broker.cleanup().await.unwrap();
+}

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use image::ImageFormat;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use warren_tests::broker::TestBroker;
 use warren_tests::http::{self, Multipart, SseEvent};
@@ -947,6 +949,24 @@ async fn each_bad_request_gets_its_code_and_a_problem_body_naming_the_field() {
             )
         },
         Case {
+            what: "a multipart upload without a boundary",
+            path: "/v1/images",
+            content_type: Some("multipart/form-data".to_owned()),
+            body: b"--X\r\n\r\n".to_vec(),
+            status: 400,
+            slug: "malformed_multipart",
+            field: None,
+        },
+        Case {
+            what: "a multipart upload cut off inside its file part",
+            path: "/v1/images",
+            content_type: Some("multipart/form-data; boundary=B".to_owned()),
+            body: b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n".to_vec(),
+            status: 400,
+            slug: "malformed_multipart",
+            field: None,
+        },
+        Case {
             what: "an upload that is not multipart",
             path: "/v1/images",
             content_type: Some("application/json".to_owned()),
@@ -1093,5 +1113,115 @@ async fn image_progress_reaches_sse_in_order_coalesced_and_ends_with_the_final_s
     let (_, done) = status(http, &id).await;
     assert_eq!(done["state"], "succeeded");
     assert_eq!(done["progress"], 1.0);
+    w.finish().await;
+}
+
+/// A port nothing listens on: bound, then closed.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_nacked_publish_and_an_unreachable_store_are_503s_and_nothing_is_queued() {
+    let mut w = World::new().await;
+    // The tasks exchange, and a queue of one that refuses more (the broker
+    // nacks the publish that would overflow it).
+    w.broker.declare_email_topology(&[]).await.unwrap();
+    let full = w.broker.names.work_queue("full");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    w.broker
+        .channel
+        .queue_declare(
+            full.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    w.broker
+        .channel
+        .queue_bind(
+            full.as_str().into(),
+            w.broker.names.tasks_exchange().as_str().into(),
+            "full.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (http, ops) = w.gateway(&[]).await;
+
+    let task = |id: &str| json!({"type": "full.job", "id": id, "payload": {"n": 1}});
+    let r = http::post_json(http, "/v1/tasks", &task("fits"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "the first task fits: {}", r.text());
+    let r = http::post_json(http, "/v1/tasks", &task("overflows"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let p = r.json().unwrap();
+    assert_eq!(p["type"], "urn:warren:problem:broker_nack", "{p}");
+    assert_eq!(p["task_id"], "overflows", "{p}");
+    assert_eq!(w.broker.depth(&full).await.unwrap(), 1);
+    // Refused, so never reported queued.
+    let (code, body) = status(http, "overflows").await;
+    assert_eq!(code, 404, "{body}");
+    let (_, metrics) = http_get(ops, "/metrics").await.unwrap();
+    assert!(
+        sample(
+            &metrics,
+            "warren_http_requests_total",
+            &[("route", "/v1/tasks"), ("status_class", "5xx")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+
+    // A gateway whose S3 store is unreachable: an upload is a 503, nothing
+    // is queued, and the gateway goes on.
+    let port = closed_port().to_string();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (http, _) = w
+        .gateway(&[
+            ("WARREN_IMAGE__STORE", "s3"),
+            ("WARREN_IMAGE__S3__BUCKET", "warren-test"),
+            ("WARREN_IMAGE__S3__ENDPOINT", &endpoint),
+            ("WARREN_IMAGE__S3__ALLOW_HTTP", "true"),
+            ("WARREN_IMAGE__S3__ACCESS_KEY_ID", "test"),
+            ("WARREN_IMAGE__S3__SECRET_ACCESS_KEY", "test-secret"),
+            ("WARREN_IMAGE__STORE_TIMEOUT", "2s"),
+        ])
+        .await;
+    let form = Multipart::new().file("file", "a.png", "image/png", &photo_png(8, 8));
+    let r = http::post_multipart(http, "/v1/images?id=unstored", form)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    let p = r.json().unwrap();
+    assert_eq!(p["type"], "urn:warren:problem:store_unavailable", "{p}");
+    assert!(
+        !p["detail"].as_str().unwrap().contains("test-secret"),
+        "{p}"
+    );
+    let (code, body) = status(http, "unstored").await;
+    assert_eq!(code, 404, "nothing was queued: {body}");
+    let r = http::get(http, "/openapi.json").await.unwrap();
+    assert_eq!(r.status, 200, "the gateway goes on");
+
+    w.broker
+        .channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     w.finish().await;
 }

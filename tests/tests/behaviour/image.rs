@@ -473,3 +473,122 @@ async fn an_unwritable_destination_is_retried_until_it_heals() {
     );
     s.cleanup().await;
 }
+
+/// A 200x100 JPEG, green, carrying an EXIF block with orientation 1 and a
+/// GPS IFD (a map datum of `gps`), and an ICC profile segment holding `icc`.
+fn jpeg_with_metadata(gps: &[u8], icc: &[u8]) -> Vec<u8> {
+    let plain = jpeg(&RgbImage::from_pixel(200, 100, Rgb([30, 200, 40])));
+    // TIFF, big-endian. IFD0 at 8 (2 entries, ends at 38), the GPS IFD at
+    // 38 (1 entry, ends at 56), the datum's ASCII at 56.
+    let entry = |tag: u16, kind: u16, count: u32, value: [u8; 4]| {
+        let mut e = tag.to_be_bytes().to_vec();
+        e.extend_from_slice(&kind.to_be_bytes());
+        e.extend_from_slice(&count.to_be_bytes());
+        e.extend_from_slice(&value);
+        e
+    };
+    let mut datum = gps.to_vec();
+    datum.push(0);
+    let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
+    tiff.extend_from_slice(&2u16.to_be_bytes());
+    tiff.extend(entry(0x0112, 3, 1, [0, 1, 0, 0]));
+    tiff.extend(entry(0x8825, 4, 1, 38u32.to_be_bytes()));
+    tiff.extend_from_slice(&0u32.to_be_bytes());
+    tiff.extend_from_slice(&1u16.to_be_bytes());
+    tiff.extend(entry(0x0012, 2, datum.len() as u32, 56u32.to_be_bytes()));
+    tiff.extend_from_slice(&0u32.to_be_bytes());
+    assert_eq!(tiff.len(), 56);
+    tiff.extend_from_slice(&datum);
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+    app1.extend_from_slice(b"Exif\x00\x00");
+    app1.extend_from_slice(&tiff);
+    let mut app2 = vec![0xFF, 0xE2];
+    app2.extend_from_slice(&((2 + 12 + 2 + icc.len()) as u16).to_be_bytes());
+    app2.extend_from_slice(b"ICC_PROFILE\x00\x01\x01");
+    app2.extend_from_slice(icc);
+    let mut out = plain[..2].to_vec(); // SOI
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&app2);
+    out.extend_from_slice(&plain[2..]);
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn outputs_carry_no_exif_gps_or_icc_and_an_animated_gif_gives_its_first_frame() {
+    let s = Setup::new(&[]).await;
+    let (gps, icc) = (b"WARREN-GPS-52.37N-4.89E", b"WARREN-ICC-PROFILE-BYTES");
+    let source = jpeg_with_metadata(gps, icc);
+    assert!(contains(&source, gps) && contains(&source, icc));
+    s.upload("uploads/located.jpg", &source);
+    let id = s
+        .publish(json!({
+            "source": {"key": "uploads/located.jpg"},
+            "outputs": [
+                {"width": 100, "height": 100, "format": "jpeg"},
+                {"width": 100, "height": 100, "format": "png"},
+                {"width": 100, "height": 100, "format": "webp"},
+            ],
+        }))
+        .await;
+    let result = s.succeeded(&id).await;
+    let outputs = result["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), 3, "{result}");
+    for output in outputs {
+        let key = output["key"].as_str().expect("a key");
+        let bytes = std::fs::read(s.root().join(key)).expect("the output");
+        for (what, marker) in [
+            ("the GPS datum", &gps[..]),
+            ("the ICC profile", &icc[..]),
+            ("a JPEG EXIF segment", b"Exif\x00\x00"),
+            ("a JPEG ICC segment", b"ICC_PROFILE"),
+            ("a PNG eXIf chunk", b"eXIf"),
+            ("a PNG iCCP chunk", b"iCCP"),
+            ("a WebP EXIF chunk", b"EXIF"),
+            ("a WebP ICCP chunk", b"ICCP"),
+        ] {
+            assert!(!contains(&bytes, marker), "{key} carries {what}");
+        }
+        let decoded = image::load_from_memory(&bytes)
+            .expect("decodes")
+            .into_rgb8();
+        assert_near(decoded.get_pixel(50, 25).0, [30, 200, 40], key);
+    }
+
+    // An animated GIF, red then blue: the output is the red first frame.
+    let frames = [Rgba([220, 20, 20, 255]), Rgba([20, 20, 220, 255])]
+        .map(|colour| image::Frame::new(RgbaImage::from_pixel(60, 40, colour)));
+    let mut anim = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut anim);
+        encoder
+            .set_repeat(image::codecs::gif::Repeat::Infinite)
+            .expect("repeat");
+        encoder.encode_frames(frames).expect("gif frames");
+    }
+    let decoder = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&anim)).expect("gif");
+    use image::AnimationDecoder;
+    assert_eq!(decoder.into_frames().count(), 2, "the source is animated");
+    s.upload("uploads/anim.gif", &anim);
+    let id = s
+        .publish(json!({
+            "source": {"key": "uploads/anim.gif"},
+            "outputs": [{"width": 30, "height": 20, "format": "png"}],
+        }))
+        .await;
+    let result = s.succeeded(&id).await;
+    assert_eq!(result["source"]["format"], "gif", "{result}");
+    let key = result["outputs"][0]["key"].as_str().expect("a key");
+    let thumb = s.output(key, ImageFormat::Png).into_rgb8();
+    assert_eq!(thumb.dimensions(), (30, 20));
+    assert_near(
+        thumb.get_pixel(15, 10).0,
+        [220, 20, 20],
+        "the first frame, red",
+    );
+    s.cleanup().await;
+}

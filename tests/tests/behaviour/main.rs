@@ -9,8 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod cli;
+mod conductor;
 mod delay;
 mod email;
+mod email_sender;
 mod email_wire;
 mod events;
 mod examples;
@@ -19,6 +22,7 @@ mod image;
 mod limits;
 mod observability;
 mod runtime;
+mod scenarios;
 mod secrets;
 mod settings;
 mod smtp_sink;

@@ -12,8 +12,10 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use warren::events::TaskState;
+use warren_tests::smtp::SmtpSink;
 use warren_tests::status::{StatusWorld, lifecycle};
-use warren_tests::{WAIT, http};
+use warren_tests::worker::{WorkerProcess, email_env};
+use warren_tests::{WAIT, http, rcpt};
 
 async fn get(http: SocketAddr, path: &str) -> (u16, Value) {
     let r = http::get(http, path).await.unwrap();
@@ -166,6 +168,7 @@ async fn past_the_retention_a_task_answers_unknown_and_its_keys_are_gone() {
     let (code, body) = get(http, "/v1/tasks/old").await;
     assert_eq!((code, body["state"].as_str()), (200, Some("succeeded")));
     let prefix = w.prefix.clone();
+    let live = http;
     // The record expires with its TTL, the index entries at the indexer's
     // next trim.
     let deadline = std::time::Instant::now() + WAIT;
@@ -177,8 +180,18 @@ async fn past_the_retention_a_task_answers_unknown_and_its_keys_are_gone() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A gateway that reads Redis (not one that saw the events live and
-    // still holds them in its own recent view) answers from the store.
+    // The gateway that saw the events live (and still holds them in its
+    // recent view) answers `unknown` too: past the retention is gone.
+    assert_eq!(
+        get(live, "/v1/tasks/old").await,
+        (
+            404,
+            serde_json::json!({"task_id": "old", "state": "unknown"})
+        )
+    );
+    let (_, listed) = get(live, "/v1/tasks").await;
+    assert_eq!(listed["tasks"], serde_json::json!([]));
+    // So does a gateway that reads Redis only.
     let (http, _) = w
         .gateway(&[("WARREN_STATUS__INDEXER", "false")])
         .await
@@ -202,6 +215,79 @@ async fn past_the_retention_a_task_answers_unknown_and_its_keys_are_gone() {
         keys(&prefix).await.is_empty(),
         "the test's keys are deleted"
     );
+}
+
+#[tokio::test]
+async fn a_task_through_a_real_worker_is_answered_from_redis_by_a_gateway_that_never_saw_it() {
+    let mut w = StatusWorld::new(Duration::from_secs(3600)).await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let mut worker = WorkerProcess::email(&email_env(w.broker.namespace(), sink.port()))
+        .await
+        .unwrap();
+    worker.wait_ready().await.unwrap();
+    // The gateway that indexes (and publishes the task).
+    let (indexer, _) = w.gateway(&[]).await.unwrap();
+    w.wait_ready(indexer).await.unwrap();
+    let to = rcpt("through-redis");
+    let r = http::post_json(
+        indexer,
+        "/v1/tasks/email",
+        &serde_json::json!({"to": to, "subject": "Through a worker", "text": "indexed"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json().unwrap()["task_id"].as_str().unwrap().to_owned();
+    let mails = sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    assert!(mails[0].message_id().unwrap().contains(&id));
+    // The worker's events reach the store through the stream and the indexer.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let record = w.store.record(&id).await.unwrap();
+        if record
+            .as_ref()
+            .is_some_and(|r| r.status.state == TaskState::Succeeded)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never showed {id} succeeded: {record:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A gateway started afterwards, without an indexer: nothing of this
+    // task is in its recent view, so the answer is Redis's.
+    let (reader, _) = w
+        .gateway(&[("WARREN_STATUS__INDEXER", "false")])
+        .await
+        .unwrap();
+    w.wait_ready(reader).await.unwrap();
+    for http in [reader, indexer] {
+        let (code, body) = get(http, &format!("/v1/tasks/{id}")).await;
+        assert_eq!(
+            (code, body["state"].as_str()),
+            (200, Some("succeeded")),
+            "{body}"
+        );
+        assert_eq!(body["task_type"], "email.send");
+        assert_eq!(body["attempt"], 1);
+        assert!(
+            body["result"]["message_id"].as_str().unwrap().contains(&id),
+            "{body}"
+        );
+        assert!(
+            body["queued_at"].is_string() && body["finished_at"].is_string(),
+            "{body}"
+        );
+    }
+    let (code, listed) = get(reader, "/v1/tasks?state=succeeded&type=email.send").await;
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(listed["tasks"][0]["task_id"], id.as_str(), "{listed}");
+    worker.signal("TERM").unwrap();
+    worker.wait_exit(WAIT).await.unwrap();
+    w.broker.cleanup_stems(&["email"], &[]).await.unwrap();
+    w.finish().await.unwrap();
 }
 
 /// The keys under `prefix` (sorted sets that emptied are gone too).

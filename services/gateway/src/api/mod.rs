@@ -88,8 +88,13 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The whole API.
+/// The whole API: [`routes`] inside the layers every request goes through.
 pub fn router(state: AppState) -> Router {
+    layered(routes(&state), state)
+}
+
+/// The API's routes, each with its body limit.
+fn routes(state: &AppState) -> Router<AppState> {
     let json_limit = DefaultBodyLimit::max(state.limits.max_body_bytes);
     let upload_limit = DefaultBodyLimit::max(
         state
@@ -97,7 +102,6 @@ pub fn router(state: AppState) -> Router {
             .max_upload_bytes
             .saturating_add(MULTIPART_OVERHEAD),
     );
-    let timeout = state.limits.request_timeout;
     Router::new()
         .route(
             "/v1/tasks",
@@ -119,6 +123,13 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The layers every request goes through, outermost last: panics caught
+/// and answered 500, a time limit, metrics.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    let timeout = state.limits.request_timeout;
+    routes
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(timeout, limit_time))
         .layer(middleware::from_fn(observe))
@@ -531,18 +542,45 @@ mod tests {
     }
 
     async fn boom() -> &'static str {
-        panic!("a bug")
+        panic!("kaboom in a handler")
     }
 
+    /// `router()` is `layered(routes())`: the real routes with one that
+    /// panics beside them, inside the real layers.
     #[tokio::test]
     async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
-        let app: Router = Router::new()
-            .route("/boom", get(boom))
-            .layer(CatchPanicLayer::custom(panic_response));
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = state(dir.path());
+        let app = layered(routes(&state).route("/boom", get(boom)), state);
+        let counted = || {
+            metrics::get()
+                .requests
+                .with_label_values(&[warren::metrics::service(), "/boom", "GET", "5xx"])
+                .get()
+        };
+        let before = counted();
         let (code, content_type, body) =
             call(&app, HttpRequest::get("/boom").body(Body::empty()).unwrap()).await;
         assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(content_type, "application/problem+json");
         assert_eq!(body["type"], "urn:warren:problem:internal");
+        assert!(
+            !body["detail"].as_str().unwrap().contains("kaboom"),
+            "the panic message stays in the log: {body}"
+        );
+        assert_eq!(counted(), before + 1, "the metrics layer saw the 500");
+        // The same app goes on answering its real routes.
+        let (code, _, doc) = call(
+            &app,
+            HttpRequest::get("/openapi.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(doc["paths"]["/v1/tasks/email"].is_object(), "{doc}");
+        let (code, _, body) =
+            call(&app, HttpRequest::get("/boom").body(Body::empty()).unwrap()).await;
+        assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     }
 }

@@ -633,7 +633,7 @@ fn compose_mounts_exist_and_the_configs_they_mount_point_at_real_services_and_po
 }
 
 #[test]
-fn the_compose_healthcheck_passes_against_a_ready_worker_and_fails_once_it_stopped() {
+fn the_compose_healthcheck_passes_against_a_ready_worker_and_fails_on_a_503_or_once_it_stopped() {
     let file = dockerfile();
     let compose = compose();
     // One script for every service, differing only in the port.
@@ -731,7 +731,49 @@ fn the_compose_healthcheck_passes_against_a_ready_worker_and_fails_once_it_stopp
             "the healthcheck `{script}` passes with no worker running"
         );
         broker.cleanup().await.unwrap();
+
+        // A server that answers, but 503 (a worker draining, or not
+        // connected): the healthcheck fails. The body says 200 to show the
+        // script reads the status line only.
+        let unready = answering(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\r\nnot ready (HTTP 200 soon)\n",
+        );
+        let script = template.replace("{port}", &unready.port().to_string());
+        assert!(
+            !probe(script.clone()).await,
+            "the healthcheck `{script}` passes against a 503"
+        );
+        // The same server answering 200 passes: the 503 alone failed it.
+        let ready = answering("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nready\n");
+        let script = template.replace("{port}", &ready.port().to_string());
+        assert!(
+            probe(script.clone()).await,
+            "the healthcheck `{script}` fails against a 200"
+        );
     });
+}
+
+/// A local HTTP server that reads each request's head and answers it with
+/// `response`, on a thread for the rest of the test binary's life.
+fn answering(response: &'static str) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line == "\r\n" || line == "\n" {
+                    break;
+                }
+                line.clear();
+            }
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    addr
 }
 
 #[test]
