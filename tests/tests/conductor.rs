@@ -362,3 +362,114 @@ async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
     let _ = broker.cleanup_stems(&["pipeline"], &[]).await;
     let _ = broker.cleanup().await;
 }
+
+/// A chord whose broker restarts while the chord's members wait for their
+/// second attempt: once the broker is back, the leader (whichever it is)
+/// publishes the callback once, and the worker runs it once.
+#[tokio::test]
+async fn a_chord_callback_runs_once_through_a_broker_restart_mid_group() {
+    use serde_json::json;
+    use warren::workflow::{Step, group};
+
+    let _serial = SERIAL.lock().await;
+    let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    let mut conductors = vec![
+        conductor(&namespace, config.path(), 0).await,
+        conductor(&namespace, config.path(), 1).await,
+    ];
+    let first = leader(&conductors).await;
+    conductors[first]
+        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = WorkerProcess::start(
+        pipeline,
+        "pipeline-worker",
+        &[
+            ("WARREN_BROKER__NAMESPACE", namespace.clone()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+            ("WARREN_CONSUMER__RETRY_DELAYS", r#"["3s"]"#.to_owned()),
+            ("PIPELINE_DIR", dir.path().display().to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    worker.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
+    let members = (1..=20)
+        .map(|i| {
+            Step::new(
+                "pipeline.process",
+                json!({ "input": { "id": format!("m{i}"), "value": i }, "factor": 2, "fail_first": 1 }),
+            )
+        })
+        .collect();
+    let id = format!("chord-{}", &namespace[2..]);
+    broker
+        .publisher
+        .publish_chord(
+            group(members)
+                .id(&id)
+                .then(Step::new("pipeline.report", json!({}))),
+        )
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("Task failed; it will be retried.", 20, WAIT)
+        .await
+        .unwrap();
+    drop(broker);
+    warren_tests::broker::rabbitmqctl(&["stop_app"]);
+    warren_tests::broker::rabbitmqctl(&["start_app"]);
+    warren_tests::broker::rabbitmqctl(&["await_startup"]);
+
+    let callback = format!("{id}.callback");
+    let ran = |w: &WorkerProcess| {
+        w.logs_with_message("Task succeeded.")
+            .iter()
+            .filter(|l| l["span"]["task_id"] == callback.as_str())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while ran(&worker) == 0 {
+        assert!(Instant::now() < deadline, "{}", worker.tail(30));
+        let seen = worker.logs_with_message("Task succeeded.").len();
+        let _ = worker
+            .wait_for_log("Task succeeded.", seen + 1, Duration::from_secs(90))
+            .await;
+    }
+    let results: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("{callback}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results.len(), 20);
+    assert!(
+        results.iter().all(|r| r["state"] == "succeeded"),
+        "{results:?}"
+    );
+    for c in conductors.iter() {
+        c.signal("TERM").unwrap();
+    }
+    for c in conductors.iter_mut() {
+        c.wait_exit(WAIT).await.unwrap();
+    }
+    worker.signal("TERM").unwrap();
+    worker.wait_exit(WAIT).await.unwrap();
+    assert_eq!(ran(&worker), 1);
+    let published: usize = conductors
+        .iter()
+        .map(|c| {
+            c.logs_with_message("Chord complete; callback published.")
+                .len()
+        })
+        .sum();
+    assert_eq!(published, 1);
+    let broker = TestBroker::with_namespace(namespace.clone()).await.unwrap();
+    let queue = broker.names.work_queue("pipeline");
+    assert_eq!(broker.depth(&queue).await.unwrap(), 0);
+    let _ = broker.cleanup_stems(&["pipeline"], &[]).await;
+    let _ = broker.cleanup().await;
+}

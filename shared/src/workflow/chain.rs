@@ -112,23 +112,42 @@ pub fn step_id(chain_id: &str, n: u32) -> String {
 /// Why a chain was refused, naming the step and field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
+    /// No steps.
     #[error("a chain needs at least one step")]
     NoSteps,
+    /// More steps than allowed.
     #[error("the chain has {count} steps; at most {max} are allowed")]
-    TooManySteps { count: usize, max: usize },
+    TooManySteps {
+        /// Steps given.
+        count: usize,
+        /// Steps allowed.
+        max: usize,
+    },
+    /// An id was given, and it is empty.
     #[error("the chain id is empty")]
     EmptyId,
+    /// A step is invalid.
     #[error("step {index}: {field}: {reason}")]
     InvalidStep {
-        /// 0-based.
+        /// The step, from 0.
         index: usize,
+        /// The step's field at fault (`type`, `body`, `result_to`, `priority`).
         field: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The slip is too large for the message's headers.
     #[error("the chain's routing slip is {bytes} bytes of JSON; at most {max} are allowed")]
-    TooLarge { bytes: usize, max: usize },
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// [`MAX_SLIP_BYTES`].
+        max: usize,
+    },
+    /// A received `x-warren-chain` header that does not parse or check.
     #[error("the x-warren-chain header is not a valid routing slip: {0}")]
     InvalidSlip(String),
+    /// The first step was not published.
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
@@ -165,10 +184,15 @@ pub struct Slip {
 /// filled in), priority and its own slip.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NextStep {
+    /// Its task id, `{chain id}.{n}`.
     pub id: String,
+    /// Its task type.
     pub task_type: String,
+    /// Its body, the previous result in its `result_to` field.
     pub body: Value,
+    /// Its priority.
     pub priority: u8,
+    /// The slip it carries.
     pub slip: Slip,
 }
 

@@ -44,6 +44,7 @@ pub struct ChordRecord {
     /// The callback; its body's `result_to` field (default `results`)
     /// receives the members' outcomes, in member order.
     pub callback: Step,
+    /// What happens to the callback when a member was dead-lettered.
     #[serde(default)]
     pub on_failure: OnFailure,
 }
@@ -77,29 +78,47 @@ impl ChordRecord {
 /// Why a group or chord was refused or only partly published.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
+    /// No members.
     #[error("a group needs at least one member")]
     NoMembers,
+    /// More members than allowed.
     #[error("the group has {count} members; at most {max} are allowed")]
-    TooManyMembers { count: usize, max: usize },
+    TooManyMembers {
+        /// Members given.
+        count: usize,
+        /// [`MAX_MEMBERS`].
+        max: usize,
+    },
+    /// A member is invalid.
     #[error("members[{index}].{field}: {reason}")]
     InvalidMember {
+        /// The member, from 0.
         index: usize,
+        /// Its field at fault.
         field: &'static str,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The callback is invalid.
     #[error("callback: {0}")]
     InvalidCallback(String),
+    /// An id was given, and it is empty.
     #[error("the group id is empty")]
     EmptyId,
     /// Publishing stopped midway: `published` of `total` members are
     /// queued (members 1 to `published`); the rest are not.
     #[error("only {published} of {total} members of group {id} were published: {source}")]
     Partial {
+        /// The group's id.
         id: String,
+        /// Members published (1 to this).
         published: usize,
+        /// Members in the group.
         total: usize,
+        /// Why the next one was not.
         source: Box<PublishError>,
     },
+    /// The chord's record was not published (no member was).
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
