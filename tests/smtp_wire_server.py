@@ -18,18 +18,24 @@ Run it as ``/usr/bin/python3 tests/smtp_wire_server.py [--port 0]
 ``--pipelining`` advertises PIPELINING (RFC 2920) in the EHLO reply; without
 it the server advertises what aiosmtpd does, which does not include it.
 ``--tls starttls|implicit --cert PEM --key PEM`` secures the connection: STARTTLS
-offered and required before MAIL, or TLS from the first byte. The server
-exits when its parent process goes away.
+offered and required before MAIL, or TLS from the first byte.
+``--auth USER:PASSWORD`` requires AUTH before MAIL (only over TLS), offering
+PLAIN and LOGIN, or only the one ``--auth-mechanism PLAIN|LOGIN`` names;
+each attempt is reported as ``{"event":"auth","id":N,"mechanism","login",
+"success"}`` (never the password). The server exits when its parent process
+goes away.
 """
 
 import argparse
 import asyncio
+import logging
+import warnings
 import email
 import ssl
 import time
 from itertools import count
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 # The JSON-lines output and the orphan check of the tests' other server (this
 # script's folder is on sys.path).
@@ -58,6 +64,24 @@ class Handler:
             "at": time.time(),
         })
         return "250 2.0.0 OK: queued"
+
+
+class Authenticator:
+    """Accepts one login and password, and reports every attempt."""
+
+    def __init__(self, login, password):
+        self.login = login.encode()
+        self.password = password.encode()
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = (isinstance(auth_data, LoginPassword)
+              and auth_data.login == self.login
+              and auth_data.password == self.password)
+        login = auth_data.login.decode("utf-8", "replace") \
+            if isinstance(auth_data, LoginPassword) else None
+        emit({"event": "auth", "id": server.connection_id,
+              "mechanism": mechanism, "login": login, "success": ok})
+        return AuthResult(success=ok, handled=False)
 
 
 class WireSMTP(SMTP):
@@ -114,6 +138,8 @@ async def main():
     parser.add_argument("--tls", choices=["starttls", "implicit"], default=None)
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--auth", metavar="USER:PASSWORD")
+    parser.add_argument("--auth-mechanism", choices=["PLAIN", "LOGIN"])
     args = parser.parse_args()
 
     WireSMTP.max_connections = args.max_connections
@@ -125,6 +151,18 @@ async def main():
     options = {}
     if args.tls == "starttls":
         options = {"tls_context": context, "require_starttls": True}
+    if args.auth:
+        login, password = args.auth.split(":", 1)
+        options["authenticator"] = Authenticator(login, password)
+        options["auth_required"] = True
+        # With implicit TLS the whole connection is already secured;
+        # aiosmtpd, not knowing it, warns that AUTH does not require TLS.
+        options["auth_require_tls"] = args.tls == "starttls"
+        warnings.filterwarnings("ignore", module="aiosmtpd")
+        logging.getLogger("mail.log").setLevel(logging.ERROR)
+        if args.auth_mechanism:
+            options["auth_exclude_mechanism"] = \
+                {"PLAIN", "LOGIN"} - {args.auth_mechanism}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: WireSMTP(handler, hostname="smtp-wire.test", **options),

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use warren::prelude::*;
 use warren_tasks::email::SendEmail;
 
+pub mod pipeline;
+
 /// `files.cleanup`: delete the files under `dir` (relative to the
 /// worker's root) last modified more than `older_than_days` days ago.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -63,6 +63,10 @@ pub mod headers {
     /// worker first receives it) the task is due, in milliseconds; the
     /// worker turns it into `x-warren-eta-ms` when it defers the task.
     pub const DELAY_MS: &str = "x-warren-delay-ms";
+    /// A chain's routing slip (JSON, see `crate::workflow::Slip`): the
+    /// chain's id, this step's number and the steps still to run. Retry
+    /// and parking-lot copies carry it unchanged.
+    pub const CHAIN: &str = "x-warren-chain";
 
     /// Every header Warren writes.
     pub const ALL: &[&str] = &[
@@ -82,6 +86,7 @@ pub mod headers {
         CAUSATION_ID,
         ETA_MS,
         DELAY_MS,
+        CHAIN,
     ];
 }
 

@@ -59,6 +59,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod topology;
 pub mod trace;
+pub mod workflow;
 
 pub use app::{App, AppError, serve};
 pub use contract::{DeadReason, Names};

@@ -361,7 +361,11 @@ fn every_routing_key_is_documented() {
     event_channels.sort();
     assert_eq!(
         event_channels,
-        ["{envelopeKey}", "{taskType}.{state}"],
+        [
+            "{callbackType}.chord",
+            "{envelopeKey}",
+            "{taskType}.{state}"
+        ],
         "routing keys on {events}"
     );
     // Envelopes: the documented examples are what the code writes, for
@@ -423,6 +427,7 @@ fn documented_headers(doc: &Value) -> BTreeMap<String, &'static str> {
         "ParkedHeaders",
         "BrokerDeadLetterHeaders",
         "DelayHeaders",
+        "ChainHeaders",
     ] {
         let properties = schema_properties(&schemas[schema]);
         for name in properties {
@@ -531,6 +536,23 @@ fn task_and_event_properties_match_the_code() {
                 let events = envelope::decode(Some(EVENT_ENVELOPE_CONTENT_TYPE), Some(kind), &body)
                     .expect("the example decodes");
                 assert!(!events.is_empty());
+            }
+        } else if name == "ChordRecord" {
+            assert_eq!(kind, warren::workflow::CHORD_MESSAGE_TYPE);
+            assert_eq!(message["contentType"], warren::workflow::CHORD_CONTENT_TYPE);
+            for example in message["examples"].as_array().expect("examples") {
+                let record: warren::workflow::ChordRecord =
+                    serde_json::from_value(example["payload"].clone()).expect("it parses");
+                assert!(record.size > 0);
+                // Event readers skip it.
+                let body = serde_json::to_vec(&example["payload"]).expect("json");
+                let events = envelope::decode(
+                    Some(warren::workflow::CHORD_CONTENT_TYPE),
+                    Some(kind),
+                    &body,
+                )
+                .expect("readers take it");
+                assert!(events.is_empty());
             }
         } else {
             assert!(TASK_TYPES.contains(&kind), "{name}: {kind}");

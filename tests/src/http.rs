@@ -174,6 +174,19 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<Response> {
+    request_within(TIMEOUT, addr, method, path, headers, body).await
+}
+
+/// [`request`], answered within `timeout` (for answers that take long on
+/// purpose, e.g. a publish the broker never confirms).
+pub async fn request_within(
+    timeout: Duration,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Response> {
     let exchange = async {
         let stream = TcpStream::connect(addr).await?;
         let (read, mut write) = stream.into_split();
@@ -204,9 +217,9 @@ pub async fn request(
             body,
         })
     };
-    tokio::time::timeout(TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .with_context(|| format!("{method} {path}: no answer within {TIMEOUT:?}"))?
+        .with_context(|| format!("{method} {path}: no answer within {timeout:?}"))?
 }
 
 /// One connection kept open for many GETs: for load, where a fresh

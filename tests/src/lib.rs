@@ -7,12 +7,15 @@
 //! a time). The deploy, dashboard and docs checks live in `tools/deploy-check`.
 
 pub mod broker;
+pub mod cli;
 mod helpers;
 pub mod http;
 pub mod images;
 pub mod ops;
 pub mod otlp;
+pub mod s3;
 pub mod smtp;
+pub mod smtp_tls;
 pub mod status;
 pub mod worker;
 

@@ -245,3 +245,231 @@ async fn a_broker_restart_fires_nothing_twice_and_applies_the_misfire_policy() {
     assert!(fires.keys().any(|at| *at > started), "fires resumed");
     cleanup(&namespace).await;
 }
+
+/// A chord whose conductor leader is killed (`kill -9`) while the chord's
+/// members wait for their second attempt: the conductor that takes over
+/// publishes the callback, once, and the worker runs it once.
+#[tokio::test]
+async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
+    use serde_json::json;
+    use warren::workflow::{Step, group};
+
+    let _serial = SERIAL.lock().await;
+    let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    // No schedules: the conductors only run chords.
+    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    let mut conductors = vec![
+        conductor(&namespace, config.path(), 0).await,
+        conductor(&namespace, config.path(), 1).await,
+    ];
+    let first = leader(&conductors).await;
+    conductors[first]
+        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = WorkerProcess::start(
+        pipeline,
+        "pipeline-worker",
+        &[
+            ("WARREN_BROKER__NAMESPACE", namespace.clone()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+            ("WARREN_CONSUMER__RETRY_DELAYS", r#"["3s"]"#.to_owned()),
+            ("PIPELINE_DIR", dir.path().display().to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    worker.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
+
+    // Each member fails once, then waits 3 s for its second attempt.
+    let members = (1..=20)
+        .map(|i| {
+            Step::new(
+                "pipeline.process",
+                json!({ "input": { "id": format!("m{i}"), "value": i }, "factor": 2, "fail_first": 1 }),
+            )
+        })
+        .collect();
+    let id = format!("chord-{}", &namespace[2..]);
+    broker
+        .publisher
+        .publish_chord(
+            group(members)
+                .id(&id)
+                .then(Step::new("pipeline.report", json!({}))),
+        )
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("Task failed; it will be retried.", 20, WAIT)
+        .await
+        .unwrap();
+    conductors[first].signal("KILL").unwrap();
+    conductors[first].wait_exit(WAIT).await.unwrap();
+    let second = 1 - first;
+    conductors[second]
+        .wait_for_log("Chord complete; callback published.", 1, WAIT)
+        .await
+        .unwrap();
+
+    // The callback ran once, with the 20 results in member order.
+    let callback = format!("{id}.callback");
+    let ran = |w: &WorkerProcess| {
+        w.logs_with_message("Task succeeded.")
+            .iter()
+            .filter(|l| l["span"]["task_id"] == callback.as_str())
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while ran(&worker) == 0 {
+        assert!(Instant::now() < deadline, "{}", worker.tail(30));
+        worker
+            .wait_for_log("Task succeeded.", 21, WAIT)
+            .await
+            .unwrap();
+    }
+    let results: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("{callback}.json"))).unwrap(),
+    )
+    .unwrap();
+    let values: Vec<i64> = results
+        .iter()
+        .map(|r| r["result"]["value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, (1..=20).map(|i| i * 2).collect::<Vec<_>>());
+    // Nothing more: the survivor stops, the worker drains its queue.
+    conductors[second].signal("TERM").unwrap();
+    conductors[second].wait_exit(WAIT).await.unwrap();
+    worker.signal("TERM").unwrap();
+    worker.wait_exit(WAIT).await.unwrap();
+    assert_eq!(ran(&worker), 1);
+    assert_eq!(
+        conductors[second]
+            .logs_with_message("Chord complete; callback published.")
+            .len(),
+        1
+    );
+    assert!(
+        conductors[first]
+            .logs_with_message("Chord complete; callback published.")
+            .is_empty()
+    );
+    let queue = broker.names.work_queue("pipeline");
+    assert_eq!(broker.depth(&queue).await.unwrap(), 0);
+    let _ = broker.cleanup_stems(&["pipeline"], &[]).await;
+    let _ = broker.cleanup().await;
+}
+
+/// A chord whose broker restarts while the chord's members wait for their
+/// second attempt: once the broker is back, the leader (whichever it is)
+/// publishes the callback once, and the worker runs it once.
+#[tokio::test]
+async fn a_chord_callback_runs_once_through_a_broker_restart_mid_group() {
+    use serde_json::json;
+    use warren::workflow::{Step, group};
+
+    let _serial = SERIAL.lock().await;
+    let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    let mut conductors = vec![
+        conductor(&namespace, config.path(), 0).await,
+        conductor(&namespace, config.path(), 1).await,
+    ];
+    let first = leader(&conductors).await;
+    conductors[first]
+        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = WorkerProcess::start(
+        pipeline,
+        "pipeline-worker",
+        &[
+            ("WARREN_BROKER__NAMESPACE", namespace.clone()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+            ("WARREN_CONSUMER__RETRY_DELAYS", r#"["3s"]"#.to_owned()),
+            ("PIPELINE_DIR", dir.path().display().to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    worker.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
+    let members = (1..=20)
+        .map(|i| {
+            Step::new(
+                "pipeline.process",
+                json!({ "input": { "id": format!("m{i}"), "value": i }, "factor": 2, "fail_first": 1 }),
+            )
+        })
+        .collect();
+    let id = format!("chord-{}", &namespace[2..]);
+    broker
+        .publisher
+        .publish_chord(
+            group(members)
+                .id(&id)
+                .then(Step::new("pipeline.report", json!({}))),
+        )
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("Task failed; it will be retried.", 20, WAIT)
+        .await
+        .unwrap();
+    drop(broker);
+    warren_tests::broker::rabbitmqctl(&["stop_app"]);
+    warren_tests::broker::rabbitmqctl(&["start_app"]);
+    warren_tests::broker::rabbitmqctl(&["await_startup"]);
+
+    let callback = format!("{id}.callback");
+    let ran = |w: &WorkerProcess| {
+        w.logs_with_message("Task succeeded.")
+            .iter()
+            .filter(|l| l["span"]["task_id"] == callback.as_str())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while ran(&worker) == 0 {
+        assert!(Instant::now() < deadline, "{}", worker.tail(30));
+        let seen = worker.logs_with_message("Task succeeded.").len();
+        let _ = worker
+            .wait_for_log("Task succeeded.", seen + 1, Duration::from_secs(90))
+            .await;
+    }
+    let results: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("{callback}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results.len(), 20);
+    assert!(
+        results.iter().all(|r| r["state"] == "succeeded"),
+        "{results:?}"
+    );
+    for c in conductors.iter() {
+        c.signal("TERM").unwrap();
+    }
+    for c in conductors.iter_mut() {
+        c.wait_exit(WAIT).await.unwrap();
+    }
+    worker.signal("TERM").unwrap();
+    worker.wait_exit(WAIT).await.unwrap();
+    assert_eq!(ran(&worker), 1);
+    let published: usize = conductors
+        .iter()
+        .map(|c| {
+            c.logs_with_message("Chord complete; callback published.")
+                .len()
+        })
+        .sum();
+    assert_eq!(published, 1);
+    let broker = TestBroker::with_namespace(namespace.clone()).await.unwrap();
+    let queue = broker.names.work_queue("pipeline");
+    assert_eq!(broker.depth(&queue).await.unwrap(), 0);
+    let _ = broker.cleanup_stems(&["pipeline"], &[]).await;
+    let _ = broker.cleanup().await;
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use warren::PublishOptions;
 use warren_tests::broker::{TestBroker, rabbitmqctl};
+use warren_tests::http;
 use warren_tests::worker::WorkerProcess;
 use warren_tests::{EmailWorld, rcpt, wait_until};
 
@@ -580,4 +581,432 @@ async fn the_status_indexer_killed_mid_stream_is_replaced_and_no_event_is_applie
     let mut dead = w.processes.remove(holder);
     let _ = dead.wait_exit(Duration::from_secs(10)).await;
     w.finish().await.unwrap();
+}
+
+/// `warren dead replay` of 1,000 parked tasks, killed with `kill -9`
+/// midway: every task is parked or delivered (on its work queue), none is
+/// lost, and at most the one message in flight (published, its ack not
+/// yet processed) is in both places.
+#[tokio::test]
+async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_message_in_flight() {
+    use warren::contract::{self, headers};
+    use warren_tests::cli;
+
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    // No worker: the work queue keeps what the replay delivers.
+    broker.declare_email_topology(&[]).await.unwrap();
+    let work = broker.names.work_queue("email");
+    let dead = broker.email_dead_queue();
+    // Parked the way the runtime parks: a copy to the dead exchange, keyed
+    // by the work queue, with the failure headers, confirmed.
+    for n in 0..1000 {
+        let mut props = warren::task_properties(&format!("p{n}"), "email.send", 0);
+        let mut h = props.headers().clone().unwrap_or_default();
+        contract::set_str(&mut h, headers::DEAD_REASON, "permanent");
+        contract::set_str(&mut h, headers::ERROR_KIND, "smtp_permanent");
+        contract::set_str(&mut h, headers::ERROR, "550 rejected");
+        props = props.with_headers(h);
+        let body = json!({"to": format!("r{n}@example.com"), "subject": "s", "text": "t"});
+        broker
+            .publisher
+            .publish_confirmed(
+                &broker.names.dead_exchange(),
+                &work,
+                body.to_string().as_bytes(),
+                props,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(broker.depth(&dead).await.unwrap(), 1000);
+
+    let env = [("WARREN_BROKER__NAMESPACE", broker.namespace().to_owned())];
+    let mut replay = cli::spawn(&env, &["dead", "replay", "--rate", "400", "--json"]).unwrap();
+    // Killed once a good part has moved.
+    let deadline = Instant::now() + WAIT;
+    while broker.depth(&work).await.unwrap() < 300 {
+        assert!(Instant::now() < deadline, "the replay did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replay.start_kill().unwrap();
+    let status = replay.wait().await.unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+
+    // The held messages return to the parking lot once the broker sees the
+    // connection gone.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let total = broker.depth(&work).await.unwrap() + broker.depth(&dead).await.unwrap();
+        if total >= 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} of 1000 tasks found");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = broker
+        .take(&work, broker.depth(&work).await.unwrap() as usize, WAIT)
+        .await
+        .unwrap();
+    let parked = broker
+        .take(&dead, broker.depth(&dead).await.unwrap() as usize, WAIT)
+        .await
+        .unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in delivered.iter().chain(&parked) {
+        *seen.entry(m.message_id().unwrap()).or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    println!(
+        "replay killed: {} delivered, {} parked, {} duplicates",
+        delivered.len(),
+        parked.len(),
+        duplicates
+    );
+    assert_eq!(seen.len(), 1000, "every task is somewhere");
+    assert_eq!(delivered.len() + parked.len(), 1000 + duplicates);
+    assert!(
+        duplicates <= 1,
+        "{duplicates} duplicates: more than in flight"
+    );
+    // What was delivered starts afresh; what is parked is as it was.
+    assert!(
+        delivered
+            .iter()
+            .all(|m| m.header(headers::ATTEMPT).as_deref() == Some("1")
+                && m.header(headers::DEAD_REASON).is_none())
+    );
+    assert!(
+        parked
+            .iter()
+            .all(|m| m.header(headers::DEAD_REASON).as_deref() == Some("permanent"))
+    );
+    broker.cleanup().await.unwrap();
+}
+
+/// A `redis-server` of the test's own on `port` (never the shared 6379),
+/// killed when dropped.
+struct OwnRedis {
+    child: tokio::process::Child,
+}
+
+impl OwnRedis {
+    /// Starts it and waits for its "Ready to accept connections" line.
+    async fn start(port: u16) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await.expect("redis output") {
+                if line.contains("Ready to accept connections") {
+                    return true;
+                }
+            }
+            false
+        };
+        let ready = tokio::time::timeout(WAIT, ready).await;
+        assert!(
+            matches!(ready, Ok(true)),
+            "redis-server on port {port} did not get ready"
+        );
+        // Keep draining its output so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child }
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    async fn kill(mut self) {
+        self.child.kill().await.expect("kill redis-server");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_under_the_redis_idempotency_store_retries_and_sends_once_after() {
+    let _serial = SERIAL.lock().await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let redis = OwnRedis::start(port).await;
+    let EmailWorld {
+        broker,
+        sink,
+        worker,
+        ..
+    } = EmailWorld::start(&[
+        ("WARREN_IDEMPOTENCY__BACKEND", "redis"),
+        ("WARREN_IDEMPOTENCY__REDIS_URL", &url),
+        // Enough rungs to outlast the outage.
+        ("WARREN_CONSUMER__MAX_ATTEMPTS", "50"),
+    ])
+    .await
+    .unwrap();
+
+    // Redis goes away; a task comes. The documented behaviour
+    // (docs/contract.md, `idempotency_store`): a transient failure, retried
+    // through the ladder, and the handler does not run meanwhile.
+    redis.kill().await;
+    let to = rcpt("redisdown");
+    let id = format!("redis-outage-{}", uuid::Uuid::new_v4().simple());
+    let body = json!({"to": to, "subject": "r", "text": "r"});
+    let publish = || {
+        broker.publish(
+            "email.send",
+            &body,
+            PublishOptions {
+                id: Some(id.clone()),
+                ..Default::default()
+            },
+        )
+    };
+    publish().await.unwrap();
+    let retried = worker
+        .wait_for_log("Task failed; it will be retried.", 2, WAIT)
+        .await
+        .unwrap();
+    for line in &retried {
+        assert_eq!(line["fields"]["error_kind"], "idempotency_store", "{line}");
+        assert_eq!(line["span"]["task_id"], id.as_str(), "{line}");
+    }
+    assert!(sink.messages_to(&to).is_empty(), "nothing sent while down");
+    assert!(
+        worker.logs().iter().all(|l| !l.to_string().contains(&url)),
+        "the Redis URL is a secret"
+    );
+
+    // Redis is back (empty): the next attempt runs, sends once, records.
+    let _redis = OwnRedis::start(port).await;
+    let done = worker
+        .wait_for_log("Task succeeded.", 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done[0]["span"]["task_id"], id.as_str());
+    sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    // Recorded in the restarted Redis: the same id again is a duplicate.
+    publish().await.unwrap();
+    worker
+        .wait_for_log(
+            "Task already succeeded earlier; acking the duplicate without running it.",
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sink.messages_to(&to).len(), 1);
+    assert_eq!(broker.depth(&broker.email_dead_queue()).await.unwrap(), 0);
+    broker.cleanup().await.unwrap();
+}
+
+/// The broker's memory alarm, raised for the whole node (every publishing
+/// connection blocks): the watermark set to 0, put back when dropped, even
+/// when the test fails.
+struct MemoryAlarm {
+    restore: Vec<String>,
+}
+
+impl MemoryAlarm {
+    fn raise() -> Self {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+            .output()
+            .expect("rabbitmqctl must be installed");
+        let current = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        // `0.4`, or `{absolute,1073741824}`.
+        let restore = match current.strip_prefix("{absolute,") {
+            Some(rest) => vec!["absolute".to_owned(), rest.trim_end_matches('}').to_owned()],
+            None => {
+                assert!(
+                    current.parse::<f64>().is_ok_and(|v| v > 0.0),
+                    "the watermark is {current:?}"
+                );
+                vec![current]
+            }
+        };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+        Self { restore }
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let mut args = vec!["set_vm_memory_high_watermark"];
+        args.extend(self.restore.iter().map(String::as_str));
+        rabbitmqctl(&args);
+    }
+}
+
+/// Waits until the broker reports a connection of process `pid` whose
+/// client-provided name ends with `suffix` as `blocked`: it tried to
+/// publish under the alarm.
+async fn wait_blocked(pid: u32, suffix: &str) {
+    let wanted = format!("/{pid} {suffix}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let output = tokio::process::Command::new("rabbitmqctl")
+            .args(["list_connections", "client_properties", "state", "--silent"])
+            .output()
+            .await
+            .expect("rabbitmqctl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if text
+            .lines()
+            .any(|l| l.contains(&wanted) && l.trim_end().ends_with("blocked"))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no blocked connection {wanted}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A gateway with the email queue declared (no worker: tasks stay queued).
+async fn gateway_world(
+    overrides: &[(&'static str, &str)],
+) -> (
+    TestBroker,
+    tempfile::TempDir,
+    WorkerProcess,
+    std::net::SocketAddr,
+) {
+    let broker = TestBroker::new().await.unwrap();
+    broker
+        .declare_email_topology(&[Duration::from_millis(200)])
+        .await
+        .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let env = warren_tests::worker::with(
+        warren_tests::worker::gateway_env(broker.namespace(), store.path()),
+        overrides,
+    );
+    let gateway = WorkerProcess::gateway(&env).await.unwrap();
+    let http = gateway.http_addr().await.unwrap();
+    gateway.wait_caught_up().await.unwrap();
+    (broker, store, gateway, http)
+}
+
+#[tokio::test]
+async fn gateway_sigterm_during_an_enqueue_confirms_it_and_ends_open_sse_streams_cleanly() {
+    let _serial = SERIAL.lock().await;
+    let (broker, store, mut gateway, http) = gateway_world(&[]).await;
+    let email = |subject: &str| json!({"to": rcpt("sigterm"), "subject": subject, "text": "x"});
+    let r = http::post_json(http, "/v1/tasks/email?id=watched", &email("watched"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut sse = http::sse(http, "/v1/tasks/watched/events", &[])
+        .await
+        .unwrap();
+    assert_eq!(sse.status, 200);
+    let first = sse.next_event().await.unwrap().expect("the queued event");
+    assert!(first.data.contains("\"queued\""), "{first:?}");
+
+    // Publishes block: the next enqueue waits for its confirm.
+    let alarm = MemoryAlarm::raise();
+    let enqueue = tokio::spawn(async move {
+        http::post_json(http, "/v1/tasks/email?id=in-flight", &email("in flight")).await
+    });
+    wait_blocked(gateway.pid().unwrap(), "publish").await;
+    gateway.signal("TERM").unwrap();
+    gateway
+        .wait_for_log("Shutdown requested; draining in-flight tasks.", 1, WAIT)
+        .await
+        .unwrap();
+    // The open stream ends cleanly (no error, no torn event) at shutdown.
+    let rest = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        while let Some(event) = sse.next_event().await.unwrap() {
+            rest.push(event);
+        }
+        rest
+    })
+    .await
+    .expect("the SSE stream ends at shutdown");
+    assert!(
+        rest.iter().all(|e| !e.data.contains("\"queued\"")),
+        "{rest:?}"
+    );
+    assert!(!enqueue.is_finished(), "the enqueue waits for its confirm");
+
+    // The broker takes publishes again: the enqueue in flight is confirmed
+    // and answered, then the gateway stops.
+    drop(alarm);
+    let r = enqueue.await.unwrap().unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let status = gateway.wait_exit(WAIT).await.unwrap();
+    assert!(status.success(), "the gateway exited with {status}");
+    let queue = broker.names.work_queue("email");
+    assert_eq!(broker.depth(&queue).await.unwrap(), 2);
+
+    // Its `queued` event reached the events stream: a new gateway reads it.
+    let env = warren_tests::worker::gateway_env(broker.namespace(), store.path());
+    let mut second = WorkerProcess::gateway(&env).await.unwrap();
+    let http = second.http_addr().await.unwrap();
+    second.wait_caught_up().await.unwrap();
+    let r = http::get(http, "/v1/tasks/in-flight").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["state"], "queued");
+    second.signal("TERM").unwrap();
+    assert!(second.wait_exit(WAIT).await.unwrap().success());
+    broker
+        .cleanup_stems(&["email"], &[Duration::from_millis(200)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_publish_the_broker_never_confirms_is_a_503_broker_timeout() {
+    let _serial = SERIAL.lock().await;
+    // The request outlives the confirm wait (`CONFIRM_TIMEOUT`, 30 s).
+    let (broker, _store, mut gateway, http) =
+        gateway_world(&[("WARREN_HTTP__REQUEST_TIMEOUT", "50s")]).await;
+    let alarm = MemoryAlarm::raise();
+    let started = Instant::now();
+    let r = http::request_within(
+        Duration::from_secs(50),
+        http,
+        "POST",
+        "/v1/tasks/email?id=unconfirmed",
+        &[("content-type", "application/json")],
+        json!({"to": rcpt("blocked"), "subject": "s", "text": "t"})
+            .to_string()
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    drop(alarm);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let p = r.json().unwrap();
+    assert_eq!(p["type"], "urn:warren:problem:broker_timeout", "{p}");
+    assert_eq!(p["task_id"], "unconfirmed", "{p}");
+    assert!(
+        started.elapsed() >= warren::CONFIRM_TIMEOUT,
+        "answered after the confirm wait: {:?}",
+        started.elapsed()
+    );
+    gateway.signal("TERM").unwrap();
+    assert!(gateway.wait_exit(WAIT).await.unwrap().success());
+    broker
+        .cleanup_stems(&["email"], &[Duration::from_millis(200)])
+        .await
+        .unwrap();
 }

@@ -62,6 +62,8 @@ enum SessionError {
     LockLost,
     #[error("a task could not be serialized: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("chords: {0}")]
+    Chord(#[from] crate::chord::TrackError),
 }
 
 /// The conductor: schedules, and the loop that leads or stands by.
@@ -233,7 +235,17 @@ impl Conductor {
         self.shared.set_leader(true);
         info!(identity = %self.identity, lock = %self.lock_queue(), "Took the leader lock.");
         let last = self.read_last_fires(connection, acquired).await?;
-        self.lead(connection, last, shutdown).await
+        // The schedules' fires and the chords' callbacks, both only while
+        // this connection holds the lock.
+        tokio::select! {
+            led = self.lead(connection, last, shutdown) => led,
+            tracked = crate::chord::track(connection, &self.names, &self.identity, acquired) => {
+                match tracked {
+                    Ok(()) => Err(SessionError::LockLost),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
     }
 
     /// A standby's view of the leader: follows the events stream from

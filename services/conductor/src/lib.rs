@@ -8,6 +8,7 @@
 //! tail, the fires), [`state`] (what `GET /v1/schedules` shows),
 //! [`settings`] and [`metrics`].
 
+pub mod chord;
 pub mod leader;
 pub mod metrics;
 pub mod schedule;

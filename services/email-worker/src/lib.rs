@@ -10,6 +10,7 @@
 pub mod mailer;
 pub mod message;
 pub mod metrics;
+pub mod sender;
 pub mod settings;
 pub mod smtp;
 pub mod template;

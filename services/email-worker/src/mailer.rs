@@ -18,6 +18,7 @@ use serde_json::json;
 use warren::{Outcome, TaskContext, TaskError};
 
 use crate::message::{EmailAddress, EmailRequest, ParsePolicy, Render, SendEmail};
+use crate::sender::SenderPolicy;
 use crate::settings::{EmailSettings, TransportKind};
 use crate::template::Templates;
 use crate::transport::{SmtpError, Transport};
@@ -53,6 +54,7 @@ struct Inner {
     transport: Transport,
     templates: Templates,
     default_from: EmailAddress,
+    senders: SenderPolicy,
     max_attachment_bytes: usize,
     send_timeout: Duration,
     /// `None` when `rate_limit_per_second` is 0 (unlimited).
@@ -96,10 +98,12 @@ impl Mailer {
         })?;
         let limiter = NonZeroU32::new(settings.rate_limit_per_second)
             .map(|per_second| RateLimiter::direct(Quota::per_second(per_second)));
+        let senders = SenderPolicy::new(&settings.allowed_from, settings.transport, &default_from);
         Ok(Mailer {
             inner: Arc::new(Inner {
                 transport,
                 templates: Templates::new(&settings.templates_dir),
+                senders,
                 default_from,
                 max_attachment_bytes: settings.max_attachment_bytes,
                 send_timeout: settings.send_timeout,
@@ -125,7 +129,14 @@ impl Mailer {
             default_from: &inner.default_from,
             max_attachment_bytes: inner.max_attachment_bytes,
         };
-        let email = EmailRequest::parse(task, &policy)?.render(&inner.templates)?;
+        let reply_to = task.reply_to.clone();
+        let request = EmailRequest::parse(task, &policy)?;
+        // `reply_to` parsed already; parsed again here for the policy.
+        let reply_to = reply_to
+            .map(|raw| EmailAddress::parse("reply_to", &raw))
+            .transpose()?;
+        inner.senders.check(request.from(), reply_to.as_ref())?;
+        let email = request.render(&inner.templates)?;
         let message_id = email.message_id(&ctx.id);
         let transport = inner.transport.kind();
         // An outbox file has no envelope: keep Bcc in it, or those

@@ -108,6 +108,11 @@ pub struct EmailSettings {
     /// command), so a server that stalls mid-DATA cannot hold a task.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// Who tasks may send as (`from`, `reply_to`): addresses and `@domain`
+    /// patterns, or `*` for anyone. Empty: anyone with the outbox
+    /// transport, the domain of `default_from` only with SMTP. A sender
+    /// outside it is parked as `from_not_allowed` (see `sender.rs`).
+    pub allowed_from: Vec<String>,
     pub smtp: SmtpSettings,
 }
 
@@ -121,6 +126,7 @@ impl Default for EmailSettings {
             rate_limit_per_second: 0,
             max_attachment_bytes: 5 * 1024 * 1024,
             send_timeout: Duration::from_secs(30),
+            allowed_from: Vec::new(),
             smtp: SmtpSettings::default(),
         }
     }

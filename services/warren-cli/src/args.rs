@@ -141,3 +141,60 @@ pub struct Filters {
     #[arg(long)]
     pub limit: Option<usize>,
 }
+
+#[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Splits a shell line into words: whitespace, and single quotes.
+    fn words(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        let mut started = false;
+        for c in line.chars() {
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    started = true;
+                }
+                c if c.is_whitespace() && !quoted => {
+                    if started {
+                        out.push(std::mem::take(&mut word));
+                        started = false;
+                    }
+                }
+                c => {
+                    word.push(c);
+                    started = true;
+                }
+            }
+        }
+        if started {
+            out.push(word);
+        }
+        out
+    }
+
+    #[test]
+    fn every_command_in_docs_cli_parses() {
+        let doc = include_str!("../../../docs/cli.md");
+        let mut checked = 0;
+        for line in doc.lines() {
+            let Some(command) = line.strip_prefix("$ ") else {
+                continue;
+            };
+            // `echo ... | warren ...`: the warren part.
+            let command = command.rsplit("| ").next().unwrap();
+            let args = words(command);
+            assert_eq!(args[0], "warren", "{line}");
+            if let Err(e) = Cli::try_parse_from(&args) {
+                panic!("docs/cli.md: {line}\n{e}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 12, "only {checked} commands found");
+    }
+}

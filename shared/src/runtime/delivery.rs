@@ -76,6 +76,12 @@ pub(super) async fn process(
         }
         Err(e) => Some(e),
     };
+    // A chain step's routing slip: read before any work, so a bad one parks
+    // the step before it runs.
+    let (slip, early) = match super::chain::read(&delivery) {
+        Ok(slip) => (slip, early),
+        Err(e) => (None, early.or(Some(e))),
+    };
     async move {
         inner.status.in_flight.fetch_add(1, Ordering::SeqCst);
         let metrics = match inner.task_metrics.get(ctx.task_type.as_str()) {
@@ -130,6 +136,15 @@ pub(super) async fn process(
         if let Some(progress) = progress {
             progress.finish().await;
         }
+        // A chain step's success publishes the next step before the ack.
+        let result = match (result, &slip) {
+            (Ok(Handled::Done(outcome)), Some(slip)) => {
+                super::chain::advance(&out, &ctx, slip, &outcome)
+                    .await
+                    .map(|()| Handled::Done(outcome))
+            }
+            (result, _) => result,
+        };
         let elapsed = started.elapsed();
         match result {
             Ok(Handled::Duplicate) => settle::duplicate(&delivery, &rec).await,

@@ -23,6 +23,7 @@
 //! value) and [`drain`] (stopping without losing anything).
 
 mod attempt;
+mod chain;
 mod context;
 mod defer;
 mod delivery;

@@ -171,8 +171,12 @@ pub(super) async fn session(
 /// Watches the connection: while lapin recovers a dropped connection by
 /// itself the consumer stream stays quiet, so this is where the outage and
 /// the recovery become visible (logs and readiness). Its events carry the
-/// broker's resource alarms; recovery is read off the connection state,
-/// which lapin keeps current in every path.
+/// broker's resource alarms, the error that dropped the connection and
+/// each reconnection (`Connected`: this listener exists only after the
+/// first connect, so every one it sees is a recovery); the connection
+/// state, sampled every 200 ms, covers whatever the events do not say.
+/// A recovery is logged once per outage, whichever saw it first: a drop
+/// and a reconnect between two samples is still seen through the events.
 async fn watch_connection(
     status: lapin::ConnectionStatus,
     events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
@@ -181,6 +185,21 @@ async fn watch_connection(
     futures::pin_mut!(events);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Reconnections already logged by a sample whose `Connected` event is
+    // still to come.
+    let mut logged_ahead = 0usize;
+    let interrupted = |reconnecting: bool| {
+        if inner.status.consuming.swap(false, Ordering::SeqCst) {
+            metrics::broker_connected(false);
+            warn!(reconnecting, "Broker connection interrupted; recovering.");
+        }
+    };
+    let recovered = || {
+        inner.status.consuming.store(true, Ordering::SeqCst);
+        metrics::broker_connected(true);
+        metrics::broker_reconnected();
+        info!(queue = %inner.queue, "Broker connection recovered; consuming again.");
+    };
     loop {
         tokio::select! {
             event = events.next() => match event {
@@ -189,18 +208,27 @@ async fn watch_connection(
                     "The broker blocked this connection (resource alarm); retry and dead-letter copies wait."
                 ),
                 Some(lapin::Event::ConnectionUnblocked) => info!("The broker unblocked this connection."),
+                Some(lapin::Event::Error(_)) => interrupted(status.reconnecting()),
+                Some(lapin::Event::Connected) => {
+                    if logged_ahead > 0 {
+                        logged_ahead -= 1;
+                    } else {
+                        // The drop may have come and gone between samples.
+                        interrupted(true);
+                        recovered();
+                    }
+                }
                 Some(_) => {}
                 None => return,
             },
             _ = tick.tick() => {
                 let connected = status.connected();
-                let was = inner.status.consuming.swap(connected, Ordering::SeqCst);
-                metrics::broker_connected(connected);
-                if was && !connected {
-                    warn!(reconnecting = status.reconnecting(), "Broker connection interrupted; recovering.");
-                } else if !was && connected {
-                    metrics::broker_reconnected();
-                    info!(queue = %inner.queue, "Broker connection recovered; consuming again.");
+                let consuming = inner.status.consuming.load(Ordering::SeqCst);
+                if consuming && !connected {
+                    interrupted(status.reconnecting());
+                } else if !consuming && connected {
+                    logged_ahead += 1;
+                    recovered();
                 }
             }
         }

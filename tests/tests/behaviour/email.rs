@@ -791,3 +791,73 @@ async fn a_refused_smtp_connection_is_smtp_connection_retried_then_parked() {
     assert!(worker.wait_exit(WAIT).await.unwrap().success());
     broker.cleanup().await.unwrap();
 }
+
+/// The retry copy cannot be published (its delay queue is gone, so the
+/// mandatory publish comes back): the task is handed back to its queue, not
+/// acked and not lost, and its next delivery runs it again.
+#[tokio::test]
+async fn a_retry_copy_that_cannot_be_published_hands_the_task_back() {
+    let mut s = EmailWorld::start(&[]).await.unwrap();
+    let retry_queue = s
+        .broker
+        .names
+        .retry_queue("email", Duration::from_millis(200));
+    s.broker
+        .channel
+        .queue_delete(
+            retry_queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // One 451, then 250.
+    let to = rcpt("tempfail451x1");
+    let id = s
+        .broker
+        .publish(
+            "email.send",
+            &json!({"to": to, "subject": "s", "text": "handed back"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    let handed = s
+        .worker
+        .wait_for_log(
+            "Could not publish the retry copy; handing the task back to the queue.",
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(handed[0]["fields"]["retry_queue"], retry_queue.as_str());
+    assert_eq!(handed[0]["span"]["task_id"], id.as_str());
+    let done = s
+        .worker
+        .wait_for_log("Task succeeded.", 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done[0]["span"]["task_id"], id.as_str());
+    assert_eq!(
+        done[0]["span"]["redelivered"], true,
+        "the handed-back original"
+    );
+    assert_eq!(done[0]["span"]["attempt"], 1, "no copy: the same attempt");
+    s.sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    assert_eq!(s.sink.rejections_to(&to).len(), 1);
+    assert!(
+        s.worker
+            .logs_with_message("Task failed; it will be retried.")
+            .is_empty()
+    );
+    s.worker.signal("TERM").unwrap();
+    assert!(s.worker.wait_exit(WAIT).await.unwrap().success());
+    assert_eq!(s.sink.messages_to(&to).len(), 1);
+    for q in [
+        s.broker.names.work_queue("email"),
+        s.broker.email_dead_queue(),
+    ] {
+        assert_eq!(s.broker.depth(&q).await.unwrap(), 0, "{q}");
+    }
+    s.broker.cleanup().await.unwrap();
+}

@@ -9,9 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod cli;
 mod conductor;
 mod delay;
 mod email;
+mod email_sender;
 mod email_wire;
 mod events;
 mod examples;
@@ -20,8 +22,11 @@ mod image;
 mod limits;
 mod observability;
 mod runtime;
+mod s3;
 mod scenarios;
 mod secrets;
 mod settings;
+mod smtp_auth;
 mod smtp_sink;
 mod status_store;
+mod workflow;

@@ -1,0 +1,421 @@
+//! The chain's routing slip: its wire form (the `x-warren-chain` header),
+//! its checks, the step that follows a success, and publishing a chain's
+//! first step.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::contract::{self, MAX_PRIORITY, headers};
+use crate::publisher::{PublishError, PublishOptions, Publisher};
+
+/// Most steps a chain may have.
+pub const MAX_STEPS: usize = 1000;
+
+/// Largest `x-warren-chain` header, in bytes of JSON. A message's headers
+/// travel in one AMQP frame (RabbitMQ's `frame_max` is 128 KiB by default),
+/// and the failure headers of a retry or parking-lot copy need room too.
+pub const MAX_SLIP_BYTES: usize = 64 * 1024;
+
+/// One step of a chain: a task type, its body, and where the previous
+/// step's result goes. The same struct is the wire form of the steps in the
+/// `x-warren-chain` header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The task type (the routing key), e.g. `pipeline.process`.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// The task's body, a JSON object when `result_to` is set.
+    #[serde(default = "empty_object")]
+    pub body: Value,
+    /// The field of `body` that receives the previous step's result (its
+    /// `Outcome::result`, `null` if it had none). Unset: the result is not
+    /// passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_to: Option<String>,
+    /// The step's priority, 0-9; unset, the priority of the step before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+impl Step {
+    /// A step running `task_type` with `body`.
+    pub fn new(task_type: impl Into<String>, body: Value) -> Self {
+        Self {
+            task_type: task_type.into(),
+            body,
+            result_to: None,
+            priority: None,
+        }
+    }
+
+    /// This step with the previous step's result in its body's `field`.
+    pub fn result_to(mut self, field: impl Into<String>) -> Self {
+        self.result_to = Some(field.into());
+        self
+    }
+
+    /// This step with its own priority.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    fn check(&self, index: usize) -> Result<(), ChainError> {
+        let invalid = |field: &str, reason: String| ChainError::InvalidStep {
+            index,
+            field: field.to_owned(),
+            reason,
+        };
+        if self.task_type.trim().is_empty() {
+            return Err(invalid("type", "the task type is empty".to_owned()));
+        }
+        if let Some(p) = self.priority
+            && p > MAX_PRIORITY
+        {
+            return Err(invalid(
+                "priority",
+                format!("priority {p} is out of range 0-{MAX_PRIORITY}"),
+            ));
+        }
+        if let Some(field) = &self.result_to {
+            if index == 0 {
+                return Err(invalid(
+                    "result_to",
+                    "the first step has no previous result".to_owned(),
+                ));
+            }
+            if field.is_empty() {
+                return Err(invalid("result_to", "the field name is empty".to_owned()));
+            }
+            if !self.body.is_object() {
+                return Err(invalid(
+                    "body",
+                    "a step with result_to needs a JSON object body".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The id of step `n` (1-based) of chain `chain_id`: `{chain_id}.{n}`.
+/// Deterministic, so a step published twice is the same task.
+pub fn step_id(chain_id: &str, n: u32) -> String {
+    format!("{chain_id}.{n}")
+}
+
+/// Why a chain was refused, naming the step and field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// No steps.
+    #[error("a chain needs at least one step")]
+    NoSteps,
+    /// More steps than allowed.
+    #[error("the chain has {count} steps; at most {max} are allowed")]
+    TooManySteps {
+        /// Steps given.
+        count: usize,
+        /// Steps allowed.
+        max: usize,
+    },
+    /// An id was given, and it is empty.
+    #[error("the chain id is empty")]
+    EmptyId,
+    /// A step is invalid.
+    #[error("step {index}: {field}: {reason}")]
+    InvalidStep {
+        /// The step, from 0.
+        index: usize,
+        /// The step's field at fault (`type`, `body`, `result_to`, `priority`).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The slip is too large for the message's headers.
+    #[error("the chain's routing slip is {bytes} bytes of JSON; at most {max} are allowed")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// [`MAX_SLIP_BYTES`].
+        max: usize,
+    },
+    /// A received `x-warren-chain` header that does not parse or check.
+    #[error("the x-warren-chain header is not a valid routing slip: {0}")]
+    InvalidSlip(String),
+    /// The first step was not published.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl ChainError {
+    /// The field at fault, as a path into the request (`steps[2].type`).
+    pub fn field(&self) -> Option<String> {
+        match self {
+            Self::NoSteps | Self::TooManySteps { .. } | Self::TooLarge { .. } => {
+                Some("steps".to_owned())
+            }
+            Self::EmptyId => Some("id".to_owned()),
+            Self::InvalidStep { index, field, .. } => Some(format!("steps[{index}].{field}")),
+            Self::InvalidSlip(_) | Self::Publish(_) => None,
+        }
+    }
+}
+
+/// The routing slip, the `x-warren-chain` header's JSON: which chain,
+/// which step this is, and the steps still to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slip {
+    /// The chain's id; step `n` has the task id `{id}.{n}`.
+    pub id: String,
+    /// The number of the step carrying the slip, from 1.
+    pub step: u32,
+    /// The steps after this one, in order; empty on the last step.
+    #[serde(default)]
+    pub next: Vec<Step>,
+}
+
+/// The step to publish after a success: its id, type, body (the result
+/// filled in), priority and its own slip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NextStep {
+    /// Its task id, `{chain id}.{n}`.
+    pub id: String,
+    /// Its task type.
+    pub task_type: String,
+    /// Its body, the previous result in its `result_to` field.
+    pub body: Value,
+    /// Its priority.
+    pub priority: u8,
+    /// The slip it carries.
+    pub slip: Slip,
+}
+
+impl Slip {
+    /// Reads and checks a slip from the header's value.
+    pub fn parse(json: &str) -> Result<Self, ChainError> {
+        let slip: Slip =
+            serde_json::from_str(json).map_err(|e| ChainError::InvalidSlip(e.to_string()))?;
+        if slip.id.is_empty() {
+            return Err(ChainError::InvalidSlip("the chain id is empty".to_owned()));
+        }
+        if slip.step == 0 {
+            return Err(ChainError::InvalidSlip(
+                "step numbers start at 1".to_owned(),
+            ));
+        }
+        for (i, step) in slip.next.iter().enumerate() {
+            // Index as the whole chain counts it (the first step is 0).
+            step.check(slip.step as usize + i)
+                .map_err(|e| ChainError::InvalidSlip(e.to_string()))?;
+        }
+        Ok(slip)
+    }
+
+    /// The header's value.
+    pub fn to_json(&self) -> Result<String, ChainError> {
+        let json = serde_json::to_string(self).map_err(PublishError::Serialize)?;
+        if json.len() > MAX_SLIP_BYTES {
+            return Err(ChainError::TooLarge {
+                bytes: json.len(),
+                max: MAX_SLIP_BYTES,
+            });
+        }
+        Ok(json)
+    }
+
+    /// The step that follows this one, given this step's result and
+    /// priority; `None` at the end of the chain.
+    pub fn advance(&self, result: Option<&Value>, priority: u8) -> Option<NextStep> {
+        let (first, rest) = self.next.split_first()?;
+        let mut body = first.body.clone();
+        if let (Some(field), Some(object)) = (&first.result_to, body.as_object_mut()) {
+            object.insert(field.clone(), result.cloned().unwrap_or(Value::Null));
+        }
+        let step = self.step + 1;
+        Some(NextStep {
+            id: step_id(&self.id, step),
+            task_type: first.task_type.clone(),
+            body,
+            priority: first.priority.unwrap_or(priority),
+            slip: Slip {
+                id: self.id.clone(),
+                step,
+                next: rest.to_vec(),
+            },
+        })
+    }
+}
+
+/// Steps to run one after another, each receiving the previous one's
+/// result if it asks for it ([`Step::result_to`]). Build it with
+/// [`crate::chain!`] or [`Chain::new`], publish it with
+/// [`Publisher::publish_chain`].
+#[derive(Debug, Clone)]
+pub struct Chain {
+    id: Option<String>,
+    steps: Vec<Step>,
+}
+
+impl Chain {
+    /// A chain of `steps`, in order.
+    pub fn new(steps: Vec<Step>) -> Self {
+        Self { id: None, steps }
+    }
+
+    /// This chain with its own id (default: a new UUID v7). Step `n`'s task
+    /// id is `{id}.{n}`.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// How many steps.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// No steps at all (which [`Chain::check`] refuses).
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The steps, in order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Checks the chain against `max_steps`: at least one step, each with a
+    /// type, a priority in range, and an object body where a result goes.
+    pub fn check(&self, max_steps: usize) -> Result<(), ChainError> {
+        if self.steps.is_empty() {
+            return Err(ChainError::NoSteps);
+        }
+        if self.steps.len() > max_steps {
+            return Err(ChainError::TooManySteps {
+                count: self.steps.len(),
+                max: max_steps,
+            });
+        }
+        if self.id.as_deref().is_some_and(str::is_empty) {
+            return Err(ChainError::EmptyId);
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            step.check(i)?;
+        }
+        Ok(())
+    }
+
+    /// The chain's id, its first step and that step's slip, once checked.
+    fn start(self) -> Result<(String, Step, Slip), ChainError> {
+        self.check(MAX_STEPS)?;
+        let id = self.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let mut steps = self.steps.into_iter();
+        let first = steps.next().ok_or(ChainError::NoSteps)?;
+        let slip = Slip {
+            id: id.clone(),
+            step: 1,
+            next: steps.collect(),
+        };
+        Ok((id, first, slip))
+    }
+}
+
+impl Publisher {
+    /// Publishes a chain's first step, with the rest in its
+    /// `x-warren-chain` header, and returns the chain's id once the broker
+    /// has confirmed it. The workers then run the steps one after another.
+    ///
+    /// ```no_run
+    /// # async fn f(publisher: warren::Publisher) -> Result<(), warren::workflow::ChainError> {
+    /// use serde_json::json;
+    /// use warren::workflow::Step;
+    ///
+    /// let id = publisher
+    ///     .publish_chain(warren::chain![
+    ///         Step::new("pipeline.validate", json!({ "record": { "id": "r-1", "value": 21 } })),
+    ///         Step::new("pipeline.process", json!({ "factor": 2 })).result_to("input"),
+    ///         Step::new("pipeline.save", json!({})).result_to("processed"),
+    ///     ])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_chain(&self, chain: Chain) -> Result<String, ChainError> {
+        let (id, first, slip) = chain.start()?;
+        let mut options = PublishOptions {
+            id: Some(step_id(&id, 1)),
+            priority: first.priority,
+            ..Default::default()
+        };
+        contract::set_str(&mut options.headers, headers::CHAIN, slip.to_json()?);
+        self.publish_task(&first.task_type, &first.body, options)
+            .await?;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn three() -> Chain {
+        crate::chain![
+            Step::new("p.validate", json!({ "v": 1 })),
+            Step::new("p.process", json!({ "factor": 2 })).result_to("input"),
+            Step::new("p.save", json!({})).result_to("processed"),
+        ]
+        .id("c")
+    }
+
+    #[test]
+    fn each_success_hands_its_result_to_the_next_step() {
+        let (id, first, slip) = three().start().unwrap();
+        assert_eq!((id.as_str(), first.task_type.as_str()), ("c", "p.validate"));
+        let header = slip.to_json().unwrap();
+        let slip = Slip::parse(&header).unwrap();
+        let two = slip.advance(Some(&json!({ "ok": true })), 5).unwrap();
+        assert_eq!(two.id, "c.2");
+        assert_eq!(two.body, json!({ "factor": 2, "input": { "ok": true } }));
+        assert_eq!(two.priority, 5);
+        assert_eq!(two.slip.next.len(), 1);
+        let three = two.slip.advance(None, 5).unwrap();
+        assert_eq!(three.id, "c.3");
+        assert_eq!(three.body, json!({ "processed": null }));
+        assert!(three.slip.advance(None, 5).is_none());
+    }
+
+    #[test]
+    fn bad_chains_are_refused_naming_the_field() {
+        assert!(matches!(
+            Chain::new(vec![]).check(10),
+            Err(ChainError::NoSteps)
+        ));
+        let many = Chain::new(vec![Step::new("a.b", json!({})); 11]);
+        let e = many.check(10).unwrap_err();
+        assert!(matches!(e, ChainError::TooManySteps { count: 11, max: 10 }));
+        let e = crate::chain![Step::new("a.b", json!(1)), Step::new("", json!({}))]
+            .check(10)
+            .unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("steps[1].type"));
+        let e = crate::chain![
+            Step::new("a.b", json!({})),
+            Step::new("a.c", json!([])).result_to("x")
+        ]
+        .check(10)
+        .unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("steps[1].body"));
+        let e = crate::chain![Step::new("a.b", json!({})).result_to("x")]
+            .check(10)
+            .unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("steps[0].result_to"));
+        assert!(Slip::parse("{\"id\":\"c\",\"step\":0}").is_err());
+        assert!(Slip::parse("not json").is_err());
+    }
+}

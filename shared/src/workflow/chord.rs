@@ -1,0 +1,277 @@
+//! Groups and chords: tasks run in parallel under one group id, and a
+//! chord's callback, run once every member is final. The producer writes
+//! the chord's record (its size, callback and failure policy) to the
+//! events stream, then publishes the members; the conductor's leader
+//! reads the stream, sees each member's final event and publishes the
+//! callback (`{group}.callback`) with its `queued` event in one
+//! transaction.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::chain::{Step, step_id};
+use crate::contract::PERSISTENT;
+use crate::publisher::{PublishError, PublishOptions, Publisher};
+
+/// Most members a group may have.
+pub const MAX_MEMBERS: usize = 1000;
+
+/// Content type of a chord record on the events exchange.
+pub const CHORD_CONTENT_TYPE: &str = "application/vnd.warren.chord.v1+json";
+
+/// AMQP `type` of a chord record.
+pub const CHORD_MESSAGE_TYPE: &str = "warren.chord";
+
+/// What the callback does when a member was dead-lettered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Run it anyway, with the failures among the results.
+    #[default]
+    Run,
+    /// Park it, with the failures as its reason.
+    Skip,
+}
+
+/// A chord's record, as written to the events stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChordRecord {
+    /// The group's id; member `n` (from 1) is the task `{id}.{n}`.
+    pub id: String,
+    /// How many members.
+    pub size: u32,
+    /// The callback; its body's `result_to` field (default `results`)
+    /// receives the members' outcomes, in member order.
+    pub callback: Step,
+    /// What happens to the callback when a member was dead-lettered.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+impl ChordRecord {
+    /// Member `n`'s task id (from 1).
+    pub fn member_id(&self, n: u32) -> String {
+        step_id(&self.id, n)
+    }
+
+    /// The callback's task id: `{group}.callback`.
+    pub fn callback_id(&self) -> String {
+        format!("{}.callback", self.id)
+    }
+
+    /// The field of the callback's body the outcomes go to.
+    pub fn result_field(&self) -> &str {
+        self.callback.result_to.as_deref().unwrap_or("results")
+    }
+
+    /// The callback's body with `outcomes` in its result field.
+    pub fn callback_body(&self, outcomes: Vec<Value>) -> Value {
+        let mut body = self.callback.body.clone();
+        if let Some(object) = body.as_object_mut() {
+            object.insert(self.result_field().to_owned(), Value::Array(outcomes));
+        }
+        body
+    }
+}
+
+/// Why a group or chord was refused or only partly published.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// No members.
+    #[error("a group needs at least one member")]
+    NoMembers,
+    /// More members than allowed.
+    #[error("the group has {count} members; at most {max} are allowed")]
+    TooManyMembers {
+        /// Members given.
+        count: usize,
+        /// [`MAX_MEMBERS`].
+        max: usize,
+    },
+    /// A member is invalid.
+    #[error("members[{index}].{field}: {reason}")]
+    InvalidMember {
+        /// The member, from 0.
+        index: usize,
+        /// Its field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The callback is invalid.
+    #[error("callback: {0}")]
+    InvalidCallback(String),
+    /// An id was given, and it is empty.
+    #[error("the group id is empty")]
+    EmptyId,
+    /// Publishing stopped midway: `published` of `total` members are
+    /// queued (members 1 to `published`); the rest are not.
+    #[error("only {published} of {total} members of group {id} were published: {source}")]
+    Partial {
+        /// The group's id.
+        id: String,
+        /// Members published (1 to this).
+        published: usize,
+        /// Members in the group.
+        total: usize,
+        /// Why the next one was not.
+        source: Box<PublishError>,
+    },
+    /// The chord's record was not published (no member was).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Tasks run in parallel under one id; [`Group::then`] makes it a chord.
+#[derive(Debug, Clone)]
+pub struct Group {
+    id: Option<String>,
+    members: Vec<Step>,
+}
+
+/// A group and a callback run once when every member is final.
+#[derive(Debug, Clone)]
+pub struct Chord {
+    group: Group,
+    callback: Step,
+    on_failure: OnFailure,
+}
+
+/// A group of `members`.
+pub fn group(members: Vec<Step>) -> Group {
+    Group { id: None, members }
+}
+
+impl Group {
+    /// This group with its own id (default: a new UUID v7).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// A chord: `callback` runs once every member succeeded or was
+    /// dead-lettered, with their outcomes in its body's `result_to` field
+    /// (default `results`).
+    pub fn then(self, callback: Step) -> Chord {
+        Chord {
+            group: self,
+            callback,
+            on_failure: OnFailure::Run,
+        }
+    }
+
+    fn check(&self) -> Result<(), GroupError> {
+        if self.members.is_empty() {
+            return Err(GroupError::NoMembers);
+        }
+        if self.members.len() > MAX_MEMBERS {
+            return Err(GroupError::TooManyMembers {
+                count: self.members.len(),
+                max: MAX_MEMBERS,
+            });
+        }
+        if self.id.as_deref().is_some_and(str::is_empty) {
+            return Err(GroupError::EmptyId);
+        }
+        for (index, m) in self.members.iter().enumerate() {
+            let invalid = |field, reason: &str| GroupError::InvalidMember {
+                index,
+                field,
+                reason: reason.to_owned(),
+            };
+            if m.task_type.trim().is_empty() {
+                return Err(invalid("type", "the task type is empty"));
+            }
+            if m.result_to.is_some() {
+                return Err(invalid("result_to", "a member has no previous result"));
+            }
+            if m.priority
+                .is_some_and(|p| p > crate::contract::MAX_PRIORITY)
+            {
+                return Err(invalid("priority", "out of range 0-9"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Chord {
+    /// The callback's policy when a member was dead-lettered.
+    pub fn on_failure(mut self, policy: OnFailure) -> Self {
+        self.on_failure = policy;
+        self
+    }
+}
+
+impl Publisher {
+    /// Publishes a group's members (`{id}.1` ... `{id}.N`), each confirmed,
+    /// and returns the group's id. If a publish fails, the error says how
+    /// many members were published.
+    pub async fn publish_group(&self, group: Group) -> Result<String, GroupError> {
+        group.check()?;
+        let id = group
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        self.publish_members(&id, &group.members).await?;
+        Ok(id)
+    }
+
+    /// Publishes a chord: its record to the events stream (confirmed),
+    /// then its members. The conductor's leader publishes the callback.
+    pub async fn publish_chord(&self, chord: Chord) -> Result<String, GroupError> {
+        chord.group.check()?;
+        if chord.callback.task_type.trim().is_empty() {
+            return Err(GroupError::InvalidCallback("the task type is empty".into()));
+        }
+        if !chord.callback.body.is_object() {
+            return Err(GroupError::InvalidCallback(
+                "the body must be a JSON object (the results go into it)".into(),
+            ));
+        }
+        let id = chord
+            .group
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let record = ChordRecord {
+            id: id.clone(),
+            size: u32::try_from(chord.group.members.len()).unwrap_or(u32::MAX),
+            callback: chord.callback,
+            on_failure: chord.on_failure,
+        };
+        let body = serde_json::to_vec(&record).map_err(PublishError::Serialize)?;
+        let properties = lapin::BasicProperties::default()
+            .with_content_type(CHORD_CONTENT_TYPE.into())
+            .with_type(CHORD_MESSAGE_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(record.callback_id().into())
+            .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
+        let key = format!("{}.chord", record.callback.task_type);
+        self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
+            .await?;
+        self.publish_members(&id, &chord.group.members).await?;
+        Ok(id)
+    }
+
+    async fn publish_members(&self, id: &str, members: &[Step]) -> Result<(), GroupError> {
+        for (i, m) in members.iter().enumerate() {
+            let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let options = PublishOptions {
+                id: Some(step_id(id, n)),
+                priority: m.priority,
+                ..Default::default()
+            };
+            if let Err(source) = self.publish_task(&m.task_type, &m.body, options).await {
+                return Err(GroupError::Partial {
+                    id: id.to_owned(),
+                    published: i,
+                    total: members.len(),
+                    source: Box::new(source),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,44 @@
+//! Workflows: tasks that run one after another (a chain), carried with
+//! the task itself, routing-slip style.
+//!
+//! A chain is an ordered list of steps, each a task type and a body. The
+//! producer publishes the first step with the rest of the list in the
+//! `x-warren-chain` header (the [`Slip`]). When a step succeeds, the
+//! worker's runtime publishes the next step, with the slip shortened by
+//! one, and waits for the broker's confirm before it acks the step it
+//! ran. Retry and parking-lot copies carry the header unchanged, so a
+//! retried step does not restart the chain and a replayed parked step
+//! resumes it where it stopped. Nothing is kept anywhere but in the
+//! messages.
+//!
+//! ```
+//! use serde_json::json;
+//! use warren::workflow::{Chain, Step};
+//!
+//! let chain = warren::chain![
+//!     Step::new("pipeline.validate", json!({ "record": { "id": "r-1", "value": 21 } })),
+//!     Step::new("pipeline.process", json!({ "factor": 2 })).result_to("input"),
+//!     Step::new("pipeline.save", json!({})).result_to("processed"),
+//! ]
+//! .id("order-7");
+//! assert_eq!(chain.len(), 3);
+//! assert_eq!(warren::workflow::step_id("order-7", 2), "order-7.2");
+//! ```
+
+mod chain;
+mod chord;
+
+pub use chain::{Chain, ChainError, MAX_SLIP_BYTES, MAX_STEPS, NextStep, Slip, Step, step_id};
+pub use chord::{
+    CHORD_CONTENT_TYPE, CHORD_MESSAGE_TYPE, Chord, ChordRecord, Group, GroupError, MAX_MEMBERS,
+    OnFailure, group,
+};
+
+/// A chain of [`Step`]s, in order: `chain![a, b, c]` is
+/// `Chain::new(vec![a, b, c])`.
+#[macro_export]
+macro_rules! chain {
+    ($($step:expr),* $(,)?) => {
+        $crate::workflow::Chain::new(vec![$($step),*])
+    };
+}
