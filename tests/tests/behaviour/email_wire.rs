@@ -11,96 +11,23 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::Notify;
+use tokio::process::Command;
 use warren::PublishOptions;
 use warren_tests::broker::TestBroker;
 use warren_tests::ops::{http_get, sample, sample_or_zero};
+use warren_tests::smtp_tls::WireServer;
 use warren_tests::worker::{WorkerProcess, email_env, with};
 
 const WAIT: Duration = Duration::from_secs(120);
 const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 
-/// `tests/smtp_wire_server.py`, its events collected as they arrive; killed
-/// on drop.
-struct WireServer {
-    port: u16,
-    events: Arc<Mutex<Vec<Value>>>,
-    changed: Arc<Notify>,
-    _child: Child,
-}
-
-impl WireServer {
-    async fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let python = std::env::var_os("TEST_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_wire_server.py");
-        let mut child = Command::new(&python)
-            .arg(&script)
-            .args(["--port", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("could not run {}", script.display()))?;
-        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .context("the wire server did not start (does python3 have aiosmtpd?)")??
-            .context("the wire server exited (does python3 have aiosmtpd?)")?;
-        let ready: Value = serde_json::from_str(&first)?;
-        let port = ready["port"].as_u64().context("no port")? as u16;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let changed = Arc::new(Notify::new());
-        let (e, c) = (events.clone(), changed.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    e.lock().unwrap().push(v);
-                    c.notify_waiters();
-                }
-            }
-        });
-        Ok(Self {
-            port,
-            events,
-            changed,
-            _child: child,
-        })
-    }
-
-    fn events(&self, kind: &str) -> Vec<Value> {
-        let events = self.events.lock().unwrap();
-        events
-            .iter()
-            .filter(|e| e["event"] == kind)
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until the server has accepted `n` messages.
-    async fn wait_for_messages(&self, n: usize) -> anyhow::Result<Vec<Value>> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let notified = self.changed.notified();
-            let messages = self.events("message");
-            if messages.len() >= n {
-                return Ok(messages);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                bail!("the server accepted {} of {n} messages", messages.len());
-            }
-        }
-    }
+/// Waits until the wire server has accepted `n` messages.
+async fn wait_for_messages(server: &WireServer, n: usize) -> anyhow::Result<Vec<Value>> {
+    server.wait_for("message", n, WAIT).await
 }
 
 fn rcpt(prefix: &str) -> String {
@@ -286,7 +213,7 @@ async fn the_pool_reuses_its_connections_against_aiosmtpd() {
     .await;
     let to = rcpt("reuse");
     publish_emails(&broker, &to, None, N).await;
-    server.wait_for_messages(N).await.unwrap();
+    wait_for_messages(&server, N).await.unwrap();
 
     let connections = server.events("connection").len();
     let metrics = metrics(&worker).await;
@@ -327,7 +254,7 @@ async fn a_server_that_answers_421_gets_fewer_connections_and_every_email() {
         .await
         .into_iter()
         .collect();
-    let messages = server.wait_for_messages(N).await.unwrap();
+    let messages = wait_for_messages(&server, N).await.unwrap();
 
     let delivered: HashSet<String> = messages
         .iter()
@@ -410,7 +337,7 @@ async fn pipelining_is_used_only_where_the_server_offers_it() {
         let to = rcpt("pipe");
         let cc = rcpt("pipe-cc");
         publish_emails(&broker, &to, Some(&cc), N).await;
-        server.wait_for_messages(N).await.unwrap();
+        wait_for_messages(server, N).await.unwrap();
         let reads = reads(server);
         if offered {
             // RSET (from the second message on), MAIL, both RCPTs and DATA
@@ -510,7 +437,7 @@ async fn starttls_and_implicit_tls_deliver_to_a_trusted_server() {
         worker.wait_ready().await.unwrap();
         let to = rcpt("tls");
         publish_emails(&broker, &to, None, 3).await;
-        let messages = server.wait_for_messages(3).await.unwrap();
+        let messages = wait_for_messages(&server, 3).await.unwrap();
         assert_eq!(messages.len(), 3, "{mode}");
         // In plain text the server saw only what precedes STARTTLS.
         let reads = reads(&server);
