@@ -17,14 +17,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 use warren::contract::{
-    self, CONTENT_TYPE_JSON, DeadReason, EVENT_MESSAGE_TYPE, Names, PERSISTENT, broker_headers,
-    headers,
+    self, CONTENT_TYPE_JSON, DeadReason, EVENT_MESSAGE_TYPE, Names, PERSISTENT, headers,
 };
 use warren::events::{TaskEvent, TaskState, envelope};
 use warren::task_properties;
@@ -141,21 +140,10 @@ pub async fn track(
     identity: &str,
     acquired: DateTime<Utc>,
 ) -> Result<(), TrackError> {
-    let reader = connection.create_channel().await?;
-    reader.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        broker_headers::STREAM_OFFSET.into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = reader
-        .basic_consume(
-            names.events_stream().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    // The reader channel lives as long as the tracking does.
+    let (_reader, mut consumer) =
+        crate::leader::read_stream(connection, names, AMQPValue::LongString("first".into()))
+            .await?;
     let writer = connection.create_channel().await?;
     writer.tx_select().await?;
     let mut chords = Chords::default();

@@ -258,23 +258,10 @@ impl Conductor {
         &self,
         connection: &Connection,
     ) -> Result<CancellationToken, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel.basic_qos(1000, BasicQosOptions::default()).await?;
         let since = Utc::now()
             - chrono::Duration::from_std(self.settings.lookback).unwrap_or(chrono::Duration::MAX);
-        let mut args = FieldTable::default();
-        args.insert(
-            broker_headers::STREAM_OFFSET.into(),
-            AMQPValue::Timestamp(u64::try_from(since.timestamp()).unwrap_or(0)),
-        );
-        let mut consumer = channel
-            .basic_consume(
-                self.names.events_stream().as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await?;
+        let (channel, mut consumer) =
+            read_stream(connection, &self.names, offset_at(since)).await?;
         let stop = CancellationToken::new();
         let shared = self.shared.clone();
         let schedules = self.schedules.clone();
@@ -313,23 +300,10 @@ impl Conductor {
         connection: &Connection,
         acquired: DateTime<Utc>,
     ) -> Result<HashMap<String, DateTime<Utc>>, SessionError> {
-        let channel = connection.create_channel().await?;
-        channel.basic_qos(1000, BasicQosOptions::default()).await?;
         let since = acquired
             - chrono::Duration::from_std(self.settings.lookback).unwrap_or(chrono::Duration::MAX);
-        let mut args = FieldTable::default();
-        args.insert(
-            broker_headers::STREAM_OFFSET.into(),
-            AMQPValue::Timestamp(u64::try_from(since.timestamp()).unwrap_or(0)),
-        );
-        let mut consumer = channel
-            .basic_consume(
-                self.names.events_stream().as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await?;
+        let (channel, mut consumer) =
+            read_stream(connection, &self.names, offset_at(since)).await?;
         let mut last: HashMap<String, DateTime<Utc>> = HashMap::new();
         let mut latest: Option<(DateTime<Utc>, Option<String>)> = None;
         loop {
@@ -581,6 +555,35 @@ pub fn plan(
         cursor = t;
     }
     fires
+}
+
+/// The events stream's `x-stream-offset` for the first message at or after
+/// `since`.
+fn offset_at(since: DateTime<Utc>) -> AMQPValue {
+    AMQPValue::Timestamp(u64::try_from(since.timestamp()).unwrap_or(0))
+}
+
+/// A channel of its own reading the namespace's events stream from
+/// `offset` (a stream needs a prefetch; it bounds how far ahead the broker
+/// sends). The caller acks what it reads and closes the channel.
+pub(crate) async fn read_stream(
+    connection: &Connection,
+    names: &Names,
+    offset: AMQPValue,
+) -> Result<(Channel, lapin::Consumer), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert(broker_headers::STREAM_OFFSET.into(), offset);
+    let consumer = channel
+        .basic_consume(
+            names.events_stream().as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?;
+    Ok((channel, consumer))
 }
 
 #[cfg(test)]
