@@ -261,21 +261,32 @@ async fn a_broker_restart_fires_nothing_twice_and_applies_the_misfire_policy() {
     cleanup(&namespace).await;
 }
 
-/// A chord whose conductor leader is killed (`kill -9`) while the chord's
-/// members wait for their second attempt: the conductor that takes over
-/// publishes the callback, once, and the worker runs it once.
-#[tokio::test]
-async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
+/// Two conductors with no schedules (they only run chords), a pipeline
+/// worker, and a chord of 20 members whose each member has failed once and
+/// waits 3 s for its second attempt.
+struct ChordWorld {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    broker: TestBroker,
+    namespace: String,
+    _config: tempfile::NamedTempFile,
+    conductors: Vec<WorkerProcess>,
+    first: usize,
+    dir: tempfile::TempDir,
+    worker: WorkerProcess,
+    id: String,
+}
+
+async fn chord_mid_group() -> ChordWorld {
     use serde_json::json;
     use warren::workflow::{Step, group};
 
-    let _serial = SERIAL.lock().await;
+    let serial = SERIAL.lock().await;
     let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
     let broker = TestBroker::new().await.unwrap();
     let namespace = broker.namespace().to_owned();
     // No schedules: the conductors only run chords.
     let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    let mut conductors = vec![
+    let conductors = vec![
         conductor(&namespace, config.path(), 0).await,
         conductor(&namespace, config.path(), 1).await,
     ];
@@ -285,7 +296,7 @@ async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut worker = WorkerProcess::start(
+    let worker = WorkerProcess::start(
         pipeline,
         "pipeline-worker",
         &[
@@ -322,6 +333,35 @@ async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
         .wait_for_log("Task failed; it will be retried.", 20, WAIT)
         .await
         .unwrap();
+    ChordWorld {
+        _serial: serial,
+        broker,
+        namespace,
+        _config: config,
+        conductors,
+        first,
+        dir,
+        worker,
+        id,
+    }
+}
+
+/// A chord whose conductor leader is killed (`kill -9`) while the chord's
+/// members wait for their second attempt: the conductor that takes over
+/// publishes the callback, once, and the worker runs it once.
+#[tokio::test]
+async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
+    let ChordWorld {
+        _serial,
+        broker,
+        namespace: _,
+        _config,
+        mut conductors,
+        first,
+        dir,
+        mut worker,
+        id,
+    } = chord_mid_group().await;
     conductors[first].signal("KILL").unwrap();
     conductors[first].wait_exit(WAIT).await.unwrap();
     let second = 1 - first;
@@ -384,59 +424,17 @@ async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
 #[tokio::test]
 #[ignore = "known bug (issue 14): through a broker restart the callback has run twice, or run with no conductor logging its publish; run with --ignored"]
 async fn a_chord_callback_runs_once_through_a_broker_restart_mid_group() {
-    use serde_json::json;
-    use warren::workflow::{Step, group};
-
-    let _serial = SERIAL.lock().await;
-    let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
-    let broker = TestBroker::new().await.unwrap();
-    let namespace = broker.namespace().to_owned();
-    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    let mut conductors = vec![
-        conductor(&namespace, config.path(), 0).await,
-        conductor(&namespace, config.path(), 1).await,
-    ];
-    let first = leader(&conductors).await;
-    conductors[first]
-        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut worker = WorkerProcess::start(
-        pipeline,
-        "pipeline-worker",
-        &[
-            ("WARREN_BROKER__NAMESPACE", namespace.clone()),
-            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
-            ("WARREN_CONSUMER__RETRY_DELAYS", r#"["3s"]"#.to_owned()),
-            ("PIPELINE_DIR", dir.path().display().to_string()),
-        ],
-    )
-    .await
-    .unwrap();
-    worker.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
-    let members = (1..=20)
-        .map(|i| {
-            Step::new(
-                "pipeline.process",
-                json!({ "input": { "id": format!("m{i}"), "value": i }, "factor": 2, "fail_first": 1 }),
-            )
-        })
-        .collect();
-    let id = format!("chord-{}", &namespace[2..]);
-    broker
-        .publisher
-        .publish_chord(
-            group(members)
-                .id(&id)
-                .then(Step::new("pipeline.report", json!({}))),
-        )
-        .await
-        .unwrap();
-    worker
-        .wait_for_log("Task failed; it will be retried.", 20, WAIT)
-        .await
-        .unwrap();
+    let ChordWorld {
+        _serial,
+        broker,
+        namespace,
+        _config,
+        mut conductors,
+        first: _,
+        dir,
+        mut worker,
+        id,
+    } = chord_mid_group().await;
     drop(broker);
     warren_tests::broker::rabbitmqctl(&["stop_app"]);
     warren_tests::broker::rabbitmqctl(&["start_app"]);
