@@ -299,47 +299,51 @@ pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     }
 }
 
-/// Reads a header as a signed 64-bit integer (or a decimal string).
+/// Reads a header as a signed 64-bit integer: any AMQP integer type, a
+/// float or double holding a whole number (what JavaScript clients send
+/// for a number), or a decimal string (long or short). Anything else, and
+/// a value that does not fit, is `None`. The one reader of integer
+/// headers: [`header_u32`] is built on it, so both agree on every type.
 pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
-    let value = headers?.inner().get(name)?;
-    Some(match *value {
-        AMQPValue::ShortShortInt(v) => v.into(),
-        AMQPValue::ShortShortUInt(v) => v.into(),
-        AMQPValue::ShortInt(v) => v.into(),
-        AMQPValue::ShortUInt(v) => v.into(),
-        AMQPValue::LongInt(v) => v.into(),
-        AMQPValue::LongUInt(v) => v.into(),
-        AMQPValue::LongLongInt(v) => v,
-        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?,
-        AMQPValue::ShortString(ref s) => s.as_str().trim().parse().ok()?,
-        _ => return None,
-    })
+    amqp_i64(headers?.inner().get(name)?)
 }
 
-/// Reads a header as an unsigned integer, whichever AMQP integer type a
-/// producer's client chose for it.
+/// [`header_i64`] on a value.
+fn amqp_i64(value: &AMQPValue) -> Option<i64> {
+    // The largest float below 2^63: `as` would saturate silently above it.
+    const LIMIT: f64 = 9_223_372_036_854_775_807.0;
+    let whole = |f: f64| (f.is_finite() && f.fract() == 0.0 && f.abs() < LIMIT).then_some(f as i64);
+    match *value {
+        AMQPValue::ShortShortInt(v) => Some(v.into()),
+        AMQPValue::ShortShortUInt(v) => Some(v.into()),
+        AMQPValue::ShortInt(v) => Some(v.into()),
+        AMQPValue::ShortUInt(v) => Some(v.into()),
+        AMQPValue::LongInt(v) => Some(v.into()),
+        AMQPValue::LongUInt(v) => Some(v.into()),
+        AMQPValue::LongLongInt(v) => Some(v),
+        AMQPValue::Float(v) => whole(v.into()),
+        AMQPValue::Double(v) => whole(v),
+        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
+        AMQPValue::ShortString(ref s) => s.as_str().trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a header as an unsigned 32-bit count (an attempt number), from
+/// whatever [`header_i64`] reads: a negative value is `None`, one above
+/// `u32::MAX` is `u32::MAX` (past any attempt limit, so a task claiming
+/// that many attempts is parked, never started over).
 pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
-    let value = headers?.inner().get(name)?;
-    let n: i64 = match *value {
-        AMQPValue::ShortShortInt(v) => v.into(),
-        AMQPValue::ShortShortUInt(v) => v.into(),
-        AMQPValue::ShortInt(v) => v.into(),
-        AMQPValue::ShortUInt(v) => v.into(),
-        AMQPValue::LongInt(v) => v.into(),
-        AMQPValue::LongUInt(v) => v.into(),
-        AMQPValue::LongLongInt(v) => v,
-        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?,
-        _ => return None,
-    };
-    u32::try_from(n).ok()
+    let n = header_i64(headers, name)?;
+    (n >= 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// The attempt a delivery carries (`x-warren-attempt`, read by
+/// [`header_u32`]): 1 when it is absent, unreadable, negative or 0.
+pub fn attempt(headers: Option<&FieldTable>) -> u32 {
+    header_u32(headers, self::headers::ATTEMPT)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Sets a string header.
@@ -396,5 +400,115 @@ mod tests {
         assert_eq!(header_u32(Some(&t), "c"), Some(5));
         assert_eq!(header_u32(Some(&t), "d"), None);
         assert_eq!(header_u32(None, "a"), None);
+    }
+
+    #[test]
+    fn both_integer_readers_take_a_short_string_and_a_whole_float() {
+        let mut t = FieldTable::default();
+        t.insert("s".into(), AMQPValue::ShortString("7".into()));
+        t.insert("f".into(), AMQPValue::Double(3.0));
+        t.insert("g".into(), AMQPValue::Float(2.5));
+        t.insert("big".into(), AMQPValue::LongLongInt(1 << 40));
+        assert_eq!(header_i64(Some(&t), "s"), Some(7));
+        assert_eq!(header_u32(Some(&t), "s"), Some(7));
+        assert_eq!(header_u32(Some(&t), "f"), Some(3));
+        assert_eq!(header_u32(Some(&t), "g"), None);
+        assert_eq!(header_u32(Some(&t), "big"), Some(u32::MAX));
+    }
+
+    /// Fuzzing the readers of AMQP headers (docs/development.md, "Fuzzing"):
+    /// whatever a producer's client put in a header, of any AMQP type,
+    /// nested as deep as it likes, the readers never panic, agree with
+    /// each other, and read every integer type alike.
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Any AMQP field value, tables and arrays nested.
+        fn any_value() -> impl Strategy<Value = AMQPValue> {
+            let leaf = prop_oneof![
+                any::<bool>().prop_map(AMQPValue::Boolean),
+                any::<i8>().prop_map(AMQPValue::ShortShortInt),
+                any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+                any::<i16>().prop_map(AMQPValue::ShortInt),
+                any::<u16>().prop_map(AMQPValue::ShortUInt),
+                any::<i32>().prop_map(AMQPValue::LongInt),
+                any::<u32>().prop_map(AMQPValue::LongUInt),
+                any::<i64>().prop_map(AMQPValue::LongLongInt),
+                any::<f32>().prop_map(AMQPValue::Float),
+                any::<f64>().prop_map(AMQPValue::Double),
+                (any::<u8>(), any::<u32>()).prop_map(|(scale, value)| {
+                    AMQPValue::DecimalValue(lapin::types::DecimalValue { scale, value })
+                }),
+                "\\PC{0,20}".prop_map(|s| AMQPValue::ShortString(s.into())),
+                proptest::collection::vec(any::<u8>(), 0..24)
+                    .prop_map(|b| AMQPValue::LongString(b.into())),
+                any::<i64>().prop_map(|n| AMQPValue::LongString(format!(" {n} ").into())),
+                any::<u64>().prop_map(AMQPValue::Timestamp),
+                proptest::collection::vec(any::<u8>(), 0..8)
+                    .prop_map(|b| AMQPValue::ByteArray(b.into())),
+                Just(AMQPValue::Void),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4)
+                        .prop_map(|v| AMQPValue::FieldArray(v.into())),
+                    proptest::collection::vec(("[a-z-]{1,12}", inner), 0..4).prop_map(|kv| {
+                        let mut t = FieldTable::default();
+                        for (k, v) in kv {
+                            t.insert(k.into(), v);
+                        }
+                        AMQPValue::FieldTable(t)
+                    }),
+                ]
+            })
+        }
+
+        fn table(value: AMQPValue) -> FieldTable {
+            let mut t = FieldTable::default();
+            t.insert(headers::ATTEMPT.into(), value);
+            t
+        }
+
+        proptest! {
+            #[test]
+            fn the_readers_agree_on_any_value(value in any_value()) {
+                let t = table(value);
+                let h = Some(&t);
+                let wide = header_i64(h, headers::ATTEMPT);
+                let narrow = header_u32(h, headers::ATTEMPT);
+                prop_assert_eq!(
+                    narrow,
+                    wide.filter(|n| *n >= 0).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                );
+                prop_assert!(attempt(h) >= 1);
+                let _ = header_str(h, headers::ATTEMPT);
+            }
+
+            #[test]
+            fn every_integer_type_reads_as_its_number(n in any::<i64>()) {
+                let mut forms = vec![
+                    AMQPValue::LongLongInt(n),
+                    AMQPValue::LongString(n.to_string().into()),
+                    AMQPValue::ShortString(n.to_string().into()),
+                ];
+                if let Ok(v) = i8::try_from(n) { forms.push(AMQPValue::ShortShortInt(v)); }
+                if let Ok(v) = u8::try_from(n) { forms.push(AMQPValue::ShortShortUInt(v)); }
+                if let Ok(v) = i16::try_from(n) { forms.push(AMQPValue::ShortInt(v)); }
+                if let Ok(v) = u16::try_from(n) { forms.push(AMQPValue::ShortUInt(v)); }
+                if let Ok(v) = i32::try_from(n) {
+                    forms.push(AMQPValue::LongInt(v));
+                    forms.push(AMQPValue::Double(v.into()));
+                }
+                if let Ok(v) = u32::try_from(n) { forms.push(AMQPValue::LongUInt(v)); }
+                for form in forms {
+                    let t = table(form.clone());
+                    prop_assert_eq!(header_i64(Some(&t), headers::ATTEMPT), Some(n), "{:?}", form);
+                    let expected = if n < 1 { 1 } else { u32::try_from(n).unwrap_or(u32::MAX) };
+                    prop_assert_eq!(attempt(Some(&t)), expected, "{:?}", form);
+                }
+            }
+        }
     }
 }

@@ -221,9 +221,7 @@ fn read_meta(delivery: &Delivery, inner: &Inner) -> Meta {
         .and_then(|ts| DateTime::from_timestamp(ts, 0));
     let max_attempts = inner.dispatch().max_attempts(&task_type);
     let mut ctx = TaskContext::new(id, task_type);
-    ctx.attempt = contract::header_u32(hdrs, headers::ATTEMPT)
-        .unwrap_or(1)
-        .max(1);
+    ctx.attempt = contract::attempt(hdrs);
     ctx.max_attempts = max_attempts;
     ctx.priority = props.priority().unwrap_or(0);
     ctx.published_at = published_at;
