@@ -21,6 +21,8 @@
 
 pub mod email;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod image;
 
 pub use error::ParseError;

@@ -15,6 +15,8 @@
 //! into a "successful" thumbnail.
 
 mod format;
+#[cfg(test)]
+mod fuzz;
 mod generic;
 pub mod jpeg;
 pub(crate) mod limits;
