@@ -346,6 +346,25 @@ pub fn attempt(headers: Option<&FieldTable>) -> u32 {
         .max(1)
 }
 
+/// When the broker last dead-lettered the message: the `time` of the
+/// first entry of `x-death` that has one (RabbitMQ keeps the array most
+/// recent first). `None` when the header is absent, is not an array of
+/// tables, or holds no time chrono can represent.
+pub fn death_time(headers: Option<&FieldTable>) -> Option<chrono::DateTime<chrono::Utc>> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get(broker_headers::X_DEATH)? else {
+        return None;
+    };
+    deaths.as_slice().iter().find_map(|d| match d {
+        AMQPValue::FieldTable(t) => match t.inner().get("time") {
+            Some(AMQPValue::Timestamp(ts)) => {
+                chrono::DateTime::from_timestamp(i64::try_from(*ts).ok()?, 0)
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// Sets a string header.
 pub fn set_str(table: &mut FieldTable, name: &str, value: impl Into<String>) {
     table.insert(
@@ -484,6 +503,36 @@ mod tests {
                 );
                 prop_assert!(attempt(h) >= 1);
                 let _ = header_str(h, headers::ATTEMPT);
+            }
+
+            #[test]
+            fn x_death_of_any_shape_reads_without_panicking(
+                deaths in proptest::collection::vec(any_value(), 0..4),
+                time in any::<u64>(),
+                first in any::<bool>(),
+            ) {
+                let mut t = FieldTable::default();
+                let mut entries = deaths;
+                let mut entry = FieldTable::default();
+                entry.insert("queue".into(), AMQPValue::LongString("w.email".into()));
+                entry.insert("time".into(), AMQPValue::Timestamp(time));
+                if first {
+                    entries.insert(0, AMQPValue::FieldTable(entry));
+                }
+                t.insert(broker_headers::X_DEATH.into(), AMQPValue::FieldArray(entries.into()));
+                let read = death_time(Some(&t));
+                if first {
+                    let expected = i64::try_from(time)
+                        .ok()
+                        .and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+                    if expected.is_some() {
+                        prop_assert_eq!(read, expected);
+                    }
+                }
+                // Not an array: nothing, whatever it is.
+                let mut other = FieldTable::default();
+                other.insert(broker_headers::X_DEATH.into(), AMQPValue::Timestamp(time));
+                prop_assert_eq!(death_time(Some(&other)), None);
             }
 
             #[test]

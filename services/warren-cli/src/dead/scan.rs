@@ -9,7 +9,7 @@ use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions}
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
-use warren::contract::{broker_headers, header_i64, header_str, header_u32, headers};
+use warren::contract::{broker_headers, death_time, header_i64, header_str, header_u32, headers};
 
 use crate::args::Filters;
 use crate::error::CliError;
@@ -103,20 +103,6 @@ impl Parked {
         }
         Value::Object(map)
     }
-}
-
-/// When the broker first dead-lettered it (`x-death`'s last entry's `time`).
-fn death_time(h: Option<&FieldTable>) -> Option<DateTime<Utc>> {
-    let AMQPValue::FieldArray(deaths) = h?.inner().get(broker_headers::X_DEATH)? else {
-        return None;
-    };
-    deaths.as_slice().iter().find_map(|d| match d {
-        AMQPValue::FieldTable(t) => match t.inner().get("time") {
-            Some(AMQPValue::Timestamp(ts)) => DateTime::from_timestamp(i64::try_from(*ts).ok()?, 0),
-            _ => None,
-        },
-        _ => None,
-    })
 }
 
 fn amqp_json(v: &AMQPValue) -> Value {
