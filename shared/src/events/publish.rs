@@ -15,9 +15,12 @@
 //! once when the writer's buffer is full. Either way it is counted in
 //! `warren_task_events_dropped_total`, and if it was a task's final state
 //! (`succeeded`, `dead_lettered`) that state is kept aside and re-emitted
-//! as soon as the broker confirms an envelope again
-//! (`warren_task_events_reemitted_total`), so no status stays behind its
-//! task's final state for longer than the broker is away.
+//! (`warren_task_events_reemitted_total`): as soon as the broker confirms
+//! an envelope again, or, when no other envelope is on its way to be
+//! confirmed (the last tasks' events were the ones given up), on its own
+//! after [`REEMIT_FIRST_DELAY`], doubling up to [`REEMIT_MAX_DELAY`] while
+//! it keeps failing. So no status stays behind its task's final state for
+//! much longer than the broker is away, whether or not more tasks run.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +76,11 @@ pub const MAX_ATTEMPTS: u32 = 5;
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// Final states kept for re-emission; past this, more are only counted.
 const REEMIT_CAPACITY: usize = 100_000;
+/// How long final states given up wait, when nothing else is on its way
+/// to the broker, before they are re-emitted on their own.
+pub const REEMIT_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// The longest such wait, after repeated failures.
+pub const REEMIT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// How often the writer looks at a channel that is down.
 const CHANNEL_POLL: Duration = Duration::from_millis(100);
 
@@ -112,6 +120,10 @@ impl Reemit {
             finals.insert(event.task_id.clone(), event);
             self.pending.store(true, Ordering::SeqCst);
         }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
     }
 
     fn take(&self) -> Vec<TaskEvent> {
@@ -160,6 +172,8 @@ impl EventPublisher {
             in_flight: VecDeque::new(),
             flushes: Vec::new(),
             retry_at: None,
+            reemit_at: None,
+            reemit_delay: REEMIT_FIRST_DELAY,
         };
         tokio::spawn(writer.run());
         Self {
@@ -270,6 +284,11 @@ struct Writer {
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     /// No publish before this, after a failure.
     retry_at: Option<Instant>,
+    /// When the final states kept aside go out on their own (nothing else
+    /// on its way whose confirm would re-emit them).
+    reemit_at: Option<Instant>,
+    /// The wait before the next such re-emission.
+    reemit_delay: Duration,
 }
 
 /// The broker's answer to an envelope.
@@ -310,6 +329,7 @@ impl Writer {
                 .retry_at
                 .filter(|at| *at > Instant::now())
                 .unwrap_or_else(|| Instant::now() + CHANNEL_POLL);
+            let reemit_at = self.reemit_due();
             tokio::select! {
                 command = self.rx.recv(), if take => match command {
                     Some(Command::Event(event)) => self.push(*event),
@@ -323,6 +343,7 @@ impl Writer {
                     }
                 },
                 () = sleep_until(batch_deadline), if batch_deadline.is_some() => self.close_batch(),
+                () = sleep_until(reemit_at), if reemit_at.is_some() => self.reemit_idle(),
                 settled = confirm_front(&mut self.in_flight), if confirming => self.settle_front(settled),
                 changed = self.channels.changed(), if watching => {
                     watching = changed.is_ok();
@@ -430,6 +451,7 @@ impl Writer {
                 }
                 crate::metrics::publish_result("events", "ack");
                 self.retry_at = None;
+                self.reemit_delay = REEMIT_FIRST_DELAY;
                 self.reemit_finals();
                 return;
             }
@@ -515,6 +537,28 @@ impl Writer {
         }
     }
 
+    /// When final states kept aside must go out on their own: there are
+    /// some, and nothing is batched, waiting or in flight, so no confirm
+    /// is coming to re-emit them ([`Writer::reemit_finals`]).
+    fn reemit_due(&mut self) -> Option<Instant> {
+        let idle = self.batch.is_empty() && self.waiting.is_empty() && self.in_flight.is_empty();
+        if !idle || !self.reemit.has_pending() {
+            self.reemit_at = None;
+            return None;
+        }
+        let delay = self.reemit_delay;
+        Some(*self.reemit_at.get_or_insert_with(|| Instant::now() + delay))
+    }
+
+    /// The final states kept aside go out now, in an envelope of their
+    /// own; if it fails too, the next try waits twice as long.
+    fn reemit_idle(&mut self) {
+        self.reemit_at = None;
+        self.reemit_delay = (self.reemit_delay * 2).min(REEMIT_MAX_DELAY);
+        self.reemit_finals();
+        self.close_batch();
+    }
+
     fn answer_flushes(&mut self) {
         let settled = self.settled;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
@@ -597,6 +641,24 @@ mod tests {
         // are kept for when the broker confirms again.
         assert!(publisher.flush(GIVE_UP_AFTER).await);
         assert_eq!(kept(&publisher), ["a", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn final_states_given_up_with_nothing_else_to_confirm_go_out_again_on_their_own() {
+        let publisher = EventPublisher::new(&Names::new("w"), Batching::default());
+        publisher.emit(event("a", TaskState::Succeeded)).await;
+        // The broker stays away: given up, kept for re-emission.
+        assert!(publisher.flush(GIVE_UP_AFTER + Duration::from_secs(1)).await);
+        assert_eq!(kept(&publisher), ["a"]);
+        // No other envelope will be confirmed to re-emit it: the writer
+        // takes it out again by itself, after its delay.
+        tokio::time::sleep(REEMIT_FIRST_DELAY + Duration::from_millis(50)).await;
+        assert!(kept(&publisher).is_empty(), "taken out for re-emission");
+        // Still no broker: given up again, kept again, and tried later.
+        tokio::time::sleep(GIVE_UP_AFTER + Duration::from_secs(1)).await;
+        assert_eq!(kept(&publisher), ["a"]);
+        tokio::time::sleep(REEMIT_FIRST_DELAY * 2 + Duration::from_millis(50)).await;
+        assert!(kept(&publisher).is_empty(), "tried again, twice as late");
     }
 
     #[test]
