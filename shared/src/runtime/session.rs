@@ -2,6 +2,14 @@
 //! publishing and consuming channels, consume until shutdown (then drain)
 //! or until the connection is lost beyond lapin's recovery; and the watch
 //! that makes an outage and its recovery visible in logs and readiness.
+//!
+//! lapin's recovery is given [`recovery_limit`] (twice
+//! `broker.connect_timeout`, 20 s by default) to reconnect. A recovery
+//! that has not reconnected by then is abandoned and the session starts
+//! over with a fresh connection (whose every attempt has a timeout): after
+//! a broker restart, a recovery whose reconnect landed while the broker
+//! was still starting was seen to stay down for over a minute, its worker
+//! consuming nothing although the broker was back.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,6 +57,14 @@ pub(super) enum SessionError {
     ConsumerCancelled,
     #[error("a publish failed on a broken channel")]
     ChannelBroken,
+    #[error("lapin's recovery did not reconnect within {0:?}")]
+    RecoveryStalled(Duration),
+}
+
+/// How long lapin's recovery may take to reconnect before the session
+/// abandons it and starts over with a fresh connection.
+pub(super) fn recovery_limit(broker: &BrokerSettings) -> Duration {
+    broker.connect_timeout.max(Duration::from_secs(1)) * 2
 }
 
 /// One connection's life: connect, declare, consume until shutdown (then
@@ -107,10 +123,13 @@ pub(super) async fn session(
     }
     backoff.reset();
     info!(queue = %inner.queue, "Consuming.");
+    let limit = recovery_limit(broker);
+    let stalled = CancellationToken::new();
     let watcher = tokio::spawn(watch_connection(
         connection.status().clone(),
         connection.events_listener(),
         inner.clone(),
+        (limit, stalled.clone()),
     ));
 
     let result = loop {
@@ -128,6 +147,7 @@ pub(super) async fn session(
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             _ = restart.cancelled() => break Err(SessionError::ChannelBroken),
+            _ = stalled.cancelled() => break Err(SessionError::RecoveryStalled(limit)),
             next = consumer.next() => next,
         };
         match next {
@@ -138,7 +158,13 @@ pub(super) async fn session(
             Some(Err(e)) => {
                 drop(permit);
                 debug!(error = %e, "The consumer saw a broker error; waiting for lapin's recovery.");
-                if let Err(e) = channel.wait_for_recovery(e).await {
+                let recovered = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = stalled.cancelled() => break Err(SessionError::RecoveryStalled(limit)),
+                    recovered = channel.wait_for_recovery(e) => recovered,
+                };
+                if let Err(e) = recovered {
                     break Err(SessionError::Broker(e));
                 }
             }
@@ -177,11 +203,15 @@ pub(super) async fn session(
 /// state, sampled every 200 ms, covers whatever the events do not say.
 /// A recovery is logged once per outage, whichever saw it first: a drop
 /// and a reconnect between two samples is still seen through the events.
+/// A connection down for `limit` cancels `stalled`: the session abandons
+/// lapin's recovery and starts over.
 async fn watch_connection(
     status: lapin::ConnectionStatus,
     events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
     inner: Arc<Inner>,
+    (limit, stalled): (Duration, CancellationToken),
 ) {
+    let mut down_since: Option<tokio::time::Instant> = None;
     futures::pin_mut!(events);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,6 +253,16 @@ async fn watch_connection(
             },
             _ = tick.tick() => {
                 let connected = status.connected();
+                if connected {
+                    down_since = None;
+                } else if down_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= limit {
+                    warn!(
+                        limit_ms = limit.as_millis() as u64,
+                        "The broker connection did not recover in time; starting over with a fresh connection."
+                    );
+                    stalled.cancel();
+                    return;
+                }
                 let consuming = inner.status.consuming.load(Ordering::SeqCst);
                 if consuming && !connected {
                     interrupted(status.reconnecting());
