@@ -292,7 +292,10 @@ fn check_thumbnail(spec: &ThumbnailSpec) -> Result<(), TestCaseError> {
         prop_assert!(o.width() >= 1 && o.height() >= 1);
         prop_assert_eq!(policy.limits.exceeded_by(o.width(), o.height()), None);
         check_key(o.key().as_str())?;
-        prop_assert!(keys.insert(o.key().as_str().to_owned()), "two outputs share a key");
+        prop_assert!(
+            keys.insert(o.key().as_str().to_owned()),
+            "two outputs share a key"
+        );
     }
     match spec.source() {
         Source::Key(k) => check_key(k.as_str())?,

@@ -648,7 +648,11 @@ mod tests {
         let publisher = EventPublisher::new(&Names::new("w"), Batching::default());
         publisher.emit(event("a", TaskState::Succeeded)).await;
         // The broker stays away: given up, kept for re-emission.
-        assert!(publisher.flush(GIVE_UP_AFTER + Duration::from_secs(1)).await);
+        assert!(
+            publisher
+                .flush(GIVE_UP_AFTER + Duration::from_secs(1))
+                .await
+        );
         assert_eq!(kept(&publisher), ["a"]);
         // No other envelope will be confirmed to re-emit it: the writer
         // takes it out again by itself, after its delay.

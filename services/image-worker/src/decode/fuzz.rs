@@ -71,7 +71,10 @@ fn seeds() -> &'static [Vec<u8>] {
 /// A seed with some bytes overwritten (more often in the header, where
 /// the sizes and markers are) and maybe its tail cut off.
 fn mutated() -> impl Strategy<Value = Vec<u8>> {
-    let edit = (prop_oneof![3 => 0usize..64, 1 => any::<usize>()], any::<u8>());
+    let edit = (
+        prop_oneof![3 => 0usize..64, 1 => any::<usize>()],
+        any::<u8>(),
+    );
     (
         0..seeds().len(),
         proptest::collection::vec(edit, 0..6),
