@@ -34,6 +34,22 @@ pub enum TopologyError {
         /// The value Warren declares.
         warren_wants: String,
     },
+    /// The broker has the queue with the other queue type: the namespace
+    /// switched between `classic` and `quorum`. RabbitMQ cannot change a
+    /// queue's type; the queues must be drained and re-created.
+    #[error(
+        "queue '{name}' is a {broker_has} queue on the broker, but broker.queue_type is '{warren_wants}': \
+         a namespace cannot switch queue types in place; migrate it (docs/operations.md, \
+         \"Switching a namespace's queue type\") or set broker.queue_type = \"{broker_has}\""
+    )]
+    QueueTypeChanged {
+        /// The queue.
+        name: String,
+        /// `classic` or `quorum`: what the broker has.
+        broker_has: String,
+        /// `classic` or `quorum`: what the settings ask for.
+        warren_wants: String,
+    },
     /// The broker refused the declaration for another reason.
     #[error("could not declare {object} '{name}': {source}")]
     Broker {
@@ -64,7 +80,32 @@ impl Topology {
         if channel.status().connected() {
             let _ = channel.close(200, "topology declared".into()).await;
         }
-        result
+        match result {
+            Err(TopologyError::Conflict {
+                object: "queue",
+                name,
+                argument,
+                broker_has,
+                warren_wants,
+            }) => {
+                let switched = probe_queue_type(connection, &name, self.kind.type_name()).await;
+                Err(match switched {
+                    Some(broker_type) => TopologyError::QueueTypeChanged {
+                        name,
+                        broker_has: broker_type,
+                        warren_wants: self.kind.type_name().to_owned(),
+                    },
+                    None => TopologyError::Conflict {
+                        object: "queue",
+                        name,
+                        argument,
+                        broker_has,
+                        warren_wants,
+                    },
+                })
+            }
+            other => other,
+        }
     }
 
     async fn declare_on(&self, channel: &Channel) -> Result<(), TopologyError> {
@@ -77,6 +118,34 @@ impl Topology {
         )
         .await
     }
+}
+
+/// The type of queue `name` on the broker when it is not `wanted`
+/// (`classic` or `quorum`), found by declaring it with `x-queue-type`
+/// alone: RabbitMQ compares the type before any other argument, so the
+/// refusal names it exactly when the types differ. A declaration that
+/// matches changes nothing; `None` when the types agree or the probe says
+/// nothing.
+async fn probe_queue_type(connection: &Connection, name: &str, wanted: &str) -> Option<String> {
+    let channel = connection.create_channel().await.ok()?;
+    let spec = QueueSpec {
+        name: name.to_owned(),
+        arguments: vec![("x-queue-type", AMQPValue::LongString(wanted.into()))],
+    };
+    let answer = queue_declare(&channel, &spec).await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "probed".into()).await;
+    }
+    let Err(e) = answer else { return None };
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        return None;
+    };
+    let mismatch = parse_inequivalent(amqp.get_message().as_str())?;
+    (mismatch.argument == "x-queue-type").then(|| match mismatch.current.as_str() {
+        // A queue declared without the argument is a classic queue.
+        "none" => "classic".to_owned(),
+        other => other.to_owned(),
+    })
 }
 
 /// Declares exchanges, then queues, then bindings, in that order: the one
@@ -340,5 +409,14 @@ mod tests {
             })
         );
         assert_eq!(parse_inequivalent("NOT_FOUND - no queue 'q'"), None);
+        // RabbitMQ 3.10's answers when a namespace switched queue types.
+        let m = parse_inequivalent(
+            "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of type 'longstr' but current is none",
+        );
+        assert_eq!(m.map(|m| (m.argument, m.current)), Some(("x-queue-type".into(), "none".into())));
+        let m = parse_inequivalent(
+            "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received 'classic' but current is 'quorum'",
+        );
+        assert_eq!(m.map(|m| m.current), Some("quorum".into()));
     }
 }
