@@ -42,7 +42,10 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Counts one more delivery of the attempt `key` ([`delivery_key`])
     /// and returns the deliveries so far, this one included; `None` when
     /// the store does not count (it forgets with the process).
-    fn count_delivery<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+    fn count_delivery<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         let _ = key;
         Box::pin(async { Ok(None) })
     }
@@ -169,7 +172,10 @@ impl IdempotencyStore for RedisStore {
         })
     }
 
-    fn count_delivery<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+    fn count_delivery<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         let mut connection = self.connection.clone();
         let ttl = self.ttl_secs;
         Box::pin(async move {

@@ -133,7 +133,12 @@ async fn still_serving(broker: &TestBroker, worker: &WorkerProcess) {
         .wait_for_log("Task succeeded.", 2, WAIT)
         .await
         .unwrap();
-    assert_eq!(worker.logs_with_message("Task failed; it will be retried.").len(), 1);
+    assert_eq!(
+        worker
+            .logs_with_message("Task failed; it will be retried.")
+            .len(),
+        1
+    );
 }
 
 /// A worker with the other queue type stops at start-up, naming the switch.
@@ -195,14 +200,26 @@ async fn a_poison_task_is_parked_after_the_delivery_limit_on_quorum_queues() {
     worker.signal("TERM").unwrap();
     worker.wait_exit(WAIT).await.unwrap();
 
-    assert_eq!(verify_queues(&broker, "quorum").await, Vec::<serde_json::Value>::new());
+    assert_eq!(
+        verify_queues(&broker, "quorum").await,
+        Vec::<serde_json::Value>::new()
+    );
     let switched = verify_queues(&broker, "classic").await;
     let types: Vec<_> = switched
         .iter()
-        .map(|d| (d["what"].as_str(), d["broker_has"].as_str(), d["warren_wants"].as_str()))
+        .map(|d| {
+            (
+                d["what"].as_str(),
+                d["broker_has"].as_str(),
+                d["warren_wants"].as_str(),
+            )
+        })
         .collect();
     // The work queue, its parking lot and its retry queue.
-    assert_eq!(types, vec![(Some("type"), Some("quorum"), Some("classic")); 3]);
+    assert_eq!(
+        types,
+        vec![(Some("type"), Some("quorum"), Some("classic")); 3]
+    );
     let mut classic = env.clone();
     classic.retain(|(k, _)| *k != "WARREN_CONFIG");
     classic.push(("WARREN_BROKER__QUEUE_TYPE", "classic".to_owned()));

@@ -18,15 +18,15 @@ use tracing::{Instrument, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::attempt::Handled;
-use super::poison::DeliveryCount;
 use super::context::{DeliveryRuntime, ProgressPump};
+use super::poison::DeliveryCount;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};
 use super::{Inner, defer};
 use crate::contract::{self, DeadReason, headers};
-use crate::topology::QueueKind;
 use crate::metrics;
+use crate::topology::QueueKind;
 use crate::{TaskContext, trace};
 
 /// Handles one delivery from start to ack. Never panics, never returns an

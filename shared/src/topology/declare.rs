@@ -413,7 +413,10 @@ mod tests {
         let m = parse_inequivalent(
             "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of type 'longstr' but current is none",
         );
-        assert_eq!(m.map(|m| (m.argument, m.current)), Some(("x-queue-type".into(), "none".into())));
+        assert_eq!(
+            m.map(|m| (m.argument, m.current)),
+            Some(("x-queue-type".into(), "none".into()))
+        );
         let m = parse_inequivalent(
             "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received 'classic' but current is 'quorum'",
         );
