@@ -11,7 +11,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
-use super::{Binding, DelayCascade, ExchangeBinding, ExchangeSpec, QueueSpec, Topology};
+use super::{Binding, DelayCascade, ExchangeBinding, ExchangeSpec, QueueKind, QueueSpec, Topology};
 use crate::contract::Names;
 
 /// Why the topology could not be declared.
@@ -87,23 +87,20 @@ impl Topology {
                 argument,
                 broker_has,
                 warren_wants,
-            }) => {
-                let switched = probe_queue_type(connection, &name, self.kind.type_name()).await;
-                Err(match switched {
-                    Some(broker_type) => TopologyError::QueueTypeChanged {
-                        name,
-                        broker_has: broker_type,
-                        warren_wants: self.kind.type_name().to_owned(),
-                    },
-                    None => TopologyError::Conflict {
-                        object: "queue",
-                        name,
-                        argument,
-                        broker_has,
-                        warren_wants,
-                    },
-                })
-            }
+            }) => Err(match other_type(self.kind, &argument, &broker_has) {
+                Some(broker_type) => TopologyError::QueueTypeChanged {
+                    name,
+                    broker_has: broker_type.to_owned(),
+                    warren_wants: self.kind.type_name().to_owned(),
+                },
+                None => TopologyError::Conflict {
+                    object: "queue",
+                    name,
+                    argument,
+                    broker_has,
+                    warren_wants,
+                },
+            }),
             other => other,
         }
     }
@@ -120,32 +117,25 @@ impl Topology {
     }
 }
 
-/// The type of queue `name` on the broker when it is not `wanted`
-/// (`classic` or `quorum`), found by declaring it with `x-queue-type`
-/// alone: RabbitMQ compares the type before any other argument, so the
-/// refusal names it exactly when the types differ. A declaration that
-/// matches changes nothing; `None` when the types agree or the probe says
-/// nothing.
-async fn probe_queue_type(connection: &Connection, name: &str, wanted: &str) -> Option<String> {
-    let channel = connection.create_channel().await.ok()?;
-    let spec = QueueSpec {
-        name: name.to_owned(),
-        arguments: vec![("x-queue-type", AMQPValue::LongString(wanted.into()))],
-    };
-    let answer = queue_declare(&channel, &spec).await;
-    if channel.status().connected() {
-        let _ = channel.close(200, "probed".into()).await;
+/// Whether a conflict on `argument` (the broker having `broker_has`) says
+/// the queue is of the other type: an argument only the other type has.
+/// RabbitMQ names the first argument that differs, in an order of its
+/// own, so any of them may be the one: `x-max-priority` on a classic work
+/// queue; `x-queue-type`, `x-delivery-limit`, `x-dead-letter-strategy` or
+/// `x-overflow` on a quorum queue.
+fn other_type(wanted: QueueKind, argument: &str, broker_has: &str) -> Option<&'static str> {
+    let present = broker_has != "none";
+    match wanted {
+        QueueKind::Quorum { .. } => (argument == "x-queue-type"
+            && matches!(broker_has, "none" | "classic")
+            || argument == "x-max-priority" && present)
+            .then_some("classic"),
+        QueueKind::Classic => (matches!(
+            argument,
+            "x-queue-type" | "x-delivery-limit" | "x-dead-letter-strategy" | "x-overflow"
+        ) && present)
+            .then_some("quorum"),
     }
-    let Err(e) = answer else { return None };
-    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
-        return None;
-    };
-    let mismatch = parse_inequivalent(amqp.get_message().as_str())?;
-    (mismatch.argument == "x-queue-type").then(|| match mismatch.current.as_str() {
-        // A queue declared without the argument is a classic queue.
-        "none" => "classic".to_owned(),
-        other => other.to_owned(),
-    })
 }
 
 /// Declares exchanges, then queues, then bindings, in that order: the one
@@ -421,5 +411,22 @@ mod tests {
             "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received 'classic' but current is 'quorum'",
         );
         assert_eq!(m.map(|m| m.current), Some("quorum".into()));
+    }
+
+    #[test]
+    fn a_conflict_on_an_argument_of_the_other_type_is_a_type_switch() {
+        let quorum = QueueKind::Quorum { delivery_limit: 5 };
+        // What RabbitMQ 3.10 names when a classic namespace turns quorum,
+        // and the other way round.
+        assert_eq!(other_type(quorum, "x-max-priority", "10"), Some("classic"));
+        assert_eq!(other_type(quorum, "x-queue-type", "none"), Some("classic"));
+        let classic = QueueKind::Classic;
+        for argument in ["x-dead-letter-strategy", "x-delivery-limit", "x-overflow"] {
+            assert_eq!(other_type(classic, argument, "5"), Some("quorum"));
+        }
+        // Other drift is a plain conflict.
+        assert_eq!(other_type(classic, "x-max-priority", "5"), None);
+        assert_eq!(other_type(quorum, "x-delivery-limit", "3"), None);
+        assert_eq!(other_type(classic, "x-message-ttl", "999"), None);
     }
 }
