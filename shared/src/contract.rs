@@ -119,6 +119,10 @@ pub mod broker_headers {
     pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
     /// The exchange it was published to before the broker dead-lettered it.
     pub const X_FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
+    /// On every delivery from a quorum queue: how many times the message
+    /// was delivered before and never settled (0 on the first delivery).
+    /// The worker parks a task whose count reached `broker.delivery_limit`.
+    pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 
     /// Every one of them.
     pub const ALL: &[&str] = &[
@@ -127,6 +131,7 @@ pub mod broker_headers {
         X_FIRST_DEATH_QUEUE,
         X_FIRST_DEATH_REASON,
         X_FIRST_DEATH_EXCHANGE,
+        X_DELIVERY_COUNT,
     ];
 }
 
@@ -137,17 +142,28 @@ pub enum DeadReason {
     Permanent,
     /// A transient failure outlasted the retry ladder.
     AttemptsExhausted,
+    /// The task was delivered `broker.delivery_limit` times and never
+    /// settled: each time, the worker process died with it (an abort, an
+    /// out-of-memory kill). Also RabbitMQ's `x-first-death-reason` when a
+    /// quorum queue's `x-delivery-limit` dead-letters it.
+    DeliveryLimit,
 }
 
 impl DeadReason {
-    /// Both reasons.
-    pub const ALL: [DeadReason; 2] = [DeadReason::Permanent, DeadReason::AttemptsExhausted];
+    /// Every reason.
+    pub const ALL: [DeadReason; 3] = [
+        DeadReason::Permanent,
+        DeadReason::AttemptsExhausted,
+        DeadReason::DeliveryLimit,
+    ];
 
-    /// `permanent` or `attempts_exhausted`, as in the `x-warren-dead-reason` header.
+    /// `permanent`, `attempts_exhausted` or `delivery_limit`, as in the
+    /// `x-warren-dead-reason` header.
     pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::Permanent => "permanent",
             DeadReason::AttemptsExhausted => "attempts_exhausted",
+            DeadReason::DeliveryLimit => "delivery_limit",
         }
     }
 }

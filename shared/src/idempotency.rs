@@ -5,6 +5,13 @@
 //! One replica: the in-process [`MemoryStore`]. Several replicas: the shared
 //! [`RedisStore`]. Both sit behind [`IdempotencyStore`] and are chosen by
 //! settings.
+//!
+//! The Redis store also counts the deliveries of each attempt that never
+//! settled ([`IdempotencyStore::count_delivery`]): a task that kills the
+//! worker process (an abort, an out-of-memory kill) is redelivered by a
+//! classic queue forever, and this count is what parks it after
+//! `broker.delivery_limit` deliveries. The memory store cannot count: its
+//! count would die with the process it counts the deaths of.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -31,12 +38,35 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn is_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Records `key` as succeeded.
     fn mark_done<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Counts one more delivery of the attempt `key` ([`delivery_key`])
+    /// and returns the deliveries so far, this one included; `None` when
+    /// the store does not count (it forgets with the process).
+    fn count_delivery<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let _ = key;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Forgets the count of the attempt `key`: its delivery settled.
+    fn settle_delivery<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = key;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The key of a task: namespaced so environments sharing a Redis never see
 /// each other's ids.
 pub fn key(namespace: &str, task_type: &str, task_id: &str) -> String {
     format!("{namespace}:done:{task_type}:{task_id}")
+}
+
+/// The key of one attempt's delivery count: a retry is a new attempt with a
+/// count of its own.
+pub fn delivery_key(namespace: &str, task_type: &str, task_id: &str, attempt: u32) -> String {
+    format!("{namespace}:deliveries:{task_type}:{task_id}:{attempt}")
 }
 
 /// Builds the store the settings ask for; `None` when deduplication is off.
@@ -141,6 +171,34 @@ impl IdempotencyStore for RedisStore {
             Ok(())
         })
     }
+
+    fn count_delivery<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let mut connection = self.connection.clone();
+        let ttl = self.ttl_secs;
+        Box::pin(async move {
+            // One round trip, atomic: the count and its expiry (a task that
+            // is never delivered again leaves no key behind).
+            let (count,): (u64,) = redis::pipe()
+                .atomic()
+                .incr(key, 1u64)
+                .expire(key, i64::try_from(ttl).unwrap_or(i64::MAX))
+                .ignore()
+                .query_async(&mut connection)
+                .await?;
+            Ok(Some(count))
+        })
+    }
+
+    fn settle_delivery<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let _: () = connection.del(key).await?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +246,31 @@ mod tests {
         let ttl: i64 = c.ttl(&k).await.unwrap();
         assert!(ttl > 0 && ttl <= 30, "ttl {ttl}");
         let _: () = c.del(&k).await.unwrap();
+    }
+
+    /// The delivery count survives the store (and the process) that counted.
+    #[tokio::test]
+    async fn redis_store_counts_deliveries_until_settled() {
+        let url = "redis://127.0.0.1:6379/0";
+        let k = delivery_key(
+            &format!("test-{}", uuid::Uuid::new_v4()),
+            "poison.abort",
+            "t1",
+            1,
+        );
+        for expected in 1..=3 {
+            let fresh = RedisStore::connect(url, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(fresh.count_delivery(&k).await.unwrap(), Some(expected));
+        }
+        let s = RedisStore::connect(url, Duration::from_secs(30))
+            .await
+            .unwrap();
+        s.settle_delivery(&k).await.unwrap();
+        assert_eq!(s.count_delivery(&k).await.unwrap(), Some(1));
+        s.settle_delivery(&k).await.unwrap();
+        let memory = MemoryStore::new(10, Duration::from_secs(30));
+        assert_eq!(memory.count_delivery(&k).await.unwrap(), None);
     }
 }

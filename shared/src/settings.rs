@@ -52,6 +52,41 @@ pub struct BrokerSettings {
     /// of `url`. Secret: it may carry a password. The services ignore it.
     #[serde(with = "secret")]
     pub management_url: SecretString,
+    /// The type of the namespace's work queues, parking lots and retry
+    /// queues: `classic` (the default) or `quorum` (durable, replicated
+    /// across a cluster's nodes, with a broker-side delivery limit and
+    /// at-least-once dead-lettering). Every process of a namespace must
+    /// agree; switching an existing namespace is refused at start-up (see
+    /// docs/operations.md, "Queue types").
+    pub queue_type: QueueType,
+    /// Deliveries of one attempt that never settled (the worker process
+    /// died: an abort, an out-of-memory kill) before the task is parked
+    /// with the reason `delivery_limit`. Counted by the broker on quorum
+    /// queues (`x-delivery-limit`), by the Redis idempotency store on
+    /// classic ones; not counted with the `memory` store. 0: no limit.
+    pub delivery_limit: u32,
+}
+
+/// The type of a namespace's queues (`broker.queue_type`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Classic queues on one node, with priorities (`x-max-priority`).
+    #[default]
+    Classic,
+    /// Quorum queues: replicated, `x-delivery-limit`, at-least-once
+    /// dead-lettering. No priorities before RabbitMQ 4.0.
+    Quorum,
+}
+
+impl QueueType {
+    /// `classic` or `quorum`, as settings and RabbitMQ name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
 }
 
 impl Default for BrokerSettings {
@@ -63,6 +98,8 @@ impl Default for BrokerSettings {
             reconnect_max_delay: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             management_url: SecretString::from("http://127.0.0.1:15672"),
+            queue_type: QueueType::Classic,
+            delivery_limit: 5,
         }
     }
 }
@@ -71,6 +108,17 @@ impl BrokerSettings {
     /// The broker names of this namespace, on its delay cascade.
     pub fn names(&self) -> crate::contract::Names {
         crate::contract::Names::new(&self.namespace).with_delay_cascade(&self.delay_cascade)
+    }
+
+    /// The kind of queues this namespace declares: its type and, for
+    /// quorum queues, the broker's delivery limit.
+    pub fn queue_kind(&self) -> crate::topology::QueueKind {
+        match self.queue_type {
+            QueueType::Classic => crate::topology::QueueKind::Classic,
+            QueueType::Quorum => crate::topology::QueueKind::Quorum {
+                delivery_limit: self.delivery_limit,
+            },
+        }
     }
 
     /// The URL with its password replaced, for logs.
@@ -91,6 +139,8 @@ impl fmt::Debug for BrokerSettings {
                 "management_url",
                 &redact_url(self.management_url.expose_secret()),
             )
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
             .finish()
     }
 }

@@ -426,6 +426,7 @@ fn documented_headers(doc: &Value) -> BTreeMap<String, &'static str> {
         "RetryHeaders",
         "ParkedHeaders",
         "BrokerDeadLetterHeaders",
+        "QuorumDeliveryHeaders",
         "DelayHeaders",
         "ChainHeaders",
     ] {

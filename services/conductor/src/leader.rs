@@ -190,7 +190,8 @@ impl Conductor {
                 let stem = s.task_type().split('.').next().unwrap_or_default();
                 stem == queue.stem
             }) {
-                Topology::new(&self.names, queue.stem, queue.binding_keys, &[])
+                let kind = self.broker.queue_kind();
+                Topology::with_kind(&self.names, queue.stem, queue.binding_keys, &[], kind)
                     .declare(connection)
                     .await
                     .map_err(|e| SessionError::Topology(Box::new(e)))?;

@@ -82,7 +82,13 @@ pub async fn verify(
     let mut seen = std::collections::BTreeSet::new();
     for (stem, keys) in &stems {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let topology = Topology::new(&names, stem, &keys, &settings.consumer.retry_delays);
+        let topology = Topology::with_kind(
+            &names,
+            stem,
+            &keys,
+            &settings.consumer.retry_delays,
+            settings.broker.queue_kind(),
+        );
         for spec in topology.exchanges() {
             if seen.insert(format!("e {}", spec.name)) {
                 report.checked += 1;
@@ -139,6 +145,11 @@ pub async fn verify(
         for d in &report.differences {
             if d.what == "missing" {
                 println!("- {} {}: missing on the broker", d.object, d.name);
+            } else if d.what == "type" && d.object == "queue" {
+                println!(
+                    "~ queue {}: type: broker has {}, warren wants {} (broker.queue_type; a queue's type cannot change in place: see docs/operations.md, \"Switching a namespace's queue type\")",
+                    d.name, d.broker_has, d.warren_wants
+                );
             } else {
                 println!(
                     "~ {} {}: {}: broker has {}, warren wants {}",
@@ -198,6 +209,9 @@ fn compare_arguments(
     let have = broker["arguments"].as_object().unwrap_or(&empty);
     let mut keys: std::collections::BTreeSet<&str> = have.keys().map(String::as_str).collect();
     keys.extend(wanted.iter().map(|(k, _)| *k));
+    // A queue's type is compared as its type (`check_queue`): a classic
+    // queue declared without the argument has none.
+    keys.remove("x-queue-type");
     for key in keys {
         let has = have.get(key);
         let wants = wanted
@@ -247,6 +261,24 @@ fn check_queue(queues: &[Value], spec: &QueueSpec, out: &mut Vec<Difference>) {
         out.push(missing("queue", &spec.name));
         return;
     };
+    let wants_type = spec
+        .arguments
+        .iter()
+        .find(|(k, _)| *k == "x-queue-type")
+        .and_then(|(_, v)| json_of(v).as_str().map(str::to_owned))
+        .unwrap_or_else(|| "classic".to_owned());
+    let has_type = q["type"].as_str().unwrap_or("classic");
+    if has_type != wants_type {
+        // The other type's arguments differ too; the type says it all.
+        out.push(Difference {
+            object: "queue",
+            name: spec.name.clone(),
+            what: "type".into(),
+            broker_has: has_type.to_owned(),
+            warren_wants: wants_type,
+        });
+        return;
+    }
     compare_arguments("queue", &spec.name, q, &spec.arguments, out);
     if q["exclusive"].as_bool() == Some(true) || q["auto_delete"].as_bool() == Some(true) {
         out.push(Difference {
@@ -312,5 +344,34 @@ mod tests {
             what,
             [("x-max-length", "3", "none"), ("x-max-priority", "5", "10")]
         );
+    }
+
+    #[test]
+    fn a_queue_of_the_other_type_is_one_type_difference() {
+        let spec = QueueSpec {
+            name: "w.email".into(),
+            arguments: vec![
+                ("x-queue-type", AMQPValue::LongString("quorum".into())),
+                ("x-delivery-limit", AMQPValue::LongLongInt(5)),
+            ],
+        };
+        let classic = serde_json::json!({"name": "w.email", "type": "classic", "durable": true, "arguments": {"x-max-priority": 10}});
+        let mut out = Vec::new();
+        check_queue(&[classic], &spec, &mut out);
+        assert_eq!(
+            out,
+            [Difference {
+                object: "queue",
+                name: "w.email".into(),
+                what: "type".into(),
+                broker_has: "classic".into(),
+                warren_wants: "quorum".into(),
+            }]
+        );
+        let quorum = serde_json::json!({"name": "w.email", "type": "quorum", "durable": true,
+            "arguments": {"x-queue-type": "quorum", "x-delivery-limit": 5}});
+        let mut out = Vec::new();
+        check_queue(&[quorum], &spec, &mut out);
+        assert_eq!(out, []);
     }
 }

@@ -14,17 +14,19 @@ use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::attempt::Handled;
 use super::context::{DeliveryRuntime, ProgressPump};
+use super::poison::DeliveryCount;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
 use super::settle::{self, Failure};
 use super::{Inner, defer};
-use crate::contract::{self, headers};
+use crate::contract::{self, DeadReason, headers};
 use crate::metrics;
+use crate::topology::QueueKind;
 use crate::{TaskContext, trace};
 
 /// Handles one delivery from start to ack. Never panics, never returns an
@@ -109,6 +111,20 @@ pub(super) async fn process(
             handled,
         })
         .await;
+        if inner.topology.kind != QueueKind::Classic
+            && ctx.priority > 0
+            && !inner.priority_warned.swap(true, Ordering::SeqCst)
+        {
+            warn!(
+                priority = ctx.priority,
+                "A task has a priority, but quorum queues serve none before RabbitMQ 4.0: it is served in arrival order (logged once)."
+            );
+        }
+        // The deliveries of this attempt that died with a worker: past the
+        // limit, the task is parked instead of run again.
+        let count = DeliveryCount::of(&inner, &delivery, &ctx).await;
+        let poisoned = count.exceeded(inner.delivery_limit);
+        let early = poisoned.clone().or(early);
         let started = Instant::now();
         let cancel = CancellationToken::new();
         let progress = out
@@ -154,17 +170,22 @@ pub(super) async fn process(
             Err(err) => {
                 let (out, delivery, rec, err) = (&out, &delivery, &rec, &err);
                 let inner = &*inner;
-                settle::failure(Failure {
+                let failure = Failure {
                     inner,
                     out,
                     delivery,
                     rec,
                     err,
                     elapsed,
-                })
-                .await;
+                };
+                if poisoned.is_some() {
+                    settle::park(failure, DeadReason::DeliveryLimit).await;
+                } else {
+                    settle::failure(failure).await;
+                }
             }
         }
+        count.settled(&inner).await;
         metrics.in_progress.dec();
         inner.status.in_flight.fetch_sub(1, Ordering::SeqCst);
         drop(permit);

@@ -29,6 +29,7 @@ mod defer;
 mod delivery;
 mod drain;
 mod limits;
+mod poison;
 mod record;
 mod session;
 mod settle;
@@ -334,11 +335,12 @@ impl<S: Send + Sync + 'static> Worker<S> {
     /// The topology this worker declares.
     pub fn topology(&self) -> Topology {
         let keys: Vec<&str> = self.binding_keys.iter().map(String::as_str).collect();
-        Topology::new(
+        Topology::with_kind(
             &self.broker.names(),
             &self.stem,
             &keys,
             &self.consumer.retry_delays,
+            self.broker.queue_kind(),
         )
     }
 
@@ -385,6 +387,8 @@ impl<S: Send + Sync + 'static> Worker<S> {
             consumer: self.consumer,
             topology,
             status: self.status,
+            delivery_limit: self.broker.delivery_limit,
+            priority_warned: AtomicBool::new(false),
         });
         let permits = Arc::new(Semaphore::new(concurrency));
         let tracker = TaskTracker::new();
@@ -402,6 +406,8 @@ impl<S: Send + Sync + 'static> Worker<S> {
             worker = %identity,
             prefetch = inner.consumer.prefetch,
             concurrency,
+            queue_type = inner.topology.kind.type_name(),
+            delivery_limit = inner.delivery_limit,
             broker = %self.broker.redacted_url(),
             "Worker starting."
         );
@@ -515,6 +521,11 @@ struct Inner {
     gates: limits::Gates,
     /// Cancelled on shutdown: tasks waiting at a gate are handed back.
     stop: CancellationToken,
+    /// `broker.delivery_limit`: deliveries of an attempt that never
+    /// settled before it is parked (0: no limit).
+    delivery_limit: u32,
+    /// A prioritised task on a quorum queue was logged (once per worker).
+    priority_warned: AtomicBool,
 }
 
 impl Inner {

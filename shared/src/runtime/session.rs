@@ -84,7 +84,7 @@ pub(super) async fn session(
     };
     match inner.topology.declare(&connection).await {
         Ok(()) => {}
-        Err(e @ TopologyError::Conflict { .. }) => {
+        Err(e @ (TopologyError::Conflict { .. } | TopologyError::QueueTypeChanged { .. })) => {
             let _ = connection.close(200, "topology conflict".into()).await;
             return Err(SessionError::Topology(e));
         }

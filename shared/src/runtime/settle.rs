@@ -178,6 +178,12 @@ async fn retry(f: Failure<'_>, next_attempt: u32, delay: Duration) {
     }
 }
 
+/// Parks a failed attempt with `reason`, whatever [`decide`] would say:
+/// for a task parked before it ran (`delivery_limit`).
+pub(super) async fn park(f: Failure<'_>, reason: DeadReason) {
+    dead_letter(f, reason).await;
+}
+
 /// Publishes the task's copy, with the reason, to the parking lot, then
 /// acks the original; if the copy cannot be published, hands the original
 /// back (rejecting it would route it through the queue's dead-letter

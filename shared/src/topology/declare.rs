@@ -11,7 +11,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
-use super::{Binding, DelayCascade, ExchangeBinding, ExchangeSpec, QueueSpec, Topology};
+use super::{Binding, DelayCascade, ExchangeBinding, ExchangeSpec, QueueKind, QueueSpec, Topology};
 use crate::contract::Names;
 
 /// Why the topology could not be declared.
@@ -32,6 +32,22 @@ pub enum TopologyError {
         /// The value the broker has.
         broker_has: String,
         /// The value Warren declares.
+        warren_wants: String,
+    },
+    /// The broker has the queue with the other queue type: the namespace
+    /// switched between `classic` and `quorum`. RabbitMQ cannot change a
+    /// queue's type; the queues must be drained and re-created.
+    #[error(
+        "queue '{name}' is a {broker_has} queue on the broker, but broker.queue_type is '{warren_wants}': \
+         a namespace cannot switch queue types in place; migrate it (docs/operations.md, \
+         \"Switching a namespace's queue type\") or set broker.queue_type = \"{broker_has}\""
+    )]
+    QueueTypeChanged {
+        /// The queue.
+        name: String,
+        /// `classic` or `quorum`: what the broker has.
+        broker_has: String,
+        /// `classic` or `quorum`: what the settings ask for.
         warren_wants: String,
     },
     /// The broker refused the declaration for another reason.
@@ -64,7 +80,29 @@ impl Topology {
         if channel.status().connected() {
             let _ = channel.close(200, "topology declared".into()).await;
         }
-        result
+        match result {
+            Err(TopologyError::Conflict {
+                object: "queue",
+                name,
+                argument,
+                broker_has,
+                warren_wants,
+            }) => Err(match other_type(self.kind, &argument, &broker_has) {
+                Some(broker_type) => TopologyError::QueueTypeChanged {
+                    name,
+                    broker_has: broker_type.to_owned(),
+                    warren_wants: self.kind.type_name().to_owned(),
+                },
+                None => TopologyError::Conflict {
+                    object: "queue",
+                    name,
+                    argument,
+                    broker_has,
+                    warren_wants,
+                },
+            }),
+            other => other,
+        }
     }
 
     async fn declare_on(&self, channel: &Channel) -> Result<(), TopologyError> {
@@ -76,6 +114,27 @@ impl Topology {
             &self.exchange_bindings(),
         )
         .await
+    }
+}
+
+/// Whether a conflict on `argument` (the broker having `broker_has`) says
+/// the queue is of the other type: an argument only the other type has.
+/// RabbitMQ names the first argument that differs, in an order of its
+/// own, so any of them may be the one: `x-max-priority` on a classic work
+/// queue; `x-queue-type`, `x-delivery-limit`, `x-dead-letter-strategy` or
+/// `x-overflow` on a quorum queue.
+fn other_type(wanted: QueueKind, argument: &str, broker_has: &str) -> Option<&'static str> {
+    let present = broker_has != "none";
+    match wanted {
+        QueueKind::Quorum { .. } => (argument == "x-queue-type"
+            && matches!(broker_has, "none" | "classic")
+            || argument == "x-max-priority" && present)
+            .then_some("classic"),
+        QueueKind::Classic => (matches!(
+            argument,
+            "x-queue-type" | "x-delivery-limit" | "x-dead-letter-strategy" | "x-overflow"
+        ) && present)
+            .then_some("quorum"),
     }
 }
 
@@ -340,5 +399,34 @@ mod tests {
             })
         );
         assert_eq!(parse_inequivalent("NOT_FOUND - no queue 'q'"), None);
+        // RabbitMQ 3.10's answers when a namespace switched queue types.
+        let m = parse_inequivalent(
+            "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of type 'longstr' but current is none",
+        );
+        assert_eq!(
+            m.map(|m| (m.argument, m.current)),
+            Some(("x-queue-type".into(), "none".into()))
+        );
+        let m = parse_inequivalent(
+            "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received 'classic' but current is 'quorum'",
+        );
+        assert_eq!(m.map(|m| m.current), Some("quorum".into()));
+    }
+
+    #[test]
+    fn a_conflict_on_an_argument_of_the_other_type_is_a_type_switch() {
+        let quorum = QueueKind::Quorum { delivery_limit: 5 };
+        // What RabbitMQ 3.10 names when a classic namespace turns quorum,
+        // and the other way round.
+        assert_eq!(other_type(quorum, "x-max-priority", "10"), Some("classic"));
+        assert_eq!(other_type(quorum, "x-queue-type", "none"), Some("classic"));
+        let classic = QueueKind::Classic;
+        for argument in ["x-dead-letter-strategy", "x-delivery-limit", "x-overflow"] {
+            assert_eq!(other_type(classic, argument, "5"), Some("quorum"));
+        }
+        // Other drift is a plain conflict.
+        assert_eq!(other_type(classic, "x-max-priority", "5"), None);
+        assert_eq!(other_type(quorum, "x-delivery-limit", "3"), None);
+        assert_eq!(other_type(classic, "x-message-ttl", "999"), None);
     }
 }

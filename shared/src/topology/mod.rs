@@ -15,6 +15,12 @@
 //! a worker turns that into an error that names the object, the argument,
 //! what the broker has and what Warren wants, because that is what an
 //! operator needs at 3 a.m.
+//!
+//! A namespace's queues are of one [`QueueKind`]: classic (one node,
+//! priorities) or quorum (replicated, a broker-side delivery limit,
+//! at-least-once dead-lettering, no priorities before RabbitMQ 4.0). A
+//! queue found on the broker with the other type is its own error,
+//! [`TopologyError::QueueTypeChanged`], naming the migration.
 
 mod declare;
 pub mod delay;
@@ -84,6 +90,61 @@ impl ExchangeSpec {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Headers => "headers",
             _ => "other",
+        }
+    }
+}
+
+/// The kind of a namespace's work queues, parking lots and retry queues
+/// (`broker.queue_type` and `broker.delivery_limit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Classic queues: the work queue has `x-max-priority`.
+    #[default]
+    Classic,
+    /// Quorum queues. The work queue dead-letters a message delivered more
+    /// than `delivery_limit` + 1 times (0: no limit) to the parking lot
+    /// with the reason `delivery_limit`; dead-lettering is at-least-once
+    /// (`x-dead-letter-strategy`, with `x-overflow = reject-publish`, which
+    /// it requires), so no copy is lost between two queues. RabbitMQ 3.x
+    /// has no priorities on quorum queues: the work queue has none.
+    Quorum {
+        /// `x-delivery-limit`.
+        delivery_limit: u32,
+    },
+}
+
+impl QueueKind {
+    /// `classic` or `quorum`.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            QueueKind::Classic => "classic",
+            QueueKind::Quorum { .. } => "quorum",
+        }
+    }
+
+    /// The arguments every queue of this kind has first: none for a
+    /// classic queue, `x-queue-type` for a quorum one.
+    fn type_arguments(self) -> Vec<(&'static str, AMQPValue)> {
+        match self {
+            QueueKind::Classic => Vec::new(),
+            QueueKind::Quorum { .. } => {
+                vec![("x-queue-type", AMQPValue::LongString("quorum".into()))]
+            }
+        }
+    }
+
+    /// The arguments of a queue that dead-letters: at-least-once on a
+    /// quorum queue, nothing more on a classic one.
+    fn dead_letter_arguments(self) -> Vec<(&'static str, AMQPValue)> {
+        match self {
+            QueueKind::Classic => Vec::new(),
+            QueueKind::Quorum { .. } => vec![
+                (
+                    "x-dead-letter-strategy",
+                    AMQPValue::LongString("at-least-once".into()),
+                ),
+                ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+            ],
         }
     }
 }
@@ -190,6 +251,8 @@ pub struct Topology {
     /// The delay cascade every worker declares (its objects are shared by
     /// the namespace), which delivers delayed tasks to the work queue.
     pub delay: DelayCascade,
+    /// The kind of the work queue, parking lot and retry queues.
+    pub kind: QueueKind,
     names: Names,
 }
 
@@ -202,32 +265,69 @@ pub fn retry_delay(retry_delays: &[Duration], next_attempt: u32) -> Option<Durat
 }
 
 impl Topology {
-    /// The topology of a service consuming queue `{ns}.{stem}`, bound to the
-    /// tasks exchange with `binding_keys` (e.g. `email.#`).
+    /// The topology of a service consuming the classic queue
+    /// `{ns}.{stem}`, bound to the tasks exchange with `binding_keys` (e.g.
+    /// `email.#`).
     pub fn new(
         names: &Names,
         stem: &str,
         binding_keys: &[&str],
         retry_delays: &[Duration],
     ) -> Self {
+        Self::with_kind(names, stem, binding_keys, retry_delays, QueueKind::Classic)
+    }
+
+    /// [`Topology::new`] with queues of `kind` (a namespace's
+    /// [`crate::settings::BrokerSettings::queue_kind`]).
+    ///
+    /// ```
+    /// use warren::Names;
+    /// use warren::topology::{QueueKind, Topology};
+    ///
+    /// let kind = QueueKind::Quorum { delivery_limit: 5 };
+    /// let t = Topology::with_kind(&Names::new("w"), "email", &["email.#"], &[], kind);
+    /// let has = |k: &str| t.work_queue.arguments.iter().any(|(a, _)| *a == k);
+    /// assert!(has("x-delivery-limit") && !has("x-max-priority"));
+    /// ```
+    pub fn with_kind(
+        names: &Names,
+        stem: &str,
+        binding_keys: &[&str],
+        retry_delays: &[Duration],
+        kind: QueueKind,
+    ) -> Self {
         let work = names.work_queue(stem);
+        let mut arguments = kind.type_arguments();
+        match kind {
+            QueueKind::Classic => {
+                arguments.push(("x-max-priority", AMQPValue::LongInt(QUEUE_MAX_PRIORITY)));
+            }
+            QueueKind::Quorum { delivery_limit } if delivery_limit > 0 => {
+                arguments.push((
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(i64::from(delivery_limit)),
+                ));
+            }
+            QueueKind::Quorum { .. } => {}
+        }
+        arguments.extend([
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString(names.dead_exchange().into()),
+            ),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(work.clone().into()),
+            ),
+        ]);
+        arguments.extend(kind.dead_letter_arguments());
         let work_queue = QueueSpec {
             name: work.clone(),
-            arguments: vec![
-                ("x-max-priority", AMQPValue::LongInt(QUEUE_MAX_PRIORITY)),
-                (
-                    "x-dead-letter-exchange",
-                    AMQPValue::LongString(names.dead_exchange().into()),
-                ),
-                (
-                    "x-dead-letter-routing-key",
-                    AMQPValue::LongString(work.clone().into()),
-                ),
-            ],
+            arguments,
         };
         let dead_queue = QueueSpec {
             name: names.dead_queue(stem),
-            arguments: Vec::new(),
+            arguments: kind.type_arguments(),
         };
         let mut retry_rungs: Vec<RetryRung> = Vec::new();
         for &delay in retry_delays {
@@ -235,21 +335,24 @@ impl Topology {
                 continue;
             }
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            let mut arguments = kind.type_arguments();
+            arguments.extend([
+                ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+                // The default exchange routes by queue name, so an
+                // expired copy goes back to this work queue alone and
+                // never to other bindings of its routing key.
+                ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+                (
+                    "x-dead-letter-routing-key",
+                    AMQPValue::LongString(work.clone().into()),
+                ),
+            ]);
+            arguments.extend(kind.dead_letter_arguments());
             retry_rungs.push(RetryRung {
                 delay,
                 queue: QueueSpec {
                     name: names.retry_queue(stem, delay),
-                    arguments: vec![
-                        ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
-                        // The default exchange routes by queue name, so an
-                        // expired copy goes back to this work queue alone and
-                        // never to other bindings of its routing key.
-                        ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
-                        (
-                            "x-dead-letter-routing-key",
-                            AMQPValue::LongString(work.clone().into()),
-                        ),
-                    ],
+                    arguments,
                 },
             });
         }
@@ -261,6 +364,7 @@ impl Topology {
             dead_queue,
             retry_rungs,
             delay: DelayCascade::new(names),
+            kind,
             names: names.clone(),
         }
     }
@@ -393,5 +497,31 @@ mod tests {
         );
         let stream = QueueSpec::events_stream(&Names::new("w"), Duration::from_secs(7 * 86_400));
         assert_eq!(stream.wants("x-max-age"), "'604800s'");
+    }
+
+    #[test]
+    fn quorum_queues_have_a_delivery_limit_and_at_least_once_dead_lettering() {
+        let delays = [Duration::from_secs(1)];
+        let kind = QueueKind::Quorum { delivery_limit: 3 };
+        let t = Topology::with_kind(&Names::new("w"), "email", &["email.#"], &delays, kind);
+        let w = &t.work_queue;
+        assert_eq!(w.wants("x-queue-type"), "'quorum'");
+        assert_eq!(w.wants("x-delivery-limit"), "3");
+        assert_eq!(w.wants("x-max-priority"), "none");
+        assert_eq!(w.wants("x-dead-letter-strategy"), "'at-least-once'");
+        assert_eq!(w.wants("x-overflow"), "'reject-publish'");
+        assert_eq!(t.dead_queue.wants("x-queue-type"), "'quorum'");
+        let rung = &t.retry_rungs[0].queue;
+        assert_eq!(rung.wants("x-queue-type"), "'quorum'");
+        assert_eq!(rung.wants("x-dead-letter-strategy"), "'at-least-once'");
+        // No limit: no argument.
+        let t = Topology::with_kind(
+            &Names::new("w"),
+            "email",
+            &[],
+            &[],
+            QueueKind::Quorum { delivery_limit: 0 },
+        );
+        assert_eq!(t.work_queue.wants("x-delivery-limit"), "none");
     }
 }
