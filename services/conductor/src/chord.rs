@@ -5,19 +5,23 @@
 //! filled the leader publishes the callback `{group}.callback` and its
 //! `queued` event in one transaction (with `on_failure = skip` and a
 //! failed member: the callback straight into its parking lot, with its
-//! `dead_lettered` event).
+//! `dead_lettered` event). A chord whose producer failed midway has an
+//! abort record after its record: its callback is parked at once, with
+//! error kind `chord_aborted`.
 //!
-//! Exactly once across failovers: a new leader reads the stream from its
-//! start, and the callback's own event, committed with it, tells it the
-//! callback was already published. It publishes nothing until it has read
-//! up to the moment it took the lock.
+//! Exactly once, by construction: the callback's fate is on the stream
+//! (its own event, committed with it), and a leader decides nothing until
+//! it has read the stream up to a mark it wrote itself after taking the
+//! lock. Whatever an earlier leader committed, it committed while it held
+//! the lock, so before the mark. The connection does not recover (see
+//! [`warren::broker::connect_without_recovery`]): once it is lost, the
+//! lock, the reader and the writer are gone with it, and the next session
+//! starts over from a new mark.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
@@ -27,14 +31,16 @@ use warren::contract::{
 };
 use warren::events::{TaskEvent, TaskState, envelope};
 use warren::task_properties;
-use warren::workflow::{CHORD_CONTENT_TYPE, ChordRecord, OnFailure};
-
-/// Reading the stream's history: it is caught up after this long without
-/// a message.
-const QUIET: Duration = Duration::from_millis(500);
+use warren::workflow::{
+    CHORD_ABORT_CONTENT_TYPE, CHORD_CONTENT_TYPE, ChordAbort, ChordRecord, MARK_CONTENT_TYPE,
+    MARK_MESSAGE_TYPE, OnFailure,
+};
 
 /// The error kind of a callback parked by `on_failure = skip`.
 pub const MEMBER_FAILED: &str = "chord_member_failed";
+
+/// The error kind of a callback parked because its chord was aborted.
+pub const ABORTED: &str = "chord_aborted";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {
@@ -44,6 +50,8 @@ pub enum TrackError {
     Serialize(#[from] serde_json::Error),
     #[error("the connection holding the leader lock was lost")]
     LockLost,
+    #[error("the catch-up mark was not confirmed by the broker")]
+    MarkNotConfirmed,
 }
 
 /// One chord being tracked.
@@ -52,6 +60,8 @@ struct Tracked {
     /// Each member's outcome, once final.
     outcomes: Vec<Option<Value>>,
     done: usize,
+    /// The producer's abort record, if it failed midway.
+    aborted: Option<ChordAbort>,
 }
 
 /// The chords of the stream, and which chord each member belongs to.
@@ -79,6 +89,7 @@ impl Chords {
             Tracked {
                 outcomes: vec![None; record.size as usize],
                 done: 0,
+                aborted: None,
                 record,
             },
         );
@@ -114,10 +125,19 @@ impl Chords {
         (chord.done == chord.outcomes.len()).then_some(group)
     }
 
+    /// Applies an abort record; returns the group id if it was tracked.
+    fn abort(&mut self, abort: ChordAbort) -> Option<String> {
+        let chord = self.chords.get_mut(&abort.id)?;
+        let group = abort.id.clone();
+        chord.aborted = Some(abort);
+        Some(group)
+    }
+
+    /// The chords whose callback is due: complete, or aborted.
     fn complete(&self) -> Vec<String> {
         self.chords
             .iter()
-            .filter(|(_, c)| c.done == c.outcomes.len())
+            .filter(|(_, c)| c.done == c.outcomes.len() || c.aborted.is_some())
             .map(|(g, _)| g.clone())
             .collect()
     }
@@ -133,12 +153,12 @@ impl Chords {
 }
 
 /// Tracks chords until the connection is lost: history first (firing
-/// nothing), then live, publishing each callback once its chord completes.
+/// nothing) up to this leader's own mark, then live, publishing each
+/// callback once its chord completes.
 pub async fn track(
     connection: &Connection,
     names: &Names,
     identity: &str,
-    acquired: DateTime<Utc>,
 ) -> Result<(), TrackError> {
     // The reader channel lives as long as the tracking does.
     let (_reader, mut consumer) =
@@ -146,21 +166,11 @@ pub async fn track(
             .await?;
     let writer = connection.create_channel().await?;
     writer.tx_select().await?;
+    let mark = write_mark(connection, names, identity).await?;
     let mut chords = Chords::default();
     let mut live = false;
     loop {
-        let next = if live {
-            consumer.next().await
-        } else {
-            match tokio::time::timeout(QUIET, consumer.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    live = catch_up(&writer, connection, names, identity, &mut chords).await?;
-                    continue;
-                }
-            }
-        };
-        let Some(delivery) = next else {
+        let Some(delivery) = consumer.next().await else {
             return Err(TrackError::LockLost);
         };
         let delivery = delivery?;
@@ -170,12 +180,40 @@ pub async fn track(
             .content_type()
             .as_ref()
             .map(|c| c.as_str());
-        if content_type == Some(CHORD_CONTENT_TYPE) {
-            match serde_json::from_slice::<ChordRecord>(&delivery.data) {
-                Ok(record) => chords.add(record),
-                Err(e) => warn!(error = %e, "Skipped a chord record that does not parse."),
+        match content_type {
+            Some(CHORD_CONTENT_TYPE) => {
+                match serde_json::from_slice::<ChordRecord>(&delivery.data) {
+                    Ok(record) => chords.add(record),
+                    Err(e) => warn!(error = %e, "Skipped a chord record that does not parse."),
+                }
+                continue;
             }
-            continue;
+            Some(CHORD_ABORT_CONTENT_TYPE) => {
+                match serde_json::from_slice::<ChordAbort>(&delivery.data) {
+                    Ok(abort) => {
+                        if let Some(group) = chords.abort(abort)
+                            && live
+                        {
+                            fire(&writer, connection, names, identity, &mut chords, &group)
+                                .await?;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "Skipped a chord abort record that does not parse."),
+                }
+                continue;
+            }
+            Some(MARK_CONTENT_TYPE) => {
+                let ours = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == mark);
+                if ours && !live {
+                    live = catch_up(&writer, connection, names, identity, &mut chords).await?;
+                }
+                continue;
+            }
+            _ => {}
         }
         let Ok(events) = envelope::decode(
             content_type,
@@ -185,9 +223,6 @@ pub async fn track(
             continue;
         };
         for event in events {
-            if !live && event.at >= acquired {
-                live = catch_up(&writer, connection, names, identity, &mut chords).await?;
-            }
             if let Some(group) = chords.apply(&event)
                 && live
             {
@@ -197,8 +232,44 @@ pub async fn track(
     }
 }
 
-/// History read: fires every chord that completed while no leader was
-/// watching (or whose callback the last leader did not commit).
+/// Writes this leader's catch-up mark to the events stream, confirmed, and
+/// returns its id: everything an earlier leader committed is before it.
+async fn write_mark(
+    connection: &Connection,
+    names: &Names,
+    identity: &str,
+) -> Result<String, TrackError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let body = serde_json::to_vec(&json!({ "by": identity, "id": id }))?;
+    let properties = BasicProperties::default()
+        .with_content_type(MARK_CONTENT_TYPE.into())
+        .with_type(MARK_MESSAGE_TYPE.into())
+        .with_message_id(id.clone().into())
+        .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
+    let confirm = channel
+        .basic_publish(
+            names.events_exchange().as_str().into(),
+            "conductor.mark".into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await?
+        .await?;
+    let _ = channel.close(200, "marked".into()).await;
+    if !confirm.is_ack() {
+        return Err(TrackError::MarkNotConfirmed);
+    }
+    info!(mark = %id, "Wrote the catch-up mark; reading the events stream up to it.");
+    Ok(id)
+}
+
+/// History read up to the mark: fires every chord that completed while no
+/// leader was watching (or whose callback the last leader did not commit).
 async fn catch_up(
     writer: &Channel,
     connection: &Connection,
@@ -236,7 +307,24 @@ async fn fire(
         return Err(TrackError::LockLost);
     }
     let record = &chord.record;
-    let outcomes: Vec<Value> = chord.outcomes.iter().flatten().cloned().collect();
+    // Every slot, in member order; an aborted chord's unfinished members
+    // say so.
+    let outcomes: Vec<Value> = chord
+        .outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match o {
+            Some(o) => o.clone(),
+            None => {
+                let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                let published = chord.aborted.as_ref().is_none_or(|a| n <= a.published);
+                json!({
+                    "id": record.member_id(n),
+                    "state": if published { "unfinished" } else { "not_published" },
+                })
+            }
+        })
+        .collect();
     let failed: Vec<&Value> = outcomes
         .iter()
         .filter(|o| o["state"] == "dead_lettered")
@@ -247,21 +335,27 @@ async fn fire(
     let priority = record.callback.priority.unwrap_or(0);
     let mut properties = task_properties(&id, task_type, priority);
     let mut event;
-    let (exchange, key) = if record.on_failure == OnFailure::Skip && !failed.is_empty() {
-        let reason = failure_reason(&failed, outcomes.len());
+    let parked = match &chord.aborted {
+        Some(abort) => Some((ABORTED, abort_reason(abort))),
+        None if record.on_failure == OnFailure::Skip && !failed.is_empty() => {
+            Some((MEMBER_FAILED, failure_reason(&failed, outcomes.len())))
+        }
+        None => None,
+    };
+    let (exchange, key) = if let Some((kind, reason)) = parked {
         let mut hdrs = properties.headers().clone().unwrap_or_default();
         contract::set_str(
             &mut hdrs,
             headers::DEAD_REASON,
             DeadReason::Permanent.as_str(),
         );
-        contract::set_str(&mut hdrs, headers::ERROR_KIND, MEMBER_FAILED);
+        contract::set_str(&mut hdrs, headers::ERROR_KIND, kind);
         contract::set_str(&mut hdrs, headers::ERROR, reason.clone());
         contract::set_str(&mut hdrs, headers::WORKER, identity);
         properties = properties.with_headers(hdrs);
         event = TaskEvent::new(&id, task_type, TaskState::DeadLettered, 1);
         event.reason = Some(DeadReason::Permanent.as_str().to_owned());
-        event.error_kind = Some(MEMBER_FAILED.to_owned());
+        event.error_kind = Some(kind.to_owned());
         event.error = Some(reason);
         // The parking lot of the callback's work queue (its default stem).
         let stem = task_type.split('.').next().unwrap_or(task_type);
@@ -311,6 +405,16 @@ async fn fire(
     Ok(())
 }
 
+/// Why an aborted chord's callback is parked.
+fn abort_reason(abort: &ChordAbort) -> String {
+    let mut reason = format!(
+        "the chord was aborted by its producer: only {} of {} members were published: {}",
+        abort.published, abort.size, abort.reason
+    );
+    truncate(&mut reason);
+    reason
+}
+
 /// Why a skipped callback is parked: the failed members, in order.
 fn failure_reason(failed: &[&Value], total: usize) -> String {
     let list: Vec<String> = failed
@@ -329,6 +433,12 @@ fn failure_reason(failed: &[&Value], total: usize) -> String {
         failed.len(),
         list.join("; ")
     );
+    truncate(&mut reason);
+    reason
+}
+
+/// At most 4 KiB of reason, cut at a character boundary.
+fn truncate(reason: &mut String) {
     if reason.len() > 4096 {
         let mut end = 4096;
         while !reason.is_char_boundary(end) {
@@ -337,5 +447,4 @@ fn failure_reason(failed: &[&Value], total: usize) -> String {
         reason.truncate(end);
         reason.push_str("...");
     }
-    reason
 }
