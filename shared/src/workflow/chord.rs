@@ -22,6 +22,22 @@ pub const CHORD_CONTENT_TYPE: &str = "application/vnd.warren.chord.v1+json";
 /// AMQP `type` of a chord record.
 pub const CHORD_MESSAGE_TYPE: &str = "warren.chord";
 
+/// Content type of a chord's abort record on the events exchange: the
+/// producer could not publish every member, and the conductor parks the
+/// callback instead of waiting for members that will never come.
+pub const CHORD_ABORT_CONTENT_TYPE: &str = "application/vnd.warren.chord-abort.v1+json";
+
+/// AMQP `type` of a chord's abort record.
+pub const CHORD_ABORT_MESSAGE_TYPE: &str = "warren.chord.abort";
+
+/// Content type of the conductor's catch-up mark on the events exchange.
+/// A new leader writes one and reads the stream up to it before deciding
+/// anything; readers other than the conductor ignore it.
+pub const MARK_CONTENT_TYPE: &str = "application/vnd.warren.mark.v1+json";
+
+/// AMQP `type` of the conductor's catch-up mark.
+pub const MARK_MESSAGE_TYPE: &str = "warren.mark";
+
 /// What the callback does when a member was dead-lettered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,6 +91,22 @@ impl ChordRecord {
     }
 }
 
+/// A chord's abort record, as written to the events stream when publishing
+/// its members failed midway: the conductor parks the callback with the
+/// reason (error kind `chord_aborted`) and never runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChordAbort {
+    /// The group's id.
+    pub id: String,
+    /// Members published (1 to this); the rest were not.
+    pub published: u32,
+    /// Members in the chord.
+    pub size: u32,
+    /// Why the next member was not published.
+    pub reason: String,
+}
+
 /// Why a group or chord was refused or only partly published.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -121,6 +153,25 @@ pub enum GroupError {
     /// The chord's record was not published (no member was).
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A chord's publishing stopped midway (as [`GroupError::Partial`]),
+    /// and its abort record could not be written either: the conductor
+    /// does not know the chord failed, and its callback never runs (its
+    /// unpublished members never become final).
+    #[error(
+        "only {published} of {total} members of chord {id} were published ({source}), and its abort record was not written: {abort}"
+    )]
+    Unaborted {
+        /// The group's id.
+        id: String,
+        /// Members published (1 to this).
+        published: usize,
+        /// Members in the chord.
+        total: usize,
+        /// Why the next member was not published.
+        source: Box<PublishError>,
+        /// Why the abort record was not written.
+        abort: Box<PublishError>,
+    },
 }
 
 /// Tasks run in parallel under one id; [`Group::then`] makes it a chord.
@@ -251,8 +302,56 @@ impl Publisher {
         let key = format!("{}.chord", record.callback.task_type);
         self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
             .await?;
-        self.publish_members(&id, &chord.group.members).await?;
-        Ok(id)
+        match self.publish_members(&id, &chord.group.members).await {
+            Err(GroupError::Partial {
+                id,
+                published,
+                total,
+                source,
+            }) => {
+                // Marked failed durably: the conductor parks the callback.
+                let abort = ChordAbort {
+                    id: id.clone(),
+                    published: u32::try_from(published).unwrap_or(u32::MAX),
+                    size: u32::try_from(total).unwrap_or(u32::MAX),
+                    reason: source.to_string(),
+                };
+                match self.publish_abort(&record, &abort).await {
+                    Ok(()) => Err(GroupError::Partial {
+                        id,
+                        published,
+                        total,
+                        source,
+                    }),
+                    Err(abort) => Err(GroupError::Unaborted {
+                        id,
+                        published,
+                        total,
+                        source,
+                        abort: Box::new(abort),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(id),
+        }
+    }
+
+    async fn publish_abort(
+        &self,
+        record: &ChordRecord,
+        abort: &ChordAbort,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(abort).map_err(PublishError::Serialize)?;
+        let properties = lapin::BasicProperties::default()
+            .with_content_type(CHORD_ABORT_CONTENT_TYPE.into())
+            .with_type(CHORD_ABORT_MESSAGE_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(format!("{}.abort", record.id).into())
+            .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
+        let key = format!("{}.chord.abort", record.callback.task_type);
+        self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
+            .await
     }
 
     async fn publish_members(&self, id: &str, members: &[Step]) -> Result<(), GroupError> {
