@@ -58,7 +58,9 @@ pub enum TrackError {
 struct Tracked {
     record: ChordRecord,
     /// Each member's outcome, once final.
-    outcomes: Vec<Option<Value>>,
+    /// Kept as JSON text: a parsed `Value` costs about ten times its text
+    /// in memory (measured in the tests below).
+    outcomes: Vec<Option<Box<str>>>,
     done: usize,
     /// The producer's abort record, if it failed midway.
     aborted: Option<ChordAbort>,
@@ -121,7 +123,7 @@ impl Chords {
         if chord.outcomes[slot].is_none() {
             chord.done += 1;
         }
-        chord.outcomes[slot] = Some(outcome);
+        chord.outcomes[slot] = Some(outcome.to_string().into_boxed_str());
         (chord.done == chord.outcomes.len()).then_some(group)
     }
 
@@ -314,7 +316,7 @@ async fn fire(
         .iter()
         .enumerate()
         .map(|(i, o)| match o {
-            Some(o) => o.clone(),
+            Some(o) => serde_json::from_str(o).unwrap_or(Value::Null),
             None => {
                 let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
                 let published = chord.aborted.as_ref().is_none_or(|a| n <= a.published);
@@ -446,5 +448,87 @@ fn truncate(reason: &mut String) {
         }
         reason.truncate(end);
         reason.push_str("...");
+    }
+}
+
+#[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use warren::workflow::Step;
+
+    use super::*;
+
+    /// The process's resident memory, in bytes (Linux).
+    fn rss() -> i64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: i64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    fn record(group: &str, size: u32) -> ChordRecord {
+        ChordRecord {
+            id: group.to_owned(),
+            size,
+            callback: Step::new("pipeline.report", json!({})),
+            on_failure: OnFailure::Run,
+        }
+    }
+
+    /// A member's `succeeded` event with the pipeline's small result.
+    fn succeeded(record: &ChordRecord, n: u32) -> TaskEvent {
+        let mut event = TaskEvent::new(
+            &record.member_id(n),
+            "pipeline.process",
+            TaskState::Succeeded,
+            1,
+        );
+        event.result = Some(json!({ "id": format!("m{n}"), "value": n }));
+        event
+    }
+
+    /// The memory a leader holds per open chord, measured as the growth of
+    /// the process's resident memory: docs/workflows.md (Limits) quotes the
+    /// figures this prints, run alone (`cargo test -p conductor --lib
+    /// memory -- --nocapture`) so no other test's memory counts.
+    #[test]
+    fn memory_per_tracked_chord_is_measured_and_released_when_chords_complete() {
+        const CHORDS: u32 = 20;
+        const MEMBERS: u32 = 1000;
+        let records: Vec<ChordRecord> = (0..CHORDS)
+            .map(|c| record(&format!("0192f0c4-7a3e-7cc1-9a55-{c:012}"), MEMBERS))
+            .collect();
+        let mut chords = Chords::default();
+        let before = rss();
+        for r in &records {
+            chords.add(r.clone());
+        }
+        let opened = rss() - before;
+        // Every member but the last of each chord finished.
+        for r in &records {
+            for n in 1..MEMBERS {
+                assert_eq!(chords.apply(&succeeded(r, n)), None);
+            }
+        }
+        let waiting = rss() - before;
+        assert_eq!(chords.chords.len(), CHORDS as usize);
+        assert_eq!(chords.members.len(), (CHORDS * MEMBERS) as usize);
+        let per_chord_open = opened / i64::from(CHORDS);
+        let per_chord_waiting = waiting / i64::from(CHORDS);
+        let per_result = (waiting - opened) / i64::from(CHORDS * (MEMBERS - 1));
+        eprintln!(
+            "{CHORDS} chords of {MEMBERS} members: {per_chord_open} B per chord just opened \
+             ({} B per member), {per_chord_waiting} B per chord with every result but one in \
+             ({per_result} B more per finished member)",
+            per_chord_open / i64::from(MEMBERS)
+        );
+        // The last members complete each chord; once fired (forgotten), a
+        // chord holds nothing.
+        for r in &records {
+            assert_eq!(chords.apply(&succeeded(r, MEMBERS)), Some(r.id.clone()));
+            chords.forget(&r.id);
+        }
+        assert!(chords.chords.is_empty() && chords.members.is_empty());
+        assert!(chords.callbacks.is_empty() && chords.complete().is_empty());
     }
 }
