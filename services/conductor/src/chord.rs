@@ -336,6 +336,18 @@ async fn fire(
     let body = serde_json::to_vec(&record.callback_body(outcomes.clone()))?;
     let priority = record.callback.priority.unwrap_or(0);
     let mut properties = task_properties(&id, task_type, priority);
+    // A callback followed by steps carries their routing slip (checked by
+    // the producer); its parking-lot copy keeps it, so a replay resumes.
+    if let Some(slip) = record.callback_slip() {
+        match slip.to_json() {
+            Ok(json) => {
+                let mut hdrs = properties.headers().clone().unwrap_or_default();
+                contract::set_str(&mut hdrs, headers::CHAIN, json);
+                properties = properties.with_headers(hdrs);
+            }
+            Err(e) => warn!(group, error = %e, "Sent a chord's callback without the steps after it."),
+        }
+    }
     let mut event;
     let parked = match &chord.aborted {
         Some(abort) => Some((ABORTED, abort_reason(abort))),
@@ -472,6 +484,7 @@ mod tests {
             size,
             callback: Step::new("pipeline.report", json!({})),
             on_failure: OnFailure::Run,
+            next: Vec::new(),
         }
     }
 

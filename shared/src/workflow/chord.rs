@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::chain::{Step, step_id};
+use super::chain::{MAX_STEPS, Slip, Step, step_id};
 use crate::contract::PERSISTENT;
 use crate::publisher::{PublishError, PublishOptions, Publisher};
 
@@ -63,6 +63,11 @@ pub struct ChordRecord {
     /// What happens to the callback when a member was dead-lettered.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Steps that run after the callback, as a chain: the callback is step
+    /// 1 of the chain `{id}.callback`, and carries the rest in its
+    /// `x-warren-chain` slip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<Step>,
 }
 
 impl ChordRecord {
@@ -74,6 +79,16 @@ impl ChordRecord {
     /// The callback's task id: `{group}.callback`.
     pub fn callback_id(&self) -> String {
         format!("{}.callback", self.id)
+    }
+
+    /// The callback's routing slip, when steps follow it (see
+    /// [`ChordRecord::next`]).
+    pub fn callback_slip(&self) -> Option<Slip> {
+        (!self.next.is_empty()).then(|| Slip {
+            id: self.callback_id(),
+            step: 1,
+            next: self.next.clone(),
+        })
     }
 
     /// The field of the callback's body the outcomes go to.
@@ -187,6 +202,7 @@ pub struct Chord {
     group: Group,
     callback: Step,
     on_failure: OnFailure,
+    next: Vec<Step>,
 }
 
 /// A group of `members`.
@@ -209,6 +225,7 @@ impl Group {
             group: self,
             callback,
             on_failure: OnFailure::Run,
+            next: Vec::new(),
         }
     }
 
@@ -253,6 +270,26 @@ impl Chord {
         self.on_failure = policy;
         self
     }
+
+    /// Makes the callback the first step of a chain: once it succeeds,
+    /// `steps` run one after another, each receiving the previous one's
+    /// result if it asks for it ([`Step::result_to`]). The chain's id is
+    /// `{group}.callback`, so the steps after the callback are
+    /// `{group}.callback.2`, `{group}.callback.3`, ...
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use warren::workflow::{Step, group};
+    ///
+    /// let chord = group(vec![Step::new("pipeline.validate", json!({ "record": { "id": "a", "value": 1 } }))])
+    ///     .then(Step::new("pipeline.report", json!({})))
+    ///     .and_then(vec![Step::new("pipeline.validate", json!({ "record": { "id": "z", "value": 0 } }))]);
+    /// # let _ = chord;
+    /// ```
+    pub fn and_then(mut self, steps: Vec<Step>) -> Self {
+        self.next = steps;
+        self
+    }
 }
 
 impl Publisher {
@@ -291,7 +328,20 @@ impl Publisher {
             size: u32::try_from(chord.group.members.len()).unwrap_or(u32::MAX),
             callback: chord.callback,
             on_failure: chord.on_failure,
+            next: chord.next,
         };
+        if record.next.len() >= MAX_STEPS {
+            return Err(GroupError::InvalidCallback(format!(
+                "the callback and the {} steps after it are more than {MAX_STEPS}",
+                record.next.len()
+            )));
+        }
+        if let Some(slip) = record.callback_slip() {
+            // The slip the conductor will send, checked as a worker reads it.
+            slip.to_json()
+                .and_then(|json| Slip::parse(&json))
+                .map_err(|e| GroupError::InvalidCallback(e.to_string()))?;
+        }
         let body = serde_json::to_vec(&record).map_err(PublishError::Serialize)?;
         let properties = lapin::BasicProperties::default()
             .with_content_type(CHORD_CONTENT_TYPE.into())
