@@ -561,8 +561,9 @@ fn task_and_event_properties_match_the_code() {
         } else if name == "ConductorMark" {
             assert_eq!(kind, warren::workflow::MARK_MESSAGE_TYPE);
             assert_eq!(message["contentType"], warren::workflow::MARK_CONTENT_TYPE);
-            let events = envelope::decode(Some(warren::workflow::MARK_CONTENT_TYPE), Some(kind), b"{}")
-                .expect("readers take it");
+            let events =
+                envelope::decode(Some(warren::workflow::MARK_CONTENT_TYPE), Some(kind), b"{}")
+                    .expect("readers take it");
             assert!(events.is_empty());
         } else if name == "ChordRecord" {
             assert_eq!(kind, warren::workflow::CHORD_MESSAGE_TYPE);

@@ -196,11 +196,12 @@ pub async fn track(
                         if let Some(group) = chords.abort(abort)
                             && live
                         {
-                            fire(&writer, connection, names, identity, &mut chords, &group)
-                                .await?;
+                            fire(&writer, connection, names, identity, &mut chords, &group).await?;
                         }
                     }
-                    Err(e) => warn!(error = %e, "Skipped a chord abort record that does not parse."),
+                    Err(e) => {
+                        warn!(error = %e, "Skipped a chord abort record that does not parse.")
+                    }
                 }
                 continue;
             }
@@ -345,7 +346,9 @@ async fn fire(
                 contract::set_str(&mut hdrs, headers::CHAIN, json);
                 properties = properties.with_headers(hdrs);
             }
-            Err(e) => warn!(group, error = %e, "Sent a chord's callback without the steps after it."),
+            Err(e) => {
+                warn!(group, error = %e, "Sent a chord's callback without the steps after it.")
+            }
         }
     }
     let mut event;

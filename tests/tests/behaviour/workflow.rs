@@ -552,7 +552,10 @@ async fn a_chain_of_a_chord_then_a_final_step_runs_each_part_once_in_order() {
         Some(callback.as_str())
     );
     let slip: Slip = serde_json::from_str(&seen[5].header(headers::CHAIN).unwrap()).unwrap();
-    assert_eq!((slip.id.as_str(), slip.step, slip.next.len()), (callback.as_str(), 1, 1));
+    assert_eq!(
+        (slip.id.as_str(), slip.step, slip.next.len()),
+        (callback.as_str(), 1, 1)
+    );
     for task in [callback.as_str(), last.as_str()] {
         assert_eq!(p.logs_of("Task succeeded.", task), 1, "{task}");
     }
