@@ -36,8 +36,34 @@ pub enum ConnectError {
     },
 }
 
-/// Opens a connection named `name` (shown in the management UI).
+/// Opens a connection named `name` (shown in the management UI), with
+/// automatic recovery.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, ConnectError> {
+    open(settings, name, true).await
+}
+
+/// Opens a connection named `name` that does not recover: once it is lost
+/// it stays lost, and everything opened on it (channels, consumers,
+/// exclusive queues) is gone with it.
+///
+/// For a holder of a lock on the connection (the conductor's leader): a
+/// recovered connection would no longer hold the lock, yet its replayed
+/// consumers and channels would carry on as if it did, and lapin does not
+/// replay `tx.select`, so a transactional channel would come back
+/// publishing outside any transaction. Start over with a fresh connection
+/// instead.
+pub async fn connect_without_recovery(
+    settings: &BrokerSettings,
+    name: &str,
+) -> Result<Connection, ConnectError> {
+    open(settings, name, false).await
+}
+
+async fn open(
+    settings: &BrokerSettings,
+    name: &str,
+    recover: bool,
+) -> Result<Connection, ConnectError> {
     // lapin's default reconnect backoff doubles from 1 s: after a broker
     // restart of a few seconds the next try may be half a minute away. Start
     // small and cap at our own maximum; when lapin gives up, the runtime
@@ -51,8 +77,12 @@ pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection
                 .with_factor(2.0)
                 .with_jitter()
                 .with_max_times(20)
-        })
-        .enable_auto_recover();
+        });
+    let properties = if recover {
+        properties.enable_auto_recover()
+    } else {
+        properties
+    };
     let url = settings.url.expose_secret();
     match tokio::time::timeout(
         settings.connect_timeout,

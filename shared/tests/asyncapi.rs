@@ -362,7 +362,9 @@ fn every_routing_key_is_documented() {
     assert_eq!(
         event_channels,
         [
+            "conductor.mark",
             "{callbackType}.chord",
+            "{callbackType}.chord.abort",
             "{envelopeKey}",
             "{taskType}.{state}"
         ],
@@ -538,6 +540,32 @@ fn task_and_event_properties_match_the_code() {
                     .expect("the example decodes");
                 assert!(!events.is_empty());
             }
+        } else if name == "ChordAbort" {
+            assert_eq!(kind, warren::workflow::CHORD_ABORT_MESSAGE_TYPE);
+            assert_eq!(
+                message["contentType"],
+                warren::workflow::CHORD_ABORT_CONTENT_TYPE
+            );
+            for example in message["examples"].as_array().expect("examples") {
+                let abort: warren::workflow::ChordAbort =
+                    serde_json::from_value(example["payload"].clone()).expect("it parses");
+                assert!(abort.published < abort.size);
+                let body = serde_json::to_vec(&example["payload"]).expect("json");
+                let events = envelope::decode(
+                    Some(warren::workflow::CHORD_ABORT_CONTENT_TYPE),
+                    Some(kind),
+                    &body,
+                )
+                .expect("readers take it");
+                assert!(events.is_empty());
+            }
+        } else if name == "ConductorMark" {
+            assert_eq!(kind, warren::workflow::MARK_MESSAGE_TYPE);
+            assert_eq!(message["contentType"], warren::workflow::MARK_CONTENT_TYPE);
+            let events =
+                envelope::decode(Some(warren::workflow::MARK_CONTENT_TYPE), Some(kind), b"{}")
+                    .expect("readers take it");
+            assert!(events.is_empty());
         } else if name == "ChordRecord" {
             assert_eq!(kind, warren::workflow::CHORD_MESSAGE_TYPE);
             assert_eq!(message["contentType"], warren::workflow::CHORD_CONTENT_TYPE);

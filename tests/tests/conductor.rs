@@ -422,7 +422,6 @@ async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
 /// second attempt: once the broker is back, the leader (whichever it is)
 /// publishes the callback once, and the worker runs it once.
 #[tokio::test]
-#[ignore = "known bug (issue 14): through a broker restart the callback has run twice, or run with no conductor logging its publish; run with --ignored"]
 async fn a_chord_callback_runs_once_through_a_broker_restart_mid_group() {
     let ChordWorld {
         _serial,

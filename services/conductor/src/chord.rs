@@ -5,19 +5,23 @@
 //! filled the leader publishes the callback `{group}.callback` and its
 //! `queued` event in one transaction (with `on_failure = skip` and a
 //! failed member: the callback straight into its parking lot, with its
-//! `dead_lettered` event).
+//! `dead_lettered` event). A chord whose producer failed midway has an
+//! abort record after its record: its callback is parked at once, with
+//! error kind `chord_aborted`.
 //!
-//! Exactly once across failovers: a new leader reads the stream from its
-//! start, and the callback's own event, committed with it, tells it the
-//! callback was already published. It publishes nothing until it has read
-//! up to the moment it took the lock.
+//! Exactly once, by construction: the callback's fate is on the stream
+//! (its own event, committed with it), and a leader decides nothing until
+//! it has read the stream up to a mark it wrote itself after taking the
+//! lock. Whatever an earlier leader committed, it committed while it held
+//! the lock, so before the mark. The connection does not recover (see
+//! [`warren::broker::connect_without_recovery`]): once it is lost, the
+//! lock, the reader and the writer are gone with it, and the next session
+//! starts over from a new mark.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
@@ -27,14 +31,16 @@ use warren::contract::{
 };
 use warren::events::{TaskEvent, TaskState, envelope};
 use warren::task_properties;
-use warren::workflow::{CHORD_CONTENT_TYPE, ChordRecord, OnFailure};
-
-/// Reading the stream's history: it is caught up after this long without
-/// a message.
-const QUIET: Duration = Duration::from_millis(500);
+use warren::workflow::{
+    CHORD_ABORT_CONTENT_TYPE, CHORD_CONTENT_TYPE, ChordAbort, ChordRecord, MARK_CONTENT_TYPE,
+    MARK_MESSAGE_TYPE, OnFailure,
+};
 
 /// The error kind of a callback parked by `on_failure = skip`.
 pub const MEMBER_FAILED: &str = "chord_member_failed";
+
+/// The error kind of a callback parked because its chord was aborted.
+pub const ABORTED: &str = "chord_aborted";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {
@@ -44,14 +50,20 @@ pub enum TrackError {
     Serialize(#[from] serde_json::Error),
     #[error("the connection holding the leader lock was lost")]
     LockLost,
+    #[error("the catch-up mark was not confirmed by the broker")]
+    MarkNotConfirmed,
 }
 
 /// One chord being tracked.
 struct Tracked {
     record: ChordRecord,
     /// Each member's outcome, once final.
-    outcomes: Vec<Option<Value>>,
+    /// Kept as JSON text: a parsed `Value` costs about ten times its text
+    /// in memory (measured in the tests below).
+    outcomes: Vec<Option<Box<str>>>,
     done: usize,
+    /// The producer's abort record, if it failed midway.
+    aborted: Option<ChordAbort>,
 }
 
 /// The chords of the stream, and which chord each member belongs to.
@@ -79,6 +91,7 @@ impl Chords {
             Tracked {
                 outcomes: vec![None; record.size as usize],
                 done: 0,
+                aborted: None,
                 record,
             },
         );
@@ -110,14 +123,23 @@ impl Chords {
         if chord.outcomes[slot].is_none() {
             chord.done += 1;
         }
-        chord.outcomes[slot] = Some(outcome);
+        chord.outcomes[slot] = Some(outcome.to_string().into_boxed_str());
         (chord.done == chord.outcomes.len()).then_some(group)
     }
 
+    /// Applies an abort record; returns the group id if it was tracked.
+    fn abort(&mut self, abort: ChordAbort) -> Option<String> {
+        let chord = self.chords.get_mut(&abort.id)?;
+        let group = abort.id.clone();
+        chord.aborted = Some(abort);
+        Some(group)
+    }
+
+    /// The chords whose callback is due: complete, or aborted.
     fn complete(&self) -> Vec<String> {
         self.chords
             .iter()
-            .filter(|(_, c)| c.done == c.outcomes.len())
+            .filter(|(_, c)| c.done == c.outcomes.len() || c.aborted.is_some())
             .map(|(g, _)| g.clone())
             .collect()
     }
@@ -133,12 +155,12 @@ impl Chords {
 }
 
 /// Tracks chords until the connection is lost: history first (firing
-/// nothing), then live, publishing each callback once its chord completes.
+/// nothing) up to this leader's own mark, then live, publishing each
+/// callback once its chord completes.
 pub async fn track(
     connection: &Connection,
     names: &Names,
     identity: &str,
-    acquired: DateTime<Utc>,
 ) -> Result<(), TrackError> {
     // The reader channel lives as long as the tracking does.
     let (_reader, mut consumer) =
@@ -146,21 +168,11 @@ pub async fn track(
             .await?;
     let writer = connection.create_channel().await?;
     writer.tx_select().await?;
+    let mark = write_mark(connection, names, identity).await?;
     let mut chords = Chords::default();
     let mut live = false;
     loop {
-        let next = if live {
-            consumer.next().await
-        } else {
-            match tokio::time::timeout(QUIET, consumer.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    live = catch_up(&writer, connection, names, identity, &mut chords).await?;
-                    continue;
-                }
-            }
-        };
-        let Some(delivery) = next else {
+        let Some(delivery) = consumer.next().await else {
             return Err(TrackError::LockLost);
         };
         let delivery = delivery?;
@@ -170,12 +182,41 @@ pub async fn track(
             .content_type()
             .as_ref()
             .map(|c| c.as_str());
-        if content_type == Some(CHORD_CONTENT_TYPE) {
-            match serde_json::from_slice::<ChordRecord>(&delivery.data) {
-                Ok(record) => chords.add(record),
-                Err(e) => warn!(error = %e, "Skipped a chord record that does not parse."),
+        match content_type {
+            Some(CHORD_CONTENT_TYPE) => {
+                match serde_json::from_slice::<ChordRecord>(&delivery.data) {
+                    Ok(record) => chords.add(record),
+                    Err(e) => warn!(error = %e, "Skipped a chord record that does not parse."),
+                }
+                continue;
             }
-            continue;
+            Some(CHORD_ABORT_CONTENT_TYPE) => {
+                match serde_json::from_slice::<ChordAbort>(&delivery.data) {
+                    Ok(abort) => {
+                        if let Some(group) = chords.abort(abort)
+                            && live
+                        {
+                            fire(&writer, connection, names, identity, &mut chords, &group).await?;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Skipped a chord abort record that does not parse.")
+                    }
+                }
+                continue;
+            }
+            Some(MARK_CONTENT_TYPE) => {
+                let ours = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == mark);
+                if ours && !live {
+                    live = catch_up(&writer, connection, names, identity, &mut chords).await?;
+                }
+                continue;
+            }
+            _ => {}
         }
         let Ok(events) = envelope::decode(
             content_type,
@@ -185,9 +226,6 @@ pub async fn track(
             continue;
         };
         for event in events {
-            if !live && event.at >= acquired {
-                live = catch_up(&writer, connection, names, identity, &mut chords).await?;
-            }
             if let Some(group) = chords.apply(&event)
                 && live
             {
@@ -197,8 +235,44 @@ pub async fn track(
     }
 }
 
-/// History read: fires every chord that completed while no leader was
-/// watching (or whose callback the last leader did not commit).
+/// Writes this leader's catch-up mark to the events stream, confirmed, and
+/// returns its id: everything an earlier leader committed is before it.
+async fn write_mark(
+    connection: &Connection,
+    names: &Names,
+    identity: &str,
+) -> Result<String, TrackError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let body = serde_json::to_vec(&json!({ "by": identity, "id": id }))?;
+    let properties = BasicProperties::default()
+        .with_content_type(MARK_CONTENT_TYPE.into())
+        .with_type(MARK_MESSAGE_TYPE.into())
+        .with_message_id(id.clone().into())
+        .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
+    let confirm = channel
+        .basic_publish(
+            names.events_exchange().as_str().into(),
+            "conductor.mark".into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await?
+        .await?;
+    let _ = channel.close(200, "marked".into()).await;
+    if !confirm.is_ack() {
+        return Err(TrackError::MarkNotConfirmed);
+    }
+    info!(mark = %id, "Wrote the catch-up mark; reading the events stream up to it.");
+    Ok(id)
+}
+
+/// History read up to the mark: fires every chord that completed while no
+/// leader was watching (or whose callback the last leader did not commit).
 async fn catch_up(
     writer: &Channel,
     connection: &Connection,
@@ -236,7 +310,24 @@ async fn fire(
         return Err(TrackError::LockLost);
     }
     let record = &chord.record;
-    let outcomes: Vec<Value> = chord.outcomes.iter().flatten().cloned().collect();
+    // Every slot, in member order; an aborted chord's unfinished members
+    // say so.
+    let outcomes: Vec<Value> = chord
+        .outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match o {
+            Some(o) => serde_json::from_str(o).unwrap_or(Value::Null),
+            None => {
+                let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                let published = chord.aborted.as_ref().is_none_or(|a| n <= a.published);
+                json!({
+                    "id": record.member_id(n),
+                    "state": if published { "unfinished" } else { "not_published" },
+                })
+            }
+        })
+        .collect();
     let failed: Vec<&Value> = outcomes
         .iter()
         .filter(|o| o["state"] == "dead_lettered")
@@ -246,22 +337,42 @@ async fn fire(
     let body = serde_json::to_vec(&record.callback_body(outcomes.clone()))?;
     let priority = record.callback.priority.unwrap_or(0);
     let mut properties = task_properties(&id, task_type, priority);
+    // A callback followed by steps carries their routing slip (checked by
+    // the producer); its parking-lot copy keeps it, so a replay resumes.
+    if let Some(slip) = record.callback_slip() {
+        match slip.to_json() {
+            Ok(json) => {
+                let mut hdrs = properties.headers().clone().unwrap_or_default();
+                contract::set_str(&mut hdrs, headers::CHAIN, json);
+                properties = properties.with_headers(hdrs);
+            }
+            Err(e) => {
+                warn!(group, error = %e, "Sent a chord's callback without the steps after it.")
+            }
+        }
+    }
     let mut event;
-    let (exchange, key) = if record.on_failure == OnFailure::Skip && !failed.is_empty() {
-        let reason = failure_reason(&failed, outcomes.len());
+    let parked = match &chord.aborted {
+        Some(abort) => Some((ABORTED, abort_reason(abort))),
+        None if record.on_failure == OnFailure::Skip && !failed.is_empty() => {
+            Some((MEMBER_FAILED, failure_reason(&failed, outcomes.len())))
+        }
+        None => None,
+    };
+    let (exchange, key) = if let Some((kind, reason)) = parked {
         let mut hdrs = properties.headers().clone().unwrap_or_default();
         contract::set_str(
             &mut hdrs,
             headers::DEAD_REASON,
             DeadReason::Permanent.as_str(),
         );
-        contract::set_str(&mut hdrs, headers::ERROR_KIND, MEMBER_FAILED);
+        contract::set_str(&mut hdrs, headers::ERROR_KIND, kind);
         contract::set_str(&mut hdrs, headers::ERROR, reason.clone());
         contract::set_str(&mut hdrs, headers::WORKER, identity);
         properties = properties.with_headers(hdrs);
         event = TaskEvent::new(&id, task_type, TaskState::DeadLettered, 1);
         event.reason = Some(DeadReason::Permanent.as_str().to_owned());
-        event.error_kind = Some(MEMBER_FAILED.to_owned());
+        event.error_kind = Some(kind.to_owned());
         event.error = Some(reason);
         // The parking lot of the callback's work queue (its default stem).
         let stem = task_type.split('.').next().unwrap_or(task_type);
@@ -311,6 +422,16 @@ async fn fire(
     Ok(())
 }
 
+/// Why an aborted chord's callback is parked.
+fn abort_reason(abort: &ChordAbort) -> String {
+    let mut reason = format!(
+        "the chord was aborted by its producer: only {} of {} members were published: {}",
+        abort.published, abort.size, abort.reason
+    );
+    truncate(&mut reason);
+    reason
+}
+
 /// Why a skipped callback is parked: the failed members, in order.
 fn failure_reason(failed: &[&Value], total: usize) -> String {
     let list: Vec<String> = failed
@@ -329,6 +450,12 @@ fn failure_reason(failed: &[&Value], total: usize) -> String {
         failed.len(),
         list.join("; ")
     );
+    truncate(&mut reason);
+    reason
+}
+
+/// At most 4 KiB of reason, cut at a character boundary.
+fn truncate(reason: &mut String) {
     if reason.len() > 4096 {
         let mut end = 4096;
         while !reason.is_char_boundary(end) {
@@ -337,5 +464,87 @@ fn failure_reason(failed: &[&Value], total: usize) -> String {
         reason.truncate(end);
         reason.push_str("...");
     }
-    reason
+}
+
+#[cfg(test)]
+// A failing unwrap is how a test reports failure.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use warren::workflow::Step;
+
+    use super::*;
+
+    /// The process's resident memory, in bytes (Linux).
+    fn rss() -> i64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: i64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    fn record(group: &str, size: u32) -> ChordRecord {
+        ChordRecord {
+            id: group.to_owned(),
+            size,
+            callback: Step::new("pipeline.report", json!({})),
+            on_failure: OnFailure::Run,
+            next: Vec::new(),
+        }
+    }
+
+    /// A member's `succeeded` event with the pipeline's small result.
+    fn succeeded(record: &ChordRecord, n: u32) -> TaskEvent {
+        let mut event = TaskEvent::new(
+            &record.member_id(n),
+            "pipeline.process",
+            TaskState::Succeeded,
+            1,
+        );
+        event.result = Some(json!({ "id": format!("m{n}"), "value": n }));
+        event
+    }
+
+    /// The memory a leader holds per open chord, measured as the growth of
+    /// the process's resident memory: docs/workflows.md (Limits) quotes the
+    /// figures this prints, run alone (`cargo test -p conductor --lib
+    /// memory -- --nocapture`) so no other test's memory counts.
+    #[test]
+    fn memory_per_tracked_chord_is_measured_and_released_when_chords_complete() {
+        const CHORDS: u32 = 20;
+        const MEMBERS: u32 = 1000;
+        let records: Vec<ChordRecord> = (0..CHORDS)
+            .map(|c| record(&format!("0192f0c4-7a3e-7cc1-9a55-{c:012}"), MEMBERS))
+            .collect();
+        let mut chords = Chords::default();
+        let before = rss();
+        for r in &records {
+            chords.add(r.clone());
+        }
+        let opened = rss() - before;
+        // Every member but the last of each chord finished.
+        for r in &records {
+            for n in 1..MEMBERS {
+                assert_eq!(chords.apply(&succeeded(r, n)), None);
+            }
+        }
+        let waiting = rss() - before;
+        assert_eq!(chords.chords.len(), CHORDS as usize);
+        assert_eq!(chords.members.len(), (CHORDS * MEMBERS) as usize);
+        let per_chord_open = opened / i64::from(CHORDS);
+        let per_chord_waiting = waiting / i64::from(CHORDS);
+        let per_result = (waiting - opened) / i64::from(CHORDS * (MEMBERS - 1));
+        eprintln!(
+            "{CHORDS} chords of {MEMBERS} members: {per_chord_open} B per chord just opened \
+             ({} B per member), {per_chord_waiting} B per chord with every result but one in \
+             ({per_result} B more per finished member)",
+            per_chord_open / i64::from(MEMBERS)
+        );
+        // The last members complete each chord; once fired (forgotten), a
+        // chord holds nothing.
+        for r in &records {
+            assert_eq!(chords.apply(&succeeded(r, MEMBERS)), Some(r.id.clone()));
+            chords.forget(&r.id);
+        }
+        assert!(chords.chords.is_empty() && chords.members.is_empty());
+        assert!(chords.callbacks.is_empty() && chords.complete().is_empty());
+    }
 }

@@ -31,7 +31,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warren::broker::{Backoff, ConnectError, connect, worker_identity};
+use warren::broker::{Backoff, ConnectError, connect_without_recovery, worker_identity};
 use warren::contract::{CONTENT_TYPE_JSON, EVENT_MESSAGE_TYPE, Names, PERSISTENT, broker_headers};
 use warren::events::{TaskEvent, TaskState, envelope};
 use warren::topology::Topology;
@@ -167,7 +167,8 @@ impl Conductor {
         let name = format!("{} leader", self.identity);
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            c = connect(&self.broker, &name) => c?,
+            // No recovery: a lost connection is a lost lock; start over.
+            c = connect_without_recovery(&self.broker, &name) => c?,
         };
         let result = self.connected(&connection, shutdown, backoff).await;
         // Closing the connection releases the lock at once.
@@ -240,7 +241,7 @@ impl Conductor {
         // this connection holds the lock.
         tokio::select! {
             led = self.lead(connection, last, shutdown) => led,
-            tracked = crate::chord::track(connection, &self.names, &self.identity, acquired) => {
+            tracked = crate::chord::track(connection, &self.names, &self.identity) => {
                 match tracked {
                     Ok(()) => Err(SessionError::LockLost),
                     Err(e) => Err(e.into()),
@@ -365,9 +366,12 @@ impl Conductor {
                 .filter_map(|(i, q)| q.front().map(|at| (i, *at)))
                 .min_by_key(|(_, at)| *at)
             else {
-                // No schedule fires again: hold the lock until told to stop.
-                shutdown.cancelled().await;
-                return Ok(());
+                // No schedule fires again: hold the lock until told to stop
+                // or it is lost.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = lost(connection) => return Err(SessionError::LockLost),
+                }
             };
             if let Ok(wait) = (at - Utc::now()).to_std() {
                 tokio::select! {

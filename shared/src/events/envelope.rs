@@ -97,9 +97,12 @@ pub fn decode(
             }
             Ok(events)
         }
-        // A chord's record (`crate::workflow::ChordRecord`), for the
-        // conductor: no task events in it.
-        Some(crate::workflow::CHORD_CONTENT_TYPE) => Ok(Vec::new()),
+        // A chord's record (`crate::workflow::ChordRecord`), its abort
+        // record and the conductor's catch-up mark, for the conductor: no
+        // task events in them.
+        Some(crate::workflow::CHORD_CONTENT_TYPE)
+        | Some(crate::workflow::CHORD_ABORT_CONTENT_TYPE)
+        | Some(crate::workflow::MARK_CONTENT_TYPE) => Ok(Vec::new()),
         None | Some(CONTENT_TYPE_JSON)
             if kind.is_none_or(|k| k == EVENT_MESSAGE_TYPE || k.is_empty()) =>
         {

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::chain::{Step, step_id};
+use super::chain::{MAX_STEPS, Slip, Step, step_id};
 use crate::contract::PERSISTENT;
 use crate::publisher::{PublishError, PublishOptions, Publisher};
 
@@ -21,6 +21,22 @@ pub const CHORD_CONTENT_TYPE: &str = "application/vnd.warren.chord.v1+json";
 
 /// AMQP `type` of a chord record.
 pub const CHORD_MESSAGE_TYPE: &str = "warren.chord";
+
+/// Content type of a chord's abort record on the events exchange: the
+/// producer could not publish every member, and the conductor parks the
+/// callback instead of waiting for members that will never come.
+pub const CHORD_ABORT_CONTENT_TYPE: &str = "application/vnd.warren.chord-abort.v1+json";
+
+/// AMQP `type` of a chord's abort record.
+pub const CHORD_ABORT_MESSAGE_TYPE: &str = "warren.chord.abort";
+
+/// Content type of the conductor's catch-up mark on the events exchange.
+/// A new leader writes one and reads the stream up to it before deciding
+/// anything; readers other than the conductor ignore it.
+pub const MARK_CONTENT_TYPE: &str = "application/vnd.warren.mark.v1+json";
+
+/// AMQP `type` of the conductor's catch-up mark.
+pub const MARK_MESSAGE_TYPE: &str = "warren.mark";
 
 /// What the callback does when a member was dead-lettered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +63,11 @@ pub struct ChordRecord {
     /// What happens to the callback when a member was dead-lettered.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Steps that run after the callback, as a chain: the callback is step
+    /// 1 of the chain `{id}.callback`, and carries the rest in its
+    /// `x-warren-chain` slip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<Step>,
 }
 
 impl ChordRecord {
@@ -58,6 +79,16 @@ impl ChordRecord {
     /// The callback's task id: `{group}.callback`.
     pub fn callback_id(&self) -> String {
         format!("{}.callback", self.id)
+    }
+
+    /// The callback's routing slip, when steps follow it (see
+    /// [`ChordRecord::next`]).
+    pub fn callback_slip(&self) -> Option<Slip> {
+        (!self.next.is_empty()).then(|| Slip {
+            id: self.callback_id(),
+            step: 1,
+            next: self.next.clone(),
+        })
     }
 
     /// The field of the callback's body the outcomes go to.
@@ -73,6 +104,22 @@ impl ChordRecord {
         }
         body
     }
+}
+
+/// A chord's abort record, as written to the events stream when publishing
+/// its members failed midway: the conductor parks the callback with the
+/// reason (error kind `chord_aborted`) and never runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChordAbort {
+    /// The group's id.
+    pub id: String,
+    /// Members published (1 to this); the rest were not.
+    pub published: u32,
+    /// Members in the chord.
+    pub size: u32,
+    /// Why the next member was not published.
+    pub reason: String,
 }
 
 /// Why a group or chord was refused or only partly published.
@@ -121,6 +168,25 @@ pub enum GroupError {
     /// The chord's record was not published (no member was).
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A chord's publishing stopped midway (as [`GroupError::Partial`]),
+    /// and its abort record could not be written either: the conductor
+    /// does not know the chord failed, and its callback never runs (its
+    /// unpublished members never become final).
+    #[error(
+        "only {published} of {total} members of chord {id} were published ({source}), and its abort record was not written: {abort}"
+    )]
+    Unaborted {
+        /// The group's id.
+        id: String,
+        /// Members published (1 to this).
+        published: usize,
+        /// Members in the chord.
+        total: usize,
+        /// Why the next member was not published.
+        source: Box<PublishError>,
+        /// Why the abort record was not written.
+        abort: Box<PublishError>,
+    },
 }
 
 /// Tasks run in parallel under one id; [`Group::then`] makes it a chord.
@@ -136,6 +202,7 @@ pub struct Chord {
     group: Group,
     callback: Step,
     on_failure: OnFailure,
+    next: Vec<Step>,
 }
 
 /// A group of `members`.
@@ -158,6 +225,7 @@ impl Group {
             group: self,
             callback,
             on_failure: OnFailure::Run,
+            next: Vec::new(),
         }
     }
 
@@ -202,6 +270,26 @@ impl Chord {
         self.on_failure = policy;
         self
     }
+
+    /// Makes the callback the first step of a chain: once it succeeds,
+    /// `steps` run one after another, each receiving the previous one's
+    /// result if it asks for it ([`Step::result_to`]). The chain's id is
+    /// `{group}.callback`, so the steps after the callback are
+    /// `{group}.callback.2`, `{group}.callback.3`, ...
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use warren::workflow::{Step, group};
+    ///
+    /// let chord = group(vec![Step::new("pipeline.validate", json!({ "record": { "id": "a", "value": 1 } }))])
+    ///     .then(Step::new("pipeline.report", json!({})))
+    ///     .and_then(vec![Step::new("pipeline.validate", json!({ "record": { "id": "z", "value": 0 } }))]);
+    /// # let _ = chord;
+    /// ```
+    pub fn and_then(mut self, steps: Vec<Step>) -> Self {
+        self.next = steps;
+        self
+    }
 }
 
 impl Publisher {
@@ -240,7 +328,20 @@ impl Publisher {
             size: u32::try_from(chord.group.members.len()).unwrap_or(u32::MAX),
             callback: chord.callback,
             on_failure: chord.on_failure,
+            next: chord.next,
         };
+        if record.next.len() >= MAX_STEPS {
+            return Err(GroupError::InvalidCallback(format!(
+                "the callback and the {} steps after it are more than {MAX_STEPS}",
+                record.next.len()
+            )));
+        }
+        if let Some(slip) = record.callback_slip() {
+            // The slip the conductor will send, checked as a worker reads it.
+            slip.to_json()
+                .and_then(|json| Slip::parse(&json))
+                .map_err(|e| GroupError::InvalidCallback(e.to_string()))?;
+        }
         let body = serde_json::to_vec(&record).map_err(PublishError::Serialize)?;
         let properties = lapin::BasicProperties::default()
             .with_content_type(CHORD_CONTENT_TYPE.into())
@@ -251,8 +352,56 @@ impl Publisher {
         let key = format!("{}.chord", record.callback.task_type);
         self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
             .await?;
-        self.publish_members(&id, &chord.group.members).await?;
-        Ok(id)
+        match self.publish_members(&id, &chord.group.members).await {
+            Err(GroupError::Partial {
+                id,
+                published,
+                total,
+                source,
+            }) => {
+                // Marked failed durably: the conductor parks the callback.
+                let abort = ChordAbort {
+                    id: id.clone(),
+                    published: u32::try_from(published).unwrap_or(u32::MAX),
+                    size: u32::try_from(total).unwrap_or(u32::MAX),
+                    reason: source.to_string(),
+                };
+                match self.publish_abort(&record, &abort).await {
+                    Ok(()) => Err(GroupError::Partial {
+                        id,
+                        published,
+                        total,
+                        source,
+                    }),
+                    Err(abort) => Err(GroupError::Unaborted {
+                        id,
+                        published,
+                        total,
+                        source,
+                        abort: Box::new(abort),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(id),
+        }
+    }
+
+    async fn publish_abort(
+        &self,
+        record: &ChordRecord,
+        abort: &ChordAbort,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(abort).map_err(PublishError::Serialize)?;
+        let properties = lapin::BasicProperties::default()
+            .with_content_type(CHORD_ABORT_CONTENT_TYPE.into())
+            .with_type(CHORD_ABORT_MESSAGE_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(format!("{}.abort", record.id).into())
+            .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
+        let key = format!("{}.chord.abort", record.callback.task_type);
+        self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
+            .await
     }
 
     async fn publish_members(&self, id: &str, members: &[Step]) -> Result<(), GroupError> {

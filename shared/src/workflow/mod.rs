@@ -30,8 +30,9 @@ mod chord;
 
 pub use chain::{Chain, ChainError, MAX_SLIP_BYTES, MAX_STEPS, NextStep, Slip, Step, step_id};
 pub use chord::{
-    CHORD_CONTENT_TYPE, CHORD_MESSAGE_TYPE, Chord, ChordRecord, Group, GroupError, MAX_MEMBERS,
-    OnFailure, group,
+    CHORD_ABORT_CONTENT_TYPE, CHORD_ABORT_MESSAGE_TYPE, CHORD_CONTENT_TYPE, CHORD_MESSAGE_TYPE,
+    Chord, ChordAbort, ChordRecord, Group, GroupError, MARK_CONTENT_TYPE, MARK_MESSAGE_TYPE,
+    MAX_MEMBERS, OnFailure, group,
 };
 
 /// A chain of [`Step`]s, in order: `chain![a, b, c]` is

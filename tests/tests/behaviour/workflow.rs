@@ -409,3 +409,161 @@ async fn a_chord_that_skips_on_failure_parks_its_callback_with_the_reason() {
     drop(conductor);
     p.stop().await;
 }
+
+/// A chord whose second member has a task type no queue is bound to: the
+/// producer's publish fails midway, says what was published, and writes
+/// the chord's abort record; the conductor parks the callback with the
+/// reason instead of waiting for members that will never come.
+#[tokio::test]
+async fn a_chord_published_only_in_part_is_marked_failed_and_its_callback_parked() {
+    let p = Pipeline::start().await;
+    let conductor = WorkerProcess::start(
+        binary("conductor", "conductor").unwrap(),
+        "conductor",
+        &[
+            ("WARREN_BROKER__NAMESPACE", p.broker.namespace().to_owned()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    conductor
+        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    let id = format!("chord-{}", uuid::Uuid::new_v4().simple());
+    let members = vec![
+        Step::new(
+            "pipeline.validate",
+            json!({ "record": { "id": "a1", "value": 1 } }),
+        ),
+        // No queue is bound for this type: the mandatory publish returns.
+        Step::new("nowhere.task", json!({})),
+        Step::new(
+            "pipeline.validate",
+            json!({ "record": { "id": "a3", "value": 3 } }),
+        ),
+    ];
+    let chord = group(members)
+        .id(&id)
+        .then(Step::new("pipeline.report", json!({})));
+    let err = p.broker.publisher.publish_chord(chord).await.unwrap_err();
+    match &err {
+        warren::workflow::GroupError::Partial {
+            id: gid,
+            published,
+            total,
+            ..
+        } => {
+            assert_eq!((gid.as_str(), *published, *total), (id.as_str(), 1, 3));
+        }
+        other => panic!("expected a partial publish, got {other}"),
+    }
+    assert!(err.to_string().starts_with("only 1 of 3 members"), "{err}");
+    // The callback reaches the parking lot at once, with the reason.
+    let callback = format!("{id}.callback");
+    let parked = p
+        .broker
+        .take(&p.broker.dead_queue("pipeline"), 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(parked[0].message_id().as_deref(), Some(callback.as_str()));
+    assert_eq!(
+        parked[0].header(headers::ERROR_KIND).as_deref(),
+        Some("chord_aborted")
+    );
+    let reason = parked[0].header(headers::ERROR).unwrap();
+    assert!(
+        reason.contains("only 1 of 3 members were published"),
+        "{reason}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&parked[0].body).unwrap();
+    let states: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(&states[1..], ["not_published", "not_published"]);
+    // Member 1 still runs; the callback never does.
+    p.succeeded(&format!("{id}.1")).await;
+    assert_eq!(p.logs_of("Task succeeded.", &callback), 0);
+    drop(conductor);
+    p.stop().await;
+}
+
+/// Nested: a chain of (group, callback), then a final step. The chord's
+/// callback is step 1 of the chain `{group}.callback`; once it succeeds,
+/// the worker publishes the final step `{group}.callback.2` with the
+/// callback's result, after every member and the callback ran once.
+#[tokio::test]
+async fn a_chain_of_a_chord_then_a_final_step_runs_each_part_once_in_order() {
+    let p = Pipeline::start().await;
+    let conductor = WorkerProcess::start(
+        binary("conductor", "conductor").unwrap(),
+        "conductor",
+        &[
+            ("WARREN_BROKER__NAMESPACE", p.broker.namespace().to_owned()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    conductor
+        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    let id = format!("nested-{}", uuid::Uuid::new_v4().simple());
+    let members = (1..=5)
+        .map(|i| {
+            Step::new(
+                "pipeline.validate",
+                json!({ "record": { "id": format!("n{i}"), "value": i } }),
+            )
+        })
+        .collect();
+    // The pipeline's steps deny unknown fields, so the final step takes
+    // no result here (`result_to` passes it as in any chain): what this
+    // shows is the order, the ids and the once-ness.
+    let chord = group(members)
+        .id(&id)
+        .then(Step::new("pipeline.report", json!({})))
+        .and_then(vec![Step::new(
+            "pipeline.validate",
+            json!({ "record": { "id": "final", "value": 0 } }),
+        )]);
+    assert_eq!(p.broker.publisher.publish_chord(chord).await.unwrap(), id);
+    let callback = format!("{id}.callback");
+    let last = format!("{id}.callback.2");
+    p.succeeded(&last).await;
+    // Counted at the spy: 5 members, the callback, the final step, each
+    // once, the final step last, caused by the callback.
+    let seen = p.broker.take(&p.spy, 7, WAIT).await.unwrap();
+    let seen_ids = ids(&seen);
+    let mut members: Vec<String> = seen_ids[..5].to_vec();
+    members.sort();
+    assert_eq!(
+        members,
+        (1..=5).map(|n| format!("{id}.{n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(seen_ids[5..], [callback.clone(), last.clone()]);
+    assert_eq!(
+        seen[6].header(headers::CAUSATION_ID).as_deref(),
+        Some(callback.as_str())
+    );
+    let slip: Slip = serde_json::from_str(&seen[5].header(headers::CHAIN).unwrap()).unwrap();
+    assert_eq!(
+        (slip.id.as_str(), slip.step, slip.next.len()),
+        (callback.as_str(), 1, 1)
+    );
+    for task in [callback.as_str(), last.as_str()] {
+        assert_eq!(p.logs_of("Task succeeded.", task), 1, "{task}");
+    }
+    let results: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(p.dir.path().join(format!("{callback}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results.len(), 5);
+    drop(conductor);
+    p.stop().await;
+}
