@@ -428,6 +428,8 @@ fn documented_headers(doc: &Value) -> BTreeMap<String, &'static str> {
         "BrokerDeadLetterHeaders",
         "DelayHeaders",
         "ChainHeaders",
+        "ExpiryHeaders",
+        "CeleryHeaders",
     ] {
         let properties = schema_properties(&schemas[schema]);
         for name in properties {
