@@ -49,7 +49,7 @@ def main() -> int:
     # The application's task, as its code declares it. It never runs here:
     # Warren's email worker does the work.
     @app.task(name="app.tasks.send_email_task")
-    def send_email_task(to, subject, text):  # pragma: no cover
+    def send_email_task(to, subject, body):  # pragma: no cover
         raise RuntimeError("runs in Warren")
 
     calls = json.load(sys.stdin)
