@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::message::{self, Converted, Refused};
-use super::{CelerySettings, CeleryResults};
+use super::{CeleryResults, CelerySettings};
 use crate::broker::{Backoff, ConnectError, connect};
 use crate::contract::{self, Names, PERSISTENT, headers};
 use crate::publisher::{Due, PublishError, PublishOptions, Publisher};
@@ -226,7 +226,13 @@ impl Bridge {
                 .await?;
             channel
         };
-        declare_exchange(&channel, &self.settings.exchange, ExchangeKind::Direct, durable).await?;
+        declare_exchange(
+            &channel,
+            &self.settings.exchange,
+            ExchangeKind::Direct,
+            durable,
+        )
+        .await?;
         channel
             .queue_bind(
                 queue.into(),
@@ -240,7 +246,11 @@ impl Bridge {
         let dead_queue = self.names.dead_queue(STEM);
         declare_exchange(&channel, &dead_exchange, ExchangeKind::Direct, durable).await?;
         channel
-            .queue_declare(dead_queue.as_str().into(), durable_queue(), FieldTable::default())
+            .queue_declare(
+                dead_queue.as_str().into(),
+                durable_queue(),
+                FieldTable::default(),
+            )
             .await?;
         channel
             .queue_bind(

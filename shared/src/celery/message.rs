@@ -157,8 +157,9 @@ type Body = (Vec<Value>, Map<String, Value>, Map<String, Value>);
 
 /// `[args, kwargs, embed]`.
 fn read_body(body: &[u8]) -> Result<Body, String> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the body is not JSON ({e}); Celery protocol 2 sends [args, kwargs, embed]"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        format!("the body is not JSON ({e}); Celery protocol 2 sends [args, kwargs, embed]")
+    })?;
     let Value::Array(mut parts) = value else {
         return Err(
             "the body is not a JSON array; Celery protocol 2 sends [args, kwargs, embed]"
@@ -252,7 +253,11 @@ fn time_header(headers: Option<&FieldTable>, name: &str) -> Result<Option<DateTi
         AMQPValue::Void => return Ok(None),
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.to_string(),
-        other => return Err(format!("the `{name}` header is not a time string ({other:?})")),
+        other => {
+            return Err(format!(
+                "the `{name}` header is not a time string ({other:?})"
+            ));
+        }
     };
     parse_time(&text)
         .map(Some)
@@ -345,10 +350,7 @@ mod tests {
             serde_json::json!({"to": "ada@example.com", "subject": "Hi", "text": "Hello"})
         );
         assert_eq!(c.priority, Some(7));
-        assert_eq!(
-            c.eta.unwrap().to_rfc3339(),
-            "2026-11-30T04:10:00.250+00:00"
-        );
+        assert_eq!(c.eta.unwrap().to_rfc3339(), "2026-11-30T04:10:00.250+00:00");
         assert_eq!(c.expires, None);
         assert_eq!(c.root_id.as_deref(), Some("id-1"));
         assert_eq!(c.parent_id, None);

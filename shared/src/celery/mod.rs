@@ -125,3 +125,54 @@ pub struct CeleryTaskMap {
     #[serde(default)]
     pub kwargs: BTreeMap<String, String>,
 }
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize, Serialize)]
+    #[serde(default)]
+    struct Svc {
+        celery: CelerySettings,
+    }
+
+    #[test]
+    fn celerys_defaults_are_the_defaults_and_the_documented_example_loads() {
+        let d = CelerySettings::default();
+        assert_eq!(
+            (
+                d.queue.as_str(),
+                d.exchange.as_str(),
+                d.routing_key.as_str()
+            ),
+            ("celery", "celery", "celery")
+        );
+        assert!(!d.enabled);
+        assert_eq!(d.result_backend_url(), None);
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "warren.toml",
+                r#"
+[celery]
+enabled = true
+result_backend = "redis://:hunter2@127.0.0.1:6379/0"
+
+[[celery.tasks]]
+name = "app.tasks.send_email_task"
+type = "email.send"
+args = ["to", "subject", "text"]
+kwargs = { body = "text" }
+"#,
+            )?;
+            jail.set_env("WARREN_CELERY__QUEUE", "warren-in");
+            let s: Svc = crate::settings::load().map_err(|e| e.to_string())?;
+            assert!(s.celery.enabled);
+            assert_eq!(s.celery.queue, "warren-in");
+            assert_eq!(s.celery.tasks[0].task_type, "email.send");
+            assert_eq!(s.celery.tasks[0].kwargs["body"], "text");
+            assert!(!format!("{:?}", s.celery).contains("hunter2"));
+            Ok(())
+        });
+    }
+}

@@ -67,7 +67,9 @@ impl CeleryResults {
             id,
             "FAILURE",
             exception(kind, reason),
-            Some(format!("Parked by Warren's Celery bridge: {kind}: {reason}")),
+            Some(format!(
+                "Parked by Warren's Celery bridge: {kind}: {reason}"
+            )),
             Utc::now(),
         );
         self.write(id, &meta).await;

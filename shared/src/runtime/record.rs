@@ -43,15 +43,15 @@ impl Recorder<'_> {
     /// full), then logs it.
     pub(super) async fn record(&self, what: impl Record) {
         what.count(self.metrics);
-        if self.events.is_some() || self.celery.is_some() {
-            if let Some(mut event) = what.event(self.ctx) {
-                event.by = Some(self.by.to_owned());
-                if let Some(celery) = self.celery {
-                    celery.record(&event).await;
-                }
-                if let Some(events) = self.events {
-                    events.emit(event).await;
-                }
+        if (self.events.is_some() || self.celery.is_some())
+            && let Some(mut event) = what.event(self.ctx)
+        {
+            event.by = Some(self.by.to_owned());
+            if let Some(celery) = self.celery {
+                celery.record(&event).await;
+            }
+            if let Some(events) = self.events {
+                events.emit(event).await;
             }
         }
         what.log();

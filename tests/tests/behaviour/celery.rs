@@ -59,7 +59,10 @@ impl CeleryWorld {
     async fn cleanup(self) {
         let channel = self.broker.connection.create_channel().await.unwrap();
         let _ = channel
-            .queue_delete(self.route.queue.as_str().into(), QueueDeleteOptions::default())
+            .queue_delete(
+                self.route.queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
             .await;
         let _ = channel
             .exchange_delete(
@@ -76,12 +79,18 @@ impl CeleryWorld {
 
 /// The first TOML block of docs/celery.md ("Switching a task over").
 fn documented_settings() -> String {
-    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/celery.md"))
-        .unwrap();
-    let start = page.find("```toml\n").expect("docs/celery.md has a TOML example") + 8;
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/celery.md")).unwrap();
+    let start = page
+        .find("```toml\n")
+        .expect("docs/celery.md has a TOML example")
+        + 8;
     let end = start + page[start..].find("```").unwrap();
     let toml = page[start..end].to_owned();
-    assert!(toml.contains(&format!("result_backend = \"{RESULT_BACKEND}\"")), "{toml}");
+    assert!(
+        toml.contains(&format!("result_backend = \"{RESULT_BACKEND}\"")),
+        "{toml}"
+    );
     toml
 }
 
@@ -107,9 +116,24 @@ async fn celery_client_calls_are_delivered_and_their_results_read_back() {
 
     // Each success is SUCCESS with the email worker's documented result.
     for (result, to, subject, text) in [
-        (results[0], &by_delay, "Sent with delay", "Hello from .delay"),
-        (results[1], &by_countdown, "Sent with a countdown", "Two seconds later"),
-        (results[2], &by_kwargs, "Sent with kwargs", "Renamed to text"),
+        (
+            results[0],
+            &by_delay,
+            "Sent with delay",
+            "Hello from .delay",
+        ),
+        (
+            results[1],
+            &by_countdown,
+            "Sent with a countdown",
+            "Two seconds later",
+        ),
+        (
+            results[2],
+            &by_kwargs,
+            "Sent with kwargs",
+            "Renamed to text",
+        ),
     ] {
         assert_eq!(result["status"], "SUCCESS", "{result}");
         assert_eq!(result["result"]["transport"], "smtp", "{result}");
@@ -120,7 +144,9 @@ async fn celery_client_calls_are_delivered_and_their_results_read_back() {
         // The Celery id is the Warren task id, in the Message-ID.
         let id = result["id"].as_str().unwrap();
         assert_eq!(
-            result["result"]["message_id"].as_str().map(|m| m.contains(id)),
+            result["result"]["message_id"]
+                .as_str()
+                .map(|m| m.contains(id)),
             Some(true),
             "{result}"
         );
@@ -241,15 +267,14 @@ async fn celery_messages_warren_cannot_read_are_parked_with_a_reason() {
         assert_eq!(m.header(headers::DEAD_REASON).as_deref(), Some("permanent"));
         assert!(!m.header(headers::ERROR).unwrap_or_default().is_empty());
     }
-    assert!(
-        parked[0]
-            .header(headers::ERROR)
-            .unwrap()
-            .contains("pickle")
-    );
+    assert!(parked[0].header(headers::ERROR).unwrap().contains("pickle"));
     // The parked copy is the Celery message as it came, body included.
     assert_eq!(
-        parked[0].properties.content_type().as_ref().map(|c| c.as_str()),
+        parked[0]
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
         Some("application/x-python-serialize")
     );
     assert_eq!(parked[2].body, br#"{"args": ["not", "a", "list"]}"#);
