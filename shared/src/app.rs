@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use crate::celery::CeleryResults;
 use crate::idempotency::{self, StoreError};
 use crate::ops::OpsBindError;
 use crate::runtime::{RuntimeError, Worker, WorkerStatus};
@@ -33,6 +34,12 @@ pub enum AppError {
     /// A worker stopped for a reason reconnecting cannot fix.
     #[error("a worker stopped: {0}")]
     Runtime(#[from] RuntimeError),
+    /// The Celery result backend (Redis) is unreachable.
+    #[error("could not connect to the Celery result backend: {0}")]
+    CeleryResults(#[source] redis::RedisError),
+    /// The Celery bridge's settings are not usable.
+    #[error(transparent)]
+    Celery(#[from] crate::celery::BridgeError),
     /// [`App::run`] was given no worker.
     #[error("the app has no workers")]
     NoWorkers,
@@ -143,22 +150,41 @@ impl App {
 
     async fn run_workers(self) -> Result<(), AppError> {
         let Self {
+            service,
             settings,
             telemetry,
             shutdown,
             workers,
             on_stop,
-            ..
         } = self;
         if workers.is_empty() {
             return Err(AppError::NoWorkers);
         }
+        crate::celery::bridge::check(&settings.celery)?;
         let store = idempotency::from_settings(&settings.idempotency).await?;
+        let celery_results = match settings.celery.result_backend_url() {
+            Some(url) => Some(
+                CeleryResults::connect(url, settings.celery.result_expires)
+                    .await
+                    .map_err(AppError::CeleryResults)?,
+            ),
+            None => None,
+        };
         let workers: Vec<Worker> = workers
             .into_iter()
-            .map(|w| w.with_idempotency(store.clone()))
+            .map(|w| {
+                w.with_idempotency(store.clone())
+                    .with_celery_results(celery_results.clone())
+            })
             .collect();
         let statuses: Vec<Arc<WorkerStatus>> = workers.iter().map(Worker::status).collect();
+        let bridge = celery_bridge(
+            &service,
+            &settings,
+            celery_results,
+            statuses.clone(),
+            shutdown.clone(),
+        );
         let readiness = Arc::new(move || statuses.iter().try_for_each(|status| status.readiness()));
         let run_all = async {
             // Every worker stops on the same token; the first to fail for
@@ -173,16 +199,54 @@ impl App {
                     result
                 }
             });
-            let results = futures::future::join_all(runs).await;
+            let (results, bridged) = tokio::join!(futures::future::join_all(runs), bridge);
             for stop in on_stop {
                 stop.await;
             }
-            results.into_iter().collect::<Result<Vec<()>, _>>()
+            results
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()
+                .map_err(AppError::from)?;
+            bridged.map_err(AppError::from)
         };
         let result = crate::ops::serve_during(&settings.ops, readiness, run_all).await;
         telemetry.shutdown().await;
-        result?.map(|_| ()).map_err(AppError::from)
+        result?
     }
+}
+
+/// The Celery bridge, when `celery.enabled`: started once every worker of
+/// the app consumes (so the task types it hands on have their queues
+/// bound), stopped with them.
+async fn celery_bridge(
+    service: &str,
+    settings: &WorkerSettings,
+    results: Option<CeleryResults>,
+    statuses: Vec<Arc<WorkerStatus>>,
+    shutdown: CancellationToken,
+) -> Result<(), crate::celery::BridgeError> {
+    if !settings.celery.enabled {
+        return Ok(());
+    }
+    let mut ready = tokio::time::interval(std::time::Duration::from_millis(100));
+    while !statuses.iter().all(|s| s.is_ready()) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ready.tick() => {}
+        }
+    }
+    let result = crate::celery::run_bridge(
+        settings.broker.clone(),
+        settings.celery.clone(),
+        crate::broker::worker_identity(service),
+        results,
+        shutdown.clone(),
+    )
+    .await;
+    if result.is_err() {
+        shutdown.cancel();
+    }
+    result
 }
 
 /// Runs one worker as the service `service`, with [`WorkerSettings`] from

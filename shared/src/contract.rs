@@ -67,6 +67,17 @@ pub mod headers {
     /// chain's id, this step's number and the steps still to run. Retry
     /// and parking-lot copies carry it unchanged.
     pub const CHAIN: &str = "x-warren-chain";
+    /// When the task expires, in milliseconds since the Unix epoch: a
+    /// worker that receives it later parks it (`expired`) without running
+    /// it. Set by the Celery bridge from Celery's `expires`; any producer
+    /// may set it.
+    pub const EXPIRES_MS: &str = "x-warren-expires-at-ms";
+    /// On a task handed on by the Celery bridge: the Celery task name. Its
+    /// presence makes a worker with a Celery result backend write the
+    /// task's states in Celery's format.
+    pub const CELERY_TASK: &str = "x-warren-celery-task";
+    /// On a task handed on by the Celery bridge: Celery's `root_id`.
+    pub const CELERY_ROOT_ID: &str = "x-warren-celery-root-id";
 
     /// Every header Warren writes.
     pub const ALL: &[&str] = &[
@@ -87,6 +98,9 @@ pub mod headers {
         ETA_MS,
         DELAY_MS,
         CHAIN,
+        EXPIRES_MS,
+        CELERY_TASK,
+        CELERY_ROOT_ID,
     ];
 }
 

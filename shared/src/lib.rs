@@ -15,7 +15,8 @@
 //! (what is declared), [`events`] (task lifecycle events and the status
 //! view), [`settings`], [`telemetry`], [`metrics`], [`ops`] (health and
 //! metrics endpoints), [`idempotency`], [`broker`] (connecting),
-//! [`shutdown`] and [`trace`]. With the `testing` feature,
+//! [`shutdown`], [`trace`] and [`celery`] (the Celery bridge and result
+//! backend). With the `testing` feature,
 //! `warren::testing` runs a worker's handlers in memory, without a broker,
 //! through the runtime's own attempt and retry-or-park code, on a virtual
 //! clock (see `docs/writing-a-worker.md`, "Testing your tasks").
@@ -45,6 +46,7 @@
 
 mod app;
 pub mod broker;
+pub mod celery;
 pub mod contract;
 pub mod events;
 pub mod idempotency;

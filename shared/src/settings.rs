@@ -324,7 +324,7 @@ impl Default for TelemetrySettings {
 /// The sections every worker has: what [`crate::App`] needs to run
 /// workers. A custom worker with no settings of its own loads exactly
 /// this (`[broker]`, `[consumer]`, `[idempotency]`, `[telemetry]`,
-/// `[ops]`); a service with more sections keeps its own tree and hands
+/// `[ops]`, `[celery]`); a service with more sections keeps its own tree and hands
 /// these over.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -339,6 +339,8 @@ pub struct WorkerSettings {
     pub telemetry: TelemetrySettings,
     /// `/metrics`, `/healthz`, `/readyz`; port 9400 by default.
     pub ops: OpsSettings,
+    /// The Celery bridge and result backend (off by default; docs/celery.md).
+    pub celery: crate::celery::CelerySettings,
 }
 
 impl WorkerSettings {

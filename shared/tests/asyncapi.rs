@@ -431,6 +431,8 @@ fn documented_headers(doc: &Value) -> BTreeMap<String, &'static str> {
         "QuorumDeliveryHeaders",
         "DelayHeaders",
         "ChainHeaders",
+        "ExpiryHeaders",
+        "CeleryHeaders",
     ] {
         let properties = schema_properties(&schemas[schema]);
         for name in properties {

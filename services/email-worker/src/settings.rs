@@ -28,6 +28,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// `/metrics`, `/healthz`, `/readyz`; port 9401 by default.
     pub ops: OpsSettings,
+    /// The Celery bridge and result backend (docs/celery.md).
+    pub celery: warren::celery::CelerySettings,
     pub email: EmailSettings,
 }
 
@@ -42,6 +44,7 @@ impl Default for Settings {
             idempotency: IdempotencySettings::default(),
             telemetry: TelemetrySettings::default(),
             ops: OpsSettings::on_port(DEFAULT_OPS_PORT),
+            celery: warren::celery::CelerySettings::default(),
             email: EmailSettings::default(),
         }
     }
@@ -61,6 +64,7 @@ impl Settings {
             idempotency: self.idempotency.clone(),
             telemetry: self.telemetry.clone(),
             ops: self.ops.clone(),
+            celery: self.celery.clone(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// `/metrics`, `/healthz`, `/readyz`; port 9402 by default.
     pub ops: warren::settings::OpsSettings,
+    /// The Celery bridge and result backend (docs/celery.md).
+    pub celery: warren::celery::CelerySettings,
     pub image: ImageSettings,
 }
 
@@ -38,6 +40,7 @@ impl Default for Settings {
             idempotency: IdempotencySettings::default(),
             telemetry: TelemetrySettings::default(),
             ops: warren::settings::OpsSettings::on_port(DEFAULT_OPS_PORT),
+            celery: warren::celery::CelerySettings::default(),
             image: ImageSettings::default(),
         }
     }
@@ -57,6 +60,7 @@ impl Settings {
             idempotency: self.idempotency.clone(),
             telemetry: self.telemetry.clone(),
             ops: self.ops.clone(),
+            celery: self.celery.clone(),
         }
     }
 }

@@ -27,7 +27,7 @@ use super::{Inner, defer};
 use crate::contract::{self, DeadReason, headers};
 use crate::metrics;
 use crate::topology::QueueKind;
-use crate::{TaskContext, trace};
+use crate::{TaskContext, TaskError, trace};
 
 /// Handles one delivery from start to ack. Never panics, never returns an
 /// error: every path ends in ack, a confirmed copy plus ack, or a hand-back.
@@ -78,6 +78,8 @@ pub(super) async fn process(
         }
         Err(e) => Some(e),
     };
+    // A task past its `x-warren-expires-at-ms` is parked, not run.
+    let early = early.or_else(|| expired(&delivery, Utc::now()));
     // A chain step's routing slip: read before any work, so a bad one parks
     // the step before it runs.
     let (slip, early) = match super::chain::read(&delivery) {
@@ -90,11 +92,16 @@ pub(super) async fn process(
             Some(m) => Arc::clone(m),
             None => Arc::new(metrics::runtime().for_task(&inner.queue, &ctx.task_type)),
         };
+        let celery = inner.celery_results.as_ref().filter(|_| {
+            contract::header_str(delivery.properties.headers().as_ref(), headers::CELERY_TASK)
+                .is_some()
+        });
         let rec = Recorder {
             ctx: &ctx,
             metrics: &metrics,
             events: out.events.as_ref(),
             by: &inner.identity,
+            celery,
         };
         // Held back by the type's limits: unacked, not failed; handed back
         // if the worker stops first.
@@ -215,6 +222,20 @@ fn queue_wait(delivery: &Delivery, ctx: &TaskContext) -> Option<f64> {
         .or_else(|| ctx.published_at.map(|t| t.timestamp_millis()))
     }?;
     Some((now_ms - since_ms).max(0) as f64 / 1000.0)
+}
+
+/// The permanent failure of a task received after its expiry time.
+fn expired(delivery: &Delivery, now: DateTime<Utc>) -> Option<TaskError> {
+    let at_ms = contract::header_i64(delivery.properties.headers().as_ref(), headers::EXPIRES_MS)?;
+    (now.timestamp_millis() >= at_ms).then(|| {
+        let at = DateTime::from_timestamp_millis(at_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| at_ms.to_string());
+        TaskError::permanent(
+            "expired",
+            format!("the task expired at {at} before it was started"),
+        )
+    })
 }
 
 /// The task's metadata as read off a delivery.

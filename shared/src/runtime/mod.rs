@@ -52,6 +52,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::broker::{Backoff, worker_identity};
+use crate::celery::CeleryResults;
 use crate::contract::Names;
 use crate::events::{Batching, EventPublisher};
 use crate::idempotency::IdempotencyStore;
@@ -161,6 +162,7 @@ pub struct Worker<S = ()> {
     consumer: ConsumerSettings,
     handlers: HashMap<&'static str, Route>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
+    celery_results: Option<CeleryResults>,
     status: Arc<WorkerStatus>,
     state: Arc<S>,
 }
@@ -184,6 +186,7 @@ impl Worker {
             consumer,
             handlers: HashMap::new(),
             idempotency: None,
+            celery_results: None,
             status: Arc::default(),
             state: Arc::new(()),
         }
@@ -229,6 +232,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
             consumer: self.consumer,
             handlers: self.handlers,
             idempotency: self.idempotency,
+            celery_results: self.celery_results,
             status: self.status,
             state: Arc::new(state),
         }
@@ -255,6 +259,13 @@ impl<S: Send + Sync + 'static> Worker<S> {
     /// Deduplicate by task id with this store.
     pub fn with_idempotency(mut self, store: Option<Arc<dyn IdempotencyStore>>) -> Self {
         self.idempotency = store;
+        self
+    }
+
+    /// Write the states of tasks the Celery bridge handed on in Celery's
+    /// result-backend format (docs/celery.md).
+    pub fn with_celery_results(mut self, results: Option<CeleryResults>) -> Self {
+        self.celery_results = results;
         self
     }
 
@@ -384,6 +395,7 @@ impl<S: Send + Sync + 'static> Worker<S> {
                 .collect(),
             handlers: self.handlers,
             idempotency: self.idempotency,
+            celery_results: self.celery_results,
             consumer: self.consumer,
             topology,
             status: self.status,
@@ -514,6 +526,8 @@ struct Inner {
     /// lookups.
     task_metrics: HashMap<&'static str, Arc<metrics::TaskMetrics>>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
+    /// Celery's result backend, when `celery.result_backend` is set.
+    celery_results: Option<CeleryResults>,
     consumer: ConsumerSettings,
     topology: Topology,
     status: Arc<WorkerStatus>,

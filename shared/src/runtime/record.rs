@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
+use crate::celery::CeleryResults;
 use crate::contract::DeadReason;
 use crate::events::{EventPublisher, TaskEvent, TaskState};
 use crate::metrics::TaskMetrics;
@@ -33,6 +34,8 @@ pub(super) struct Recorder<'a> {
     pub(super) events: Option<&'a EventPublisher>,
     /// This worker's identity, the events' `by`.
     pub(super) by: &'a str,
+    /// Celery's result backend, for a task the Celery bridge handed on.
+    pub(super) celery: Option<&'a CeleryResults>,
 }
 
 impl Recorder<'_> {
@@ -40,9 +43,16 @@ impl Recorder<'_> {
     /// full), then logs it.
     pub(super) async fn record(&self, what: impl Record) {
         what.count(self.metrics);
-        if let (Some(events), Some(mut event)) = (self.events, what.event(self.ctx)) {
+        if (self.events.is_some() || self.celery.is_some())
+            && let Some(mut event) = what.event(self.ctx)
+        {
             event.by = Some(self.by.to_owned());
-            events.emit(event).await;
+            if let Some(celery) = self.celery {
+                celery.record(&event).await;
+            }
+            if let Some(events) = self.events {
+                events.emit(event).await;
+            }
         }
         what.log();
     }

@@ -1,0 +1,284 @@
+//! Celery clients against Warren: a real Celery 5 client (`.delay`,
+//! `.apply_async`, `send_task`, `AsyncResult.get`) publishes to RabbitMQ,
+//! the email worker's Celery bridge hands each task on to the email worker,
+//! which delivers to the real SMTP server and writes the results in
+//! Celery's Redis result-backend format; what the bridge cannot read is
+//! parked with its reason (docs/celery.md).
+
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::json;
+use warren::contract::headers;
+use warren_tests::broker::TestBroker;
+use warren_tests::celery::{CeleryRoute, RESULT_BACKEND, run_client};
+use warren_tests::smtp::SmtpSink;
+use warren_tests::worker::{WorkerProcess, email_env};
+use warren_tests::{WAIT, rcpt};
+
+/// One Celery test's world: a namespace, an SMTP sink, and an email worker
+/// whose bridge consumes the test's own Celery queue.
+struct CeleryWorld {
+    broker: TestBroker,
+    sink: SmtpSink,
+    worker: WorkerProcess,
+    route: CeleryRoute,
+    _config: tempfile::TempDir,
+}
+
+impl CeleryWorld {
+    async fn start() -> Self {
+        let broker = TestBroker::new().await.unwrap();
+        let sink = SmtpSink::start().await.unwrap();
+        let route = CeleryRoute::for_namespace(broker.namespace());
+        // The settings docs/celery.md shows, as they are; the test's own
+        // Celery names from the environment.
+        let config = tempfile::tempdir().unwrap();
+        let path = config.path().join("warren.toml");
+        std::fs::write(&path, documented_settings()).unwrap();
+        let mut env = email_env(broker.namespace(), sink.port());
+        env.push(("WARREN_CONFIG", path.display().to_string()));
+        env.push(("WARREN_CELERY__QUEUE", route.queue.clone()));
+        env.push(("WARREN_CELERY__EXCHANGE", route.exchange.clone()));
+        env.push(("WARREN_CELERY__ROUTING_KEY", route.routing_key.clone()));
+        let worker = WorkerProcess::email(&env).await.unwrap();
+        worker.wait_ready().await.unwrap();
+        worker
+            .wait_for_log("Celery bridge consuming.", 1, WAIT)
+            .await
+            .unwrap();
+        Self {
+            broker,
+            sink,
+            worker,
+            route,
+            _config: config,
+        }
+    }
+
+    async fn cleanup(self) {
+        let channel = self.broker.connection.create_channel().await.unwrap();
+        let _ = channel
+            .queue_delete(
+                self.route.queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = channel
+            .exchange_delete(
+                self.route.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        self.broker
+            .cleanup_stems(&["email", "celery"], &[])
+            .await
+            .unwrap();
+    }
+}
+
+/// The first TOML block of docs/celery.md ("Switching a task over").
+fn documented_settings() -> String {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/celery.md")).unwrap();
+    let start = page
+        .find("```toml\n")
+        .expect("docs/celery.md has a TOML example")
+        + 8;
+    let end = start + page[start..].find("```").unwrap();
+    let toml = page[start..end].to_owned();
+    assert!(
+        toml.contains(&format!("result_backend = \"{RESULT_BACKEND}\"")),
+        "{toml}"
+    );
+    toml
+}
+
+#[tokio::test]
+async fn celery_client_calls_are_delivered_and_their_results_read_back() {
+    let w = CeleryWorld::start().await;
+    let (by_delay, by_countdown, by_kwargs, refused) = (
+        rcpt("celery-delay"),
+        rcpt("celery-countdown"),
+        rcpt("celery-kwargs"),
+        rcpt("reject550"),
+    );
+    let calls = json!([
+        {"call": "delay", "args": [by_delay, "Sent with delay", "Hello from .delay"]},
+        {"call": "apply_async", "args": [by_countdown, "Sent with a countdown", "Two seconds later"],
+         "countdown": 2, "priority": 7},
+        {"call": "apply_async", "kwargs": {"to": by_kwargs, "subject": "Sent with kwargs", "body": "Renamed to text"}},
+        {"call": "delay", "args": [refused, "Refused", "The server answers 550"]},
+    ]);
+    let out = run_client(&w.route, &calls, WAIT).await.unwrap();
+    let results: Vec<_> = out.iter().filter(|l| l.get("status").is_some()).collect();
+    assert_eq!(results.len(), 4, "{out:#?}");
+
+    // Each success is SUCCESS with the email worker's documented result.
+    for (result, to, subject, text) in [
+        (
+            results[0],
+            &by_delay,
+            "Sent with delay",
+            "Hello from .delay",
+        ),
+        (
+            results[1],
+            &by_countdown,
+            "Sent with a countdown",
+            "Two seconds later",
+        ),
+        (
+            results[2],
+            &by_kwargs,
+            "Sent with kwargs",
+            "Renamed to text",
+        ),
+    ] {
+        assert_eq!(result["status"], "SUCCESS", "{result}");
+        assert_eq!(result["result"]["transport"], "smtp", "{result}");
+        assert_eq!(result["result"]["recipients"], 1, "{result}");
+        let mails = w.sink.wait_for_messages_to(to, 1, WAIT).await.unwrap();
+        assert_eq!(mails[0].subject().as_deref(), Some(subject));
+        assert!(mails[0].data.contains(text), "{}", mails[0].data);
+        // The Celery id is the Warren task id, in the Message-ID.
+        let id = result["id"].as_str().unwrap();
+        assert_eq!(
+            result["result"]["message_id"]
+                .as_str()
+                .map(|m| m.contains(id)),
+            Some(true),
+            "{result}"
+        );
+    }
+
+    // The countdown became a broker-side delay: the bridge handed the task
+    // on with its eta and priority, and the mail was not sent before it.
+    let countdown_id = results[1]["id"].as_str().unwrap();
+    let handed = w
+        .worker
+        .logs_with_message("Celery task handed on as a Warren task.")
+        .into_iter()
+        .find(|l| l["fields"]["task_id"] == countdown_id)
+        .expect("the bridge logged the countdown task");
+    assert_eq!(handed["fields"]["priority"], 7, "{handed}");
+    let eta = handed["fields"]["eta"].as_str().unwrap();
+    let eta = chrono::DateTime::parse_from_rfc3339(eta).unwrap();
+    let mail = &w.sink.messages_to(&by_countdown)[0];
+    assert!(
+        mail.at * 1000.0 >= eta.timestamp_millis() as f64,
+        "sent at {} before its eta {eta}",
+        mail.at
+    );
+
+    // A task that fails for good is FAILURE, with Warren's kind and reason.
+    let failed = results[3];
+    assert_eq!(failed["status"], "FAILURE", "{failed}");
+    assert_eq!(failed["error_type"], "WarrenTaskError", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.starts_with("smtp_permanent: "), "{error}");
+    assert!(error.contains("550"), "{error}");
+    assert!(
+        failed["traceback"].as_str().unwrap().contains("permanent"),
+        "{failed}"
+    );
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn celery_messages_warren_cannot_read_are_parked_with_a_reason() {
+    let w = CeleryWorld::start().await;
+    let to = rcpt("celery-bad");
+    // A pickle message and an unmapped name, from the real client: each is
+    // parked, and its result is a FAILURE saying why.
+    let calls = json!([
+        {"call": "apply_async", "args": [to, "Pickled", "x"], "serializer": "pickle"},
+        {"call": "send_task", "name": "app.tasks.not_mapped", "args": [to]},
+    ]);
+    let out = run_client(&w.route, &calls, WAIT).await.unwrap();
+    let results: Vec<_> = out.iter().filter(|l| l.get("status").is_some()).collect();
+    assert_eq!(results.len(), 2, "{out:#?}");
+    assert_eq!(results[0]["status"], "FAILURE");
+    assert!(
+        results[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("celery_unsupported_content_type: "),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[1]["status"], "FAILURE");
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("app.tasks.not_mapped"),
+        "{}",
+        results[1]
+    );
+
+    // A malformed body, as a broken producer would send it.
+    let mut hdrs = FieldTable::default();
+    for (k, v) in [
+        ("lang", "py"),
+        ("task", "app.tasks.send_email_task"),
+        ("id", "malformed-1"),
+    ] {
+        hdrs.insert(k.into(), AMQPValue::LongString(v.into()));
+    }
+    w.broker
+        .channel
+        .basic_publish(
+            w.route.exchange.as_str().into(),
+            w.route.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            br#"{"args": ["not", "a", "list"]}"#,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_headers(hdrs),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let parked = w
+        .broker
+        .take(&w.broker.dead_queue("celery"), 3, WAIT)
+        .await
+        .unwrap();
+    let kinds: Vec<_> = parked
+        .iter()
+        .map(|m| m.header(headers::ERROR_KIND).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "celery_unsupported_content_type",
+            "celery_unmapped_task",
+            "celery_invalid_body"
+        ]
+    );
+    for m in &parked {
+        assert_eq!(m.header(headers::DEAD_REASON).as_deref(), Some("permanent"));
+        assert!(!m.header(headers::ERROR).unwrap_or_default().is_empty());
+    }
+    assert!(parked[0].header(headers::ERROR).unwrap().contains("pickle"));
+    // The parked copy is the Celery message as it came, body included.
+    assert_eq!(
+        parked[0]
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("application/x-python-serialize")
+    );
+    assert_eq!(parked[2].body, br#"{"args": ["not", "a", "list"]}"#);
+    // Nothing reached the SMTP server.
+    assert!(w.sink.messages_to(&to).is_empty());
+    w.cleanup().await;
+}
