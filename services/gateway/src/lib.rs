@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod enqueue;
 pub mod indexer;

@@ -57,6 +57,8 @@ pub struct AppInner {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Cancelled at shutdown: open SSE streams end.
     pub shutdown: CancellationToken,
+    /// The API keys ([`crate::auth`]).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The request limits of `[http]` and `[events]`.
@@ -129,9 +131,11 @@ fn routes(state: &AppState) -> Router<AppState> {
 /// and answered 500, a time limit, metrics.
 fn layered(routes: Router<AppState>, state: AppState) -> Router {
     let timeout = state.limits.request_timeout;
+    let auth = state.auth.clone();
     routes
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(timeout, limit_time))
+        .layer(middleware::from_fn_with_state(auth, crate::auth::authorize))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }
@@ -328,6 +332,7 @@ mod tests {
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: CancellationToken::new(),
+            auth: Arc::new(crate::auth::Auth::open()),
         });
         (state, tracker)
     }
