@@ -48,6 +48,8 @@ pub mod broker;
 pub mod contract;
 pub mod events;
 pub mod idempotency;
+#[cfg(feature = "management")]
+pub mod management;
 pub mod metrics;
 pub mod ops;
 mod publisher;

@@ -181,6 +181,10 @@ impl Gateway {
             )),
             shutdown: shutdown.clone(),
             auth: auth.clone(),
+            console: Some(Arc::new(crate::console::Console::new(
+                auth.clone(),
+                settings.broker.clone(),
+            ))),
         });
         if auth.is_open() {
             tracing::warn!(

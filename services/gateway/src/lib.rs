@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod console;
 pub mod enqueue;
 pub mod indexer;
 pub mod metrics;

@@ -12,6 +12,7 @@
 mod auth;
 mod cli;
 mod conductor;
+mod console;
 mod delay;
 mod email;
 mod email_sender;

@@ -59,6 +59,8 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// The API keys ([`crate::auth`]).
     pub auth: Arc<crate::auth::Auth>,
+    /// The web console at `/console`; `None` serves none.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 /// The request limits of `[http]` and `[events]`.
@@ -92,7 +94,11 @@ impl std::ops::Deref for AppState {
 
 /// The whole API: [`routes`] inside the layers every request goes through.
 pub fn router(state: AppState) -> Router {
-    layered(routes(&state), state)
+    let mut routes = routes(&state);
+    if let Some(console) = state.console.clone() {
+        routes = routes.merge(crate::console::router(console));
+    }
+    layered(routes, state)
 }
 
 /// The API's routes, each with its body limit.
@@ -333,6 +339,7 @@ mod tests {
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: CancellationToken::new(),
             auth: Arc::new(crate::auth::Auth::open()),
+            console: None,
         });
         (state, tracker)
     }
