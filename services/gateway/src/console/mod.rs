@@ -206,7 +206,7 @@ async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, body: B
         return Redirect::to("/console/login").into_response();
     };
     if let Err(refused) = check_csrf(&csrf, &body) {
-        return refused;
+        return refused.into_response();
     }
     if let Ok(mut sessions) = console.sessions.lock() {
         sessions.remove(&id);
@@ -246,7 +246,7 @@ async fn queues_page(State(console): State<Arc<Console>>, headers: HeaderMap) ->
 }
 
 /// 403 unless the form's `csrf` field is the session's token.
-fn check_csrf(expected: &str, body: &[u8]) -> Result<(), Response> {
+fn check_csrf(expected: &str, body: &[u8]) -> Result<(), Problem> {
     let form = form(body);
     let given = form.get("csrf").map(String::as_str).unwrap_or_default();
     if !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
@@ -257,8 +257,7 @@ fn check_csrf(expected: &str, body: &[u8]) -> Result<(), Response> {
             "csrf",
             "The form's CSRF token is missing or wrong",
             "reload the console page and submit the form again",
-        )
-        .into_response())
+        ))
     }
 }
 
