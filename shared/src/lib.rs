@@ -50,6 +50,8 @@ pub mod celery;
 pub mod contract;
 pub mod events;
 pub mod idempotency;
+#[cfg(feature = "management")]
+pub mod management;
 pub mod metrics;
 pub mod ops;
 mod publisher;

@@ -374,7 +374,11 @@ pub fn figment_for<T: Serialize + Default>() -> Figment {
         .unwrap_or_else(|| PathBuf::from("warren.toml"));
     let defaults = Figment::from(Serialized::defaults(T::default()));
     let env = TypedEnv {
-        env: Env::prefixed("WARREN_").split("__").ignore(&["config"]),
+        // `WARREN_GATEWAY_KEY` is the `warren` CLI's key for the gateway,
+        // not a setting: a service that shares the environment ignores it.
+        env: Env::prefixed("WARREN_")
+            .split("__")
+            .ignore(&["config", "gateway_key"]),
         defaults: defaults.clone(),
     };
     defaults.merge(Toml::file(file)).merge(env)

@@ -16,6 +16,7 @@ use warren_store::{SettingError, Store, StoreError, policy};
 use warren_tasks::email::EmailAddress;
 
 use crate::api::{self, AppInner, AppState, Limits};
+use crate::auth::Auth;
 use crate::broker::{Broker, SessionError};
 use crate::enqueue::Checks;
 use crate::indexer::Indexer;
@@ -48,6 +49,8 @@ pub enum GatewayError {
     Broker(#[from] SessionError),
     #[error(transparent)]
     StatusStore(#[from] warren::events::StatusStoreError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The `redis` store's key prefix: `status.key_prefix`, or
@@ -70,11 +73,13 @@ pub struct Gateway {
     tracker: Arc<Tracker>,
     store: Store,
     checks: Checks,
+    auth: Arc<Auth>,
 }
 
 impl Gateway {
     /// Checks the settings and opens the image store; connects nothing yet.
     pub fn build(settings: Settings) -> Result<Self, GatewayError> {
+        let auth = Arc::new(Auth::from_settings(&settings.auth, &settings.http.addr)?);
         let image = policy(&settings.image)?;
         let store = Store::from_settings(&settings.image)?;
         let default_from = EmailAddress::parse("default_from", PLACEHOLDER_FROM)
@@ -111,6 +116,7 @@ impl Gateway {
             tracker,
             store,
             checks,
+            auth,
         })
     }
 
@@ -144,6 +150,7 @@ impl Gateway {
             tracker,
             store,
             checks,
+            auth,
         } = self;
         let listener = TcpListener::bind(&settings.http.addr)
             .await
@@ -173,7 +180,21 @@ impl Gateway {
                 settings.http.max_concurrent_uploads.max(1),
             )),
             shutdown: shutdown.clone(),
+            auth: auth.clone(),
+            console: Some(Arc::new(crate::console::Console::new(
+                auth.clone(),
+                settings.broker.clone(),
+            ))),
         });
+        if auth.is_open() {
+            tracing::warn!(
+                addr = %addr,
+                "No API key is configured: the gateway is open to every caller on this loopback address. \
+                 Configure auth.keys before binding to any other address."
+            );
+        } else {
+            tracing::info!(keys = auth.key_count(), "API keys loaded.");
+        }
         tracing::info!(
             identity = %broker.identity(),
             namespace = %settings.broker.namespace,

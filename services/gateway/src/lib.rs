@@ -13,7 +13,9 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod broker;
+pub mod console;
 pub mod enqueue;
 pub mod indexer;
 pub mod metrics;

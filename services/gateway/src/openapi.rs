@@ -50,12 +50,35 @@ use crate::problem::ProblemDocument;
         SendEmail,
         AttachmentSpec,
     )),
+    modifiers(&BearerKeys),
+    security(("api_key" = [])),
     tags(
         (name = "tasks", description = "Enqueue tasks and follow them."),
         (name = "images", description = "Upload an image and get thumbnails."),
     )
 )]
 pub struct ApiDoc;
+
+/// The `api_key` security scheme: `Authorization: Bearer <key>`.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.description = Some(
+            "An API key of the gateway's `auth.keys`, as `Authorization: Bearer <key>`. Scopes: \
+             `enqueue` for the POST endpoints, `read` for the GET ones, `admin` for everything and \
+             the console. A missing or unknown key is answered 401 (`unauthorized`), a key without \
+             the scope 403 (`forbidden`). A gateway with no keys (loopback only) needs none."
+                .to_owned(),
+        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("api_key", SecurityScheme::Http(http));
+    }
+}
 
 /// The document as JSON, rendered once.
 pub fn json() -> Result<String, String> {
@@ -107,6 +130,12 @@ mod tests {
         ] {
             assert!(schemas.get(schema).is_some(), "{schema} missing");
         }
+        // Every call takes a bearer key.
+        assert_eq!(
+            doc["components"]["securitySchemes"]["api_key"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(doc["security"], serde_json::json!([{"api_key": []}]));
         // SendEmail's recipients accept one mailbox or many.
         assert!(schemas["SendEmail"]["properties"]["to"]["oneOf"].is_array());
         // The thumbnail schemas are derived from the contract's wire types:

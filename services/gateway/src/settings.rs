@@ -33,6 +33,8 @@ pub struct Settings {
     /// the store uploads go to and the limits `image.thumbnail` tasks are
     /// checked against.
     pub image: ImageSettings,
+    /// `[auth]`: the API keys (hashed); none only on a loopback address.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Default for Settings {
@@ -47,6 +49,7 @@ impl Default for Settings {
             tasks: TasksSettings::default(),
             email: EmailChecks::default(),
             image: ImageSettings::default(),
+            auth: crate::auth::AuthSettings::default(),
         }
     }
 }

@@ -2,6 +2,10 @@
 //! /v1/tasks/{id}`); with `--follow`, its events as they happen (`GET
 //! /v1/tasks/{id}/events`, Server-Sent Events) until it succeeds or is
 //! parked.
+//!
+//! A gateway with API keys wants one with the `read` scope: the CLI sends
+//! `$WARREN_GATEWAY_KEY` as `Authorization: Bearer` (an environment
+//! variable rather than a flag, so the key never shows in `ps`).
 
 use serde_json::Value;
 
@@ -9,6 +13,17 @@ use crate::error::{CliError, Exit};
 use crate::output::Output;
 
 const FINAL_STATES: &[&str] = &["succeeded", "dead_lettered"];
+
+/// The environment variable holding the key sent to the gateway.
+pub const KEY_VAR: &str = "WARREN_GATEWAY_KEY";
+
+/// `request` with the gateway key of [`KEY_VAR`], if set.
+fn with_key(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match std::env::var(KEY_VAR) {
+        Ok(key) if !key.is_empty() => request.bearer_auth(key),
+        _ => request,
+    }
+}
 
 pub async fn run(out: &Output, gateway: &str, id: &str, follow: bool) -> Result<Exit, CliError> {
     let base = url::Url::parse(gateway)
@@ -22,7 +37,10 @@ pub async fn run(out: &Output, gateway: &str, id: &str, follow: bool) -> Result<
     let unreachable = |e: reqwest::Error| {
         CliError::Http(format!("the gateway at {gateway} does not answer: {e}"))
     };
-    let response = client.get(url.clone()).send().await.map_err(unreachable)?;
+    let response = with_key(client.get(url.clone()))
+        .send()
+        .await
+        .map_err(unreachable)?;
     let status = response.status();
     let body = response.bytes().await.map_err(unreachable)?;
     let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -32,6 +50,12 @@ pub async fn run(out: &Output, gateway: &str, id: &str, follow: bool) -> Result<
         }
         return Err(CliError::NotFound(format!(
             "the gateway does not know task '{id}'"
+        )));
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(CliError::Http(format!(
+            "the gateway answered {status}: {} (set {KEY_VAR} to a key with the read scope)",
+            doc["detail"].as_str().unwrap_or_default()
         )));
     }
     if !status.is_success() {
@@ -58,8 +82,7 @@ pub async fn run(out: &Output, gateway: &str, id: &str, follow: bool) -> Result<
     url.path_segments_mut()
         .map_err(|_| CliError::Usage("--gateway cannot be a base URL".into()))?
         .push("events");
-    let mut response = client
-        .get(url)
+    let mut response = with_key(client.get(url))
         .header("accept", "text/event-stream")
         .send()
         .await

@@ -9,9 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod auth;
 mod celery;
 mod cli;
 mod conductor;
+mod console;
 mod delay;
 mod email;
 mod email_sender;

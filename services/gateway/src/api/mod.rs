@@ -57,6 +57,10 @@ pub struct AppInner {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Cancelled at shutdown: open SSE streams end.
     pub shutdown: CancellationToken,
+    /// The API keys ([`crate::auth`]).
+    pub auth: Arc<crate::auth::Auth>,
+    /// The web console at `/console`; `None` serves none.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 /// The request limits of `[http]` and `[events]`.
@@ -90,7 +94,11 @@ impl std::ops::Deref for AppState {
 
 /// The whole API: [`routes`] inside the layers every request goes through.
 pub fn router(state: AppState) -> Router {
-    layered(routes(&state), state)
+    let mut routes = routes(&state);
+    if let Some(console) = state.console.clone() {
+        routes = routes.merge(crate::console::router(console));
+    }
+    layered(routes, state)
 }
 
 /// The API's routes, each with its body limit.
@@ -129,9 +137,11 @@ fn routes(state: &AppState) -> Router<AppState> {
 /// and answered 500, a time limit, metrics.
 fn layered(routes: Router<AppState>, state: AppState) -> Router {
     let timeout = state.limits.request_timeout;
+    let auth = state.auth.clone();
     routes
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(timeout, limit_time))
+        .layer(middleware::from_fn_with_state(auth, crate::auth::authorize))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }
@@ -328,6 +338,8 @@ mod tests {
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: CancellationToken::new(),
+            auth: Arc::new(crate::auth::Auth::open()),
+            console: None,
         });
         (state, tracker)
     }
