@@ -21,6 +21,7 @@ use crate::enqueue::Checks;
 use crate::indexer::Indexer;
 use crate::settings::{Settings, StoreKind};
 use crate::status::Tracker;
+use crate::workflows::Workflows;
 use warren::events::{RedisOptions, RedisStatusStore};
 
 /// The sender the email checks assume when a task names none; only its
@@ -68,6 +69,7 @@ pub struct Gateway {
     settings: Settings,
     broker: Arc<Broker>,
     tracker: Arc<Tracker>,
+    workflows: Arc<Workflows>,
     store: Store,
     checks: Checks,
 }
@@ -105,10 +107,12 @@ impl Gateway {
             }
             .with_retention(settings.events.retention),
         );
+        let workflows = Arc::new(Workflows::new(settings.workflows.max_tracked));
         Ok(Self {
             settings,
             broker,
             tracker,
+            workflows,
             store,
             checks,
         })
@@ -120,6 +124,7 @@ impl Gateway {
     pub fn readiness(&self) -> Readiness {
         let broker = self.broker.clone();
         let tracker = self.tracker.clone();
+        let workflows = self.workflows.clone();
         Arc::new(move || {
             if !broker.is_connected() {
                 Err("not connected to the broker".to_owned())
@@ -129,6 +134,8 @@ impl Gateway {
                 Err("the status store (redis) does not answer".to_owned())
             } else if !tracker.is_caught_up() {
                 Err("still reading the events stream".to_owned())
+            } else if !workflows.is_caught_up() {
+                Err("still reading the workflow records of the events stream".to_owned())
             } else {
                 Ok(())
             }
@@ -142,6 +149,7 @@ impl Gateway {
             settings,
             broker,
             tracker,
+            workflows,
             store,
             checks,
         } = self;
@@ -159,6 +167,7 @@ impl Gateway {
         let state = AppState::new(AppInner {
             broker: broker.clone(),
             tracker: tracker.clone(),
+            workflows: workflows.clone(),
             checks,
             store,
             limits: Limits {
@@ -168,6 +177,11 @@ impl Gateway {
                 unknown_wait: settings.events.unknown_wait,
                 keep_alive: settings.events.keep_alive,
                 max_list_limit: settings.status.max_list_limit,
+                max_workflow_steps: settings
+                    .workflows
+                    .max_steps
+                    .min(warren::workflow::MAX_STEPS)
+                    .min(warren::workflow::MAX_MEMBERS),
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 settings.http.max_concurrent_uploads.max(1),
@@ -205,9 +219,17 @@ impl Gateway {
             })
         };
 
+        // The workflows' records, read from the whole retention whatever
+        // the status store.
+        let mut background = vec![tokio::spawn(crate::workflows::follow(
+            settings.broker.clone(),
+            broker.names().clone(),
+            broker.identity().to_owned(),
+            workflows,
+            broker_stop.clone(),
+        ))];
         // The `redis` store: readiness follows its pings, and the indexer
         // stands by for its lock (or indexes).
-        let mut background = Vec::new();
         if let Some(store) = tracker.store().cloned() {
             let tracker = tracker.clone();
             let stop = broker_stop.clone();

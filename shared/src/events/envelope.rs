@@ -100,6 +100,9 @@ pub fn decode(
         // A chord's record (`crate::workflow::ChordRecord`), for the
         // conductor: no task events in it.
         Some(crate::workflow::CHORD_CONTENT_TYPE) => Ok(Vec::new()),
+        // A chain's or group's record (`crate::workflow::WorkflowRecord`),
+        // for the gateway: no task events in it either.
+        Some(crate::workflow::WORKFLOW_CONTENT_TYPE) => Ok(Vec::new()),
         None | Some(CONTENT_TYPE_JSON)
             if kind.is_none_or(|k| k == EVENT_MESSAGE_TYPE || k.is_empty()) =>
         {

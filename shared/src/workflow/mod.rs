@@ -27,12 +27,14 @@
 
 mod chain;
 mod chord;
+mod record;
 
 pub use chain::{Chain, ChainError, MAX_SLIP_BYTES, MAX_STEPS, NextStep, Slip, Step, step_id};
 pub use chord::{
     CHORD_CONTENT_TYPE, CHORD_MESSAGE_TYPE, Chord, ChordRecord, Group, GroupError, MAX_MEMBERS,
     OnFailure, group,
 };
+pub use record::{WORKFLOW_CONTENT_TYPE, WORKFLOW_MESSAGE_TYPE, WorkflowKind, WorkflowRecord};
 
 /// A chain of [`Step`]s, in order: `chain![a, b, c]` is
 /// `Chain::new(vec![a, b, c])`.
