@@ -54,7 +54,8 @@ impl WorkflowRecord {
 }
 
 impl Publisher {
-    /// Writes a workflow's record to the events exchange, with confirms.
+    /// Writes a workflow's record to the events exchange, with confirms;
+    /// returned unrouted (no events stream bound) is not an error.
     pub(crate) async fn publish_workflow_record(
         &self,
         record: &WorkflowRecord,
@@ -68,8 +69,19 @@ impl Publisher {
             .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
         let first = record.steps.first().map_or("workflow", String::as_str);
         let key = format!("{first}.workflow");
-        self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
+        // A publish to a missing exchange would close the channel: a
+        // producer may start before anything declared it.
+        crate::topology::declare_events_exchange(self.channel(), self.names()).await?;
+        match self
+            .publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
             .await
+        {
+            // No events stream is bound (no gateway or conductor has
+            // declared it): nobody reads records here, and the workflow
+            // runs without one.
+            Err(PublishError::Returned { .. }) => Ok(()),
+            other => other,
+        }
     }
 }
 
