@@ -89,6 +89,15 @@ pub async fn start_workflow(
     let id = checked.id.clone();
     let kind_name = checked.kind_name();
     let (shape, first_tasks) = shape_of(&checked);
+    // Stamped before the publish: a worker's `running` always comes later.
+    let queued: Vec<TaskEvent> = first_tasks
+        .iter()
+        .map(|(task_id, task_type)| {
+            let mut e = TaskEvent::new(task_id, task_type, TaskState::Queued, 1);
+            e.by = Some(app.broker.identity().to_owned());
+            e
+        })
+        .collect();
     let published = match checked.workflow {
         Parsed::Chain(chain) => out.publisher.publish_chain(chain).await.map_err(chain_problem),
         Parsed::Group(g) => out.publisher.publish_group(g).await.map_err(group_problem),
@@ -105,11 +114,9 @@ pub async fn start_workflow(
     }
     // The record is on its way through the stream; this replica knows the
     // shape now, and its first tasks as queued.
-    for (task_id, task_type) in first_tasks {
-        let mut queued = TaskEvent::new(&task_id, &task_type, TaskState::Queued, 1);
-        queued.by = Some(app.broker.identity().to_owned());
-        out.events.emit(queued.clone()).await;
-        app.tracker.published(queued);
+    for e in queued {
+        out.events.emit(e.clone()).await;
+        app.tracker.published(e);
     }
     let accepted = WorkflowAccepted {
         workflow_id: id.clone(),
