@@ -21,6 +21,7 @@ mod gateway;
 mod image;
 mod limits;
 mod observability;
+mod producers;
 mod runtime;
 mod s3;
 mod scenarios;
