@@ -233,7 +233,15 @@ pub async fn follow(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), settings.reconnect_max_delay);
     loop {
-        let result = session(&settings, &names, &identity, &workflows, &shutdown, &mut backoff).await;
+        let result = session(
+            &settings,
+            &names,
+            &identity,
+            &workflows,
+            &shutdown,
+            &mut backoff,
+        )
+        .await;
         match result {
             Ok(()) => return,
             Err(e) => {
@@ -277,9 +285,7 @@ async fn session(
     };
     let result = async {
         let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(1000, BasicQosOptions::default())
-            .await?;
+        channel.basic_qos(1000, BasicQosOptions::default()).await?;
         let mut args = FieldTable::default();
         args.insert(
             broker_headers::STREAM_OFFSET.into(),

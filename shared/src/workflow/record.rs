@@ -40,11 +40,7 @@ pub struct WorkflowRecord {
 
 impl WorkflowRecord {
     /// The record of a workflow of `kind` whose steps have these types.
-    pub fn new<'a>(
-        id: &str,
-        kind: WorkflowKind,
-        types: impl IntoIterator<Item = &'a str>,
-    ) -> Self {
+    pub fn new<'a>(id: &str, kind: WorkflowKind, types: impl IntoIterator<Item = &'a str>) -> Self {
         Self {
             id: id.to_owned(),
             kind,

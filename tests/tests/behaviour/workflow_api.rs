@@ -43,7 +43,10 @@ impl World {
             &[
                 ("WARREN_BROKER__NAMESPACE", ns.clone()),
                 ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
-                ("WARREN_CONSUMER__RETRY_DELAYS", r#"["200ms","300ms"]"#.to_owned()),
+                (
+                    "WARREN_CONSUMER__RETRY_DELAYS",
+                    r#"["200ms","300ms"]"#.to_owned(),
+                ),
                 ("PIPELINE_DIR", dir.path().display().to_string()),
             ],
         )
@@ -88,7 +91,9 @@ impl World {
     }
 
     async fn post(&self, body: &Value) -> (u16, Value, Option<String>) {
-        let r = http::post_json(self.http, "/v1/workflows", body).await.unwrap();
+        let r = http::post_json(self.http, "/v1/workflows", body)
+            .await
+            .unwrap();
         let location = r.header("location").map(str::to_owned);
         (r.status, r.json().unwrap_or(Value::Null), location)
     }
@@ -187,7 +192,11 @@ async fn a_chain_posted_with_the_docs_curl_shows_each_step_and_result_to_the_end
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let accepted: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         accepted,
@@ -202,7 +211,11 @@ async fn a_chain_posted_with_the_docs_curl_shows_each_step_and_result_to_the_end
     assert_eq!(states.len(), 3, "{states:?}");
     for n in 1..=3 {
         let seen = &states[&format!("order-1.{n}")];
-        let tail: Vec<&str> = seen.iter().map(String::as_str).filter(|s| *s != "queued").collect();
+        let tail: Vec<&str> = seen
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != "queued")
+            .collect();
         assert_eq!(tail, ["running", "succeeded"], "step {n}: {seen:?}");
     }
     assert_eq!(last["state"], "succeeded", "{last}");
@@ -210,10 +223,16 @@ async fn a_chain_posted_with_the_docs_curl_shows_each_step_and_result_to_the_end
     // GET: each step's state, result and timing.
     let (code, body) = w.get("order-1").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!((body["kind"].as_str(), body["state"].as_str()), (Some("chain"), Some("succeeded")));
+    assert_eq!(
+        (body["kind"].as_str(), body["state"].as_str()),
+        (Some("chain"), Some("succeeded"))
+    );
     let steps = body["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 3);
-    let results = [json!({"id": "r1", "value": 7}), json!({"id": "r1", "value": 21})];
+    let results = [
+        json!({"id": "r1", "value": 7}),
+        json!({"id": "r1", "value": 21}),
+    ];
     for (i, s) in steps.iter().enumerate() {
         assert_eq!(s["n"], i + 1, "{s}");
         assert_eq!(s["task_id"], format!("order-1.{}", i + 1));
@@ -244,7 +263,10 @@ async fn a_chain_whose_step_parks_shows_failed_at_that_step() {
     assert_eq!(location.as_deref(), Some("/v1/workflows/order-3"));
     let events = w.follow("order-3").await;
     let (states, last) = by_task(&events);
-    assert_eq!(states["order-3.2"].last().map(String::as_str), Some("dead_lettered"));
+    assert_eq!(
+        states["order-3.2"].last().map(String::as_str),
+        Some("dead_lettered")
+    );
     assert!(!states.contains_key("order-3.3"), "{states:?}");
     assert_eq!(last["state"], "failed", "{last}");
 
@@ -280,18 +302,31 @@ async fn a_chord_shows_its_members_and_callback_and_a_publisher_started_one_is_k
         }))
         .await;
     assert_eq!(code, 202, "{body}");
-    assert_eq!((body["kind"].as_str(), body["size"].as_u64()), (Some("chord"), Some(5)));
+    assert_eq!(
+        (body["kind"].as_str(), body["size"].as_u64()),
+        (Some("chord"), Some(5))
+    );
     let events = w.follow("nightly-1").await;
     let (states, last) = by_task(&events);
     assert_eq!(states.len(), 6, "five members and the callback: {states:?}");
-    assert_eq!(states["nightly-1.3"].last().map(String::as_str), Some("dead_lettered"));
-    assert_eq!(states["nightly-1.callback"].last().map(String::as_str), Some("succeeded"));
+    assert_eq!(
+        states["nightly-1.3"].last().map(String::as_str),
+        Some("dead_lettered")
+    );
+    assert_eq!(
+        states["nightly-1.callback"].last().map(String::as_str),
+        Some("succeeded")
+    );
     assert_eq!(last["state"], "succeeded", "{last}");
 
     let (code, body) = w.get("nightly-1").await;
     assert_eq!(code, 200);
     assert_eq!(
-        (body["kind"].as_str(), body["state"].as_str(), body["on_failure"].as_str()),
+        (
+            body["kind"].as_str(),
+            body["state"].as_str(),
+            body["on_failure"].as_str()
+        ),
         (Some("chord"), Some("succeeded"), Some("run"))
     );
     let members = body["members"].as_array().unwrap();
@@ -299,30 +334,45 @@ async fn a_chord_shows_its_members_and_callback_and_a_publisher_started_one_is_k
     for (i, m) in members.iter().enumerate() {
         let n = i + 1;
         if n == 3 {
-            assert_eq!((m["state"].as_str(), m["error_kind"].as_str()), (Some("dead_lettered"), Some("invalid_record")));
+            assert_eq!(
+                (m["state"].as_str(), m["error_kind"].as_str()),
+                (Some("dead_lettered"), Some("invalid_record"))
+            );
         } else {
             assert_eq!(m["state"], "succeeded", "{m}");
             assert_eq!(m["result"], json!({"id": format!("m{n}"), "value": n}));
         }
     }
     let cb = &body["callback"];
-    assert_eq!((cb["task_id"].as_str(), cb["state"].as_str()), (Some("nightly-1.callback"), Some("succeeded")));
+    assert_eq!(
+        (cb["task_id"].as_str(), cb["state"].as_str()),
+        (Some("nightly-1.callback"), Some("succeeded"))
+    );
     assert!(cb["finished_at"].is_string(), "{cb}");
     assert_eq!(body["failed"], json!(["nightly-1.3"]));
 
     // A chord and a chain started by the Rust Publisher, not the gateway:
     // their records reach the gateway through the events stream.
-    let chord = group(vec![Step::new("pipeline.validate", json!({"record": {"id": "p1", "value": 2}}))])
-        .id("rust-chord")
-        .then(Step::new("pipeline.report", json!({})));
+    let chord = group(vec![Step::new(
+        "pipeline.validate",
+        json!({"record": {"id": "p1", "value": 2}}),
+    )])
+    .id("rust-chord")
+    .then(Step::new("pipeline.report", json!({})));
     w.broker.publisher.publish_chord(chord).await.unwrap();
     let rust_chain = warren::chain![
-        Step::new("pipeline.validate", json!({"record": {"id": "p2", "value": 2}})),
+        Step::new(
+            "pipeline.validate",
+            json!({"record": {"id": "p2", "value": 2}})
+        ),
         Step::new("pipeline.process", json!({"factor": 2})).result_to("input"),
     ]
     .id("rust-chain");
     w.broker.publisher.publish_chain(rust_chain).await.unwrap();
-    for (id, kind, field, size) in [("rust-chord", "chord", "members", 1), ("rust-chain", "chain", "steps", 2)] {
+    for (id, kind, field, size) in [
+        ("rust-chord", "chord", "members", 1),
+        ("rust-chain", "chain", "steps", 2),
+    ] {
         let (_, last) = by_task(&w.follow(id).await);
         assert_eq!(last["state"], "succeeded", "{last}");
         let (code, body) = w.get(id).await;
@@ -340,7 +390,14 @@ async fn bad_workflows_get_a_problem_naming_the_field_and_nothing_is_published()
     let spy = format!("{}.spy", w.broker.namespace());
     w.broker
         .channel
-        .queue_declare(spy.as_str().into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            spy.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     w.broker
@@ -394,7 +451,9 @@ async fn bad_workflows_get_a_problem_naming_the_field_and_nothing_is_published()
         ),
     ];
     for (body, slug, field) in cases {
-        let r = http::post_json(w.http, "/v1/workflows", &body).await.unwrap();
+        let r = http::post_json(w.http, "/v1/workflows", &body)
+            .await
+            .unwrap();
         assert_eq!(r.status, 422, "{body}: {}", r.text());
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
         let p = r.json().unwrap();
@@ -402,7 +461,10 @@ async fn bad_workflows_get_a_problem_naming_the_field_and_nothing_is_published()
         assert_eq!(p["field"], field, "{p}");
     }
     let (code, p) = w.get("never-started").await;
-    assert_eq!((code, p["type"].as_str()), (404, Some("urn:warren:problem:unknown_workflow")));
+    assert_eq!(
+        (code, p["type"].as_str()),
+        (404, Some("urn:warren:problem:unknown_workflow"))
+    );
     // Nothing of any of them reached the tasks exchange; a good one does.
     let (code, body, _) = w.post(&chain("order-9", "r9", 1)).await;
     assert_eq!(code, 202, "{body}");

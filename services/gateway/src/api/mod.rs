@@ -131,7 +131,10 @@ fn routes(state: &AppState) -> Router<AppState> {
             "/v1/workflows",
             post(workflows::start_workflow).layer(json_limit),
         )
-        .route("/v1/workflows/{id}", get(workflows::status::workflow_status))
+        .route(
+            "/v1/workflows/{id}",
+            get(workflows::status::workflow_status),
+        )
         .route(
             "/v1/workflows/{id}/events",
             get(workflows::status::workflow_events),

@@ -99,7 +99,11 @@ pub async fn start_workflow(
         })
         .collect();
     let published = match checked.workflow {
-        Parsed::Chain(chain) => out.publisher.publish_chain(chain).await.map_err(chain_problem),
+        Parsed::Chain(chain) => out
+            .publisher
+            .publish_chain(chain)
+            .await
+            .map_err(chain_problem),
         Parsed::Group(g) => out.publisher.publish_group(g).await.map_err(group_problem),
         Parsed::Chord(c) => out.publisher.publish_chord(c).await.map_err(group_problem),
     };
@@ -175,8 +179,18 @@ fn shape_of(checked: &Checked) -> (Shape, Vec<(String, String)>) {
 /// `email.send` and `image.thumbnail` bodies, as their workers check them.
 fn check_bodies(app: &AppState, checked: &Checked) -> Result<(), Problem> {
     let bodies: Vec<(String, &warren::workflow::Step)> = match &checked.workflow {
-        Parsed::Chain(c) => c.steps().iter().enumerate().map(|(i, s)| (format!("steps[{i}]"), s)).collect(),
-        Parsed::Group(g) => g.members().iter().enumerate().map(|(i, s)| (format!("members[{i}]"), s)).collect(),
+        Parsed::Chain(c) => c
+            .steps()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("steps[{i}]"), s))
+            .collect(),
+        Parsed::Group(g) => g
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("members[{i}]"), s))
+            .collect(),
         Parsed::Chord(c) => c
             .members()
             .iter()
@@ -191,8 +205,12 @@ fn check_bodies(app: &AppState, checked: &Checked) -> Result<(), Problem> {
             continue;
         }
         let task_id = format!("{}.{}", checked.id, i + 1);
-        app.checks
-            .check_payload(&step.task_type, &step.body, &task_id, &format!("{field}.body."))?;
+        app.checks.check_payload(
+            &step.task_type,
+            &step.body,
+            &task_id,
+            &format!("{field}.body."),
+        )?;
     }
     Ok(())
 }

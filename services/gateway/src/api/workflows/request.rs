@@ -141,16 +141,40 @@ pub fn parse(value: Value, max_steps: usize) -> Result<Checked, Problem> {
     let id = workflow_id(request.id.as_deref())?;
     let (list_field, list) = match request.kind {
         KindRequest::Chain => {
-            refuse_field(request.members.is_some(), "members", "a chain has steps, not members")?;
-            refuse_field(request.callback.is_some(), "callback", "a chain has no callback (make it a chord)")?;
-            refuse_field(request.on_failure.is_some(), "on_failure", "on_failure is a chord's")?;
+            refuse_field(
+                request.members.is_some(),
+                "members",
+                "a chain has steps, not members",
+            )?;
+            refuse_field(
+                request.callback.is_some(),
+                "callback",
+                "a chain has no callback (make it a chord)",
+            )?;
+            refuse_field(
+                request.on_failure.is_some(),
+                "on_failure",
+                "on_failure is a chord's",
+            )?;
             ("steps", request.steps)
         }
         KindRequest::Group | KindRequest::Chord => {
-            refuse_field(request.steps.is_some(), "steps", "a group or chord has members, not steps")?;
+            refuse_field(
+                request.steps.is_some(),
+                "steps",
+                "a group or chord has members, not steps",
+            )?;
             if request.kind == KindRequest::Group {
-                refuse_field(request.callback.is_some(), "callback", "a group has no callback (make it a chord)")?;
-                refuse_field(request.on_failure.is_some(), "on_failure", "on_failure is a chord's")?;
+                refuse_field(
+                    request.callback.is_some(),
+                    "callback",
+                    "a group has no callback (make it a chord)",
+                )?;
+                refuse_field(
+                    request.on_failure.is_some(),
+                    "on_failure",
+                    "on_failure is a chord's",
+                )?;
             }
             ("members", request.members)
         }
@@ -357,22 +381,82 @@ mod tests {
     fn bad_workflows_name_the_field() {
         let cases = [
             (json!({"kind": "chain", "steps": []}), "no_steps", "steps"),
-            (json!({"kind": "group", "members": vec![t("a.x"); 4]}), "too_many_steps", "members"),
-            (json!({"kind": "chain", "steps": [t("a.x"), t("a.y"), {"type": ""}]}), "invalid_value", "steps[2].type"),
-            (json!({"kind": "chain", "steps": [t("a.x"), {"type": "a.y", "prio": 1}]}), "unknown_field", "steps[1].prio"),
-            (json!({"kind": "chain", "steps": [{"type": "a.x", "result_to": "r"}]}), "invalid_value", "steps[0].result_to"),
-            (json!({"kind": "chain", "steps": [t("a.x"), {"type": "a.y", "body": [], "result_to": "r"}]}), "invalid_value", "steps[1].body"),
-            (json!({"kind": "chain", "steps": [t("a.x"), {"type": "a.y", "priority": 10}]}), "invalid_value", "steps[1].priority"),
-            (json!({"kind": "chain", "steps": [t("a.x"), {"kind": "group", "members": [t("a.y")]}]}), "nesting_not_supported", "steps[1]"),
-            (json!({"kind": "chord", "members": [t("a.x")], "callback": {"kind": "chain", "steps": []}}), "nesting_not_supported", "callback"),
-            (json!({"kind": "chord", "members": [t("a.x")]}), "missing_field", "callback"),
-            (json!({"kind": "chord", "members": [t("a.x")], "callback": {"type": "a.cb", "body": 1}}), "invalid_value", "callback.body"),
-            (json!({"kind": "chord", "id": "g.callback", "members": [t("a.x")], "callback": t("a.cb")}), "callback_cycle", "id"),
-            (json!({"kind": "group", "members": [t("a.x")], "callback": t("a.cb")}), "unexpected_field", "callback"),
-            (json!({"kind": "chain", "members": [t("a.x")]}), "unexpected_field", "members"),
+            (
+                json!({"kind": "group", "members": vec![t("a.x"); 4]}),
+                "too_many_steps",
+                "members",
+            ),
+            (
+                json!({"kind": "chain", "steps": [t("a.x"), t("a.y"), {"type": ""}]}),
+                "invalid_value",
+                "steps[2].type",
+            ),
+            (
+                json!({"kind": "chain", "steps": [t("a.x"), {"type": "a.y", "prio": 1}]}),
+                "unknown_field",
+                "steps[1].prio",
+            ),
+            (
+                json!({"kind": "chain", "steps": [{"type": "a.x", "result_to": "r"}]}),
+                "invalid_value",
+                "steps[0].result_to",
+            ),
+            (
+                json!({"kind": "chain", "steps": [t("a.x"), {"type": "a.y", "body": [], "result_to": "r"}]}),
+                "invalid_value",
+                "steps[1].body",
+            ),
+            (
+                json!({"kind": "chain", "steps": [t("a.x"), {"type": "a.y", "priority": 10}]}),
+                "invalid_value",
+                "steps[1].priority",
+            ),
+            (
+                json!({"kind": "chain", "steps": [t("a.x"), {"kind": "group", "members": [t("a.y")]}]}),
+                "nesting_not_supported",
+                "steps[1]",
+            ),
+            (
+                json!({"kind": "chord", "members": [t("a.x")], "callback": {"kind": "chain", "steps": []}}),
+                "nesting_not_supported",
+                "callback",
+            ),
+            (
+                json!({"kind": "chord", "members": [t("a.x")]}),
+                "missing_field",
+                "callback",
+            ),
+            (
+                json!({"kind": "chord", "members": [t("a.x")], "callback": {"type": "a.cb", "body": 1}}),
+                "invalid_value",
+                "callback.body",
+            ),
+            (
+                json!({"kind": "chord", "id": "g.callback", "members": [t("a.x")], "callback": t("a.cb")}),
+                "callback_cycle",
+                "id",
+            ),
+            (
+                json!({"kind": "group", "members": [t("a.x")], "callback": t("a.cb")}),
+                "unexpected_field",
+                "callback",
+            ),
+            (
+                json!({"kind": "chain", "members": [t("a.x")]}),
+                "unexpected_field",
+                "members",
+            ),
             (json!({"kind": "chain"}), "missing_field", "steps"),
-            (json!({"kind": "loop", "steps": []}), "invalid_value", "kind"),
-            (json!({"kind": "chain", "steps": [t("a.x")], "colour": 1}), "unknown_field", "colour"),
+            (
+                json!({"kind": "loop", "steps": []}),
+                "invalid_value",
+                "kind",
+            ),
+            (
+                json!({"kind": "chain", "steps": [t("a.x")], "colour": 1}),
+                "unknown_field",
+                "colour",
+            ),
         ];
         for (v, slug, field) in cases {
             let (s, f) = refused(v.clone());

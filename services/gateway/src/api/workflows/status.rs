@@ -113,7 +113,11 @@ pub struct WorkflowStatus {
 
 /// The overall state from the states of the steps or members (in order)
 /// and a chord's callback.
-pub fn overall(kind: Kind, steps: &[TaskStateDoc], callback: Option<TaskStateDoc>) -> WorkflowState {
+pub fn overall(
+    kind: Kind,
+    steps: &[TaskStateDoc],
+    callback: Option<TaskStateDoc>,
+) -> WorkflowState {
     use TaskStateDoc as S;
     let started = |s: &S| !matches!(s, S::Pending | S::Unknown | S::Queued | S::Scheduled);
     let any_started = steps.iter().any(started) || callback.as_ref().is_some_and(started);
@@ -133,7 +137,10 @@ pub fn overall(kind: Kind, steps: &[TaskStateDoc], callback: Option<TaskStateDoc
             }
         }
         Kind::Group => {
-            if steps.iter().all(|s| matches!(s, S::Succeeded | S::DeadLettered)) {
+            if steps
+                .iter()
+                .all(|s| matches!(s, S::Succeeded | S::DeadLettered))
+            {
                 if steps.contains(&S::DeadLettered) {
                     WorkflowState::Failed
                 } else {
@@ -221,7 +228,11 @@ pub async fn status_of(app: &AppState, shape: &Shape) -> Result<WorkflowStatus, 
         _ => None,
     };
     let states: Vec<TaskStateDoc> = tasks.iter().map(|t| t.status.state).collect();
-    let state = overall(shape.kind, &states, callback.as_ref().map(|c| c.status.state));
+    let state = overall(
+        shape.kind,
+        &states,
+        callback.as_ref().map(|c| c.status.state),
+    );
     let failed = tasks
         .iter()
         .chain(callback.iter())
@@ -350,7 +361,9 @@ impl WorkflowFeed {
     /// Every task's stored events, oldest first.
     async fn stored(&self) -> Vec<StreamedEvent> {
         let tracker: &Arc<Tracker> = &self.app.tracker;
-        let mut ids: Vec<String> = (1..=self.shape.size).map(|n| self.shape.task_id(n)).collect();
+        let mut ids: Vec<String> = (1..=self.shape.size)
+            .map(|n| self.shape.task_id(n))
+            .collect();
         ids.extend(self.shape.callback_id());
         let mut all = Vec::new();
         for id in ids {
@@ -437,19 +450,52 @@ mod tests {
 
     #[test]
     fn the_overall_state_follows_the_documented_rules() {
-        assert_eq!(overall(Kind::Chain, &[S::Queued, S::Pending], None), WorkflowState::Queued);
-        assert_eq!(overall(Kind::Chain, &[S::Succeeded, S::Running], None), WorkflowState::Running);
-        assert_eq!(overall(Kind::Chain, &[S::Succeeded, S::DeadLettered, S::Pending], None), WorkflowState::Failed);
-        assert_eq!(overall(Kind::Chain, &[S::Succeeded, S::Succeeded], None), WorkflowState::Succeeded);
-        assert_eq!(overall(Kind::Group, &[S::Succeeded, S::Retrying], None), WorkflowState::Running);
-        assert_eq!(overall(Kind::Group, &[S::Succeeded, S::DeadLettered], None), WorkflowState::Failed);
-        assert_eq!(overall(Kind::Group, &[S::Succeeded, S::Succeeded], None), WorkflowState::Succeeded);
         assert_eq!(
-            overall(Kind::Chord, &[S::Succeeded, S::DeadLettered], Some(S::Pending)),
+            overall(Kind::Chain, &[S::Queued, S::Pending], None),
+            WorkflowState::Queued
+        );
+        assert_eq!(
+            overall(Kind::Chain, &[S::Succeeded, S::Running], None),
             WorkflowState::Running
         );
         assert_eq!(
-            overall(Kind::Chord, &[S::Succeeded, S::DeadLettered], Some(S::Succeeded)),
+            overall(
+                Kind::Chain,
+                &[S::Succeeded, S::DeadLettered, S::Pending],
+                None
+            ),
+            WorkflowState::Failed
+        );
+        assert_eq!(
+            overall(Kind::Chain, &[S::Succeeded, S::Succeeded], None),
+            WorkflowState::Succeeded
+        );
+        assert_eq!(
+            overall(Kind::Group, &[S::Succeeded, S::Retrying], None),
+            WorkflowState::Running
+        );
+        assert_eq!(
+            overall(Kind::Group, &[S::Succeeded, S::DeadLettered], None),
+            WorkflowState::Failed
+        );
+        assert_eq!(
+            overall(Kind::Group, &[S::Succeeded, S::Succeeded], None),
+            WorkflowState::Succeeded
+        );
+        assert_eq!(
+            overall(
+                Kind::Chord,
+                &[S::Succeeded, S::DeadLettered],
+                Some(S::Pending)
+            ),
+            WorkflowState::Running
+        );
+        assert_eq!(
+            overall(
+                Kind::Chord,
+                &[S::Succeeded, S::DeadLettered],
+                Some(S::Succeeded)
+            ),
             WorkflowState::Succeeded
         );
         assert_eq!(
