@@ -3,7 +3,7 @@
 //! each task's status from the status store, and the overall state.
 //!
 //! Overall state: `queued` (no task started yet), `running`, `succeeded`
-//! (a chain's last step, every member of a group, a chord's callback
+//! (every step of a chain, every member of a group, a chord's callback
 //! succeeded) or `failed` (a chain step parked, the chain stopped there;
 //! a group whose members are all final, one or more dead-lettered; a
 //! chord's callback dead-lettered or parked by `on_failure = skip`). A
@@ -43,7 +43,7 @@ pub enum WorkflowState {
     Queued,
     /// Some task has started; it is not over.
     Running,
-    /// A chain's last step, every member of a group, or a chord's
+    /// Every step of a chain, every member of a group, or a chord's
     /// callback succeeded.
     Succeeded,
     /// A chain step was dead-lettered (the chain stops there until it is
@@ -130,7 +130,10 @@ pub fn overall(
         Kind::Chain => {
             if steps.contains(&S::DeadLettered) {
                 WorkflowState::Failed
-            } else if steps.last() == Some(&S::Succeeded) {
+            } else if steps.iter().all(|s| *s == S::Succeeded) {
+                // Every step, not only the last: a step's `succeeded`
+                // event follows the next step's publish, and may come
+                // after the last step's.
                 WorkflowState::Succeeded
             } else {
                 going
@@ -413,7 +416,13 @@ impl WorkflowFeed {
                 }
                 return Some((Ok(sse_event(&streamed)), self));
             }
-            if self.state().is_final() {
+            // Final, and every task seen so far at its end: a step's own
+            // final event may reach the stream after its successor's.
+            let settled = self
+                .latest
+                .values()
+                .all(|(_, s)| matches!(s, TaskState::Succeeded | TaskState::DeadLettered));
+            if settled && self.state().is_final() {
                 self.done = true;
                 let event = match status_of(&self.app, &self.shape).await {
                     Ok(status) => Event::default()
