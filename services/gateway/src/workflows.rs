@@ -302,6 +302,9 @@ async fn session(
             )
             .await?;
         backoff.reset();
+        // A message written after this session began means the stream's
+        // past is read, even when messages never pause for `QUIET`.
+        let began = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -317,6 +320,9 @@ async fn session(
             };
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             let p = &delivery.properties;
+            if p.timestamp().is_some_and(|t| t > began) {
+                workflows.mark_caught_up();
+            }
             workflows.apply_message(
                 p.content_type().as_ref().map(|c| c.as_str()),
                 *p.timestamp(),
