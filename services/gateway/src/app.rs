@@ -124,7 +124,6 @@ impl Gateway {
     pub fn readiness(&self) -> Readiness {
         let broker = self.broker.clone();
         let tracker = self.tracker.clone();
-        let workflows = self.workflows.clone();
         Arc::new(move || {
             if !broker.is_connected() {
                 Err("not connected to the broker".to_owned())
@@ -134,8 +133,6 @@ impl Gateway {
                 Err("the status store (redis) does not answer".to_owned())
             } else if !tracker.is_caught_up() {
                 Err("still reading the events stream".to_owned())
-            } else if !workflows.is_caught_up() {
-                Err("still reading the workflow records of the events stream".to_owned())
             } else {
                 Ok(())
             }
