@@ -184,6 +184,11 @@ impl Publisher {
         })
     }
 
+    /// The confirm channel it publishes on.
+    pub(crate) fn channel(&self) -> &lapin::Channel {
+        &self.channel
+    }
+
     /// The names it publishes to.
     pub fn names(&self) -> &Names {
         &self.names

@@ -366,6 +366,7 @@ fn every_routing_key_is_documented() {
             "{callbackType}.chord",
             "{callbackType}.chord.abort",
             "{envelopeKey}",
+            "{firstStepType}.workflow",
             "{taskType}.{state}"
         ],
         "routing keys on {events}"
@@ -579,6 +580,25 @@ fn task_and_event_properties_match_the_code() {
                 let body = serde_json::to_vec(&example["payload"]).expect("json");
                 let events = envelope::decode(
                     Some(warren::workflow::CHORD_CONTENT_TYPE),
+                    Some(kind),
+                    &body,
+                )
+                .expect("readers take it");
+                assert!(events.is_empty());
+            }
+        } else if name == "WorkflowRecord" {
+            assert_eq!(kind, warren::workflow::WORKFLOW_MESSAGE_TYPE);
+            assert_eq!(
+                message["contentType"],
+                warren::workflow::WORKFLOW_CONTENT_TYPE
+            );
+            for example in message["examples"].as_array().expect("examples") {
+                let record: warren::workflow::WorkflowRecord =
+                    serde_json::from_value(example["payload"].clone()).expect("it parses");
+                assert!(!record.steps.is_empty());
+                let body = serde_json::to_vec(&example["payload"]).expect("json");
+                let events = envelope::decode(
+                    Some(warren::workflow::WORKFLOW_CONTENT_TYPE),
                     Some(kind),
                     &body,
                 )

@@ -22,6 +22,7 @@ use crate::enqueue::Checks;
 use crate::indexer::Indexer;
 use crate::settings::{Settings, StoreKind};
 use crate::status::Tracker;
+use crate::workflows::Workflows;
 use warren::events::{RedisOptions, RedisStatusStore};
 
 /// The sender the email checks assume when a task names none; only its
@@ -71,6 +72,7 @@ pub struct Gateway {
     settings: Settings,
     broker: Arc<Broker>,
     tracker: Arc<Tracker>,
+    workflows: Arc<Workflows>,
     store: Store,
     checks: Checks,
     auth: Arc<Auth>,
@@ -110,10 +112,12 @@ impl Gateway {
             }
             .with_retention(settings.events.retention),
         );
+        let workflows = Arc::new(Workflows::new(settings.workflows.max_tracked));
         Ok(Self {
             settings,
             broker,
             tracker,
+            workflows,
             store,
             checks,
             auth,
@@ -148,6 +152,7 @@ impl Gateway {
             settings,
             broker,
             tracker,
+            workflows,
             store,
             checks,
             auth,
@@ -166,6 +171,7 @@ impl Gateway {
         let state = AppState::new(AppInner {
             broker: broker.clone(),
             tracker: tracker.clone(),
+            workflows: workflows.clone(),
             checks,
             store,
             limits: Limits {
@@ -175,6 +181,11 @@ impl Gateway {
                 unknown_wait: settings.events.unknown_wait,
                 keep_alive: settings.events.keep_alive,
                 max_list_limit: settings.status.max_list_limit,
+                max_workflow_steps: settings
+                    .workflows
+                    .max_steps
+                    .min(warren::workflow::MAX_STEPS)
+                    .min(warren::workflow::MAX_MEMBERS),
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 settings.http.max_concurrent_uploads.max(1),
@@ -226,9 +237,17 @@ impl Gateway {
             })
         };
 
+        // The workflows' records, read from the whole retention whatever
+        // the status store.
+        let mut background = vec![tokio::spawn(crate::workflows::follow(
+            settings.broker.clone(),
+            broker.names().clone(),
+            broker.identity().to_owned(),
+            workflows,
+            broker_stop.clone(),
+        ))];
         // The `redis` store: readiness follows its pings, and the indexer
         // stands by for its lock (or indexes).
-        let mut background = Vec::new();
         if let Some(store) = tracker.store().cloned() {
             let tracker = tracker.clone();
             let stop = broker_stop.clone();

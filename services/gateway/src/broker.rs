@@ -309,6 +309,46 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Whether the queue exists (a passive declare); `None` when not
+    /// connected or the broker did not answer.
+    pub async fn queue_exists(&self, queue: &str) -> Option<bool> {
+        let reader = self.outbound()?.reader;
+        // A passive declare of a missing queue closes its channel: one
+        // channel per question.
+        let channel = reader.create_channel().await.ok()?;
+        let declared = tokio::time::timeout(
+            RESULT_READ_TIMEOUT,
+            channel.queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            ),
+        )
+        .await
+        .ok()?;
+        match declared {
+            Ok(_) => {
+                let _ = channel.close(200, "queue checked".into()).await;
+                Some(true)
+            }
+            Err(e) if is_not_found(&e) => Some(false),
+            Err(_) => None,
+        }
+    }
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
+
 /// How long reading a result kept by reference may take.
 const RESULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -24,6 +24,7 @@ pub mod problem;
 pub mod settings;
 pub mod status;
 pub mod upload;
+pub mod workflows;
 
 pub use app::{Gateway, GatewayError};
 pub use settings::Settings;

@@ -13,7 +13,11 @@ use warren_tasks::image::{Fit, OutputFormat, OutputWire, SourceWire, ThumbnailTa
 
 use crate::api::list::TaskPage;
 use crate::api::model::{Accepted, ImageUpload, State, StatusBody, TaskEventDoc, TaskRequest};
+use crate::api::workflows::WorkflowAccepted;
+use crate::api::workflows::request::{KindRequest, OnFailureRequest, StepRequest, WorkflowRequest};
+use crate::api::workflows::status::{WorkflowState, WorkflowStatus, WorkflowTask};
 use crate::problem::ProblemDocument;
+use crate::workflows::Kind;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +36,9 @@ use crate::problem::ProblemDocument;
         crate::api::list::list_tasks,
         crate::api::status::task_status,
         crate::api::status::task_events,
+        crate::api::workflows::start_workflow,
+        crate::api::workflows::status::workflow_status,
+        crate::api::workflows::status::workflow_events,
     ),
     components(schemas(
         Accepted,
@@ -49,12 +56,22 @@ use crate::problem::ProblemDocument;
         OutputFormat,
         SendEmail,
         AttachmentSpec,
+        WorkflowRequest,
+        StepRequest,
+        KindRequest,
+        OnFailureRequest,
+        WorkflowAccepted,
+        WorkflowStatus,
+        WorkflowTask,
+        WorkflowState,
+        Kind,
     )),
     modifiers(&BearerKeys),
     security(("api_key" = [])),
     tags(
         (name = "tasks", description = "Enqueue tasks and follow them."),
         (name = "images", description = "Upload an image and get thumbnails."),
+        (name = "workflows", description = "Start chains, groups and chords, and follow every step."),
     )
 )]
 pub struct ApiDoc;
@@ -107,6 +124,9 @@ mod tests {
             "/v1/images",
             "/v1/tasks/{id}",
             "/v1/tasks/{id}/events",
+            "/v1/workflows",
+            "/v1/workflows/{id}",
+            "/v1/workflows/{id}/events",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
@@ -127,6 +147,8 @@ mod tests {
             "TaskEvent",
             "Accepted",
             "TaskPage",
+            "WorkflowRequest",
+            "WorkflowStatus",
         ] {
             assert!(schemas.get(schema).is_some(), "{schema} missing");
         }

@@ -28,6 +28,7 @@ pub struct Settings {
     pub events: EventsSettings,
     pub status: StatusSettings,
     pub tasks: TasksSettings,
+    pub workflows: WorkflowSettings,
     pub email: EmailChecks,
     /// The image store's `[image]` section, as the image worker reads it:
     /// the store uploads go to and the limits `image.thumbnail` tasks are
@@ -47,6 +48,7 @@ impl Default for Settings {
             events: EventsSettings::default(),
             status: StatusSettings::default(),
             tasks: TasksSettings::default(),
+            workflows: WorkflowSettings::default(),
             email: EmailChecks::default(),
             image: ImageSettings::default(),
             auth: crate::auth::AuthSettings::default(),
@@ -225,6 +227,30 @@ impl Default for TasksSettings {
     fn default() -> Self {
         Self {
             retry_delays: warren::settings::ConsumerSettings::default().retry_delays,
+        }
+    }
+}
+
+/// `[workflows]`: `POST /v1/workflows` and the workflows the gateway
+/// follows.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowSettings {
+    /// Most steps (a chain) or members (a group or chord) a workflow
+    /// posted here may have; more is a 422. At most 1,000
+    /// (`warren::workflow::MAX_STEPS`, `MAX_MEMBERS`), whatever this says.
+    pub max_steps: usize,
+    /// Most workflow shapes held in memory (a few hundred bytes each, plus
+    /// 20-odd bytes per step's task type); past it the oldest are
+    /// forgotten (their `GET` is 404; their tasks' statuses remain).
+    pub max_tracked: usize,
+}
+
+impl Default for WorkflowSettings {
+    fn default() -> Self {
+        Self {
+            max_steps: 1000,
+            max_tracked: 100_000,
         }
     }
 }

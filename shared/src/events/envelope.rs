@@ -103,6 +103,9 @@ pub fn decode(
         Some(crate::workflow::CHORD_CONTENT_TYPE)
         | Some(crate::workflow::CHORD_ABORT_CONTENT_TYPE)
         | Some(crate::workflow::MARK_CONTENT_TYPE) => Ok(Vec::new()),
+        // A chain's or group's record (`crate::workflow::WorkflowRecord`),
+        // for the gateway: no task events in it either.
+        Some(crate::workflow::WORKFLOW_CONTENT_TYPE) => Ok(Vec::new()),
         None | Some(CONTENT_TYPE_JSON)
             if kind.is_none_or(|k| k == EVENT_MESSAGE_TYPE || k.is_empty()) =>
         {

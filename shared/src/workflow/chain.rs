@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::record::{WorkflowKind, WorkflowRecord};
 use crate::contract::{self, MAX_PRIORITY, headers};
 use crate::publisher::{PublishError, PublishOptions, Publisher};
 
@@ -327,7 +328,8 @@ impl Chain {
 }
 
 impl Publisher {
-    /// Publishes a chain's first step, with the rest in its
+    /// Writes the chain's [`WorkflowRecord`] to the events stream, then
+    /// publishes its first step, with the rest in its
     /// `x-warren-chain` header, and returns the chain's id once the broker
     /// has confirmed it. The workers then run the steps one after another.
     ///
@@ -347,6 +349,13 @@ impl Publisher {
     /// ```
     pub async fn publish_chain(&self, chain: Chain) -> Result<String, ChainError> {
         let (id, first, slip) = chain.start()?;
+        // The chain's shape, for readers of the events stream, before its
+        // first step: a reader never sees a step of a chain it cannot place.
+        let types = std::iter::once(&first)
+            .chain(&slip.next)
+            .map(|s| s.task_type.as_str());
+        let record = WorkflowRecord::new(&id, WorkflowKind::Chain, types);
+        self.publish_workflow_record(&record).await?;
         let mut options = PublishOptions {
             id: Some(step_id(&id, 1)),
             priority: first.priority,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::chain::{MAX_STEPS, Slip, Step, step_id};
+use super::record::{WorkflowKind, WorkflowRecord};
 use crate::contract::PERSISTENT;
 use crate::publisher::{PublishError, PublishOptions, Publisher};
 
@@ -217,6 +218,11 @@ impl Group {
         self
     }
 
+    /// The members, in order.
+    pub fn members(&self) -> &[Step] {
+        &self.members
+    }
+
     /// A chord: `callback` runs once every member succeeded or was
     /// dead-lettered, with their outcomes in its body's `result_to` field
     /// (default `results`).
@@ -265,6 +271,21 @@ impl Group {
 }
 
 impl Chord {
+    /// The group's members, in order.
+    pub fn members(&self) -> &[Step] {
+        &self.group.members
+    }
+
+    /// The callback.
+    pub fn callback(&self) -> &Step {
+        &self.callback
+    }
+
+    /// The callback's policy when a member was dead-lettered.
+    pub fn policy(&self) -> OnFailure {
+        self.on_failure
+    }
+
     /// The callback's policy when a member was dead-lettered.
     pub fn on_failure(mut self, policy: OnFailure) -> Self {
         self.on_failure = policy;
@@ -293,7 +314,8 @@ impl Chord {
 }
 
 impl Publisher {
-    /// Publishes a group's members (`{id}.1` ... `{id}.N`), each confirmed,
+    /// Writes the group's [`WorkflowRecord`] to the events stream, then
+    /// publishes its members (`{id}.1` ... `{id}.N`), each confirmed,
     /// and returns the group's id. If a publish fails, the error says how
     /// many members were published.
     pub async fn publish_group(&self, group: Group) -> Result<String, GroupError> {
@@ -302,6 +324,9 @@ impl Publisher {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let types = group.members.iter().map(|m| m.task_type.as_str());
+        let record = WorkflowRecord::new(&id, WorkflowKind::Group, types);
+        self.publish_workflow_record(&record).await?;
         self.publish_members(&id, &group.members).await?;
         Ok(id)
     }

@@ -27,6 +27,7 @@
 
 mod chain;
 mod chord;
+mod record;
 
 pub use chain::{Chain, ChainError, MAX_SLIP_BYTES, MAX_STEPS, NextStep, Slip, Step, step_id};
 pub use chord::{
@@ -34,6 +35,7 @@ pub use chord::{
     Chord, ChordAbort, ChordRecord, Group, GroupError, MARK_CONTENT_TYPE, MARK_MESSAGE_TYPE,
     MAX_MEMBERS, OnFailure, group,
 };
+pub use record::{WORKFLOW_CONTENT_TYPE, WORKFLOW_MESSAGE_TYPE, WorkflowKind, WorkflowRecord};
 
 /// A chain of [`Step`]s, in order: `chain![a, b, c]` is
 /// `Chain::new(vec![a, b, c])`.

@@ -34,3 +34,4 @@ mod smtp_auth;
 mod smtp_sink;
 mod status_store;
 mod workflow;
+mod workflow_api;

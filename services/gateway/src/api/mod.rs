@@ -3,7 +3,8 @@
 //!
 //! Routes: `POST /v1/tasks`, `GET /v1/tasks` (a listing), `POST
 //! /v1/tasks/email`, `POST /v1/tasks/image`, `POST /v1/images`, `GET
-//! /v1/tasks/{id}`, `GET /v1/tasks/{id}/events` and `GET /openapi.json`. Every error is a
+//! /v1/tasks/{id}`, `GET /v1/tasks/{id}/events`, `POST /v1/workflows`, `GET
+//! /v1/workflows/{id}`, `GET /v1/workflows/{id}/events` and `GET /openapi.json`. Every error is a
 //! [`Problem`]; nothing a client sends can panic the server, and if a bug
 //! does, the panic ends that request only.
 
@@ -11,6 +12,7 @@ pub mod list;
 pub mod model;
 pub mod status;
 pub mod tasks;
+pub mod workflows;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use crate::metrics;
 use crate::problem::Problem;
 use crate::status::Tracker;
 use crate::upload;
+use crate::workflows::Workflows;
 
 /// Room for a multipart body's boundaries, part headers and `outputs`
 /// part, on top of `http.max_upload_bytes`.
@@ -50,6 +53,8 @@ pub struct AppState {
 pub struct AppInner {
     pub broker: Arc<Broker>,
     pub tracker: Arc<Tracker>,
+    /// The workflows' shapes, from their records.
+    pub workflows: Arc<Workflows>,
     pub checks: Checks,
     pub store: Store,
     pub limits: Limits,
@@ -74,6 +79,8 @@ pub struct Limits {
     pub keep_alive: Duration,
     /// `status.max_list_limit`.
     pub max_list_limit: usize,
+    /// `workflows.max_steps`.
+    pub max_workflow_steps: usize,
 }
 
 impl AppState {
@@ -128,6 +135,18 @@ fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/images", post(upload::upload_image).layer(upload_limit))
         .route("/v1/tasks/{id}", get(status::task_status))
         .route("/v1/tasks/{id}/events", get(status::task_events))
+        .route(
+            "/v1/workflows",
+            post(workflows::start_workflow).layer(json_limit),
+        )
+        .route(
+            "/v1/workflows/{id}",
+            get(workflows::status::workflow_status),
+        )
+        .route(
+            "/v1/workflows/{id}/events",
+            get(workflows::status::workflow_events),
+        )
         .route("/openapi.json", get(openapi_json))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -322,6 +341,7 @@ mod tests {
         let state = AppState::new(AppInner {
             broker: Arc::new(Broker::new(Names::new("unit"), "gateway@test/1".into())),
             tracker: tracker.clone(),
+            workflows: Arc::new(Workflows::new(100)),
             checks: Checks {
                 default_from: EmailAddress::parse("from", "warren@localhost").unwrap(),
                 max_attachment_bytes: 1024,
@@ -335,6 +355,7 @@ mod tests {
                 unknown_wait: Duration::from_millis(10),
                 keep_alive: Duration::from_secs(15),
                 max_list_limit: 10,
+                max_workflow_steps: 3,
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: CancellationToken::new(),

@@ -118,6 +118,9 @@ impl Accepted {
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Unknown,
+    /// Only in a workflow's status: a step not published yet (a chain's
+    /// later step, a chord's callback before its members are final).
+    Pending,
     /// Waiting in the delay cascade until `due_at`.
     Scheduled,
     Queued,

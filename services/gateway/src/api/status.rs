@@ -282,7 +282,7 @@ impl Feed {
     }
 }
 
-fn sse_event(streamed: &StreamedEvent) -> Event {
+pub(crate) fn sse_event(streamed: &StreamedEvent) -> Event {
     let event = Event::default()
         .event(streamed.event.state.as_str())
         .id(streamed.offset.to_string());
@@ -293,10 +293,10 @@ fn sse_event(streamed: &StreamedEvent) -> Event {
 }
 
 /// Counts open SSE streams while alive.
-struct OpenStream;
+pub(crate) struct OpenStream;
 
 impl OpenStream {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         metrics::get().sse_streams.inc();
         Self
     }
@@ -308,7 +308,7 @@ impl Drop for OpenStream {
     }
 }
 
-fn path_problem(rejection: PathRejection) -> Problem {
+pub(crate) fn path_problem(rejection: PathRejection) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
         "invalid_path",
