@@ -1,0 +1,64 @@
+"""The seed's FastAPI app, with its Celery client code unchanged.
+
+    POST /users            register a user; a welcome email goes out
+    POST /images           upload an image; thumbnails are made
+    GET  /task/{task_id}   the task's state and result, from AsyncResult
+
+Warren's email and image workers do the work, behind the Celery bridge
+(examples/fastapi/celery/warren.toml). Run it with examples/fastapi/run celery.
+"""
+
+import base64
+
+from celery.result import AsyncResult
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from pydantic import BaseModel
+
+from .tasks import celery_app, process_image, send_email_task
+
+app = FastAPI(title="Warren example: FastAPI with Celery's client")
+
+THUMBNAIL_SIZES = [
+    {"width": 256, "height": 256},
+    {"width": 64, "height": 64, "fit": "cover", "format": "webp"},
+]
+# The image worker takes an inline image up to 1 MiB (image.max_inline_bytes).
+MAX_IMAGE_BYTES = 1024 * 1024
+
+
+class UserIn(BaseModel):
+    email: str
+    name: str
+
+
+@app.post("/users", status_code=202)
+def register_user(user: UserIn):
+    # ... store the user ...
+    task = send_email_task.delay(
+        user.email, "Welcome!", f"Hello {user.name}, welcome aboard."
+    )
+    return {"email": user.email, "task_id": task.id}
+
+
+@app.post("/images", status_code=202)
+async def upload_image(file: UploadFile = File(...)):
+    data = await file.read()
+    if not data:
+        raise HTTPException(status_code=422, detail="file: empty upload")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise HTTPException(status_code=413, detail="file: larger than 1 MiB")
+    task = process_image.delay(
+        {"base64": base64.b64encode(data).decode()}, THUMBNAIL_SIZES
+    )
+    return {"task_id": task.id}
+
+
+@app.get("/task/{task_id}")
+def task_status(task_id: str):
+    result = AsyncResult(task_id, app=celery_app)
+    out = {"task_id": task_id, "status": result.status}
+    if result.successful():
+        out["result"] = result.result
+    elif result.failed():
+        out["error"] = str(result.result)
+    return out
