@@ -20,6 +20,7 @@ mod email_sender;
 mod email_wire;
 mod events;
 mod examples;
+mod fastapi;
 mod gateway;
 mod image;
 mod limits;

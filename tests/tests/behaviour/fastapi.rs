@@ -1,0 +1,375 @@
+//! The FastAPI example (`examples/fastapi/`), both flavours, end to end:
+//! the app served by uvicorn from the tools virtualenv through
+//! `examples/fastapi/run <flavour> --app-only`, in front of the real Warren
+//! processes. A user registers over HTTP and the welcome mail reaches the
+//! real SMTP server; an uploaded image gets its thumbnails; `GET /task/{id}`
+//! reads the outcome back (Celery's `AsyncResult` in one flavour, the
+//! gateway's status in the other); the warren flavour's order runs the
+//! validate -> process -> save chain through the gateway.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use warren_tests::broker::{AMQP_URL, TestBroker};
+use warren_tests::celery::{self, CeleryRoute};
+use warren_tests::http::{self, Multipart};
+use warren_tests::images::photo_png;
+use warren_tests::smtp::SmtpSink;
+use warren_tests::worker::{
+    WorkerProcess, binary, email_env, gateway_env, image_env,
+};
+use warren_tests::{WAIT, rcpt};
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fastapi")
+}
+
+/// The example app, served by `examples/fastapi/run <flavour> --app-only`
+/// (which execs uvicorn) on a free port.
+struct App {
+    child: Child,
+    addr: SocketAddr,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl App {
+    async fn start(flavour: &str, env: &[(&str, String)]) -> App {
+        let python = celery::python();
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/prepare",
+            python.display()
+        );
+        let mut child = Command::new(example_dir().join("run"))
+            .args([flavour, "--app-only"])
+            .env("PYTHON", &python)
+            .env("PORT", "0")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("examples/fastapi/run starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        // uvicorn says where it listens once the app has started up.
+        let find = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                output.lock().unwrap().push(line.clone());
+                if let Some(rest) = line.split("Uvicorn running on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap();
+                    return Some(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+            None
+        };
+        let addr = tokio::time::timeout(WAIT, find).await.ok().flatten();
+        let Some(addr) = addr else {
+            panic!(
+                "the {flavour} app did not start:\n{}",
+                output.lock().unwrap().join("\n")
+            );
+        };
+        let out = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                out.lock().unwrap().push(line);
+            }
+        });
+        App {
+            child,
+            addr,
+            output,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Value {
+        let r = http::post_json(self.addr, path, body).await.unwrap();
+        assert_eq!(r.status, 202, "{path}: {}", r.text());
+        r.json().unwrap()
+    }
+
+    async fn upload(&self, png: &[u8]) -> Value {
+        let form = Multipart::new().file("file", "cat.png", "image/png", png);
+        let r = http::post_multipart(self.addr, "/images", form)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", r.text());
+        r.json().unwrap()
+    }
+
+    /// Reads `path` until `field` holds one of `final_values` (the task's
+    /// outcome was recorded), failing after WAIT.
+    async fn until_final(&self, path: &str, field: &str, final_values: &[&str]) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = http::get(self.addr, path).await.unwrap();
+            let v = r.json().unwrap_or(Value::Null);
+            if final_values.iter().any(|f| v[field] == *f) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never reached {final_values:?}: {} {v}\n{}",
+                r.status,
+                self.output.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A PNG photo, small enough to go inline through Celery's JSON.
+fn png() -> Vec<u8> {
+    photo_png(320, 240)
+}
+
+#[tokio::test]
+async fn the_fastapi_example_with_celerys_client_runs_on_warren_workers() {
+    binary("email-worker", "email-worker").unwrap();
+    binary("image-worker", "image-worker").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let ns = broker.namespace().to_owned();
+    let sink = SmtpSink::start().await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let route = CeleryRoute::for_namespace(&ns);
+    // The example's own bridge settings; the test's Celery names.
+    let settings = example_dir().join("celery/warren.toml");
+    let celery_env = [
+        ("WARREN_CONFIG", settings.display().to_string()),
+        ("WARREN_CELERY__QUEUE", route.queue.clone()),
+        ("WARREN_CELERY__EXCHANGE", route.exchange.clone()),
+        ("WARREN_CELERY__ROUTING_KEY", route.routing_key.clone()),
+    ];
+    let mut email = email_env(&ns, sink.port());
+    email.extend(celery_env.iter().cloned());
+    let mut image = image_env(&ns, store.path());
+    image.extend(celery_env.iter().cloned());
+    let mut workers = Vec::new();
+    for w in [
+        WorkerProcess::email(&email).await.unwrap(),
+        WorkerProcess::image(&image).await.unwrap(),
+    ] {
+        w.wait_ready().await.unwrap();
+        w.wait_for_log("Celery bridge consuming.", 1, WAIT)
+            .await
+            .unwrap();
+        workers.push(w);
+    }
+    let app = App::start(
+        "celery",
+        &[
+            ("CELERY_BROKER_URL", celery::BROKER_URL.to_owned()),
+            ("CELERY_RESULT_BACKEND", celery::RESULT_BACKEND.to_owned()),
+            ("CELERY_QUEUE", route.queue.clone()),
+            ("CELERY_EXCHANGE", route.exchange.clone()),
+            ("CELERY_ROUTING_KEY", route.routing_key.clone()),
+        ],
+    )
+    .await;
+
+    // Register -> send_email_task.delay(...) -> the bridge -> the email worker.
+    let to = rcpt("fastapi-celery");
+    let user = app
+        .post("/users", &json!({"email": to, "name": "Ada"}))
+        .await;
+    let id = user["task_id"].as_str().unwrap().to_owned();
+    let mails = sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    assert_eq!(mails[0].subject().as_deref(), Some("Welcome!"));
+    assert!(mails[0].data.contains("Hello Ada"), "{}", mails[0].data);
+    assert!(mails[0].message_id().unwrap().contains(&id));
+    // GET /task/{id}: AsyncResult, from the results Warren wrote to Redis.
+    let status = app
+        .until_final(&format!("/task/{id}"), "status", &["SUCCESS", "FAILURE"])
+        .await;
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+    assert_eq!(status["result"]["transport"], "smtp", "{status}");
+    assert_eq!(status["result"]["recipients"], 1, "{status}");
+
+    // Upload -> process_image.delay(...) -> the image worker's thumbnails.
+    let upload = app.upload(&png()).await;
+    let id = upload["task_id"].as_str().unwrap().to_owned();
+    let status = app
+        .until_final(&format!("/task/{id}"), "status", &["SUCCESS", "FAILURE"])
+        .await;
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+    let outputs = status["result"]["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2, "{status}");
+    for o in outputs {
+        let key = o["key"].as_str().unwrap();
+        assert!(store.path().join(key).is_file(), "{key} is not in the store");
+    }
+    assert_eq!(outputs[1]["width"], 64, "{status}");
+
+    // An unknown id is PENDING, as Celery answers.
+    let unknown = http::get(app.addr, "/task/no-such-task").await.unwrap();
+    assert_eq!(unknown.json().unwrap()["status"], "PENDING");
+
+    app.stop().await;
+    for w in &workers {
+        let _ = w.signal("TERM");
+    }
+    for w in &mut workers {
+        let _ = w.wait_exit(Duration::from_secs(20)).await;
+    }
+    let channel = broker.connection.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(route.queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(
+            route.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    broker
+        .cleanup_stems(&["email", "image", "celery"], &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_reads_the_gateway() {
+    binary("email-worker", "email-worker").unwrap();
+    binary("image-worker", "image-worker").unwrap();
+    binary("gateway", "gateway").unwrap();
+    let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let ns = broker.namespace().to_owned();
+    let sink = SmtpSink::start().await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let pipeline_dir = tempfile::tempdir().unwrap();
+    let mut processes = Vec::new();
+    let email = WorkerProcess::email(&email_env(&ns, sink.port()))
+        .await
+        .unwrap();
+    email.wait_ready().await.unwrap();
+    processes.push(email);
+    let image = WorkerProcess::image(&image_env(&ns, store.path()))
+        .await
+        .unwrap();
+    image.wait_ready().await.unwrap();
+    processes.push(image);
+    let pipeline = WorkerProcess::start(
+        pipeline,
+        "pipeline-worker",
+        &[
+            ("WARREN_BROKER__NAMESPACE", ns.clone()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+            ("PIPELINE_DIR", pipeline_dir.path().display().to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    pipeline.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
+    processes.push(pipeline);
+    let gateway = WorkerProcess::gateway(&gateway_env(&ns, store.path()))
+        .await
+        .unwrap();
+    let gateway_addr = gateway.http_addr().await.unwrap();
+    gateway.wait_caught_up().await.unwrap();
+    gateway
+        .wait_for_log("Read the workflow records from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    processes.push(gateway);
+    let app = App::start(
+        "warren",
+        &[
+            ("WARREN_BROKER__URL", AMQP_URL.to_owned()),
+            ("WARREN_BROKER__NAMESPACE", ns.clone()),
+            ("WARREN_GATEWAY_URL", format!("http://{gateway_addr}")),
+        ],
+    )
+    .await;
+
+    // Register -> an email.send task published with aio-pika.
+    let to = rcpt("fastapi-warren");
+    let user = app
+        .post("/users", &json!({"email": to, "name": "Grace"}))
+        .await;
+    let id = user["task_id"].as_str().unwrap().to_owned();
+    let mails = sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    assert_eq!(mails[0].subject().as_deref(), Some("Welcome!"));
+    assert!(mails[0].data.contains("Hello Grace"), "{}", mails[0].data);
+    assert!(mails[0].message_id().unwrap().contains(&id));
+    // The task ran with the priority and in the trace the app published.
+    let done = processes[0]
+        .wait_for_log("Task succeeded.", 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done[0]["span"]["task_id"], id.as_str(), "{}", done[0]);
+    assert_eq!(done[0]["span"]["trace_id"].as_str().map(str::len), Some(32));
+    // GET /task/{id}: the gateway's status.
+    let status = app
+        .until_final(&format!("/task/{id}"), "state", &["succeeded", "dead_lettered"])
+        .await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["task_type"], "email.send");
+    assert_eq!(status["priority"], 5, "{status}");
+    assert_eq!(status["result"]["transport"], "smtp", "{status}");
+
+    // Upload -> the gateway stores it -> the image worker's thumbnails.
+    let upload = app.upload(&png()).await;
+    let id = upload["task_id"].as_str().unwrap().to_owned();
+    let status = app
+        .until_final(&format!("/task/{id}"), "state", &["succeeded", "dead_lettered"])
+        .await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let outputs = status["result"]["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2, "{status}");
+    for o in outputs {
+        let key = o["key"].as_str().unwrap();
+        assert!(store.path().join(key).is_file(), "{key} is not in the store");
+    }
+    // Not an image: the gateway's 415 problem, passed through.
+    let form = Multipart::new().file("file", "notes.png", "image/png", b"plain text");
+    let refused = http::post_multipart(app.addr, "/images", form)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 415, "{}", refused.text());
+
+    // An order -> the validate -> process -> save chain via POST /v1/workflows.
+    let order = app
+        .post("/orders", &json!({"id": "r1", "value": 7}))
+        .await;
+    let wf = order["workflow_id"].as_str().unwrap().to_owned();
+    let state = app
+        .until_final(&format!("/orders/{wf}"), "state", &["succeeded", "failed"])
+        .await;
+    assert_eq!(state["state"], "succeeded", "{state}");
+    let saved: Value = serde_json::from_slice(
+        &std::fs::read(pipeline_dir.path().join("r1.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["value"], 21, "{saved}");
+
+    // An unknown task: the gateway's 404, passed through.
+    let unknown = http::get(app.addr, "/task/no-such-task").await.unwrap();
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+
+    app.stop().await;
+    for p in &processes {
+        let _ = p.signal("TERM");
+    }
+    for p in &mut processes {
+        let _ = p.wait_exit(Duration::from_secs(20)).await;
+    }
+    broker
+        .cleanup_stems(&["email", "image", "pipeline"], &[])
+        .await
+        .unwrap();
+}
