@@ -319,7 +319,6 @@ async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_rea
         .await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["task_type"], "email.send");
-    assert_eq!(status["priority"], 5, "{status}");
     assert_eq!(status["result"]["transport"], "smtp", "{status}");
 
     // Upload -> the gateway stores it -> the image worker's thumbnails.
