@@ -22,9 +22,7 @@ use warren_tests::celery::{self, CeleryRoute};
 use warren_tests::http::{self, Multipart};
 use warren_tests::images::photo_png;
 use warren_tests::smtp::SmtpSink;
-use warren_tests::worker::{
-    WorkerProcess, binary, email_env, gateway_env, image_env,
-};
+use warren_tests::worker::{WorkerProcess, binary, email_env, gateway_env, image_env};
 use warren_tests::{WAIT, rcpt};
 
 fn example_dir() -> PathBuf {
@@ -210,7 +208,10 @@ async fn the_fastapi_example_with_celerys_client_runs_on_warren_workers() {
     assert_eq!(outputs.len(), 2, "{status}");
     for o in outputs {
         let key = o["key"].as_str().unwrap();
-        assert!(store.path().join(key).is_file(), "{key} is not in the store");
+        assert!(
+            store.path().join(key).is_file(),
+            "{key} is not in the store"
+        );
     }
     assert_eq!(outputs[1]["width"], 64, "{status}");
 
@@ -315,7 +316,11 @@ async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_rea
     assert_eq!(done[0]["span"]["trace_id"].as_str().map(str::len), Some(32));
     // GET /task/{id}: the gateway's status.
     let status = app
-        .until_final(&format!("/task/{id}"), "state", &["succeeded", "dead_lettered"])
+        .until_final(
+            &format!("/task/{id}"),
+            "state",
+            &["succeeded", "dead_lettered"],
+        )
         .await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["task_type"], "email.send");
@@ -325,14 +330,21 @@ async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_rea
     let upload = app.upload(&png()).await;
     let id = upload["task_id"].as_str().unwrap().to_owned();
     let status = app
-        .until_final(&format!("/task/{id}"), "state", &["succeeded", "dead_lettered"])
+        .until_final(
+            &format!("/task/{id}"),
+            "state",
+            &["succeeded", "dead_lettered"],
+        )
         .await;
     assert_eq!(status["state"], "succeeded", "{status}");
     let outputs = status["result"]["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), 2, "{status}");
     for o in outputs {
         let key = o["key"].as_str().unwrap();
-        assert!(store.path().join(key).is_file(), "{key} is not in the store");
+        assert!(
+            store.path().join(key).is_file(),
+            "{key} is not in the store"
+        );
     }
     // Not an image: the gateway's 415 problem, passed through.
     let form = Multipart::new().file("file", "notes.png", "image/png", b"plain text");
@@ -342,18 +354,15 @@ async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_rea
     assert_eq!(refused.status, 415, "{}", refused.text());
 
     // An order -> the validate -> process -> save chain via POST /v1/workflows.
-    let order = app
-        .post("/orders", &json!({"id": "r1", "value": 7}))
-        .await;
+    let order = app.post("/orders", &json!({"id": "r1", "value": 7})).await;
     let wf = order["workflow_id"].as_str().unwrap().to_owned();
     let state = app
         .until_final(&format!("/orders/{wf}"), "state", &["succeeded", "failed"])
         .await;
     assert_eq!(state["state"], "succeeded", "{state}");
-    let saved: Value = serde_json::from_slice(
-        &std::fs::read(pipeline_dir.path().join("r1.json")).unwrap(),
-    )
-    .unwrap();
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(pipeline_dir.path().join("r1.json")).unwrap())
+            .unwrap();
     assert_eq!(saved["value"], 21, "{saved}");
 
     // An unknown task: the gateway's 404, passed through.
