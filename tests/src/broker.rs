@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -153,6 +153,34 @@ impl TestBroker {
             .declare(&self.connection)
             .await?;
         Ok(())
+    }
+
+    /// Declares `{namespace}.spy`, a queue that gets a copy of every task
+    /// published to the namespace's tasks exchange with a routing key
+    /// matching `binding_key` (`#` for all), and returns its name. It is
+    /// auto-delete: it goes once the test stops reading it.
+    pub async fn spy(&self, binding_key: &str) -> anyhow::Result<String> {
+        let spy = format!("{}.spy", self.namespace());
+        self.channel
+            .queue_declare(
+                spy.as_str().into(),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.channel
+            .queue_bind(
+                spy.as_str().into(),
+                self.names.tasks_exchange().as_str().into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(spy)
     }
 
     /// Publishes a task as a Warren producer does; returns its id.

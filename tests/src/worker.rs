@@ -447,3 +447,31 @@ pub fn gateway_env(namespace: &str, store_root: &std::path::Path) -> Vec<(&'stat
         ("WARREN_EVENTS__RETENTION", "1h".to_owned()),
     ]
 }
+
+/// The stored form of a gateway API key, as `gateway hash-key` prints it
+/// (the key read on standard input, never an argument): `sha256:` and 64
+/// hex digits.
+pub fn gateway_key_hash(key: &str) -> String {
+    use std::io::Write;
+    let path = binary("gateway", "gateway").expect("the gateway binary");
+    let mut child = std::process::Command::new(path)
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gateway hash-key starts");
+    child
+        .stdin
+        .take()
+        .expect("its stdin")
+        .write_all(format!("{key}\n").as_bytes())
+        .expect("the key written");
+    let out = child.wait_with_output().expect("gateway hash-key ends");
+    assert!(out.status.success(), "gateway hash-key failed: {out:?}");
+    let hash = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    assert!(hash.starts_with("sha256:") && hash.len() == 71, "{hash}");
+    hash
+}

@@ -9,42 +9,18 @@ use serde_json::json;
 use warren_tests::broker::TestBroker;
 use warren_tests::cli;
 use warren_tests::http;
-use warren_tests::worker::{WorkerProcess, gateway_env, with};
+use warren_tests::worker::{WorkerProcess, gateway_env, gateway_key_hash, with};
 
 const ENQUEUE_KEY: &str = "wk_test_enqueue_3f9a1c0e7b2d4e6f8a1b3c5d7e9f0a2b";
 const READ_KEY: &str = "wk_test_read_5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f3a";
 const ADMIN_KEY: &str = "wk_test_admin_9e1f3a5b7c9d1e3f5a7b9c1d3e5f7a9b";
-
-/// The stored form of `key`, as `gateway hash-key` prints it (the key
-/// read on standard input).
-fn hash_key(key: &str) -> String {
-    use std::io::Write;
-    let path = warren_tests::worker::binary("gateway", "gateway").unwrap();
-    let mut child = std::process::Command::new(path)
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{key}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(hash.starts_with("sha256:") && hash.len() == 71, "{hash}");
-    hash
-}
 
 /// `auth.keys` as an environment variable: a list of inline tables.
 fn keys_env() -> String {
     let entry = |name: &str, key: &str, scope: &str| {
         format!(
             r#"{{name = "{name}", hash = "{}", scopes = ["{scope}"]}}"#,
-            hash_key(key)
+            gateway_key_hash(key)
         )
     };
     format!(

@@ -9,30 +9,10 @@ use std::time::Duration;
 
 use warren_tests::broker::TestBroker;
 use warren_tests::http::{self, Response};
-use warren_tests::worker::{WorkerProcess, gateway_env, with};
+use warren_tests::worker::{WorkerProcess, gateway_env, gateway_key_hash, with};
 
 const ENQUEUE_KEY: &str = "wk_console_enqueue_0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const ADMIN_KEY: &str = "wk_console_admin_f9e8d7c6b5a4938271605f4e3d2c1b0a";
-
-/// The stored form of `key` (its SHA-256), as `gateway hash-key` prints it.
-fn hash(key: &str) -> String {
-    use std::io::Write;
-    let path = warren_tests::worker::binary("gateway", "gateway").unwrap();
-    let mut child = std::process::Command::new(path)
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{key}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 async fn form(addr: SocketAddr, path: &str, cookie: Option<&str>, body: &str) -> Response {
     let cookie = cookie.map(|c| format!("warren_console={c}"));
@@ -71,8 +51,8 @@ async fn the_console_logs_in_with_an_admin_key_lists_queues_and_refuses_a_post_w
     let store = tempfile::tempdir().unwrap();
     let keys = format!(
         r#"[{{name = "shop", hash = "{}", scopes = ["enqueue"]}}, {{name = "ops", hash = "{}", scopes = ["admin"]}}]"#,
-        hash(ENQUEUE_KEY),
-        hash(ADMIN_KEY)
+        gateway_key_hash(ENQUEUE_KEY),
+        gateway_key_hash(ADMIN_KEY)
     );
     let env = with(
         gateway_env(broker.namespace(), store.path()),

@@ -6,8 +6,6 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 use warren::PublishOptions;
 use warren::contract::headers;
@@ -50,30 +48,7 @@ async fn the_custom_worker_cleans_under_its_root_and_its_digest_is_delivered() {
         .unwrap();
     worker.wait_for_log("Consuming.", 2, WAIT).await.unwrap();
     // A copy of every email.send task, to read the follow-ups' headers.
-    let spy = format!("{}.spy", s.broker.namespace());
-    s.broker
-        .channel
-        .queue_declare(
-            spy.as_str().into(),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    s.broker
-        .channel
-        .queue_bind(
-            spy.as_str().into(),
-            s.broker.names.tasks_exchange().as_str().into(),
-            "email.send".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let spy = s.broker.spy("email.send").await.unwrap();
 
     // Files older than 7 days under tmp/ go; newer ones, and anything
     // outside tmp/, stay.

@@ -8,8 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 use tokio::process::Command;
 use warren_tests::broker::Message;
@@ -53,33 +51,6 @@ async fn run_producer(world: &EmailWorld, program: &str, script: &Path, args: &[
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Declares a queue that gets a copy of every `email.send` task in the
-/// namespace (exclusive: it goes with the test's connection).
-async fn tap(world: &EmailWorld) -> String {
-    let tap = format!("{}.email.tap", world.broker.namespace());
-    let ch = &world.broker.channel;
-    ch.queue_declare(
-        tap.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        tap.as_str().into(),
-        world.broker.names.tasks_exchange().as_str().into(),
-        "email.send".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    tap
-}
-
 fn assert_contract_properties(copy: &Message, id: &str, priority: u8, traceparent: &str) {
     let p = &copy.properties;
     assert_eq!(copy.message_id().as_deref(), Some(id));
@@ -107,7 +78,7 @@ async fn a_producer_delivers_by_the_contract(
     trace_id: &str,
 ) {
     let world = EmailWorld::start(&[]).await.unwrap();
-    let tap = tap(&world).await;
+    let spy = world.broker.spy("email.send").await.unwrap();
     let to = rcpt(tag);
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let task_id = format!("{tag}-welcome-1");
@@ -146,7 +117,7 @@ async fn a_producer_delivers_by_the_contract(
     assert_eq!(done[0]["span"]["trace_id"], trace_id, "{}", done[0]);
 
     // The message as the client published it.
-    let copies = world.broker.take(&tap, 1, WAIT).await.unwrap();
+    let copies = world.broker.take(&spy, 1, WAIT).await.unwrap();
     assert_contract_properties(&copies[0], &task_id, 7, &traceparent);
 
     // Unroutable (no queue bound for the type): the client reports it, exit 1.

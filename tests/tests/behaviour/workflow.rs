@@ -8,7 +8,6 @@
 use std::path::Path;
 
 use lapin::BasicProperties;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use warren::contract::headers;
@@ -45,30 +44,7 @@ impl Pipeline {
             .await
             .unwrap();
         worker.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
-        let spy = format!("{}.spy", broker.namespace());
-        broker
-            .channel
-            .queue_declare(
-                spy.as_str().into(),
-                QueueDeclareOptions {
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        broker
-            .channel
-            .queue_bind(
-                spy.as_str().into(),
-                broker.names.tasks_exchange().as_str().into(),
-                "pipeline.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let spy = broker.spy("pipeline.#").await.unwrap();
         Pipeline {
             broker,
             worker,

@@ -7,8 +7,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use warren::workflow::{Step, group};
 use warren_tests::WAIT;
@@ -387,30 +385,7 @@ async fn a_chord_shows_its_members_and_callback_and_a_publisher_started_one_is_k
 async fn bad_workflows_get_a_problem_naming_the_field_and_nothing_is_published() {
     let w = World::start(false, &[("WARREN_WORKFLOWS__MAX_STEPS", "3")]).await;
     // A spy on every task published in this namespace.
-    let spy = format!("{}.spy", w.broker.namespace());
-    w.broker
-        .channel
-        .queue_declare(
-            spy.as_str().into(),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    w.broker
-        .channel
-        .queue_bind(
-            spy.as_str().into(),
-            w.broker.names.tasks_exchange().as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let spy = w.broker.spy("#").await.unwrap();
     let task = |ty: &str| json!({"type": ty, "body": {}});
     let cases = [
         (json!({"kind": "chain", "steps": []}), "no_steps", "steps"),
