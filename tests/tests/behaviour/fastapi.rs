@@ -298,6 +298,7 @@ async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_rea
     .await;
 
     // Register -> an email.send task published with aio-pika.
+    let spy = broker.spy("email.send").await.unwrap();
     let to = rcpt("fastapi-warren");
     let user = app
         .post("/users", &json!({"email": to, "name": "Grace"}))
@@ -307,13 +308,28 @@ async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_rea
     assert_eq!(mails[0].subject().as_deref(), Some("Welcome!"));
     assert!(mails[0].data.contains("Hello Grace"), "{}", mails[0].data);
     assert!(mails[0].message_id().unwrap().contains(&id));
-    // The task ran with the priority and in the trace the app published.
+    // Published by the contract: persistent, the id, priority 5, a type, a
+    // timestamp and W3C trace context; it ran in that trace.
+    let copy = &broker.take(&spy, 1, WAIT).await.unwrap()[0];
+    assert_eq!(copy.message_id().as_deref(), Some(id.as_str()));
+    let p = &copy.properties;
+    assert_eq!(*p.delivery_mode(), Some(2));
+    assert_eq!(*p.priority(), Some(5));
+    assert_eq!(p.kind().as_ref().map(|k| k.as_str()), Some("email.send"));
+    assert!(p.timestamp().is_some());
+    let traceparent = copy.header("traceparent").expect("a traceparent");
+    let trace_id = traceparent.split('-').nth(1).unwrap().to_owned();
     let done = processes[0]
         .wait_for_log("Task succeeded.", 1, WAIT)
         .await
         .unwrap();
     assert_eq!(done[0]["span"]["task_id"], id.as_str(), "{}", done[0]);
-    assert_eq!(done[0]["span"]["trace_id"].as_str().map(str::len), Some(32));
+    assert_eq!(
+        done[0]["span"]["trace_id"],
+        trace_id.as_str(),
+        "{}",
+        done[0]
+    );
     // GET /task/{id}: the gateway's status.
     let status = app
         .until_final(
