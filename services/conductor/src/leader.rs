@@ -60,6 +60,8 @@ enum SessionError {
     Topology(Box<TopologyError>),
     #[error("the connection holding the leader lock was lost")]
     LockLost,
+    #[error("the connection was lost while standing by")]
+    ConnectionLost,
     #[error("a task could not be serialized: {0}")]
     Serialize(#[from] serde_json::Error),
     #[error("chords: {0}")]
@@ -171,8 +173,13 @@ impl Conductor {
             c = connect_without_recovery(&self.broker, &name) => c?,
         };
         let result = self.connected(&connection, shutdown, backoff).await;
-        // Closing the connection releases the lock at once.
-        let _ = connection.close(200, "conductor stopping".into()).await;
+        // Closing the connection releases the lock at once. A connection
+        // already lost may never answer the close: do not wait on it.
+        let _ = tokio::time::timeout(
+            self.broker.connect_timeout,
+            connection.close(200, "conductor stopping".into()),
+        )
+        .await;
         result
     }
 
@@ -209,12 +216,24 @@ impl Conductor {
             }
         };
         loop {
-            match try_lock(connection, &self.lock_queue()).await {
+            // A connection lost while standing by (it does not recover) can
+            // leave the lock's declare waiting for an answer that never
+            // comes: watch the connection and shutdown meanwhile.
+            let lock_queue = self.lock_queue();
+            let locked = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    stop_following(&mut follower);
+                    return Ok(());
+                }
+                _ = lost(connection) => Err(SessionError::ConnectionLost),
+                locked = try_lock(connection, &lock_queue) => locked.map_err(SessionError::from),
+            };
+            match locked {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => {
                     stop_following(&mut follower);
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
             if !announced {
@@ -226,6 +245,10 @@ impl Conductor {
                 _ = shutdown.cancelled() => {
                     stop_following(&mut follower);
                     return Ok(());
+                }
+                _ = lost(connection) => {
+                    stop_following(&mut follower);
+                    return Err(SessionError::ConnectionLost);
                 }
                 _ = tokio::time::sleep(self.settings.takeover_poll) => {}
             }
