@@ -4,13 +4,20 @@
 //! reconnects and replays channels, QoS, confirms and consumers. When
 //! recovery gives up, the runtime starts over with a fresh connection, so the
 //! two layers together survive a broker restart of any length.
+//!
+//! `broker.url` may name several nodes of a cluster. A connection goes to
+//! the first that answers, starting from the one that answered last and on
+//! round the list, each given `broker.connect_timeout`. lapin's recovery
+//! reconnects to the node it was connected to; when that node stays down,
+//! the fresh connection the runtime starts over with goes to a surviving
+//! one (docs/cluster.md).
 
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::settings::BrokerSettings;
+use crate::settings::{BrokerSettings, redact_url};
 
 /// Why a connection to the broker could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,17 @@ pub enum ConnectError {
         /// How long it was given.
         timeout: Duration,
     },
+    /// None of several addresses answered: why, address by address.
+    #[error("could not connect to any of the {} broker addresses: {}", .0.len(), join_errors(.0))]
+    NoAddressAnswered(Vec<ConnectError>),
+}
+
+fn join_errors(errors: &[ConnectError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Opens a connection named `name` (shown in the management UI), with
@@ -83,21 +101,48 @@ async fn open(
     } else {
         properties
     };
-    let url = settings.url.expose_secret();
-    match tokio::time::timeout(
-        settings.connect_timeout,
-        Connection::connect(url, properties),
-    )
-    .await
-    {
+    let addresses = settings.addresses();
+    let mut errors = Vec::new();
+    for index in settings.rotation.order(addresses.len()) {
+        let address = &addresses[index];
+        match open_one(address, settings.connect_timeout, properties.clone()).await {
+            Ok(connection) => {
+                settings.rotation.answered(index);
+                if !errors.is_empty() {
+                    tracing::info!(
+                        broker = %redact_url(address.expose_secret()),
+                        skipped = errors.len(),
+                        "Connected to another broker address; the ones before it did not answer."
+                    );
+                }
+                return Ok(connection);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() == 1 {
+        Err(errors.remove(0))
+    } else {
+        Err(ConnectError::NoAddressAnswered(errors))
+    }
+}
+
+/// One address, within `timeout`.
+async fn open_one(
+    address: &SecretString,
+    timeout: Duration,
+    properties: ConnectionProperties,
+) -> Result<Connection, ConnectError> {
+    let url = address.expose_secret();
+    match tokio::time::timeout(timeout, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(ConnectError::Broker {
-            url: settings.redacted_url(),
+            url: redact_url(url),
             source,
         }),
         Err(_) => Err(ConnectError::Timeout {
-            url: settings.redacted_url(),
-            timeout: settings.connect_timeout,
+            url: redact_url(url),
+            timeout,
         }),
     }
 }
@@ -162,6 +207,53 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    /// A port nothing listens on: bound, then released.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn every_address_is_tried_in_turn_and_each_failure_is_named() {
+        // One refuses at once, one accepts and never answers the handshake.
+        let refused = closed_port();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let settings = BrokerSettings {
+            url: SecretString::from(format!(
+                "amqp://u:hunter2@127.0.0.1:{refused}/%2f,amqp://u:hunter2@127.0.0.1:{silent_port}/%2f"
+            )),
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let started = tokio::time::Instant::now();
+        let err = connect(&settings, "test").await.err().unwrap();
+        let shown = err.to_string();
+        assert!(matches!(&err, ConnectError::NoAddressAnswered(e) if e.len() == 2), "{shown}");
+        assert!(shown.contains(&format!("127.0.0.1:{refused}")), "{shown}");
+        assert!(shown.contains(&format!("127.0.0.1:{silent_port}")), "{shown}");
+        assert!(shown.contains("within 300ms"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // Each address had its own timeout, not one for the lot.
+        assert!(started.elapsed() < Duration::from_secs(3));
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn one_address_fails_as_before() {
+        let refused = closed_port();
+        let settings = BrokerSettings {
+            url: SecretString::from(format!("amqp://u:hunter2@127.0.0.1:{refused}/%2f")),
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let err = connect(&settings, "test").await.err().unwrap();
+        assert!(
+            matches!(&err, ConnectError::Broker { .. } | ConnectError::Timeout { .. }),
+            "{err}"
+        );
     }
 
     #[test]

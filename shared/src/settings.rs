@@ -29,8 +29,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
-    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. Secret: it
-    /// usually carries a password.
+    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or several
+    /// separated by commas (the nodes of a cluster:
+    /// `amqp://u:p@rabbit-1:5672/%2f,amqp://u:p@rabbit-2:5672/%2f`). A
+    /// connection goes to the first that answers, starting from the one
+    /// that answered last; see [`BrokerSettings::addresses`]. Secret: it
+    /// usually carries a password (a comma in a password is written `%2C`).
     #[serde(with = "secret")]
     pub url: SecretString,
     /// Prefix of every exchange and queue name (`warren.tasks`,
@@ -65,6 +69,28 @@ pub struct BrokerSettings {
     /// queues (`x-delivery-limit`), by the Redis idempotency store on
     /// classic ones; not counted with the `memory` store. 0: no limit.
     pub delivery_limit: u32,
+    /// Which of the addresses of `url` answered last: shared by the clones
+    /// of these settings, so a process's fresh connections start there.
+    #[serde(skip)]
+    pub(crate) rotation: Rotation,
+}
+
+/// The index of the broker address that answered last, shared by clones.
+#[derive(Clone, Default)]
+pub(crate) struct Rotation(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Rotation {
+    /// The order in which `count` addresses are tried: from the one that
+    /// answered last, then on round the list.
+    pub(crate) fn order(&self, count: usize) -> impl Iterator<Item = usize> + use<> {
+        let start = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (0..count).map(move |i| (start + i) % count.max(1))
+    }
+
+    /// Remembers that address `index` answered.
+    pub(crate) fn answered(&self, index: usize) {
+        self.0.store(index, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The type of a namespace's queues (`broker.queue_type`).
@@ -100,6 +126,7 @@ impl Default for BrokerSettings {
             management_url: SecretString::from("http://127.0.0.1:15672"),
             queue_type: QueueType::Classic,
             delivery_limit: 5,
+            rotation: Rotation::default(),
         }
     }
 }
@@ -121,9 +148,30 @@ impl BrokerSettings {
         }
     }
 
-    /// The URL with its password replaced, for logs.
+    /// The broker addresses of `url`, in order: one, or a cluster's nodes
+    /// separated by commas (blanks around them ignored).
+    ///
+    /// ```
+    /// use secrecy::{ExposeSecret, SecretString};
+    /// let settings = warren::settings::BrokerSettings {
+    ///     url: SecretString::from("amqp://rabbit-1:5672/%2f, amqp://rabbit-2:5672/%2f"),
+    ///     ..Default::default()
+    /// };
+    /// let addresses = settings.addresses();
+    /// assert_eq!(addresses[1].expose_secret(), "amqp://rabbit-2:5672/%2f");
+    /// ```
+    pub fn addresses(&self) -> Vec<SecretString> {
+        split_addresses(self.url.expose_secret())
+            .map(SecretString::from)
+            .collect()
+    }
+
+    /// The URL (every address of it) with its password replaced, for logs.
     pub fn redacted_url(&self) -> String {
-        redact_url(self.url.expose_secret())
+        split_addresses(self.url.expose_secret())
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -143,6 +191,21 @@ impl fmt::Debug for BrokerSettings {
             .field("delivery_limit", &self.delivery_limit)
             .finish()
     }
+}
+
+/// The addresses of a `broker.url`: split on commas, blanks trimmed, empty
+/// pieces dropped; the whole text when nothing is left (so an empty URL is
+/// still refused by name when it is used).
+fn split_addresses(raw: &str) -> impl Iterator<Item = &str> {
+    let mut pieces: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if pieces.is_empty() {
+        pieces.push(raw);
+    }
+    pieces.into_iter()
 }
 
 /// How a worker consumes its queue.
@@ -640,6 +703,61 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("user:***@rabbit"), "{shown}");
+    }
+
+    #[test]
+    fn several_addresses_are_split_and_each_redacted() {
+        let s = BrokerSettings {
+            url: SecretString::from(
+                "amqp://u:hunter2@rabbit-1:5701/%2f, amqp://u:hunter2@rabbit-2:5702/%2f,",
+            ),
+            ..Default::default()
+        };
+        let addresses: Vec<String> = s
+            .addresses()
+            .iter()
+            .map(|a| a.expose_secret().to_owned())
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                "amqp://u:hunter2@rabbit-1:5701/%2f",
+                "amqp://u:hunter2@rabbit-2:5702/%2f"
+            ]
+        );
+        let shown = format!("{s:?} {}", s.redacted_url());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("u:***@rabbit-1:5701"), "{shown}");
+        assert!(shown.contains("u:***@rabbit-2:5702"), "{shown}");
+    }
+
+    #[test]
+    fn the_rotation_starts_from_the_address_that_answered_last_and_is_shared_by_clones() {
+        let s = BrokerSettings::default();
+        let order = |s: &BrokerSettings| s.rotation.order(3).collect::<Vec<_>>();
+        assert_eq!(order(&s), [0, 1, 2]);
+        let clone = s.clone();
+        clone.rotation.answered(1);
+        assert_eq!(order(&s), [1, 2, 0]);
+        s.rotation.answered(2);
+        assert_eq!(order(&clone), [2, 0, 1]);
+        // Fewer addresses than the index remembered (never by settings
+        // loaded once, but harmless): still every address, once.
+        assert_eq!(s.rotation.order(2).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(s.rotation.order(1).collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn several_addresses_come_from_one_environment_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "WARREN_BROKER__URL",
+                "amqp://g:g@127.0.0.1:5701/%2f,amqp://g:g@127.0.0.1:5702/%2f",
+            );
+            let s: Svc = load().map_err(|e| e.to_string())?;
+            assert_eq!(s.broker.addresses().len(), 2);
+            Ok(())
+        });
     }
 
     #[test]
