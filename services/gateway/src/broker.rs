@@ -76,6 +76,8 @@ pub enum SessionError {
     StreamEnded,
     #[error("the publishing connection was lost")]
     PublishingLost,
+    #[error("lapin's recovery did not reconnect within {0:?}")]
+    RecoveryStalled(Duration),
 }
 
 impl Broker {
@@ -181,6 +183,7 @@ impl Broker {
                 tracker,
                 shutdown,
                 backoff,
+                settings.connect_timeout.max(Duration::from_secs(1)) * 2,
             )
             .await;
         // The `queued` events of tasks already confirmed, before the
@@ -203,6 +206,7 @@ impl Broker {
         tracker: &Tracker,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
+        recovery_limit: Duration,
     ) -> Result<(), SessionError> {
         // Producers declare the tasks exchange too, so a publish reaches the
         // broker's routing (where `mandatory` says whether a worker's queue
@@ -257,6 +261,11 @@ impl Broker {
         );
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // lapin's recovery reconnects to the node it lost; a node that stays
+        // down is left after `limit` for a fresh pair of connections, which
+        // go to a surviving node of `broker.url` (as the workers do).
+        let limit = recovery_limit;
+        let mut down_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -265,6 +274,11 @@ impl Broker {
                     let status = publishing.status();
                     if !status.connected() && !status.reconnecting() && !status.connecting() {
                         return Err(SessionError::PublishingLost);
+                    }
+                    if status.connected() && following.status().connected() {
+                        down_since = None;
+                    } else if down_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= limit {
+                        return Err(SessionError::RecoveryStalled(limit));
                     }
                 }
                 next = tokio::time::timeout(CATCH_UP_QUIET, stream.next()) => match next {
