@@ -102,12 +102,13 @@ async fn open(
         properties
     };
     let addresses = settings.addresses();
+    let rotation = Rotation::of(settings);
     let mut errors = Vec::new();
-    for index in settings.rotation.order(addresses.len()) {
+    for index in rotation.order(addresses.len()) {
         let address = &addresses[index];
         match open_one(address, settings.connect_timeout, properties.clone()).await {
             Ok(connection) => {
-                settings.rotation.answered(index);
+                rotation.answered(index);
                 if !errors.is_empty() {
                     tracing::info!(
                         broker = %redact_url(address.expose_secret()),
@@ -125,6 +126,48 @@ async fn open(
     } else {
         Err(ConnectError::NoAddressAnswered(errors))
     }
+}
+
+/// Which address of a `broker.url` answered last in this process: every
+/// connection opened with the same `url`, from any copy of the settings,
+/// starts there. Keyed by a hash of the URL, never the URL itself.
+struct Rotation(u64);
+
+impl Rotation {
+    fn table() -> &'static std::sync::Mutex<std::collections::HashMap<u64, usize>> {
+        static TABLE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u64, usize>>> =
+            std::sync::OnceLock::new();
+        TABLE.get_or_init(Default::default)
+    }
+
+    fn of(settings: &BrokerSettings) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        settings.url.expose_secret().hash(&mut hasher);
+        Self(hasher.finish())
+    }
+
+    /// The order in which `count` addresses are tried.
+    fn order(&self, count: usize) -> Vec<usize> {
+        let start = Self::table()
+            .lock()
+            .map(|t| t.get(&self.0).copied().unwrap_or(0))
+            .unwrap_or(0);
+        order(start, count)
+    }
+
+    /// Remembers that address `index` answered.
+    fn answered(&self, index: usize) {
+        if let Ok(mut t) = Self::table().lock() {
+            t.insert(self.0, index);
+        }
+    }
+}
+
+/// `count` addresses from `start` (the one that answered last), then on
+/// round the list: each once.
+fn order(start: usize, count: usize) -> Vec<usize> {
+    (0..count).map(|i| (start + i) % count).collect()
 }
 
 /// One address, within `timeout`.
@@ -215,6 +258,28 @@ mod tests {
         listener.local_addr().unwrap().port()
     }
 
+    #[test]
+    fn the_rotation_starts_from_the_address_that_answered_last() {
+        assert_eq!(order(0, 3), [0, 1, 2]);
+        assert_eq!(order(1, 3), [1, 2, 0]);
+        assert_eq!(order(2, 3), [2, 0, 1]);
+        assert_eq!(order(0, 1), [0]);
+        assert!(order(0, 0).is_empty());
+        // Shared by every copy of the same settings, not by other URLs.
+        let settings = BrokerSettings {
+            url: SecretString::from(format!(
+                "amqp://a:1/%2f,amqp://b:1/%2f,amqp://{}:1",
+                uuid::Uuid::new_v4().simple()
+            )),
+            ..Default::default()
+        };
+        let copy = settings.clone();
+        assert_eq!(Rotation::of(&settings).order(3), [0, 1, 2]);
+        Rotation::of(&copy).answered(2);
+        assert_eq!(Rotation::of(&settings).order(3), [2, 0, 1]);
+        assert_eq!(Rotation::of(&BrokerSettings::default()).order(1), [0]);
+    }
+
     #[tokio::test]
     async fn every_address_is_tried_in_turn_and_each_failure_is_named() {
         // One refuses at once, one accepts and never answers the handshake.
@@ -231,9 +296,15 @@ mod tests {
         let started = tokio::time::Instant::now();
         let err = connect(&settings, "test").await.err().unwrap();
         let shown = err.to_string();
-        assert!(matches!(&err, ConnectError::NoAddressAnswered(e) if e.len() == 2), "{shown}");
+        assert!(
+            matches!(&err, ConnectError::NoAddressAnswered(e) if e.len() == 2),
+            "{shown}"
+        );
         assert!(shown.contains(&format!("127.0.0.1:{refused}")), "{shown}");
-        assert!(shown.contains(&format!("127.0.0.1:{silent_port}")), "{shown}");
+        assert!(
+            shown.contains(&format!("127.0.0.1:{silent_port}")),
+            "{shown}"
+        );
         assert!(shown.contains("within 300ms"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
         // Each address had its own timeout, not one for the lot.
@@ -251,7 +322,10 @@ mod tests {
         };
         let err = connect(&settings, "test").await.err().unwrap();
         assert!(
-            matches!(&err, ConnectError::Broker { .. } | ConnectError::Timeout { .. }),
+            matches!(
+                &err,
+                ConnectError::Broker { .. } | ConnectError::Timeout { .. }
+            ),
             "{err}"
         );
     }

@@ -69,28 +69,6 @@ pub struct BrokerSettings {
     /// queues (`x-delivery-limit`), by the Redis idempotency store on
     /// classic ones; not counted with the `memory` store. 0: no limit.
     pub delivery_limit: u32,
-    /// Which of the addresses of `url` answered last: shared by the clones
-    /// of these settings, so a process's fresh connections start there.
-    #[serde(skip)]
-    pub(crate) rotation: Rotation,
-}
-
-/// The index of the broker address that answered last, shared by clones.
-#[derive(Clone, Default)]
-pub(crate) struct Rotation(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl Rotation {
-    /// The order in which `count` addresses are tried: from the one that
-    /// answered last, then on round the list.
-    pub(crate) fn order(&self, count: usize) -> impl Iterator<Item = usize> + use<> {
-        let start = self.0.load(std::sync::atomic::Ordering::Relaxed);
-        (0..count).map(move |i| (start + i) % count.max(1))
-    }
-
-    /// Remembers that address `index` answered.
-    pub(crate) fn answered(&self, index: usize) {
-        self.0.store(index, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// The type of a namespace's queues (`broker.queue_type`).
@@ -126,7 +104,6 @@ impl Default for BrokerSettings {
             management_url: SecretString::from("http://127.0.0.1:15672"),
             queue_type: QueueType::Classic,
             delivery_limit: 5,
-            rotation: Rotation::default(),
         }
     }
 }
@@ -729,22 +706,6 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("u:***@rabbit-1:5701"), "{shown}");
         assert!(shown.contains("u:***@rabbit-2:5702"), "{shown}");
-    }
-
-    #[test]
-    fn the_rotation_starts_from_the_address_that_answered_last_and_is_shared_by_clones() {
-        let s = BrokerSettings::default();
-        let order = |s: &BrokerSettings| s.rotation.order(3).collect::<Vec<_>>();
-        assert_eq!(order(&s), [0, 1, 2]);
-        let clone = s.clone();
-        clone.rotation.answered(1);
-        assert_eq!(order(&s), [1, 2, 0]);
-        s.rotation.answered(2);
-        assert_eq!(order(&clone), [2, 0, 1]);
-        // Fewer addresses than the index remembered (never by settings
-        // loaded once, but harmless): still every address, once.
-        assert_eq!(s.rotation.order(2).collect::<Vec<_>>(), [0, 1]);
-        assert_eq!(s.rotation.order(1).collect::<Vec<_>>(), [0]);
     }
 
     #[test]

@@ -37,6 +37,8 @@ const CLIENTS: usize = 16;
 const PREFETCH: usize = 16;
 /// Faults that cost a connection: the SIGKILL and the graceful stop.
 const FAULTS: usize = 2;
+/// The most one step of the flow (the next 1,000 tasks accepted) may take.
+const STEP: Duration = Duration::from_secs(150);
 /// The most the flow may take once every task is accepted.
 const DRAIN: Duration = Duration::from_secs(180);
 
@@ -66,7 +68,9 @@ impl Cluster {
                 cluster
             }
             None => {
-                let temp = tempfile::Builder::new().prefix("warren-cluster-").tempdir()?;
+                let temp = tempfile::Builder::new()
+                    .prefix("warren-cluster-")
+                    .tempdir()?;
                 Self {
                     dir: temp.path().to_owned(),
                     _temp: Some(temp),
@@ -172,8 +176,8 @@ async fn enqueue(gateway: std::net::SocketAddr, i: usize, stats: &Enqueued) {
             _ => {
                 stats.retried.fetch_add(1, Ordering::Relaxed);
                 assert!(
-                    first.elapsed() < Duration::from_secs(90),
-                    "the gateway did not accept task {i} for 90 s: {answer:?}",
+                    first.elapsed() < Duration::from_secs(120),
+                    "the gateway did not accept task {i} for 120 s: {answer:?}",
                     answer = answer.map(|r| (r.status, r.text()))
                 );
                 // The client's backoff between resubmissions.
@@ -209,7 +213,10 @@ async fn tasks_flow_through_a_node_killed_restarted_and_another_stopped() {
         .map(str::to_owned)
         .collect();
     assert_eq!(urls.len(), 3);
-    let namespace = format!("cluster-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let namespace = format!(
+        "cluster-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let runs_key = format!("{namespace}:runs");
     let worker_env = |first: usize| {
         let mut env = broker_env(&namespace, urls_from(&urls, first));
@@ -243,7 +250,7 @@ async fn tasks_flow_through_a_node_killed_restarted_and_another_stopped() {
 
     // Clients take the next task while it is below the limit; the faults
     // raise it once each has begun, so each happens while tasks flow.
-    let (accepted_tx, mut accepted) = watch::channel(0usize);
+    let (accepted_tx, accepted) = watch::channel(0usize);
     let (limit_tx, limit) = watch::channel(1_500usize);
     let next = Arc::new(AtomicUsize::new(0));
     let stats = Arc::new(Enqueued::default());
@@ -270,18 +277,45 @@ async fn tasks_flow_through_a_node_killed_restarted_and_another_stopped() {
         }));
     }
 
+    // Each step within STEP, or the test fails with what the processes
+    // said (a client that gave up stops the count).
+    let tails = |what: &str| {
+        format!(
+            "{what}\n--- gateway\n{}\n--- worker 1\n{}\n--- worker 2\n{}",
+            gateway.tail(40),
+            workers[0].tail(25),
+            workers[1].tail(25)
+        )
+    };
+    let reach = |n: usize| {
+        let mut accepted = accepted.clone();
+        async move {
+            tokio::time::timeout(STEP, accepted.wait_for(|a| *a >= n))
+                .await
+                .map(|_| ())
+        }
+    };
     let mut marks = Vec::new();
-    accepted.wait_for(|a| *a >= 1_000).await.unwrap();
+    reach(1_000)
+        .await
+        .unwrap_or_else(|_| panic!("{}", tails("1,000 accepted")));
     cluster.kill(1).await.unwrap();
     marks.push(("node 1 killed", flow.elapsed()));
     limit_tx.send_replace(3_500);
-    accepted.wait_for(|a| *a >= 2_000).await.unwrap();
+    reach(2_000)
+        .await
+        .unwrap_or_else(|_| panic!("{}", tails("2,000 accepted after the kill")));
     cluster.run(&["start", "1"]).await.unwrap();
     marks.push(("node 1 back", flow.elapsed()));
-    accepted.wait_for(|a| *a >= 3_000).await.unwrap();
+    reach(3_000)
+        .await
+        .unwrap_or_else(|_| panic!("{}", tails("3,000 accepted after the restart")));
     limit_tx.send_replace(TASKS);
     cluster.run(&["stop", "2"]).await.unwrap();
     marks.push(("node 2 stopped", flow.elapsed()));
+    reach(TASKS)
+        .await
+        .unwrap_or_else(|_| panic!("{}", tails("every task accepted after the stop")));
     for client in clients {
         client.await.unwrap();
     }

@@ -192,8 +192,14 @@ impl Broker {
             out.events.flush(Duration::from_secs(2)).await;
         }
         self.set_outbound(None);
+        // A connection already lost (its node gone, lapin still trying to
+        // recover it) may never answer the close: do not wait on it.
         for c in [&publishing, &*following] {
-            let _ = c.close(200, "gateway stopping".into()).await;
+            let _ = tokio::time::timeout(
+                settings.connect_timeout,
+                c.close(200, "gateway stopping".into()),
+            )
+            .await;
         }
         result
     }
