@@ -230,6 +230,24 @@ async fn tasks_flow_through_a_node_killed_restarted_and_another_stopped() {
         ]);
         env
     };
+    // The delay cascade's unrouted queues are classic queues: they live on
+    // the node that first declared them, and while that node is down every
+    // (re)declaration of the cascade fails (docs/cluster.md, "Limits"). Here
+    // they live on node 3, which stays up; node 1 and 2 go down.
+    {
+        let on_3 = warren::settings::BrokerSettings {
+            url: urls[2].clone().into(),
+            namespace: namespace.clone(),
+            delay_cascade: warren_tests::broker::TEST_DELAY_CASCADE.to_owned(),
+            ..Default::default()
+        };
+        let connection = warren::broker::connect(&on_3, "cluster-test").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        warren::topology::declare_delay_cascade(&channel, &on_3.names())
+            .await
+            .unwrap();
+        let _ = connection.close(200, "declared".into()).await;
+    }
     // Worker 1 and the gateway on node 1 (killed), worker 2 on node 2
     // (stopped): each of them loses its node once.
     let path = binary("warren-tests", "cluster-worker").unwrap();

@@ -45,6 +45,13 @@ impl Outbound {
     }
 }
 
+/// How long the events stream keeps events, and how long lapin's recovery
+/// may try before the session starts over (twice `broker.connect_timeout`).
+struct Durations {
+    retention: Duration,
+    recovery_limit: Duration,
+}
+
 /// The broker side of the gateway.
 pub struct Broker {
     names: Names,
@@ -179,11 +186,13 @@ impl Broker {
             .connected(
                 &publishing,
                 &following,
-                retention,
+                Durations {
+                    retention,
+                    recovery_limit: settings.connect_timeout.max(Duration::from_secs(1)) * 2,
+                },
                 tracker,
                 shutdown,
                 backoff,
-                settings.connect_timeout.max(Duration::from_secs(1)) * 2,
             )
             .await;
         // The `queued` events of tasks already confirmed, before the
@@ -208,11 +217,13 @@ impl Broker {
         &self,
         publishing: &Connection,
         following: &Arc<Connection>,
-        retention: Duration,
+        Durations {
+            retention,
+            recovery_limit,
+        }: Durations,
         tracker: &Tracker,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
-        recovery_limit: Duration,
     ) -> Result<(), SessionError> {
         // Producers declare the tasks exchange too, so a publish reaches the
         // broker's routing (where `mandatory` says whether a worker's queue
