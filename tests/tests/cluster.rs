@@ -241,7 +241,9 @@ async fn tasks_flow_through_a_node_killed_restarted_and_another_stopped() {
             delay_cascade: warren_tests::broker::TEST_DELAY_CASCADE.to_owned(),
             ..Default::default()
         };
-        let connection = warren::broker::connect(&on_3, "cluster-test").await.unwrap();
+        let connection = warren::broker::connect(&on_3, "cluster-test")
+            .await
+            .unwrap();
         let channel = connection.create_channel().await.unwrap();
         warren::topology::declare_delay_cascade(&channel, &on_3.names())
             .await
