@@ -80,7 +80,12 @@ fn make_sources(dir: &Path, smoke: bool) -> anyhow::Result<Vec<String>> {
                 ExtendedColorType::Rgb8,
             )?;
         } else {
-            PngEncoder::new(&mut out).write_image(image.as_raw(), *w, *h, ExtendedColorType::Rgb8)?;
+            PngEncoder::new(&mut out).write_image(
+                image.as_raw(),
+                *w,
+                *h,
+                ExtendedColorType::Rgb8,
+            )?;
         }
         let name = format!("{w}x{h}.{ext}");
         std::fs::write(dir.join(&name), out.into_inner())?;
@@ -146,8 +151,8 @@ async fn wait_outputs(
 /// The resident set of `pid` and its children, KiB.
 fn tree_rss_kib(pid: u32) -> u64 {
     let mut total = status_kib(pid, "VmRSS").unwrap_or(0);
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
         total += tree_rss_kib(child);
     }
@@ -168,11 +173,12 @@ async fn warren_once(
     let src = root.join("sources");
     std::fs::create_dir_all(&src)?;
     for name in sources {
-        std::fs::hard_link(root.join("..").join("sources").join(name), src.join(name))
-            .or_else(|_| {
+        std::fs::hard_link(root.join("..").join("sources").join(name), src.join(name)).or_else(
+            |_| {
                 std::fs::copy(root.join("..").join("sources").join(name), src.join(name))
                     .map(|_| ())
-            })?;
+            },
+        )?;
     }
     bench
         .prefill_tasks("image.thumbnail", n, |seq| {
@@ -372,10 +378,16 @@ async fn measure(
                 "peak_rss_kib": peak(&pillow),
             }),
         );
-        section.insert("ratio_warren_to_celery_pillow".to_owned(), json!(round(r, 2)));
+        section.insert(
+            "ratio_warren_to_celery_pillow".to_owned(),
+            json!(round(r, 2)),
+        );
         report.row(
             "thumbnails",
-            format!("{n} tasks, worker start to last thumbnail, s (median of {})", cfg.rounds),
+            format!(
+                "{n} tasks, worker start to last thumbnail, s (median of {})",
+                cfg.rounds
+            ),
             format!("{w:.2}"),
             format!("{p:.2} (Celery + Pillow)"),
             Some(r),
@@ -385,7 +397,10 @@ async fn measure(
     } else {
         report.row(
             "thumbnails",
-            format!("{n} tasks, worker start to last thumbnail, s (median of {})", cfg.rounds),
+            format!(
+                "{n} tasks, worker start to last thumbnail, s (median of {})",
+                cfg.rounds
+            ),
             format!("{w:.2}"),
             "-".to_owned(),
             None,
@@ -393,6 +408,8 @@ async fn measure(
             None,
         );
     }
-    report.sections.insert("thumbnails".to_owned(), section.into());
+    report
+        .sections
+        .insert("thumbnails".to_owned(), section.into());
     Ok(())
 }
