@@ -233,7 +233,9 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
         });
         let consumer: Vec<f64> = cpus[i].iter().filter_map(|c| c.0).collect();
         let broker: Vec<f64> = cpus[i].iter().filter_map(|c| c.1).collect();
-        if !consumer.is_empty() && !broker.is_empty() {
+        // CPU time counts in 10 ms ticks: a run too short to show any (the
+        // smoke run's) reports none rather than a 0.
+        if median(&consumer) > 0.0 && median(&broker) > 0.0 {
             figures["cpu_us_per_msg"] = json!({
                 "source": "utime + stime deltas of /proc/<pid>/stat from the consumer's start to its stop, medians of the rounds",
                 "consumer": round(median(&consumer), 1),
