@@ -358,7 +358,7 @@ async fn measure(
     section.insert(
         "warren".to_owned(),
         json!({
-            "worker": "image-worker, release build, defaults, local store",
+            "worker": format!("image-worker, {} build, defaults, local store", if cfg!(debug_assertions) { "debug" } else { "release" }),
             "seconds": warren.iter().map(|r| round(r.seconds, 3)).collect::<Vec<_>>(),
             "median_seconds": round(w, 3),
             "tasks_per_s": round(n as f64 / w, 1),
