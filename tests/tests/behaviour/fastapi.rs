@@ -35,6 +35,8 @@ struct App {
     child: Child,
     addr: SocketAddr,
     output: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading stdout and stderr, done at their end.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -43,7 +45,7 @@ impl App {
     }
 
     /// `examples/fastapi/run <flavour>` without `--app-only`: the script
-    /// starts the Warren processes (from `WARREN_BIN_DIR`) and the app; it
+    /// starts the Warren processes (from `BIN_DIR`) and the app; it
     /// alone decides their settings, from `env`.
     async fn start_full(flavour: &str, env: &[(&str, String)]) -> App {
         Self::spawn(&[flavour], env, true).await
@@ -83,11 +85,12 @@ impl App {
         let output = Arc::new(Mutex::new(Vec::new()));
         let out = output.clone();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::spawn(async move {
+        let mut readers = vec![];
+        readers.push(tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
                 out.lock().unwrap().push(line);
             }
-        });
+        }));
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         // uvicorn says where it listens once the app has started up.
         let find = async {
@@ -108,15 +111,16 @@ impl App {
             );
         };
         let out = output.clone();
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 out.lock().unwrap().push(line);
             }
-        });
+        }));
         App {
             child,
             addr,
             output,
+            readers,
         }
     }
 
@@ -194,6 +198,10 @@ impl App {
             "examples/fastapi/run did not stop on SIGTERM:\n{}",
             self.output.lock().unwrap().join("\n")
         );
+        // Every process it started has closed the output it shared.
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(WAIT, reader).await;
+        }
         let output = self.output.lock().unwrap().join("\n");
         for stopped in ["Worker stopped.", "Conductor stopped."] {
             assert!(output.contains(stopped), "no {stopped:?}:\n{output}");
@@ -492,9 +500,16 @@ fn full_env(ns: &str, smtp_port: u16, store: &Path) -> Vec<(&'static str, String
     let mut env: Vec<(&'static str, String)> = email_env(ns, smtp_port)
         .into_iter()
         .chain(image_env(ns, store))
-        .filter(|(k, _)| !matches!(*k, "WARREN_OPS__ADDR" | "WARREN_HTTP__ADDR"))
+        // The script sets the addresses; the thread count is the image
+        // worker's alone (the gateway reads the store's keys of `image`).
+        .filter(|(k, _)| {
+            !matches!(
+                *k,
+                "WARREN_OPS__ADDR" | "WARREN_HTTP__ADDR" | "WARREN_IMAGE__THREADS"
+            )
+        })
         .collect();
-    env.push(("WARREN_BIN_DIR", bin_dir().display().to_string()));
+    env.push(("BIN_DIR", bin_dir().display().to_string()));
     env.push(("OPS_PORT_BASE", "0".to_owned()));
     env.push(("WARREN_BROKER__URL", AMQP_URL.to_owned()));
     env.push(("WARREN_TELEMETRY__LOG_FORMAT", "json".to_owned()));
@@ -571,11 +586,14 @@ async fn the_fastapi_example_runs_in_one_command_warren_flavour() {
         .unwrap()
         .port();
     let mut env = full_env(&ns, sink.port(), store.path());
-    env.extend(
-        gateway_env(&ns, store.path())
-            .into_iter()
-            .filter(|(k, _)| !matches!(*k, "WARREN_OPS__ADDR" | "WARREN_HTTP__ADDR")),
-    );
+    // The events stream's retention stays the default: the conductor
+    // declares the stream too, with its own (docs/conductor.md).
+    env.extend(gateway_env(&ns, store.path()).into_iter().filter(|(k, _)| {
+        !matches!(
+            *k,
+            "WARREN_OPS__ADDR" | "WARREN_HTTP__ADDR" | "WARREN_EVENTS__RETENTION"
+        )
+    }));
     env.extend([
         ("GATEWAY_PORT", gateway_port.to_string()),
         ("PIPELINE_DIR", pipeline_dir.path().display().to_string()),
