@@ -68,6 +68,7 @@ impl From<warren::dead::DeadError> for CliError {
         match e {
             warren::dead::DeadError::NotFound(s) => CliError::NotFound(s),
             warren::dead::DeadError::Broker(e) => CliError::Broker(e),
+            warren::dead::DeadError::Connect(e) => CliError::Connect(e),
             warren::dead::DeadError::Management(e) => e.into(),
         }
     }

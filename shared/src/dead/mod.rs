@@ -47,6 +47,9 @@ pub enum DeadError {
     /// The broker failed.
     #[error("the broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Connect(#[from] crate::broker::ConnectError),
     /// The management API's settings are wrong.
     #[error(transparent)]
     Management(#[from] ManagementError),
