@@ -206,6 +206,7 @@ async fn the_console_in_a_real_browser_shows_queues_and_parked_messages_replays_
     );
     let mut gateway = WorkerProcess::gateway(&env).await.unwrap();
     let addr = gateway.http_addr().await.unwrap();
+    gateway.wait_caught_up().await.unwrap();
     let base = format!("http://{addr}");
 
     // An enqueue key enqueues, but the console is not its to read: its
