@@ -35,7 +35,7 @@ use crate::settings::BrokerSettings;
 
 pub use scan::{Parked, Scan, amqp_json, exists};
 pub use settle::{
-    BodyCheck, RESET_HEADERS, ReplaySummary, Reparked, purge, replay, replay_properties,
+    BodyCheck, RESET_HEADERS, Reparked, ReplaySummary, purge, replay, replay_properties,
 };
 
 /// Why a parking lot could not be read or settled.

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use crate::contract::{broker_headers, death_time, header_i64, header_str, header_u32, headers};
 use chrono::{DateTime, Utc};
 use lapin::Acker;
 use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
-use crate::contract::{broker_headers, death_time, header_i64, header_str, header_u32, headers};
 
 use super::{DeadError, Filter};
 

@@ -224,7 +224,10 @@ async fn the_console_in_a_real_browser_shows_queues_and_parked_messages_replays_
     .await
     .unwrap();
     assert_eq!(enqueued.status, 202, "{}", enqueued.text());
-    let task_id = enqueued.json().unwrap()["task_id"].as_str().unwrap().to_owned();
+    let task_id = enqueued.json().unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = form(addr, "/console/login", None, &format!("key={ENQUEUE_KEY}")).await;
     assert_eq!(r.status, 403, "{}", r.text());
     for path in ["/console", "/console/dead", "/console/task"] {
@@ -279,7 +282,11 @@ async fn the_console_in_a_real_browser_shows_queues_and_parked_messages_replays_
         .await
         .unwrap();
     assert!(
-        shown.text().await.unwrap().contains("<script>document.title"),
+        shown
+            .text()
+            .await
+            .unwrap()
+            .contains("<script>document.title"),
         "the body is shown as text"
     );
     let error = browser
@@ -297,7 +304,10 @@ async fn the_console_in_a_real_browser_shows_queues_and_parked_messages_replays_
     assert_eq!(attempts.text().await.unwrap(), "3");
     assert_eq!(b.title().await.unwrap(), "Parking lot · Warren console");
     let owned = b
-        .execute("return window.warrenOwned === undefined ? null : window.warrenOwned;", vec![])
+        .execute(
+            "return window.warrenOwned === undefined ? null : window.warrenOwned;",
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(owned, serde_json::Value::Null, "a script from the body ran");
@@ -329,10 +339,7 @@ async fn the_console_in_a_real_browser_shows_queues_and_parked_messages_replays_
         "0"
     );
     browser.screenshot("replayed").await.unwrap();
-    let delivered = broker
-        .take(&work, 2, warren_tests::WAIT)
-        .await
-        .unwrap();
+    let delivered = broker.take(&work, 2, warren_tests::WAIT).await.unwrap();
     let back = delivered
         .iter()
         .find(|m| m.message_id().as_deref() == Some(good.as_str()))

@@ -339,7 +339,9 @@ async fn settle(
             Err(e) => outcome.errors.push(e.to_string()),
             Ok(connection) => {
                 for (queue, ids) in &wanted {
-                    if let Err(e) = settle_queue(&console, &connection, queue, ids, &mut outcome).await {
+                    if let Err(e) =
+                        settle_queue(&console, &connection, queue, ids, &mut outcome).await
+                    {
                         outcome.errors.push(format!("{queue}: {e}"));
                     }
                 }
@@ -427,7 +429,8 @@ mod tests {
 
     #[test]
     fn the_selection_is_the_one_button_else_the_ticked_boxes() {
-        let ticked = selection(b"csrf=t&id=w.email.dead+a&id=w.email.dead+b&id=w.image.dead+c&id=junk");
+        let ticked =
+            selection(b"csrf=t&id=w.email.dead+a&id=w.email.dead+b&id=w.image.dead+c&id=junk");
         assert_eq!(ticked["w.email.dead"], vec!["a", "b"]);
         assert_eq!(ticked["w.image.dead"], vec!["c"]);
         assert_eq!(ticked.len(), 2);
@@ -444,9 +447,25 @@ mod tests {
         assert_eq!(filter.kind, None);
         assert_eq!(filter.id, vec!["a", "b"]);
         assert_eq!(filter.limit, Some(7));
-        assert_eq!(filter.older_than, Some(std::time::Duration::from_secs(3600)));
-        assert_eq!(FilterForm::parse("").filter().unwrap().limit, Some(DEFAULT_LIMIT));
-        assert!(FilterForm::parse("limit=0").filter().unwrap_err().contains("limit"));
-        assert!(FilterForm::parse("newer_than=soon").filter().unwrap_err().contains("newer than"));
+        assert_eq!(
+            filter.older_than,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        assert_eq!(
+            FilterForm::parse("").filter().unwrap().limit,
+            Some(DEFAULT_LIMIT)
+        );
+        assert!(
+            FilterForm::parse("limit=0")
+                .filter()
+                .unwrap_err()
+                .contains("limit")
+        );
+        assert!(
+            FilterForm::parse("newer_than=soon")
+                .filter()
+                .unwrap_err()
+                .contains("newer than")
+        );
     }
 }
