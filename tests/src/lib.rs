@@ -10,6 +10,7 @@ pub mod broker;
 pub mod browser;
 pub mod celery;
 pub mod cli;
+pub mod cpu;
 mod helpers;
 pub mod http;
 pub mod images;
