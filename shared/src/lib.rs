@@ -48,6 +48,8 @@ mod app;
 pub mod broker;
 pub mod celery;
 pub mod contract;
+#[cfg(feature = "management")]
+pub mod dead;
 pub mod events;
 pub mod idempotency;
 #[cfg(feature = "management")]

@@ -7,6 +7,7 @@
 //! a time). The deploy, dashboard and docs checks live in `tools/deploy-check`.
 
 pub mod broker;
+pub mod browser;
 pub mod celery;
 pub mod cli;
 pub mod cpu;

@@ -48,6 +48,54 @@ pub const TASK_TYPES: &[&str] = &[
     <image::ThumbnailTask as Task>::TYPE,
 ];
 
+/// Why a body would be parked again at once by its worker, or `None` if it
+/// parses: as JSON, and as its task type's body when the type is one of the
+/// contract's (any other type needs a JSON object). The kind is the error
+/// kind a worker would give (`invalid_json`, `invalid_payload`,
+/// `unknown_field`); a replay of the parking lot uses it to re-park such a
+/// message instead of sending it round the loop again.
+///
+/// ```
+/// assert_eq!(warren_tasks::body_problem(None, b"{}"), None);
+/// assert_eq!(warren_tasks::body_problem(None, b"nope").unwrap().0, "invalid_json");
+/// ```
+pub fn body_problem(task_type: Option<&str>, body: &[u8]) -> Option<(&'static str, String)> {
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Some(("invalid_json", format!("the body is not JSON: {e}"))),
+    };
+    let typed = match task_type {
+        Some(t) if t == <email::SendEmail as Task>::TYPE => {
+            serde_json::from_value::<email::SendEmail>(value).err()
+        }
+        Some(t) if t == <image::ThumbnailTask as Task>::TYPE => {
+            serde_json::from_value::<image::ThumbnailTask>(value).err()
+        }
+        _ if !value.is_object() => {
+            return Some((
+                "invalid_payload",
+                "the body is not a JSON object".to_owned(),
+            ));
+        }
+        _ => None,
+    };
+    typed.map(|e| {
+        let text = e.to_string();
+        let kind = if text.starts_with("unknown field") {
+            "unknown_field"
+        } else {
+            "invalid_payload"
+        };
+        (
+            kind,
+            format!(
+                "the body does not parse as {}: {text}",
+                task_type.unwrap_or("a task")
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

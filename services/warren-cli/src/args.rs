@@ -142,6 +142,22 @@ pub struct Filters {
     pub limit: Option<usize>,
 }
 
+impl Filters {
+    /// The library's filter ([`warren::dead::Filter`]).
+    pub fn to_filter(&self) -> warren::dead::Filter {
+        warren::dead::Filter {
+            queue: self.queue.clone(),
+            task_type: self.task_type.clone(),
+            kind: self.kind.clone(),
+            reason: self.reason.clone(),
+            older_than: self.older_than,
+            newer_than: self.newer_than,
+            id: self.id.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
 #[cfg(test)]
 // A failing unwrap is how a test reports failure.
 #[allow(clippy::unwrap_used)]

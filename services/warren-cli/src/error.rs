@@ -62,3 +62,14 @@ impl CliError {
         }
     }
 }
+
+impl From<warren::dead::DeadError> for CliError {
+    fn from(e: warren::dead::DeadError) -> Self {
+        match e {
+            warren::dead::DeadError::NotFound(s) => CliError::NotFound(s),
+            warren::dead::DeadError::Broker(e) => CliError::Broker(e),
+            warren::dead::DeadError::Connect(e) => CliError::Connect(e),
+            warren::dead::DeadError::Management(e) => e.into(),
+        }
+    }
+}

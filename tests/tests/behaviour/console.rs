@@ -36,7 +36,9 @@ async fn page(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Response {
 fn is_strict_page(r: &Response) {
     let csp = r.header("content-security-policy").unwrap_or_default();
     assert!(
-        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        csp.contains("default-src 'none'")
+            && csp.contains("script-src 'self';")
+            && !csp.contains("unsafe"),
         "{csp}"
     );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
@@ -134,6 +136,235 @@ async fn the_console_logs_in_with_an_admin_key_lists_queues_and_refuses_a_post_w
         assert!(
             !line.contains(ADMIN_KEY) && !line.contains(ENQUEUE_KEY) && !line.contains(&session),
             "a key or session in the log: {line}"
+        );
+    }
+    broker.cleanup_stems(&["email"], &ladder).await.unwrap();
+}
+
+/// A message parked by hand in `queue` (as a worker parks one), with the
+/// failure headers a worker sets.
+async fn park(broker: &TestBroker, queue: &str, id: &str, body: &[u8], error: &str) {
+    use warren::contract::{headers, set_int, set_str};
+    let props = warren::task_properties(id, "email.send", 0);
+    let mut table = props.headers().clone().unwrap_or_default();
+    set_int(&mut table, headers::ATTEMPT, 3);
+    set_str(&mut table, headers::ERROR_KIND, "smtp_transient");
+    set_str(&mut table, headers::ERROR, error);
+    set_str(&mut table, headers::DEAD_REASON, "attempts_exhausted");
+    set_str(
+        &mut table,
+        headers::LAST_FAILURE_AT,
+        chrono::Utc::now().to_rfc3339(),
+    );
+    let props = props.with_headers(table);
+    broker
+        .publisher
+        .publish_confirmed("", queue, body, props)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_console_in_a_real_browser_shows_queues_and_parked_messages_replays_one_and_runs_no_script_from_a_body()
+ {
+    warren_tests::worker::binary("gateway", "gateway").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let ladder = [Duration::from_millis(200), Duration::from_millis(300)];
+    broker.declare_email_topology(&ladder).await.unwrap();
+    let work = broker.names.work_queue("email");
+    let dead = broker.email_dead_queue();
+    let good = format!("good-{}", uuid::Uuid::new_v4().simple());
+    let evil = format!("evil-{}", uuid::Uuid::new_v4().simple());
+    park(
+        &broker,
+        &dead,
+        &good,
+        br#"{"to":"a@example.com","subject":"hello","text":"t"}"#,
+        "451 try later",
+    )
+    .await;
+    // Script in the body and in a header: as a page element, an event
+    // handler and text that would end the <pre>.
+    park(
+        &broker,
+        &dead,
+        &evil,
+        br#"{"to":"b@example.com","subject":"</pre><script>document.title='owned';window.warrenOwned=1</script>","text":"<img src=x onerror=\"window.warrenOwned=2\">"}"#,
+        "<script>window.warrenOwned=3</script>",
+    )
+    .await;
+
+    let store = tempfile::tempdir().unwrap();
+    let keys = format!(
+        r#"[{{name = "shop", hash = "{}", scopes = ["enqueue"]}}, {{name = "ops", hash = "{}", scopes = ["admin"]}}]"#,
+        gateway_key_hash(ENQUEUE_KEY),
+        gateway_key_hash(ADMIN_KEY)
+    );
+    let env = with(
+        gateway_env(broker.namespace(), store.path()),
+        &[("WARREN_AUTH__KEYS", keys.as_str())],
+    );
+    let mut gateway = WorkerProcess::gateway(&env).await.unwrap();
+    let addr = gateway.http_addr().await.unwrap();
+    gateway.wait_caught_up().await.unwrap();
+    let base = format!("http://{addr}");
+
+    // An enqueue key enqueues, but the console is not its to read: its
+    // login is refused, and the key as a bearer opens no page.
+    let enqueued = http::request(
+        addr,
+        "POST",
+        "/v1/tasks/email",
+        &[
+            ("Authorization", &format!("Bearer {ENQUEUE_KEY}")),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"to":"c@example.com","subject":"s","text":"t"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(enqueued.status, 202, "{}", enqueued.text());
+    let task_id = enqueued.json().unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = form(addr, "/console/login", None, &format!("key={ENQUEUE_KEY}")).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    for path in ["/console", "/console/dead", "/console/task"] {
+        let bearer = format!("Bearer {ENQUEUE_KEY}");
+        let r = http::request(addr, "GET", path, &[("Authorization", &bearer)], &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 303, "{path}: {}", r.text());
+        assert_eq!(r.header("location"), Some("/console/login"), "{path}");
+    }
+    let r = http::request(
+        addr,
+        "GET",
+        &format!("/console/tasks/{task_id}/events"),
+        &[("Authorization", &format!("Bearer {ENQUEUE_KEY}"))],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    let browser = warren_tests::browser::Browser::start().await.unwrap();
+    let b = &browser.client;
+
+    // Log in with the admin key: the queues page.
+    b.goto(&format!("{base}/console/login")).await.unwrap();
+    let key = browser.wait_for("input[name=key]").await.unwrap();
+    key.send_keys(ADMIN_KEY).await.unwrap();
+    browser
+        .wait_for("#login button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(&format!("#queues tr[data-queue=\"{work}\"]"))
+        .await
+        .unwrap();
+    browser.screenshot("queues").await.unwrap();
+
+    // The parking lot: both messages, the evil one as text.
+    b.goto(&format!("{base}/console/dead?queue=email"))
+        .await
+        .unwrap();
+    browser
+        .wait_for(&format!("article[data-id=\"{good}\"]"))
+        .await
+        .unwrap();
+    let shown = browser
+        .wait_for(&format!("article[data-id=\"{evil}\"] pre.body"))
+        .await
+        .unwrap();
+    assert!(
+        shown
+            .text()
+            .await
+            .unwrap()
+            .contains("<script>document.title"),
+        "the body is shown as text"
+    );
+    let error = browser
+        .wait_for(&format!("article[data-id=\"{evil}\"] .error-text"))
+        .await
+        .unwrap();
+    assert_eq!(
+        error.text().await.unwrap(),
+        "<script>window.warrenOwned=3</script>"
+    );
+    let attempts = browser
+        .wait_for(&format!("article[data-id=\"{good}\"] .attempts"))
+        .await
+        .unwrap();
+    assert_eq!(attempts.text().await.unwrap(), "3");
+    assert_eq!(b.title().await.unwrap(), "Parking lot · Warren console");
+    let owned = b
+        .execute(
+            "return window.warrenOwned === undefined ? null : window.warrenOwned;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(owned, serde_json::Value::Null, "a script from the body ran");
+    let script_elements = b
+        .find_all(fantoccini::Locator::Css("main script, main img"))
+        .await
+        .unwrap();
+    assert!(script_elements.is_empty(), "the body made elements");
+    browser.screenshot("parking-lot").await.unwrap();
+
+    // Its replay button: on the work queue, fresh, and gone from the lot.
+    browser
+        .wait_for(&format!("article[data-id=\"{good}\"] button.replay-one"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let replayed = browser.wait_for("#replayed").await.unwrap();
+    assert_eq!(replayed.text().await.unwrap(), "1");
+    assert_eq!(
+        browser
+            .wait_for("#not-found")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "0"
+    );
+    browser.screenshot("replayed").await.unwrap();
+    let delivered = broker.take(&work, 2, warren_tests::WAIT).await.unwrap();
+    let back = delivered
+        .iter()
+        .find(|m| m.message_id().as_deref() == Some(good.as_str()))
+        .unwrap_or_else(|| panic!("{good} on {work}: {delivered:?}"));
+    assert_eq!(back.header("x-warren-attempt").as_deref(), Some("1"));
+    assert_eq!(back.header("x-warren-error-kind"), None);
+    assert_eq!(broker.depth(&dead).await.unwrap(), 1, "the evil one stays");
+
+    // The task lookup: the enqueued task's timeline, live over SSE.
+    b.goto(&format!("{base}/console/task?id={task_id}"))
+        .await
+        .unwrap();
+    browser
+        .wait_for("#events tr.event[data-state=\"queued\"]")
+        .await
+        .unwrap();
+    browser.screenshot("timeline").await.unwrap();
+
+    browser.close().await;
+    gateway.signal("TERM").unwrap();
+    let output = gateway.all_output(Duration::from_secs(20)).await.unwrap();
+    for line in &output {
+        assert!(
+            !line.contains(ADMIN_KEY) && !line.contains(ENQUEUE_KEY),
+            "a key in the log: {line}"
         );
     }
     broker.cleanup_stems(&["email"], &ladder).await.unwrap();

@@ -103,7 +103,12 @@ impl std::ops::Deref for AppState {
 pub fn router(state: AppState) -> Router {
     let mut routes = routes(&state);
     if let Some(console) = state.console.clone() {
-        routes = routes.merge(crate::console::router(console));
+        routes = routes
+            .route(
+                "/console/tasks/{id}/events",
+                get(crate::console::timeline::events),
+            )
+            .merge(crate::console::router(console));
     }
     layered(routes, state)
 }

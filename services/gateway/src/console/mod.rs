@@ -8,10 +8,16 @@
 //! another replica, asks for the key again).
 //!
 //! Everything shown is escaped (minijinja's HTML auto-escaping), and every
-//! page is sent with a strict Content-Security-Policy: no script at all,
-//! styles from the gateway only, forms posting back to it only. Queue
-//! counters come from the management API through the code `warren queues`
-//! uses ([`warren::management`]).
+//! page is sent with a strict Content-Security-Policy: scripts, styles and
+//! connections of the gateway only (one static file, `console.js`, and no
+//! inline script), forms posting back to it only. Queue counters come from
+//! the management API through the code `warren queues` uses
+//! ([`warren::management`]); the parking lot ([`dead`]) is read and
+//! settled by the code `warren dead` runs ([`warren::dead`]); a task's
+//! timeline ([`timeline`]) follows its events over SSE.
+
+pub mod dead;
+pub mod timeline;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,10 +41,11 @@ use crate::problem::Problem;
 pub const COOKIE: &str = "warren_console";
 /// How long a session lasts from its login.
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
-/// Every console page's Content-Security-Policy: no script, no frames,
-/// styles and forms of this origin only.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                       frame-ancestors 'none'; base-uri 'none'";
+/// Every console page's Content-Security-Policy: scripts (files only, no
+/// inline script), styles, event streams and forms of this origin only; no
+/// frames.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("console.css");
 
@@ -63,6 +70,9 @@ impl Console {
             ("base.html", include_str!("templates/base.html")),
             ("login.html", include_str!("templates/login.html")),
             ("queues.html", include_str!("templates/queues.html")),
+            ("dead.html", include_str!("templates/dead.html")),
+            ("settled.html", include_str!("templates/settled.html")),
+            ("task.html", include_str!("templates/task.html")),
         ] {
             templates
                 .add_template(name, source)
@@ -91,8 +101,13 @@ impl Console {
         }
     }
 
+    /// A connection to the broker for one page's work, closed after it.
+    async fn connect(&self) -> Result<lapin::Connection, warren::broker::ConnectError> {
+        warren::broker::connect_without_recovery(&self.broker, "gateway-console").await
+    }
+
     /// The session of the request's cookie, if any and not expired.
-    fn session(&self, headers: &HeaderMap) -> Option<(String, Caller, String)> {
+    pub(crate) fn session(&self, headers: &HeaderMap) -> Option<(String, Caller, String)> {
         let id = cookie(headers, COOKIE)?;
         let mut sessions = self.sessions.lock().ok()?;
         let now = Instant::now();
@@ -110,6 +125,11 @@ pub fn router<S: Clone + Send + Sync + 'static>(console: Arc<Console>) -> Router
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/console.css", get(css))
+        .route("/console/console.js", get(timeline::script))
+        .route("/console/dead", get(dead::page))
+        .route("/console/dead/replay", post(dead::replay))
+        .route("/console/dead/purge", post(dead::purge))
+        .route("/console/task", get(timeline::page))
         .with_state(console)
 }
 
@@ -125,7 +145,7 @@ fn page(status: StatusCode, html: String) -> Response {
     response
 }
 
-fn secure(h: &mut HeaderMap) {
+pub(crate) fn secure(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),

@@ -1,13 +1,8 @@
 //! `warren dead`: the parking lots (`{ns}.{stem}.dead`), listed, shown,
-//! replayed and purged, with filters.
-//!
-//! Messages are read with `basic.get` and held unacked: a message a
-//! command does not take goes back to its place in the queue when the
-//! channel closes (a crash or `kill -9` included), so looking never
-//! consumes. A scan reads at most the depth the queue had when it began,
-//! so a message parked again meanwhile is not read twice.
+//! replayed and purged, with filters. The reading and settling are
+//! [`warren::dead`]'s (the gateway's console uses the same); this module
+//! is the command line's side: filters from flags, tables, confirmation.
 
-mod scan;
 mod settle;
 
 use chrono::{DateTime, Utc};
@@ -19,7 +14,7 @@ use crate::error::{CliError, Exit};
 use crate::output::{Output, cut, table};
 use crate::settings::CliSettings;
 
-pub use scan::{Parked, Scan};
+pub use warren::dead::{Parked, Scan};
 
 pub async fn run(
     settings: &CliSettings,
@@ -84,17 +79,8 @@ async fn scan_all(
     connection: &Connection,
     filters: &Filters,
 ) -> Result<Vec<Scan>, CliError> {
-    let queues = scan::parking_lots(settings, connection, filters.queue.as_deref()).await?;
-    let mut scans = Vec::new();
-    let mut left = filters.limit;
-    for queue in queues {
-        let scan = Scan::run(connection, &queue, filters, left).await?;
-        if let Some(l) = left.as_mut() {
-            *l = l.saturating_sub(scan.matched.len());
-        }
-        scans.push(scan);
-    }
-    Ok(scans)
+    let stems: Vec<&str> = warren_tasks::WORK_QUEUES.iter().map(|q| q.stem).collect();
+    Ok(warren::dead::scan_all(&settings.broker, connection, &filters.to_filter(), &stems).await?)
 }
 
 fn nothing_matched(scans: &[Scan]) -> Exit {

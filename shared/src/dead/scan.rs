@@ -3,31 +3,40 @@
 
 use std::time::Duration;
 
+use crate::contract::{broker_headers, death_time, header_i64, header_str, header_u32, headers};
 use chrono::{DateTime, Utc};
 use lapin::Acker;
 use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
-use warren::contract::{broker_headers, death_time, header_i64, header_str, header_u32, headers};
 
-use crate::args::Filters;
-use crate::error::CliError;
-use crate::mgmt::Management;
-use crate::settings::CliSettings;
+use super::{DeadError, Filter};
 
 /// A parked message, held unacked.
 pub struct Parked {
+    /// The parking lot it was read from.
     pub queue: String,
+    /// Its `message_id` (`-` when it has none).
     pub id: String,
+    /// Its `type`, else the routing key it was first published with.
     pub task_type: Option<String>,
+    /// `x-warren-error-kind`.
     pub kind: Option<String>,
+    /// `x-warren-dead-reason`, else the broker's first death reason.
     pub reason: Option<String>,
+    /// `x-warren-error`: the last failure's message.
     pub error: Option<String>,
+    /// `x-warren-attempt`: the attempts made.
     pub attempts: Option<u32>,
+    /// When it was parked (its last failure, else its death, else when
+    /// it was published).
     pub parked_at: Option<DateTime<Utc>>,
+    /// The body, byte for byte.
     pub body: Vec<u8>,
+    /// Its AMQP properties, headers included.
     pub properties: BasicProperties,
+    /// Settles it (ack: gone from the parking lot).
     pub acker: Acker,
 }
 
@@ -77,7 +86,7 @@ impl Parked {
     }
 
     /// Does it pass `filters` (all but the limit)?
-    pub fn matches(&self, filters: &Filters, now: DateTime<Utc>) -> bool {
+    pub fn matches(&self, filters: &Filter, now: DateTime<Utc>) -> bool {
         let eq = |want: &Option<String>, have: &Option<String>| {
             want.as_ref().is_none_or(|w| have.as_deref() == Some(w))
         };
@@ -93,7 +102,7 @@ impl Parked {
             && filters.newer_than.is_none_or(|d| age <= d)
     }
 
-    /// The headers as JSON, for `show`.
+    /// The headers as JSON, for showing them.
     pub fn headers_json(&self) -> Value {
         let mut map = serde_json::Map::new();
         if let Some(table) = self.properties.headers() {
@@ -105,7 +114,8 @@ impl Parked {
     }
 }
 
-fn amqp_json(v: &AMQPValue) -> Value {
+/// An AMQP field value as JSON (for showing headers).
+pub fn amqp_json(v: &AMQPValue) -> Value {
     match v {
         AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into()),
         AMQPValue::ShortString(s) => Value::String(s.to_string()),
@@ -132,8 +142,11 @@ fn amqp_json(v: &AMQPValue) -> Value {
 /// One parking lot, read to the depth it had: the matching messages held,
 /// the others held too until the scan is released.
 pub struct Scan {
+    /// The parking lot.
     pub queue: String,
+    /// The channel the messages are held on (in confirm mode).
     pub channel: Channel,
+    /// The messages that pass the filter, held.
     pub matched: Vec<Parked>,
     /// Messages looked at.
     pub seen: usize,
@@ -146,9 +159,9 @@ impl Scan {
     pub async fn run(
         connection: &Connection,
         queue: &str,
-        filters: &Filters,
+        filters: &Filter,
         limit: Option<usize>,
-    ) -> Result<Self, CliError> {
+    ) -> Result<Self, DeadError> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -194,65 +207,9 @@ impl Scan {
     }
 }
 
-/// The parking lots to read: the one `queue` names (a stem or a full name),
-/// else every `{ns}.<stem>.dead` the management API lists, else those of
-/// the contract's work queues that exist.
-pub async fn parking_lots(
-    settings: &CliSettings,
-    connection: &Connection,
-    queue: Option<&str>,
-) -> Result<Vec<String>, CliError> {
-    let ns = settings.broker.namespace.clone();
-    if let Some(q) = queue {
-        let name = if q.starts_with(&format!("{ns}.")) && q.ends_with(".dead") {
-            q.to_owned()
-        } else if q.starts_with(&format!("{ns}.")) {
-            format!("{q}.dead")
-        } else {
-            format!("{ns}.{}.dead", q.trim_end_matches(".dead"))
-        };
-        if !exists(connection, &name).await? {
-            return Err(CliError::NotFound(format!(
-                "no parking lot '{name}' in namespace '{ns}' (no worker of that queue has run here)"
-            )));
-        }
-        return Ok(vec![name]);
-    }
-    let prefix = format!("{ns}.");
-    let mut names: Vec<String> = match Management::new(&settings.broker)?.queues().await {
-        Ok(queues) => queues
-            .iter()
-            .filter_map(|q| q["name"].as_str())
-            .filter(|n| {
-                n.strip_prefix(&prefix)
-                    .and_then(|rest| rest.strip_suffix(".dead"))
-                    .is_some_and(|stem| !stem.is_empty() && !stem.contains('.'))
-            })
-            .map(str::to_owned)
-            .collect(),
-        Err(_) => {
-            let mut v = Vec::new();
-            for q in warren_tasks::WORK_QUEUES {
-                let name = format!("{ns}.{}.dead", q.stem);
-                if exists(connection, &name).await? {
-                    v.push(name);
-                }
-            }
-            v
-        }
-    };
-    names.sort();
-    if names.is_empty() {
-        return Err(CliError::NotFound(format!(
-            "no parking lot in namespace '{ns}' (no worker has run here)"
-        )));
-    }
-    Ok(names)
-}
-
 /// Does `queue` exist? (A passive declare, on a channel of its own: a
 /// missing queue closes the channel.)
-pub async fn exists(connection: &Connection, queue: &str) -> Result<bool, CliError> {
+pub async fn exists(connection: &Connection, queue: &str) -> Result<bool, DeadError> {
     let channel = connection.create_channel().await?;
     let found = channel
         .queue_declare(
