@@ -712,14 +712,8 @@ async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_me
 /// of the broker (`rabbitmqctl stop_app`, `start_app`) midway: every task
 /// is parked or delivered, none is lost, at most the one message in flight
 /// is in both places, and `warren` ends with status 1 and a message naming
-/// the lost connection (docs/cli.md). Ignored until the CLI does: in one
-/// run it was still running 60 s after the broker came back, in another
-/// it ended with status 6 and nothing on stderr (586 delivered + 414
-/// parked, no loss, no duplicate).
+/// the lost connection (docs/cli.md).
 #[tokio::test]
-#[ignore = "warren dead replay does not end with status 1 and a message after a broker restart (seen: a hang \
-            past 60 s; status 6 with empty stderr): the fix belongs in the CLI's dead/ code, which is moving \
-            into the library; see docs/cli.md"]
 async fn a_replay_interrupted_by_a_broker_restart_loses_nothing_and_duplicates_at_most_the_message_in_flight()
  {
     use tokio::io::AsyncReadExt;

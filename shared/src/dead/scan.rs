@@ -202,36 +202,18 @@ impl Scan {
     }
 
     /// Hands every message not settled back to the queue, in its place.
+    /// Bounded: a close on a lost connection may never be answered, and
+    /// the broker hands the messages back on its own when the connection
+    /// is gone.
     pub async fn release(self) {
-        let _ = self.channel.close(200, "released".into()).await;
+        let close = self.channel.close(200, "released".into());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), close).await;
     }
 }
 
 /// Does `queue` exist? (A passive declare, on a channel of its own: a
 /// missing queue closes the channel.)
 pub async fn exists(connection: &Connection, queue: &str) -> Result<bool, DeadError> {
-    let channel = connection.create_channel().await?;
-    let found = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match found {
-        Ok(_) => {
-            let _ = channel.close(200, "checked".into()).await;
-            Ok(true)
-        }
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(crate::broker::queue_exists(connection, queue).await?)
 }
 
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
-        if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)))
-}

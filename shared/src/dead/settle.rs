@@ -66,6 +66,11 @@ pub struct ReplaySummary {
     pub failed: Option<Reparked>,
     /// Matching messages not reached (the replay stopped early).
     pub not_reached: usize,
+    /// The connection to the broker was lost mid-replay, and why: the replay
+    /// stopped there. Messages not yet acked are back in the parking lot
+    /// (the one in flight may also be on its work queue: a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_lost: Option<String>,
 }
 
 /// A message a replay did not put back, and why.
@@ -83,7 +88,9 @@ pub struct Reparked {
 /// `progress` after each one is settled; `actor` names who parks a bad
 /// body again (`x-warren-worker`, with this host and process). A message that cannot be
 /// republished stops the replay (it stays parked, as do the ones after
-/// it); one whose body no longer parses (`check`) is parked again.
+/// it); one whose body no longer parses (`check`) is parked again. A lost
+/// connection stops it as well (`connection_lost`): nothing is lost, the
+/// broker hands every message not yet acked back to its parking lot.
 /// Release the scans afterwards.
 pub async fn replay(
     scans: &[Scan],
@@ -123,15 +130,25 @@ pub async fn replay(
                 properties,
             )
             .await;
-            if let Err(error) = published {
-                summary.failed = Some(Reparked {
-                    id: parked.id.clone(),
-                    error_kind: "publish_failed".into(),
-                    error,
-                });
+            match published {
+                Ok(()) => {}
+                Err(Failure::Lost(e)) => {
+                    summary.connection_lost = Some(e.to_string());
+                    break 'queues;
+                }
+                Err(Failure::Refused(error)) => {
+                    summary.failed = Some(Reparked {
+                        id: parked.id.clone(),
+                        error_kind: "publish_failed".into(),
+                        error,
+                    });
+                    break 'queues;
+                }
+            }
+            if let Err(e) = parked.acker.ack(BasicAckOptions::default()).await {
+                summary.connection_lost = Some(e.to_string());
                 break 'queues;
             }
-            parked.acker.ack(BasicAckOptions::default()).await?;
             match problem {
                 None => summary.replayed.push(parked.id.clone()),
                 Some((kind, error)) => summary.parked_again.push(Reparked {
@@ -170,6 +187,15 @@ pub async fn purge(scans: Vec<Scan>) -> Result<Vec<String>, DeadError> {
     }
 }
 
+/// Why a republish failed.
+enum Failure {
+    /// The channel or connection failed: nothing more can move on it.
+    Lost(lapin::Error),
+    /// The broker answered but did not take the message (unroutable, nack,
+    /// no confirm in time).
+    Refused(String),
+}
+
 /// Publishes with `mandatory` on `channel` and waits for the confirm.
 async fn publish(
     channel: &Channel,
@@ -177,7 +203,7 @@ async fn publish(
     routing_key: &str,
     body: &[u8],
     properties: BasicProperties,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let confirm = channel
         .basic_publish(
             ShortString::from(exchange),
@@ -190,23 +216,23 @@ async fn publish(
             properties,
         )
         .await
-        .map_err(|e| format!("the broker: {e}"))?;
+        .map_err(Failure::Lost)?;
     let confirm = tokio::time::timeout(crate::CONFIRM_TIMEOUT, confirm)
         .await
         .map_err(|_| {
-            format!(
+            Failure::Refused(format!(
                 "the broker did not confirm within {:?}",
                 crate::CONFIRM_TIMEOUT
-            )
+            ))
         })?
-        .map_err(|e| format!("the broker: {e}"))?;
+        .map_err(Failure::Lost)?;
     match confirm {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)) => Err(format!(
+        Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)) => Err(Failure::Refused(format!(
             "the broker could not route it to '{routing_key}' ({} {}): does the work queue exist?",
             r.reply_code, r.reply_text
-        )),
-        Confirmation::Nack(None) => Err("the broker refused it (nack)".into()),
+        ))),
+        Confirmation::Nack(None) => Err(Failure::Refused("the broker refused it (nack)".into())),
     }
 }
 

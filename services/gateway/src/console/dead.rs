@@ -409,6 +409,12 @@ async fn settle_queue(
     if summary.failed.is_some() {
         outcome.failed = summary.failed;
     }
+    if let Some(lost) = summary.connection_lost {
+        outcome.errors.push(format!(
+            "the connection to the broker was lost ({lost}): the messages not replayed stay \
+             parked; replay them again"
+        ));
+    }
     Ok(())
 }
 

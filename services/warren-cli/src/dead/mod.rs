@@ -21,7 +21,12 @@ pub async fn run(
     out: &Output,
     command: DeadCommand,
 ) -> Result<Exit, CliError> {
-    let connection = warren::broker::connect(&settings.broker, "warren-cli").await?;
+    // No automatic recovery: a recovered connection would not hold the
+    // messages this command has fetched (the broker hands them back when the
+    // first connection dies), so a replay or purge on it could only fail
+    // later and less clearly. A lost connection ends the command (status 1);
+    // run it again.
+    let connection = warren::broker::connect_without_recovery(&settings.broker, "warren-cli").await?;
     let result = match command {
         DeadCommand::List(filters) => list(settings, out, &connection, &filters).await,
         DeadCommand::Show { id, queue, full } => {
@@ -41,7 +46,8 @@ pub async fn run(
             settle::purge(settings, out, &connection, &filters, yes).await
         }
     };
-    let _ = connection.close(200, "done".into()).await;
+    let close = connection.close(200, "done".into());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), close).await;
     result
 }
 

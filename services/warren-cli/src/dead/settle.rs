@@ -84,6 +84,14 @@ pub async fn replay(
     release(scans).await;
     let summary = replayed?;
     report(out, &summary);
+    if let Some(lost) = &summary.connection_lost {
+        return Err(CliError::Other(format!(
+            "the connection to the broker was lost after {} of {total} messages were replayed \
+             ({lost}); the rest are still parked (the one in flight may also be on its work \
+             queue): run the replay again",
+            summary.replayed.len() + summary.parked_again.len()
+        )));
+    }
     Ok(
         if summary.failed.is_some() || !summary.parked_again.is_empty() {
             Exit::Incomplete
