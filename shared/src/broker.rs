@@ -121,9 +121,9 @@ fn read_tls_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, ConnectE
 /// The TLS configuration of `settings`: extra CAs and a client identity.
 fn tls_config(settings: &BrokerSettings) -> Result<OwnedTLSConfig, ConnectError> {
     let cert_chain = match &settings.tls_ca_file {
-        Some(path) => Some(
-            String::from_utf8_lossy(&read_tls_file("broker.tls_ca_file", path)?).into_owned(),
-        ),
+        Some(path) => {
+            Some(String::from_utf8_lossy(&read_tls_file("broker.tls_ca_file", path)?).into_owned())
+        }
         None => None,
     };
     let identity = match (&settings.tls_cert_file, &settings.tls_key_file) {
@@ -238,9 +238,8 @@ async fn tls_preflight(settings: &BrokerSettings) -> Result<(), ConnectError> {
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if let Some(path) = &settings.tls_ca_file {
         let pem = read_tls_file("broker.tls_ca_file", path)?;
-        roots.add_parsable_certificates(
-            CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok),
-        );
+        roots
+            .add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let Ok(builder) =

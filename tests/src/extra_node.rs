@@ -167,7 +167,11 @@ impl ExtraNode {
 
     /// The node's log file (for a failed test's message).
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.dir.path().join("log").join(format!("{}.log", self.name));
+        let log = self
+            .dir
+            .path()
+            .join("log")
+            .join(format!("{}.log", self.name));
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
@@ -233,12 +237,15 @@ impl ExtraNode {
         self.child = Some(child);
         let deadline = Instant::now() + BOOT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "RabbitMQ node {} exited at start-up ({status}):\n{}\n{}",
                     self.name,
-                    std::fs::read_to_string(self.dir.path().join("server.out"))
-                        .unwrap_or_default(),
+                    std::fs::read_to_string(self.dir.path().join("server.out")).unwrap_or_default(),
                     self.log_tail(30)
                 );
             }

@@ -35,19 +35,8 @@ impl TestCa {
         openssl(
             d,
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                &subject,
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subject,
+                "-keyout", "ca.key", "-out", "ca.pem",
             ],
         )?;
         openssl(

@@ -121,9 +121,12 @@ async fn amqps_with_a_test_ca_works_and_a_wrong_ca_or_host_name_is_refused_by_ca
     good.wait_ready()
         .await
         .unwrap_or_else(|e| panic!("{e}:\n{}", good.tail(20)));
-    let connection = connect(&settings(&url("localhost"), &namespace, &ca.ca()), "tls-test")
-        .await
-        .unwrap();
+    let connection = connect(
+        &settings(&url("localhost"), &namespace, &ca.ca()),
+        "tls-test",
+    )
+    .await
+    .unwrap();
     let publisher = Publisher::on(&connection, Names::new(namespace.as_str()))
         .await
         .unwrap();
@@ -135,20 +138,29 @@ async fn amqps_with_a_test_ca_works_and_a_wrong_ca_or_host_name_is_refused_by_ca
     assert_eq!(done[0]["span"]["task_id"], id.as_str(), "{}", done[0]);
     // Both ends really are on the TLS listener.
     let listed = node
-        .cli("rabbitmqctl", &["-q", "list_connections", "user", "ssl", "port"])
+        .cli(
+            "rabbitmqctl",
+            &["-q", "list_connections", "user", "ssl", "port"],
+        )
         .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
     let ours: Vec<&str> = listed.lines().filter(|l| l.starts_with(USER)).collect();
     assert!(ours.len() >= 2, "{listed}");
     for line in ours {
-        assert!(line.contains("true") && line.contains(&port.to_string()), "{line}");
+        assert!(
+            line.contains("true") && line.contains(&port.to_string()),
+            "{line}"
+        );
     }
     let _ = connection.close(200, "done".into()).await;
 
     // 2. Another CA: refused, naming the unknown issuer.
-    let err = connect(&settings(&url("localhost"), &namespace, &other_ca.ca()), "tls-test")
-        .await
-        .unwrap_err();
+    let err = connect(
+        &settings(&url("localhost"), &namespace, &other_ca.ca()),
+        "tls-test",
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ConnectError::Tls { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("certificate unknown issuer"), "{text}");
@@ -159,9 +171,12 @@ async fn amqps_with_a_test_ca_works_and_a_wrong_ca_or_host_name_is_refused_by_ca
     assert!(logged.contains("certificate unknown issuer"), "{logged}");
 
     // 3. The right CA, but the host is not the certificate's name.
-    let err = connect(&settings(&url("127.0.0.1"), &namespace, &ca.ca()), "tls-test")
-        .await
-        .unwrap_err();
+    let err = connect(
+        &settings(&url("127.0.0.1"), &namespace, &ca.ca()),
+        "tls-test",
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ConnectError::Tls { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("host name mismatch"), "{text}");
@@ -174,5 +189,7 @@ async fn amqps_with_a_test_ca_works_and_a_wrong_ca_or_host_name_is_refused_by_ca
     for w in [&mut good, &mut wrong_ca, &mut wrong_host] {
         assert_no_secret(w, &password).await;
     }
-    tokio::task::spawn_blocking(move || drop(node)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(node))
+        .await
+        .unwrap();
 }
