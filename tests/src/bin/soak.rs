@@ -298,7 +298,7 @@ async fn main() {
     while started.elapsed() < duration {
         interval.tick().await;
         n += 1;
-        let poison = n % 100 == 0;
+        let poison = n.is_multiple_of(100);
         let task = if poison { "poison.abort" } else { "poison.ok" };
         let id = uuid::Uuid::new_v4().to_string();
         loop {
