@@ -530,6 +530,7 @@ async fn main() {
         "what": "Soak: a steady rate with 1% poison tasks through real worker processes on a RabbitMQ node of its own, SIGKILLs of workers, one broker restart, the Redis idempotency store; RSS of every process sampled",
         "command": "flock -x /tmp/warren-bench.lock bench/soak",
         "pass": pass,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "settings": {
             "duration_s": duration.as_secs(),
             "rate_per_s": rate,
