@@ -82,6 +82,8 @@ struct Counters {
     kills: AtomicU64,
     other_exits: AtomicU64,
     restarts: AtomicU64,
+    /// Each other exit: its status and the worker's last log lines.
+    other: Mutex<Vec<serde_json::Value>>,
 }
 
 struct Sample {
@@ -200,7 +202,21 @@ async fn main() {
                 match status.signal() {
                     Some(6) => counters.aborts.fetch_add(1, Ordering::Relaxed),
                     Some(9) => counters.kills.fetch_add(1, Ordering::Relaxed),
-                    _ => counters.other_exits.fetch_add(1, Ordering::Relaxed),
+                    _ => {
+                        let text = std::fs::read_to_string(&log).unwrap_or_default();
+                        let lines: Vec<String> = text
+                            .lines()
+                            .rev()
+                            .take(3)
+                            .map(|l| l.chars().take(400).collect())
+                            .collect();
+                        counters.other.lock().unwrap().push(json!({
+                            "at_s": started.elapsed().as_secs(),
+                            "status": status.to_string(),
+                            "last_lines": lines,
+                        }));
+                        counters.other_exits.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         }));
@@ -558,6 +574,7 @@ async fn main() {
             "worker_aborts_by_poison": counters.aborts.load(Ordering::Relaxed),
             "worker_sigkills": counters.kills.load(Ordering::Relaxed),
             "worker_other_exits": counters.other_exits.load(Ordering::Relaxed),
+            "worker_other_exit_details": counters.other.lock().unwrap().clone(),
             "worker_restarts": counters.restarts.load(Ordering::Relaxed),
             "broker_restart_at_s": (restart_at * 10.0).round() / 10.0,
             "broker_restart_took_s": (restart_down * 10.0).round() / 10.0,
