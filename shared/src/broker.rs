@@ -5,6 +5,13 @@
 //! recovery gives up, the runtime starts over with a fresh connection, so the
 //! two layers together survive a broker restart of any length.
 //!
+//! `broker.url` may name several nodes of a cluster. A connection goes to
+//! the first that answers, starting from the one that answered last and on
+//! round the list, each given `broker.connect_timeout`. lapin's recovery
+//! reconnects to the node it was connected to; when that node stays down,
+//! the fresh connection the runtime starts over with goes to a surviving
+//! one (docs/cluster.md).
+//!
 //! `amqps://` URLs use rustls (with ring): the broker's certificate is
 //! checked against the system's CAs plus `broker.tls_ca_file`, and its name
 //! against the URL's host. A refused certificate is a [`ConnectError::Tls`]
@@ -15,9 +22,9 @@ use std::time::Duration;
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::settings::BrokerSettings;
+use crate::settings::{BrokerSettings, redact_url};
 
 /// Why a connection to the broker could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +74,17 @@ pub enum ConnectError {
     /// A client certificate without its key, or a key without certificate.
     #[error("broker.tls_cert_file and broker.tls_key_file go together: set both or neither")]
     TlsIdentity,
+    /// None of several addresses answered: why, address by address.
+    #[error("could not connect to any of the {} broker addresses: {}", .0.len(), join_errors(.0))]
+    NoAddressAnswered(Vec<ConnectError>),
+}
+
+fn join_errors(errors: &[ConnectError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The causes of a refused TLS handshake, by the words rustls reports them
@@ -187,32 +205,109 @@ async fn open(
     } else {
         properties
     };
-    tls_preflight(settings).await?;
+    let addresses = settings.addresses();
+    let rotation = Rotation::of(settings);
+    let mut errors = Vec::new();
+    for index in rotation.order(addresses.len()) {
+        let address = &addresses[index];
+        match open_one(settings, address, properties.clone()).await {
+            Ok(connection) => {
+                rotation.answered(index);
+                if !errors.is_empty() {
+                    tracing::info!(
+                        broker = %redact_url(address.expose_secret()),
+                        skipped = errors.len(),
+                        "Connected to another broker address; the ones before it did not answer."
+                    );
+                }
+                return Ok(connection);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() == 1 {
+        Err(errors.remove(0))
+    } else {
+        Err(ConnectError::NoAddressAnswered(errors))
+    }
+}
+
+/// Which address of a `broker.url` answered last in this process: every
+/// connection opened with the same `url`, from any copy of the settings,
+/// starts there. Keyed by a hash of the URL, never the URL itself.
+struct Rotation(u64);
+
+impl Rotation {
+    fn table() -> &'static std::sync::Mutex<std::collections::HashMap<u64, usize>> {
+        static TABLE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u64, usize>>> =
+            std::sync::OnceLock::new();
+        TABLE.get_or_init(Default::default)
+    }
+
+    fn of(settings: &BrokerSettings) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        settings.url.expose_secret().hash(&mut hasher);
+        Self(hasher.finish())
+    }
+
+    /// The order in which `count` addresses are tried.
+    fn order(&self, count: usize) -> Vec<usize> {
+        let start = Self::table()
+            .lock()
+            .map(|t| t.get(&self.0).copied().unwrap_or(0))
+            .unwrap_or(0);
+        order(start, count)
+    }
+
+    /// Remembers that address `index` answered.
+    fn answered(&self, index: usize) {
+        if let Ok(mut t) = Self::table().lock() {
+            t.insert(self.0, index);
+        }
+    }
+}
+
+/// `count` addresses from `start` (the one that answered last), then on
+/// round the list: each once.
+fn order(start: usize, count: usize) -> Vec<usize> {
+    (0..count).map(|i| (start + i) % count).collect()
+}
+
+/// One address, within `broker.connect_timeout`, with the TLS settings.
+async fn open_one(
+    settings: &BrokerSettings,
+    address: &SecretString,
+    properties: ConnectionProperties,
+) -> Result<Connection, ConnectError> {
+    let timeout = settings.connect_timeout;
+    let url = address.expose_secret();
+    tls_preflight(settings, address, timeout).await?;
     let builder = DefaultConnectionBuilder::new()
         .map_err(|source| ConnectError::Broker {
-            url: settings.redacted_url(),
+            url: redact_url(url),
             source,
         })?
-        .with_uri_str(settings.url.expose_secret().to_owned())
+        .with_uri_str(url.to_owned())
         .with_properties(properties)
         // Kept by lapin for every reconnect of the recovery.
         .with_tls_config(tls_config(settings)?);
-    match tokio::time::timeout(settings.connect_timeout, builder.connect()).await {
+    match tokio::time::timeout(timeout, builder.connect()).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(match tls_cause(&source) {
             Some(cause) => ConnectError::Tls {
-                url: settings.redacted_url(),
+                url: redact_url(url),
                 cause,
                 source: std::io::Error::other(source),
             },
             None => ConnectError::Broker {
-                url: settings.redacted_url(),
+                url: redact_url(url),
                 source,
             },
         }),
         Err(_) => Err(ConnectError::Timeout {
-            url: settings.redacted_url(),
-            timeout: settings.connect_timeout,
+            url: redact_url(url),
+            timeout,
         }),
     }
 }
@@ -224,11 +319,15 @@ async fn open(
 /// or host name would surface as a timeout; with it, the refusal is a
 /// [`ConnectError::Tls`] at once. Anything other than a refused
 /// certificate (the broker down, a plain URL) is left to lapin.
-async fn tls_preflight(settings: &BrokerSettings) -> Result<(), ConnectError> {
+async fn tls_preflight(
+    settings: &BrokerSettings,
+    address: &SecretString,
+    timeout: Duration,
+) -> Result<(), ConnectError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-    let Ok(uri) = settings.url.expose_secret().parse::<lapin::uri::AMQPUri>() else {
+    let Ok(uri) = address.expose_secret().parse::<lapin::uri::AMQPUri>() else {
         return Ok(()); // lapin names the bad URL
     };
     if uri.scheme != lapin::uri::AMQPScheme::AMQPS {
@@ -276,10 +375,10 @@ async fn tls_preflight(settings: &BrokerSettings) -> Result<(), ConnectError> {
             .connect(server_name, tcp)
             .await
     };
-    match tokio::time::timeout(settings.connect_timeout, attempt).await {
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(Err(source)) => match tls_cause(&source) {
             Some(cause) => Err(ConnectError::Tls {
-                url: settings.redacted_url(),
+                url: redact_url(address.expose_secret()),
                 cause,
                 source,
             }),
@@ -350,6 +449,84 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    /// A port nothing listens on: bound, then released.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn the_rotation_starts_from_the_address_that_answered_last() {
+        assert_eq!(order(0, 3), [0, 1, 2]);
+        assert_eq!(order(1, 3), [1, 2, 0]);
+        assert_eq!(order(2, 3), [2, 0, 1]);
+        assert_eq!(order(0, 1), [0]);
+        assert!(order(0, 0).is_empty());
+        // Shared by every copy of the same settings, not by other URLs.
+        let settings = BrokerSettings {
+            url: SecretString::from(format!(
+                "amqp://a:1/%2f,amqp://b:1/%2f,amqp://{}:1",
+                uuid::Uuid::new_v4().simple()
+            )),
+            ..Default::default()
+        };
+        let copy = settings.clone();
+        assert_eq!(Rotation::of(&settings).order(3), [0, 1, 2]);
+        Rotation::of(&copy).answered(2);
+        assert_eq!(Rotation::of(&settings).order(3), [2, 0, 1]);
+        assert_eq!(Rotation::of(&BrokerSettings::default()).order(1), [0]);
+    }
+
+    #[tokio::test]
+    async fn every_address_is_tried_in_turn_and_each_failure_is_named() {
+        // One refuses at once, one accepts and never answers the handshake.
+        let refused = closed_port();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let settings = BrokerSettings {
+            url: SecretString::from(format!(
+                "amqp://u:hunter2@127.0.0.1:{refused}/%2f,amqp://u:hunter2@127.0.0.1:{silent_port}/%2f"
+            )),
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let started = tokio::time::Instant::now();
+        let err = connect(&settings, "test").await.err().unwrap();
+        let shown = err.to_string();
+        assert!(
+            matches!(&err, ConnectError::NoAddressAnswered(e) if e.len() == 2),
+            "{shown}"
+        );
+        assert!(shown.contains(&format!("127.0.0.1:{refused}")), "{shown}");
+        assert!(
+            shown.contains(&format!("127.0.0.1:{silent_port}")),
+            "{shown}"
+        );
+        assert!(shown.contains("within 300ms"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // Each address had its own timeout, not one for the lot.
+        assert!(started.elapsed() < Duration::from_secs(3));
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn one_address_fails_as_before() {
+        let refused = closed_port();
+        let settings = BrokerSettings {
+            url: SecretString::from(format!("amqp://u:hunter2@127.0.0.1:{refused}/%2f")),
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let err = connect(&settings, "test").await.err().unwrap();
+        assert!(
+            matches!(
+                &err,
+                ConnectError::Broker { .. } | ConnectError::Timeout { .. }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod celery;
 pub mod cli;
+pub mod cpu;
 pub mod extra_node;
 mod helpers;
 pub mod http;
