@@ -17,12 +17,18 @@
 //! against the URL's host. A refused certificate is a [`ConnectError::Tls`]
 //! that names the cause.
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use lapin::options::QueueDeclareOptions;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
 
 use crate::settings::{BrokerSettings, redact_url};
 
@@ -340,7 +346,7 @@ async fn tls_preflight(
         roots
             .add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let Ok(builder) =
         rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
     else {
@@ -371,7 +377,7 @@ async fn tls_preflight(
     };
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), uri.authority.port)).await?;
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
     };
@@ -435,6 +441,117 @@ impl Backoff {
     }
 }
 
+/// Runs `session` until it ends well or `shutdown` is cancelled, starting
+/// it over after each error: the error is logged at WARN as `message`
+/// (with `error` and `retry_in_ms`), then the next delay of `backoff` is
+/// waited unless `shutdown` comes first. A session calls
+/// [`BackoffReset::reset`] once it is connected and working, so a long
+/// healthy session is followed by a short first delay.
+///
+/// The one shape of the long-lived broker sessions beside a worker's
+/// consumer (the gateway's workflow reader and status indexer, the
+/// conductor's leader, the Celery bridge): `Ok(())` means it stopped on
+/// purpose (shutdown), an error that the connection or the stream was lost.
+///
+/// ```no_run
+/// # async fn demo(settings: warren::settings::BrokerSettings) {
+/// use std::time::Duration;
+/// use tokio_util::sync::CancellationToken;
+/// use warren::broker::{Backoff, connect, reconnect_loop};
+///
+/// let shutdown = CancellationToken::new();
+/// let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+/// let settings = &settings;
+/// reconnect_loop(backoff, &shutdown, "The reader lost its connection; reconnecting.", |up| async move {
+///     let connection = connect(settings, "reader").await?;
+///     up.reset();
+///     // ... work until the connection is lost or shutdown ...
+///     # drop(connection);
+///     Ok::<(), warren::broker::ConnectError>(())
+/// })
+/// .await;
+/// # }
+/// ```
+pub async fn reconnect_loop<E, F, Fut>(
+    mut backoff: Backoff,
+    shutdown: &CancellationToken,
+    message: &str,
+    mut session: F,
+) where
+    E: Display,
+    F: FnMut(BackoffReset) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    loop {
+        let up = BackoffReset::default();
+        let result = session(up.clone()).await;
+        if up.0.load(Ordering::SeqCst) {
+            backoff.reset();
+        }
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "{message}"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Given to each session of [`reconnect_loop`]: [`reset`](Self::reset)
+/// says the session got going, so the backoff starts over from its base.
+#[derive(Debug, Clone, Default)]
+pub struct BackoffReset(Arc<AtomicBool>);
+
+impl BackoffReset {
+    /// The session is connected and working: the next delay after it ends
+    /// is the backoff's shortest.
+    pub fn reset(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether the queue `queue` exists, by a passive declare on a channel of
+/// its own (a failed passive declare closes its channel, so the caller's
+/// channels are never at risk). `NOT_FOUND` is `Ok(false)`; any other
+/// failure (the connection lost, access refused) is an error, never taken
+/// for an absent queue.
+pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let found = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match found {
+        Ok(_) => {
+            let _ = channel.close(200, "checked".into()).await;
+            Ok(true)
+        }
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The broker's `404 NOT_FOUND` channel error (no such queue or exchange).
+pub fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +566,34 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_loop_starts_sessions_over_until_one_ends_well_or_shutdown() {
+        let shutdown = CancellationToken::new();
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut runs = 0;
+        let started = tokio::time::Instant::now();
+        reconnect_loop(backoff, &shutdown, "Lost; reconnecting.", |_| {
+            runs += 1;
+            let result = if runs < 3 { Err("lost") } else { Ok(()) };
+            async move { result }
+        })
+        .await;
+        assert_eq!(runs, 3);
+        // Two waits: at most 100 ms, then at most 200 ms.
+        assert!(started.elapsed() <= Duration::from_millis(300));
+
+        // Shutdown ends the wait between sessions.
+        let backoff = Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
+        let stop = shutdown.clone();
+        reconnect_loop(backoff, &shutdown, "Lost; reconnecting.", |up| {
+            up.reset();
+            stop.cancel();
+            async { Err::<(), _>("lost") }
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     /// A port nothing listens on: bound, then released.
