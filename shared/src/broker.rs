@@ -11,15 +11,22 @@
 //! reconnects to the node it was connected to; when that node stays down,
 //! the fresh connection the runtime starts over with goes to a surviving
 //! one (docs/cluster.md).
+//!
+//! `amqps://` URLs use rustls (with ring): the broker's certificate is
+//! checked against the system's CAs plus `broker.tls_ca_file`, and its name
+//! against the URL's host. A refused certificate is a [`ConnectError::Tls`]
+//! that names the cause.
 
 use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +54,32 @@ pub enum ConnectError {
         /// How long it was given.
         timeout: Duration,
     },
+    /// The TLS handshake failed: the broker's certificate was refused.
+    #[error("could not connect to the broker at {url} over TLS: {cause} ({source})")]
+    Tls {
+        /// The broker's URL, password redacted.
+        url: String,
+        /// What was wrong, in words, with what to change.
+        cause: &'static str,
+        /// What rustls reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file named by `broker.tls_ca_file`, `tls_cert_file` or
+    /// `tls_key_file` could not be read.
+    #[error("could not read {setting} ({path}): {source}")]
+    TlsFile {
+        /// The setting that names it.
+        setting: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A client certificate without its key, or a key without certificate.
+    #[error("broker.tls_cert_file and broker.tls_key_file go together: set both or neither")]
+    TlsIdentity,
     /// None of several addresses answered: why, address by address.
     #[error("could not connect to any of the {} broker addresses: {}", .0.len(), join_errors(.0))]
     NoAddressAnswered(Vec<ConnectError>),
@@ -58,6 +91,77 @@ fn join_errors(errors: &[ConnectError]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The causes of a refused TLS handshake, by the words rustls reports them
+/// with, and what to say instead.
+const TLS_CAUSES: &[(&[&str], &str)] = &[
+    (
+        &["UnknownIssuer"],
+        "the broker's certificate is signed by a CA this process does not trust \
+         (certificate unknown issuer); set broker.tls_ca_file to that CA's PEM file",
+    ),
+    (
+        &["NotValidForName", "not valid for name"],
+        "the broker's certificate does not name the host of broker.url \
+         (host name mismatch); connect by a name the certificate carries",
+    ),
+    (
+        &["BadSignature"],
+        "the broker's certificate does not verify against the CA of that name in \
+         broker.tls_ca_file (bad signature: another CA with the same name?)",
+    ),
+    (
+        &["Expired", "NotValidYet"],
+        "the broker's certificate is expired or not valid yet",
+    ),
+    (
+        &["CertificateRequired", "certificate required"],
+        "the broker asks for a client certificate; set broker.tls_cert_file and broker.tls_key_file",
+    ),
+    (
+        &["InvalidCertificate", "invalid peer certificate"],
+        "the broker's certificate was refused",
+    ),
+];
+
+/// The cause of a TLS refusal in `error`, if it is one.
+fn tls_cause(error: &(impl std::fmt::Display + std::fmt::Debug)) -> Option<&'static str> {
+    let text = format!("{error} {error:?}");
+    TLS_CAUSES
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| text.contains(n)))
+        .map(|(_, cause)| *cause)
+}
+
+fn read_tls_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|source| ConnectError::TlsFile {
+        setting,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The TLS configuration of `settings`: extra CAs and a client identity.
+fn tls_config(settings: &BrokerSettings) -> Result<OwnedTLSConfig, ConnectError> {
+    let cert_chain = match &settings.tls_ca_file {
+        Some(path) => {
+            Some(String::from_utf8_lossy(&read_tls_file("broker.tls_ca_file", path)?).into_owned())
+        }
+        None => None,
+    };
+    let identity = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read_tls_file("broker.tls_cert_file", cert)?,
+            key: read_tls_file("broker.tls_key_file", key)?,
+        }),
+        (None, None) => None,
+        _ => return Err(ConnectError::TlsIdentity),
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }
 
 /// Opens a connection named `name` (shown in the management UI), with
@@ -112,7 +216,7 @@ async fn open(
     let mut errors = Vec::new();
     for index in rotation.order(addresses.len()) {
         let address = &addresses[index];
-        match open_one(address, settings.connect_timeout, properties.clone()).await {
+        match open_one(settings, address, properties.clone()).await {
             Ok(connection) => {
                 rotation.answered(index);
                 if !errors.is_empty() {
@@ -176,23 +280,118 @@ fn order(start: usize, count: usize) -> Vec<usize> {
     (0..count).map(|i| (start + i) % count).collect()
 }
 
-/// One address, within `timeout`.
+/// One address, within `broker.connect_timeout`, with the TLS settings.
 async fn open_one(
+    settings: &BrokerSettings,
     address: &SecretString,
-    timeout: Duration,
     properties: ConnectionProperties,
 ) -> Result<Connection, ConnectError> {
+    let timeout = settings.connect_timeout;
     let url = address.expose_secret();
-    match tokio::time::timeout(timeout, Connection::connect(url, properties)).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(source)) => Err(ConnectError::Broker {
+    tls_preflight(settings, address, timeout).await?;
+    let builder = DefaultConnectionBuilder::new()
+        .map_err(|source| ConnectError::Broker {
             url: redact_url(url),
             source,
+        })?
+        .with_uri_str(url.to_owned())
+        .with_properties(properties)
+        // Kept by lapin for every reconnect of the recovery.
+        .with_tls_config(tls_config(settings)?);
+    match tokio::time::timeout(timeout, builder.connect()).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(match tls_cause(&source) {
+            Some(cause) => ConnectError::Tls {
+                url: redact_url(url),
+                cause,
+                source: std::io::Error::other(source),
+            },
+            None => ConnectError::Broker {
+                url: redact_url(url),
+                source,
+            },
         }),
         Err(_) => Err(ConnectError::Timeout {
             url: redact_url(url),
             timeout,
         }),
+    }
+}
+
+/// For an `amqps://` URL, one TLS handshake with the broker, trusting what
+/// lapin trusts (the system's CAs and `broker.tls_ca_file`) and presenting
+/// the same client certificate. lapin retries a refused handshake like a
+/// refused connection until `connect_timeout`, so without this a wrong CA
+/// or host name would surface as a timeout; with it, the refusal is a
+/// [`ConnectError::Tls`] at once. Anything other than a refused
+/// certificate (the broker down, a plain URL) is left to lapin.
+async fn tls_preflight(
+    settings: &BrokerSettings,
+    address: &SecretString,
+    timeout: Duration,
+) -> Result<(), ConnectError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let Ok(uri) = address.expose_secret().parse::<lapin::uri::AMQPUri>() else {
+        return Ok(()); // lapin names the bad URL
+    };
+    if uri.scheme != lapin::uri::AMQPScheme::AMQPS {
+        return Ok(());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = &settings.tls_ca_file {
+        let pem = read_tls_file("broker.tls_ca_file", path)?;
+        roots
+            .add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return Ok(());
+    };
+    let builder = builder.with_root_certificates(roots);
+    let config = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let certs = read_tls_file("broker.tls_cert_file", cert)?;
+            let key = read_tls_file("broker.tls_key_file", key)?;
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(&certs)
+                .filter_map(Result::ok)
+                .collect();
+            let Ok(key) = PrivateKeyDer::from_pem_slice(&key) else {
+                return Ok(()); // lapin reports the unreadable key
+            };
+            match builder.with_client_auth_cert(certs, key) {
+                Ok(config) => config,
+                Err(_) => return Ok(()),
+            }
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(ConnectError::TlsIdentity),
+    };
+    let host = uri.authority.host.clone();
+    let Ok(server_name) = ServerName::try_from(host.clone()) else {
+        return Ok(());
+    };
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), uri.authority.port)).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name, tcp)
+            .await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Err(source)) => match tls_cause(&source) {
+            Some(cause) => Err(ConnectError::Tls {
+                url: redact_url(address.expose_secret()),
+                cause,
+                source,
+            }),
+            None => Ok(()),
+        },
+        // A handshake that went through, or no answer: lapin's turn.
+        Ok(Ok(_)) | Err(_) => Ok(()),
     }
 }
 

@@ -69,6 +69,17 @@ pub struct BrokerSettings {
     /// queues (`x-delivery-limit`), by the Redis idempotency store on
     /// classic ones; not counted with the `memory` store. 0: no limit.
     pub delivery_limit: u32,
+    /// For an `amqps://` URL: a PEM file of CA certificates trusted, besides
+    /// the system's, to sign the broker's certificate (a private CA). The
+    /// broker's host name in the URL must match its certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// For an `amqps://` URL whose broker asks for a client certificate
+    /// (`fail_if_no_peer_cert`): the PEM certificate chain to present.
+    /// Needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM (PKCS#8) private key of `tls_cert_file`. A path, not the key:
+    /// the key itself never enters the settings or a log line.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// The type of a namespace's queues (`broker.queue_type`).
@@ -104,6 +115,9 @@ impl Default for BrokerSettings {
             management_url: SecretString::from("http://127.0.0.1:15672"),
             queue_type: QueueType::Classic,
             delivery_limit: 5,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -166,6 +180,9 @@ impl fmt::Debug for BrokerSettings {
             )
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod celery;
 pub mod cli;
 pub mod cpu;
+pub mod extra_node;
 mod helpers;
 pub mod http;
 pub mod images;

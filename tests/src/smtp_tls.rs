@@ -23,24 +23,20 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn generate() -> anyhow::Result<Self> {
+        Self::generate_named("Warren Test CA")
+    }
+
+    /// A CA whose subject is `CN=<name>` (two CAs of different names: one
+    /// signed the server's certificate, the client trusts the other).
+    pub fn generate_named(name: &str) -> anyhow::Result<Self> {
+        let subject = format!("/CN={name}");
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         openssl(
             d,
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=Warren Test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subject,
+                "-keyout", "ca.key", "-out", "ca.pem",
             ],
         )?;
         openssl(
