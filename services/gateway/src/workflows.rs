@@ -75,7 +75,10 @@ impl Shape {
                 StepShape::Task(t) => types.push(t),
                 StepShape::Group { group, on_failure } => {
                     types.push(String::new());
-                    groups.insert(u32::try_from(i + 1).unwrap_or(u32::MAX), (group, on_failure));
+                    groups.insert(
+                        u32::try_from(i + 1).unwrap_or(u32::MAX),
+                        (group, on_failure),
+                    );
                 }
             }
         }

@@ -290,7 +290,9 @@ impl Slip {
                     next: rest.to_vec(),
                 },
             })),
-            Link::Group(g) => Some(Next::Group(g.next_group(&self.id, step, rest, result, priority))),
+            Link::Group(g) => Some(Next::Group(
+                g.next_group(&self.id, step, rest, result, priority),
+            )),
         }
     }
 }
@@ -462,7 +464,10 @@ mod tests {
         let Some(Next::Task(one)) = start.advance(None, 0) else {
             panic!("a step first");
         };
-        assert_eq!((one.id.as_str(), one.task_type.as_str()), ("c.1", "p.validate"));
+        assert_eq!(
+            (one.id.as_str(), one.task_type.as_str()),
+            ("c.1", "p.validate")
+        );
         let header = one.slip.to_json().unwrap();
         let slip = Slip::parse(&header).unwrap();
         let Some(Next::Task(two)) = slip.advance(Some(&json!({ "ok": true })), 5) else {

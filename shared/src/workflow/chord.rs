@@ -344,7 +344,12 @@ impl Chord {
 
     /// Its members, callback, policy and the links after the callback.
     pub(super) fn into_parts(self) -> (Vec<Step>, Step, OnFailure, Vec<Link>) {
-        (self.group.members, self.callback, self.on_failure, self.next)
+        (
+            self.group.members,
+            self.callback,
+            self.on_failure,
+            self.next,
+        )
     }
 }
 

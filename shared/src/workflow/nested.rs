@@ -420,7 +420,10 @@ mod tests {
             panic!("a group follows step 1");
         };
         assert_eq!((g.id.as_str(), g.step), ("c.2", 2));
-        assert_eq!(g.members[0].body, json!({ "factor": 2, "input": { "v": 1 } }));
+        assert_eq!(
+            g.members[0].body,
+            json!({ "factor": 2, "input": { "v": 1 } })
+        );
         assert_eq!(g.members[1].priority, Some(4));
         let record = g.record.unwrap();
         assert_eq!(record.callback_id(), "c.3");
@@ -454,7 +457,10 @@ mod tests {
             panic!("the chain starts with a group");
         };
         let record = g.record.unwrap();
-        assert_eq!((g.id.as_str(), record.callback_id().as_str()), ("k.1", "k.2"));
+        assert_eq!(
+            (g.id.as_str(), record.callback_id().as_str()),
+            ("k.1", "k.2")
+        );
         assert_eq!(record.next.len(), 1);
     }
 
@@ -464,7 +470,9 @@ mod tests {
             .check(10)
             .unwrap_err();
         assert_eq!(e.field().as_deref(), Some("steps[2]"));
-        let e = crate::chain![s("a.a"), group(vec![])].check(10).unwrap_err();
+        let e = crate::chain![s("a.a"), group(vec![])]
+            .check(10)
+            .unwrap_err();
         assert_eq!(e.field().as_deref(), Some("steps[1]"));
         let e = crate::chain![group(vec![s("a.b").result_to("x")])]
             .check(10)

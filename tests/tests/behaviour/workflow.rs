@@ -611,16 +611,23 @@ async fn a_chain_of_a_group_and_its_callback_then_a_final_step_runs_each_once_in
     );
     // The callback is step 2 of the chain itself.
     let slip = Slip::parse(&seen[4].header(headers::CHAIN).unwrap()).unwrap();
-    assert_eq!((slip.id.as_str(), slip.step, slip.next.len()), (id.as_str(), 2, 1));
+    assert_eq!(
+        (slip.id.as_str(), slip.step, slip.next.len()),
+        (id.as_str(), 2, 1)
+    );
     for task in [callback.as_str(), last.as_str()] {
         assert_eq!(p.logs_of("Task succeeded.", task), 1, "{task}");
     }
     // The callback had every member's outcome, in member order.
-    let results: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(p.dir.path().join(format!("{callback}.json"))).unwrap())
-            .unwrap();
+    let results: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(p.dir.path().join(format!("{callback}.json"))).unwrap(),
+    )
+    .unwrap();
     let order: Vec<&str> = results.iter().filter_map(|r| r["id"].as_str()).collect();
-    assert_eq!(order, (1..=4).map(|m| format!("{id}.1.{m}")).collect::<Vec<_>>());
+    assert_eq!(
+        order,
+        (1..=4).map(|m| format!("{id}.1.{m}")).collect::<Vec<_>>()
+    );
     drop(conductor);
     p.stop().await;
 }
@@ -669,7 +676,10 @@ async fn a_group_between_two_steps_gets_the_first_result_and_hands_its_outcomes_
     let results: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(p.dir.path().join(format!("{last}.json"))).unwrap())
             .unwrap();
-    let values: Vec<serde_json::Value> = results.iter().map(|r| r["result"]["value"].clone()).collect();
+    let values: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| r["result"]["value"].clone())
+        .collect();
     assert_eq!(values, [json!(2), json!(4), json!(6)], "{results:?}");
     assert_eq!(p.logs_of("Task succeeded.", &format!("{id}.1")), 1);
     assert_eq!(p.logs_of("Task succeeded.", &last), 1);

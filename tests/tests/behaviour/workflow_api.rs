@@ -482,13 +482,20 @@ async fn a_nested_chain_posted_shows_its_group_members_and_each_step_to_the_end(
         }))
         .await;
     assert_eq!(code, 202, "{body}");
-    assert_eq!(location.as_deref(), Some(format!("/v1/workflows/{id}").as_str()));
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/v1/workflows/{id}").as_str())
+    );
     assert_eq!(
         (body["kind"].as_str(), body["size"].as_u64()),
         (Some("chain"), Some(3))
     );
     let (states, last) = by_task(&w.follow(&id).await);
-    assert_eq!(states.len(), 5, "three members, the callback, the final step: {states:?}");
+    assert_eq!(
+        states.len(),
+        5,
+        "three members, the callback, the final step: {states:?}"
+    );
     assert_eq!(
         states[&format!("{id}.1.2")].last().map(String::as_str),
         Some("dead_lettered")
@@ -519,7 +526,12 @@ async fn a_nested_chain_posted_shows_its_group_members_and_each_step_to_the_end(
             group["state"].as_str(),
             group["on_failure"].as_str()
         ),
-        (Some("group"), Some(format!("{id}.1").as_str()), Some("succeeded"), Some("run")),
+        (
+            Some("group"),
+            Some(format!("{id}.1").as_str()),
+            Some("succeeded"),
+            Some("run")
+        ),
         "{group}"
     );
     let members = group["members"].as_array().unwrap();

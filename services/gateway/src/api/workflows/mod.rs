@@ -152,9 +152,10 @@ pub async fn start_workflow(
 fn shape_of(checked: &Checked) -> (Shape, Vec<(String, String)>) {
     let id = &checked.id;
     let shape = match &checked.workflow {
-        Parsed::Chain(c) => {
-            Shape::from_record(WorkflowRecord::of_chain(id, c.links()), Some(chrono::Utc::now()))
-        }
+        Parsed::Chain(c) => Shape::from_record(
+            WorkflowRecord::of_chain(id, c.links()),
+            Some(chrono::Utc::now()),
+        ),
         Parsed::Group(g) => {
             let types = g.members().iter().map(|m| m.task_type.as_str());
             Shape::from_record(
@@ -212,7 +213,9 @@ fn check_bodies(app: &AppState, checked: &Checked) -> Result<(), Problem> {
             // callback apart.
             for (n, link) in c.links().iter().enumerate() {
                 match link {
-                    Link::Task(s) => bodies.push((format!("link {}", n + 1), format!("{id}.{}", n + 1), s)),
+                    Link::Task(s) => {
+                        bodies.push((format!("link {}", n + 1), format!("{id}.{}", n + 1), s))
+                    }
                     Link::Group(g) => bodies.extend(g.group.iter().enumerate().map(|(m, s)| {
                         (
                             format!("link {} member {}", n + 1, m + 1),
@@ -240,7 +243,11 @@ fn check_bodies(app: &AppState, checked: &Checked) -> Result<(), Problem> {
                     .enumerate()
                     .map(|(i, s)| (format!("members[{i}]"), format!("{id}.{}", i + 1), s)),
             );
-            bodies.push(("callback".to_owned(), format!("{id}.callback"), c.callback()));
+            bodies.push((
+                "callback".to_owned(),
+                format!("{id}.callback"),
+                c.callback(),
+            ));
         }
     }
     for (field, task_id, step) in bodies {
@@ -248,8 +255,12 @@ fn check_bodies(app: &AppState, checked: &Checked) -> Result<(), Problem> {
         if step.result_to.is_some() {
             continue;
         }
-        app.checks
-            .check_payload(&step.task_type, &step.body, &task_id, &format!("{field}.body."))?;
+        app.checks.check_payload(
+            &step.task_type,
+            &step.body,
+            &task_id,
+            &format!("{field}.body."),
+        )?;
     }
     Ok(())
 }

@@ -15,9 +15,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
-use warren::workflow::{
-    Chain, ChainError, Chord, Group, GroupLink, Link, OnFailure, Step, group,
-};
+use warren::workflow::{Chain, ChainError, Chord, Group, GroupLink, Link, OnFailure, Step, group};
 
 use crate::enqueue;
 use crate::problem::{self, Problem};
@@ -344,7 +342,9 @@ fn link(raw: Value, field: &str, types: &mut Vec<(String, String)>) -> Result<Ve
         return Err(Problem::invalid(
             "nesting_not_supported",
             &format!("{field}.kind"),
-            format!("{field} is a chain inside a chain ({kind}); list its steps in the outer chain instead"),
+            format!(
+                "{field} is a chain inside a chain ({kind}); list its steps in the outer chain instead"
+            ),
         ));
     }
     refuse_field(
@@ -416,8 +416,8 @@ fn callback_chain(
         types.push(("callback.type".to_owned(), callback.task_type.clone()));
         return Ok((callback, Vec::new()));
     }
-    let request: WorkflowRequest = serde_path_to_error::deserialize(raw)
-        .map_err(|e| problem::from_serde(e, "callback."))?;
+    let request: WorkflowRequest =
+        serde_path_to_error::deserialize(raw).map_err(|e| problem::from_serde(e, "callback."))?;
     refuse_field(
         request.id.is_some(),
         "callback.id",

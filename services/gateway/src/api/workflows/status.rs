@@ -206,7 +206,10 @@ pub fn group_state(members: &[TaskStateDoc], strict: bool) -> TaskStateDoc {
         .any(|s| !matches!(s, S::Pending | S::Unknown | S::Queued | S::Scheduled))
     {
         S::Running
-    } else if members.iter().any(|s| matches!(s, S::Queued | S::Scheduled)) {
+    } else if members
+        .iter()
+        .any(|s| matches!(s, S::Queued | S::Scheduled))
+    {
         S::Queued
     } else {
         S::Pending
@@ -347,7 +350,10 @@ pub async fn status_of(app: &AppState, shape: &Shape) -> Result<WorkflowStatus, 
             }
             let member_states: Vec<TaskStateDoc> = members.iter().map(|m| m.status.state).collect();
             let mut status = StatusBody::unknown(&shape.task_id(n));
-            status.state = group_state(&member_states, *policy == OnFailure::Skip || n == shape.size);
+            status.state = group_state(
+                &member_states,
+                *policy == OnFailure::Skip || n == shape.size,
+            );
             tasks.push(WorkflowTask {
                 n: Some(n),
                 status,
@@ -642,7 +648,10 @@ mod tests {
     fn a_nested_group_is_final_when_its_members_are() {
         assert_eq!(group_state(&[S::Succeeded, S::Running], true), S::Running);
         assert_eq!(group_state(&[S::Queued, S::Pending], true), S::Queued);
-        assert_eq!(group_state(&[S::Succeeded, S::DeadLettered], false), S::Succeeded);
+        assert_eq!(
+            group_state(&[S::Succeeded, S::DeadLettered], false),
+            S::Succeeded
+        );
         assert_eq!(
             group_state(&[S::Succeeded, S::DeadLettered], true),
             S::DeadLettered
