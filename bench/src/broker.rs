@@ -37,6 +37,8 @@ const EVENTS_RETENTION: Duration = Duration::from_secs(3600);
 
 /// The email worker's queue stem (`{namespace}.email`).
 pub const EMAIL_STEM: &str = "email";
+/// The image worker's queue stem (`{namespace}.image`).
+pub const IMAGE_STEM: &str = "image";
 
 /// How long the bench waits for the broker to take a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -95,6 +97,13 @@ impl BenchBroker {
                 &names,
                 EMAIL_STEM,
                 &["email.#"],
+                &ConsumerSettings::default().retry_delays,
+            ),
+            // What the image worker declares (its defaults).
+            Topology::new(
+                &names,
+                IMAGE_STEM,
+                &["image.#"],
                 &ConsumerSettings::default().retry_delays,
             ),
         ];
@@ -190,6 +199,19 @@ impl BenchBroker {
 
     /// Publishes `n` persistent tasks of type `task_type`, `body(seq)` each,
     /// with at most [`PREFILL_WINDOW`] awaiting their confirms.
+    /// Puts `n` tasks of `task_type` into the queue bound to it through
+    /// the tasks exchange, `body(seq)` each, and waits for every confirm.
+    pub async fn prefill_tasks(
+        &self,
+        task_type: &str,
+        n: usize,
+        body: impl Fn(usize) -> Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let exchange = self.names.tasks_exchange();
+        self.publish_n(&exchange, task_type, task_type, n, body)
+            .await
+    }
+
     async fn publish_n(
         &self,
         exchange: &str,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::peers::Peers;
 
-/// The seven parts of a run, in the order they run.
+/// The eight parts of a run, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Section {
     Consume,
@@ -17,10 +17,11 @@ pub enum Section {
     Memory,
     Replicas,
     Retry,
+    Thumbnails,
 }
 
 impl Section {
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::Consume,
         Section::Publish,
         Section::Latency,
@@ -28,6 +29,7 @@ impl Section {
         Section::Memory,
         Section::Replicas,
         Section::Retry,
+        Section::Thumbnails,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +41,7 @@ impl Section {
             Section::Memory => "memory",
             Section::Replicas => "replicas",
             Section::Retry => "retry",
+            Section::Thumbnails => "thumbnails",
         }
     }
 }
@@ -95,6 +98,8 @@ pub struct Config {
     pub email_concurrency: usize,
     /// Emails of the email section's memory run (peak RSS of the worker).
     pub email_memory_n: usize,
+    /// `image.thumbnail` tasks per whole-worker thumbnails run.
+    pub thumbnails_n: usize,
     /// Frameworks measured beside Warren (`--peers`); none by default.
     pub peers: Peers,
     /// Wait for RabbitMQ's per-queue counters after the retry run (they lag
@@ -125,6 +130,7 @@ impl Default for Config {
             email_n: 5_000,
             email_concurrency: 10,
             email_memory_n: 50_000,
+            thumbnails_n: 200,
             peers: Peers::default(),
             broker_stats: true,
             sections: Section::ALL.to_vec(),
@@ -145,6 +151,7 @@ impl Config {
             duration: Duration::from_secs(1),
             email_n: 20,
             email_memory_n: 50,
+            thumbnails_n: 4,
             broker_stats: false,
             smoke: true,
             ..Self::default()

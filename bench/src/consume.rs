@@ -16,6 +16,7 @@ use warren::settings::ConsumerSettings;
 use crate::bare::{BareConsumer, Progress};
 use crate::broker::BenchBroker;
 use crate::config::Config;
+use crate::cpu;
 use crate::peers::{Peer, noop as peer_noop};
 use crate::report::{Report, at_least, thousands};
 use crate::stats::{median, ratio, round};
@@ -95,6 +96,10 @@ pub fn options(cfg: &Config, variant: Variant) -> Options {
     }
 }
 
+/// CPU microseconds per message of a consume run: the consumer (this
+/// process) and the broker, from start to stop of the consumer.
+pub type CpuPerMsg = (Option<f64>, Option<f64>);
+
 /// One Warren consume run over a freshly filled queue: msg/s from the
 /// first handler start to the last ack.
 pub async fn warren_once(
@@ -103,20 +108,41 @@ pub async fn warren_once(
     pad: &str,
     variant: Variant,
 ) -> anyhow::Result<f64> {
+    warren_once_cpu(cfg, bench, pad, variant)
+        .await
+        .map(|(rate, _)| rate)
+}
+
+/// [`warren_once`], with its CPU cost per message.
+async fn warren_once_cpu(
+    cfg: &Config,
+    bench: &BenchBroker,
+    pad: &str,
+    variant: Variant,
+) -> anyhow::Result<(f64, CpuPerMsg)> {
     bench.purge(STEM).await?;
     bench.prefill(STEM, cfg.n, pad).await?;
+    let broker = cpu::broker_pid();
+    let before = cpu::Reading::now(broker);
     let worker = InProcess::start(bench, &options(cfg, variant), cfg.n, noop());
     let done = worker.wait_done(budget(cfg.n)).await;
     worker.stop().await?;
+    let used = cpu::Reading::now(broker).us_per(before, cfg.n);
     let (first, end) = done?;
-    Ok(cfg.n as f64 / (end - first).as_secs_f64())
+    Ok((cfg.n as f64 / (end - first).as_secs_f64(), used))
 }
 
 /// One bare consume run over a freshly filled queue: msg/s from the first
 /// delivery to the last ack.
-pub async fn bare_once(cfg: &Config, bench: &BenchBroker, pad: &str) -> anyhow::Result<f64> {
+pub async fn bare_once(
+    cfg: &Config,
+    bench: &BenchBroker,
+    pad: &str,
+) -> anyhow::Result<(f64, CpuPerMsg)> {
     bench.purge(STEM).await?;
     bench.prefill(STEM, cfg.n, pad).await?;
+    let broker = cpu::broker_pid();
+    let before = cpu::Reading::now(broker);
     let consumer = BareConsumer {
         url: bench.url.clone(),
         queue: bench.queue(STEM),
@@ -136,10 +162,11 @@ pub async fn bare_once(cfg: &Config, bench: &BenchBroker, pad: &str) -> anyhow::
     )
     .await
     .map_err(|_| anyhow::anyhow!("the bare consumer did not finish in time"))??;
+    let used = cpu::Reading::now(broker).us_per(before, cfg.n);
     let (first, end) = progress
         .span()
         .ok_or_else(|| anyhow::anyhow!("the bare consumer consumed nothing"))?;
-    Ok(cfg.n as f64 / (end - first).as_secs_f64())
+    Ok((cfg.n as f64 / (end - first).as_secs_f64(), used))
 }
 
 pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyhow::Result<()> {
@@ -155,14 +182,24 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
     // Each peer's worker: (peak, idle) resident set of its process tree.
     let mut rss: Vec<Vec<(u64, u64)>> = vec![Vec::new(); contenders.len()];
+    // Warren's and bare lapin's CPU per message: (consumer, broker).
+    let mut cpus: Vec<Vec<CpuPerMsg>> = vec![Vec::new(); contenders.len()];
     for r in 0..cfg.rounds {
         // Rotate the order each round, so no contender always runs first
         // (or right after the broker's busiest moment).
         for k in 0..contenders.len() {
             let i = (k + r) % contenders.len();
             let rate = match contenders[i] {
-                Contender::Warren(v) => warren_once(cfg, bench, &pad, v).await?,
-                Contender::Bare => bare_once(cfg, bench, &pad).await?,
+                Contender::Warren(v) => {
+                    let (rate, used) = warren_once_cpu(cfg, bench, &pad, v).await?;
+                    cpus[i].push(used);
+                    rate
+                }
+                Contender::Bare => {
+                    let (rate, used) = bare_once(cfg, bench, &pad).await?;
+                    cpus[i].push(used);
+                    rate
+                }
                 Contender::Peer(p) => {
                     let run = peer_noop::consume_once(bench, p, cfg.n, budget(cfg.n)).await?;
                     rss[i].push((run.peak_rss_kib, run.idle_rss_kib));
@@ -190,13 +227,22 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
     let bare = median_of(Contender::Bare);
     let mut section = serde_json::Map::new();
     for (i, c) in contenders.iter().enumerate() {
-        section.insert(
-            c.key().to_owned(),
-            json!({
-                "rates_msg_per_s": rates[i].iter().map(|x| round(*x, 1)).collect::<Vec<_>>(),
-                "median_msg_per_s": round(median(&rates[i]), 1),
-            }),
-        );
+        let mut figures = json!({
+            "rates_msg_per_s": rates[i].iter().map(|x| round(*x, 1)).collect::<Vec<_>>(),
+            "median_msg_per_s": round(median(&rates[i]), 1),
+        });
+        let consumer: Vec<f64> = cpus[i].iter().filter_map(|c| c.0).collect();
+        let broker: Vec<f64> = cpus[i].iter().filter_map(|c| c.1).collect();
+        // CPU time counts in 10 ms ticks: a run too short to show any (the
+        // smoke run's) reports none rather than a 0.
+        if median(&consumer) > 0.0 && median(&broker) > 0.0 {
+            figures["cpu_us_per_msg"] = json!({
+                "source": "utime + stime deltas of /proc/<pid>/stat from the consumer's start to its stop, medians of the rounds",
+                "consumer": round(median(&consumer), 1),
+                "broker": round(median(&broker), 1),
+            });
+        }
+        section.insert(c.key().to_owned(), figures);
     }
     let label = format!("msg/s, median of {}", cfg.rounds);
     for v in variants {

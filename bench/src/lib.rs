@@ -15,6 +15,7 @@ pub mod bare;
 pub mod broker;
 pub mod config;
 pub mod consume;
+pub mod cpu;
 pub mod email;
 pub mod latency;
 pub mod peers;
@@ -25,6 +26,7 @@ pub mod retry;
 pub mod smtp_sink;
 pub mod stats;
 pub mod task;
+pub mod thumbnails;
 pub mod warren_side;
 
 use serde_json::{Map, Value, json};
@@ -72,6 +74,7 @@ async fn sections(
             Section::Memory => process::memory(cfg, bench, report).await?,
             Section::Replicas => process::replicas(cfg, bench, report).await?,
             Section::Retry => retry::run(cfg, bench, mgmt, report).await?,
+            Section::Thumbnails => thumbnails::run(cfg, bench, report).await?,
         }
         let warnings = warren_side::unexpected_warnings() - warnings_before;
         if warnings > 0 {
@@ -168,6 +171,7 @@ async fn meta(cfg: &Config, mgmt: Option<&Management>) -> Map<String, Value> {
             "email_n": cfg.email_n,
             "emails_in_flight": cfg.email_concurrency,
             "email_memory_n": cfg.email_memory_n,
+            "thumbnails_n": cfg.thumbnails_n,
             "peers": cfg.peers.0.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             "smoke": cfg.smoke,
             "sections": cfg.sections.iter().map(|s| s.as_str()).collect::<Vec<_>>(),

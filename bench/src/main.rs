@@ -52,12 +52,15 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Run only these sections (comma-separated): consume, publish,
-    /// latency, email, memory, replicas, retry.
+    /// latency, email, memory, replicas, retry, thumbnails.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
     /// Emails of the email section's memory run.
     #[arg(long)]
     email_memory_n: Option<usize>,
+    /// `image.thumbnail` tasks per whole-worker thumbnails run (200).
+    #[arg(long)]
+    thumbnails_n: Option<usize>,
     /// Also run the peers beside Warren, from bench/.venv (install it with
     /// bench/prepare): all of them, or those named (comma-separated):
     /// celery, dramatiq.
@@ -118,6 +121,7 @@ impl Args {
                 .unwrap_or(base.email_concurrency)
                 .max(1),
             email_memory_n: self.email_memory_n.unwrap_or(base.email_memory_n).max(1),
+            thumbnails_n: self.thumbnails_n.unwrap_or(base.thumbnails_n).max(1),
             peers: Peers(match &self.peers {
                 None => Vec::new(),
                 Some(named) if named.is_empty() => Peer::ALL.to_vec(),

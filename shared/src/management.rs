@@ -50,7 +50,10 @@ impl Management {
                 redact_url(raw)
             ))
         })?;
-        let amqp = Url::parse(broker.url.expose_secret())
+        // Of several addresses (a cluster's nodes), the first: they share
+        // their users and virtual hosts.
+        let first = broker.addresses().into_iter().next().unwrap_or_default();
+        let amqp = Url::parse(first.expose_secret())
             .map_err(|e| ManagementError::Settings(format!("broker.url is not a URL: {e}")))?;
         let decode = |s: &str| {
             url::form_urlencoded::parse(format!("x={s}").as_bytes())

@@ -29,8 +29,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
-    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. Secret: it
-    /// usually carries a password.
+    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or several
+    /// separated by commas (the nodes of a cluster:
+    /// `amqp://u:p@rabbit-1:5672/%2f,amqp://u:p@rabbit-2:5672/%2f`). A
+    /// connection goes to the first that answers, starting from the one
+    /// that answered last; see [`BrokerSettings::addresses`]. Secret: it
+    /// usually carries a password (a comma in a password is written `%2C`).
     #[serde(with = "secret")]
     pub url: SecretString,
     /// Prefix of every exchange and queue name (`warren.tasks`,
@@ -121,9 +125,30 @@ impl BrokerSettings {
         }
     }
 
-    /// The URL with its password replaced, for logs.
+    /// The broker addresses of `url`, in order: one, or a cluster's nodes
+    /// separated by commas (blanks around them ignored).
+    ///
+    /// ```
+    /// use secrecy::{ExposeSecret, SecretString};
+    /// let settings = warren::settings::BrokerSettings {
+    ///     url: SecretString::from("amqp://rabbit-1:5672/%2f, amqp://rabbit-2:5672/%2f"),
+    ///     ..Default::default()
+    /// };
+    /// let addresses = settings.addresses();
+    /// assert_eq!(addresses[1].expose_secret(), "amqp://rabbit-2:5672/%2f");
+    /// ```
+    pub fn addresses(&self) -> Vec<SecretString> {
+        split_addresses(self.url.expose_secret())
+            .map(SecretString::from)
+            .collect()
+    }
+
+    /// The URL (every address of it) with its password replaced, for logs.
     pub fn redacted_url(&self) -> String {
-        redact_url(self.url.expose_secret())
+        split_addresses(self.url.expose_secret())
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -143,6 +168,21 @@ impl fmt::Debug for BrokerSettings {
             .field("delivery_limit", &self.delivery_limit)
             .finish()
     }
+}
+
+/// The addresses of a `broker.url`: split on commas, blanks trimmed, empty
+/// pieces dropped; the whole text when nothing is left (so an empty URL is
+/// still refused by name when it is used).
+fn split_addresses(raw: &str) -> impl Iterator<Item = &str> {
+    let mut pieces: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if pieces.is_empty() {
+        pieces.push(raw);
+    }
+    pieces.into_iter()
 }
 
 /// How a worker consumes its queue.
@@ -640,6 +680,45 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("user:***@rabbit"), "{shown}");
+    }
+
+    #[test]
+    fn several_addresses_are_split_and_each_redacted() {
+        let s = BrokerSettings {
+            url: SecretString::from(
+                "amqp://u:hunter2@rabbit-1:5701/%2f, amqp://u:hunter2@rabbit-2:5702/%2f,",
+            ),
+            ..Default::default()
+        };
+        let addresses: Vec<String> = s
+            .addresses()
+            .iter()
+            .map(|a| a.expose_secret().to_owned())
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                "amqp://u:hunter2@rabbit-1:5701/%2f",
+                "amqp://u:hunter2@rabbit-2:5702/%2f"
+            ]
+        );
+        let shown = format!("{s:?} {}", s.redacted_url());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("u:***@rabbit-1:5701"), "{shown}");
+        assert!(shown.contains("u:***@rabbit-2:5702"), "{shown}");
+    }
+
+    #[test]
+    fn several_addresses_come_from_one_environment_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "WARREN_BROKER__URL",
+                "amqp://g:g@127.0.0.1:5701/%2f,amqp://g:g@127.0.0.1:5702/%2f",
+            );
+            let s: Svc = load().map_err(|e| e.to_string())?;
+            assert_eq!(s.broker.addresses().len(), 2);
+            Ok(())
+        });
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod celery;
 pub mod cli;
+pub mod cpu;
 mod helpers;
 pub mod http;
 pub mod images;

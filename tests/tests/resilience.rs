@@ -583,23 +583,14 @@ async fn the_status_indexer_killed_mid_stream_is_replaced_and_no_event_is_applie
     w.finish().await.unwrap();
 }
 
-/// `warren dead replay` of 1,000 parked tasks, killed with `kill -9`
-/// midway: every task is parked or delivered (on its work queue), none is
-/// lost, and at most the one message in flight (published, its ack not
-/// yet processed) is in both places.
-#[tokio::test]
-async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_message_in_flight() {
+/// Parks 1,000 `email.send` tasks (`p0`..`p999`) the way the runtime
+/// parks: a copy to the dead exchange, keyed by the work queue, with the
+/// failure headers, confirmed. No worker: the work queue keeps what a
+/// replay delivers.
+async fn park_a_thousand(broker: &TestBroker) {
     use warren::contract::{self, headers};
-    use warren_tests::cli;
-
-    let _serial = SERIAL.lock().await;
-    let broker = TestBroker::new().await.unwrap();
-    // No worker: the work queue keeps what the replay delivers.
     broker.declare_email_topology(&[]).await.unwrap();
     let work = broker.names.work_queue("email");
-    let dead = broker.email_dead_queue();
-    // Parked the way the runtime parks: a copy to the dead exchange, keyed
-    // by the work queue, with the failure headers, confirmed.
     for n in 0..1000 {
         let mut props = warren::task_properties(&format!("p{n}"), "email.send", 0);
         let mut h = props.headers().clone().unwrap_or_default();
@@ -619,20 +610,30 @@ async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_me
             .await
             .unwrap();
     }
-    assert_eq!(broker.depth(&dead).await.unwrap(), 1000);
+    assert_eq!(
+        broker.depth(&broker.email_dead_queue()).await.unwrap(),
+        1000
+    );
+}
 
-    let env = [("WARREN_BROKER__NAMESPACE", broker.namespace().to_owned())];
-    let mut replay = cli::spawn(&env, &["dead", "replay", "--rate", "400", "--json"]).unwrap();
-    // Killed once a good part has moved.
+/// Waits until the moved part of a replay is at least `n` on the work queue.
+async fn wait_moved(broker: &TestBroker, n: u32) {
+    let work = broker.names.work_queue("email");
     let deadline = Instant::now() + WAIT;
-    while broker.depth(&work).await.unwrap() < 300 {
+    while broker.depth(&work).await.unwrap() < n {
         assert!(Instant::now() < deadline, "the replay did not get going");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    replay.start_kill().unwrap();
-    let status = replay.wait().await.unwrap();
-    assert!(!status.success(), "killed: {status:?}");
+}
 
+/// After an interrupted replay of [`park_a_thousand`]'s tasks: every task
+/// is on the work queue or still parked, none lost, at most one (the
+/// message in flight) in both; what was delivered starts afresh, what is
+/// parked is as it was. Returns (delivered, parked, duplicates).
+async fn count_the_thousand(broker: &TestBroker, what: &str) -> (usize, usize, usize) {
+    use warren::contract::headers;
+    let work = broker.names.work_queue("email");
+    let dead = broker.email_dead_queue();
     // The held messages return to the parking lot once the broker sees the
     // connection gone.
     let deadline = Instant::now() + WAIT;
@@ -658,7 +659,7 @@ async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_me
     }
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     println!(
-        "replay killed: {} delivered, {} parked, {} duplicates",
+        "replay {what}: {} delivered, {} parked, {} duplicates",
         delivered.len(),
         parked.len(),
         duplicates
@@ -669,7 +670,6 @@ async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_me
         duplicates <= 1,
         "{duplicates} duplicates: more than in flight"
     );
-    // What was delivered starts afresh; what is parked is as it was.
     assert!(
         delivered
             .iter()
@@ -680,6 +680,100 @@ async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_me
         parked
             .iter()
             .all(|m| m.header(headers::DEAD_REASON).as_deref() == Some("permanent"))
+    );
+    (delivered.len(), parked.len(), duplicates)
+}
+
+/// `warren dead replay` of 1,000 parked tasks, killed with `kill -9`
+/// midway: every task is parked or delivered (on its work queue), none is
+/// lost, and at most the one message in flight (published, its ack not
+/// yet processed) is in both places.
+#[tokio::test]
+async fn a_replay_killed_with_kill_9_loses_nothing_and_duplicates_at_most_the_message_in_flight() {
+    use warren_tests::cli;
+
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    park_a_thousand(&broker).await;
+
+    let env = [("WARREN_BROKER__NAMESPACE", broker.namespace().to_owned())];
+    let mut replay = cli::spawn(&env, &["dead", "replay", "--rate", "400", "--json"]).unwrap();
+    // Killed once a good part has moved.
+    wait_moved(&broker, 300).await;
+    replay.start_kill().unwrap();
+    let status = replay.wait().await.unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+
+    count_the_thousand(&broker, "killed").await;
+    broker.cleanup().await.unwrap();
+}
+
+/// `warren dead replay` of 1,000 parked tasks, interrupted by a restart
+/// of the broker (`rabbitmqctl stop_app`, `start_app`) midway: every task
+/// is parked or delivered, none is lost, at most the one message in flight
+/// is in both places, and `warren` ends with status 1 and a message naming
+/// the lost connection (docs/cli.md). Ignored until the CLI does: in one
+/// run it was still running 60 s after the broker came back, in another
+/// it ended with status 6 and nothing on stderr (586 delivered + 414
+/// parked, no loss, no duplicate).
+#[tokio::test]
+#[ignore = "warren dead replay does not end with status 1 and a message after a broker restart (seen: a hang \
+            past 60 s; status 6 with empty stderr): the fix belongs in the CLI's dead/ code, which is moving \
+            into the library; see docs/cli.md"]
+async fn a_replay_interrupted_by_a_broker_restart_loses_nothing_and_duplicates_at_most_the_message_in_flight()
+ {
+    use tokio::io::AsyncReadExt;
+    use warren_tests::cli;
+
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    park_a_thousand(&broker).await;
+
+    let env = [("WARREN_BROKER__NAMESPACE", namespace.clone())];
+    let mut replay = cli::spawn(&env, &["dead", "replay", "--rate", "400", "--json"]).unwrap();
+    let mut stderr = replay.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut stdout = replay.stdout.take().unwrap();
+    let stdout = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text).await;
+        text
+    });
+    wait_moved(&broker, 300).await;
+    drop(broker);
+    let restart = Instant::now();
+    rabbitmqctl(&["stop_app"]);
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    eprintln!("broker restart took {:?}", restart.elapsed());
+
+    // It should end (or finish) by itself; one that does not is killed
+    // after WAIT, and what it moved is counted all the same.
+    let ended = tokio::time::timeout(WAIT, replay.wait()).await;
+    let status = match ended {
+        Ok(status) => Some(status.unwrap()),
+        Err(_) => {
+            replay.start_kill().unwrap();
+            let _ = replay.wait().await;
+            None
+        }
+    };
+    let (stdout, stderr) = (stdout.await.unwrap(), stderr.await.unwrap());
+    println!("warren dead replay: {status:?}\nstdout: {stdout}\nstderr: {stderr}");
+
+    let broker = TestBroker::with_namespace(namespace).await.unwrap();
+    let (delivered, _, _) = count_the_thousand(&broker, "interrupted by a broker restart").await;
+    assert!(delivered >= 300, "{delivered}");
+    let status = status.expect("warren dead replay hung after the broker restart");
+    assert_eq!(status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains("connection"),
+        "a message naming the lost connection: {stderr}"
     );
     broker.cleanup().await.unwrap();
 }

@@ -30,8 +30,10 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-use warren::broker::{Backoff, ConnectError, connect_without_recovery, worker_identity};
+use tracing::info;
+use warren::broker::{
+    Backoff, BackoffReset, ConnectError, connect_without_recovery, reconnect_loop, worker_identity,
+};
 use warren::contract::{CONTENT_TYPE_JSON, EVENT_MESSAGE_TYPE, Names, PERSISTENT, broker_headers};
 use warren::events::{TaskEvent, TaskState, envelope};
 use warren::topology::Topology;
@@ -129,23 +131,19 @@ impl Conductor {
             lock = %self.lock_queue(),
             "Conductor starting."
         );
-        let mut backoff = Backoff::new(Duration::from_millis(250), self.broker.reconnect_max_delay);
-        loop {
-            let result = self.session(&shutdown, &mut backoff).await;
-            self.connected.store(false, Ordering::SeqCst);
-            self.step_down();
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Conductor session ended; reconnecting.");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        let backoff = Backoff::new(Duration::from_millis(250), self.broker.reconnect_max_delay);
+        reconnect_loop(
+            backoff,
+            &shutdown,
+            "Conductor session ended; reconnecting.",
+            |up| async {
+                let result = self.session(&shutdown, up).await;
+                self.connected.store(false, Ordering::SeqCst);
+                self.step_down();
+                result
+            },
+        )
+        .await;
         info!(identity = %self.identity, "Conductor stopped.");
     }
 
@@ -164,7 +162,7 @@ impl Conductor {
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: BackoffReset,
     ) -> Result<(), SessionError> {
         let name = format!("{} leader", self.identity);
         let connection = tokio::select! {
@@ -172,7 +170,7 @@ impl Conductor {
             // No recovery: a lost connection is a lost lock; start over.
             c = connect_without_recovery(&self.broker, &name) => c?,
         };
-        let result = self.connected(&connection, shutdown, backoff).await;
+        let result = self.connected(&connection, shutdown, &backoff).await;
         // Closing the connection releases the lock at once. A connection
         // already lost may never answer the close: do not wait on it.
         let _ = tokio::time::timeout(
@@ -187,7 +185,7 @@ impl Conductor {
         &self,
         connection: &Connection,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: &BackoffReset,
     ) -> Result<(), SessionError> {
         warren::events::declare_stream(connection, &self.names, self.settings.events_retention)
             .await?;

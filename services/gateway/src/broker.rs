@@ -45,6 +45,13 @@ impl Outbound {
     }
 }
 
+/// How long the events stream keeps events, and how long lapin's recovery
+/// may try before the session starts over (twice `broker.connect_timeout`).
+struct Durations {
+    retention: Duration,
+    recovery_limit: Duration,
+}
+
 /// The broker side of the gateway.
 pub struct Broker {
     names: Names,
@@ -76,6 +83,8 @@ pub enum SessionError {
     StreamEnded,
     #[error("the publishing connection was lost")]
     PublishingLost,
+    #[error("lapin's recovery did not reconnect within {0:?}")]
+    RecoveryStalled(Duration),
 }
 
 impl Broker {
@@ -177,7 +186,10 @@ impl Broker {
             .connected(
                 &publishing,
                 &following,
-                retention,
+                Durations {
+                    retention,
+                    recovery_limit: settings.connect_timeout.max(Duration::from_secs(1)) * 2,
+                },
                 tracker,
                 shutdown,
                 backoff,
@@ -189,8 +201,14 @@ impl Broker {
             out.events.flush(Duration::from_secs(2)).await;
         }
         self.set_outbound(None);
+        // A connection already lost (its node gone, lapin still trying to
+        // recover it) may never answer the close: do not wait on it.
         for c in [&publishing, &*following] {
-            let _ = c.close(200, "gateway stopping".into()).await;
+            let _ = tokio::time::timeout(
+                settings.connect_timeout,
+                c.close(200, "gateway stopping".into()),
+            )
+            .await;
         }
         result
     }
@@ -199,7 +217,10 @@ impl Broker {
         &self,
         publishing: &Connection,
         following: &Arc<Connection>,
-        retention: Duration,
+        Durations {
+            retention,
+            recovery_limit,
+        }: Durations,
         tracker: &Tracker,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
@@ -257,6 +278,11 @@ impl Broker {
         );
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // lapin's recovery reconnects to the node it lost; a node that stays
+        // down is left after `limit` for a fresh pair of connections, which
+        // go to a surviving node of `broker.url` (as the workers do).
+        let limit = recovery_limit;
+        let mut down_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -265,6 +291,11 @@ impl Broker {
                     let status = publishing.status();
                     if !status.connected() && !status.reconnecting() && !status.connecting() {
                         return Err(SessionError::PublishingLost);
+                    }
+                    if status.connected() && following.status().connected() {
+                        down_since = None;
+                    } else if down_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= limit {
+                        return Err(SessionError::RecoveryStalled(limit));
                     }
                 }
                 next = tokio::time::timeout(CATCH_UP_QUIET, stream.next()) => match next {

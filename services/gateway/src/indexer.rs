@@ -22,7 +22,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use warren::Names;
-use warren::broker::{Backoff, ConnectError, connect};
+use warren::broker::{Backoff, BackoffReset, ConnectError, connect, reconnect_loop};
 use warren::events::{self, StreamStart};
 use warren::settings::BrokerSettings;
 
@@ -61,39 +61,31 @@ impl Indexer {
     /// Stands by for the lock, indexes while holding it, and starts over
     /// after any failure, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.retry, self.broker.reconnect_max_delay.max(self.retry));
-        loop {
-            let result = self.session(&shutdown, &mut backoff).await;
-            metrics::get().indexer_active.set(0);
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        error = %e,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "The status indexer stopped; starting over."
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        let backoff = Backoff::new(self.retry, self.broker.reconnect_max_delay.max(self.retry));
+        reconnect_loop(
+            backoff,
+            &shutdown,
+            "The status indexer stopped; starting over.",
+            |up| async {
+                let result = self.session(&shutdown, up).await;
+                metrics::get().indexer_active.set(0);
+                result
+            },
+        )
+        .await;
     }
 
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: BackoffReset,
     ) -> Result<(), IndexerError> {
         let name = format!("{} indexer", self.identity);
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect(&self.broker, &name) => c?,
         };
-        let result = self.connected(&connection, shutdown, backoff).await;
+        let result = self.connected(&connection, shutdown, &backoff).await;
         let _ = connection.close(200, "indexer stopping".into()).await;
         result
     }
@@ -102,7 +94,7 @@ impl Indexer {
         &self,
         connection: &lapin::Connection,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: &BackoffReset,
     ) -> Result<(), IndexerError> {
         if !self.take_lock(connection, shutdown).await? {
             return Ok(());

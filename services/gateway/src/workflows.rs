@@ -22,7 +22,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
 use warren::Names;
-use warren::broker::{Backoff, connect};
+use warren::broker::{Backoff, BackoffReset, connect, reconnect_loop};
 use warren::contract::broker_headers;
 use warren::settings::BrokerSettings;
 use warren::workflow::{
@@ -318,33 +318,14 @@ pub async fn follow(
     workflows: std::sync::Arc<Workflows>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(250), settings.reconnect_max_delay);
-    loop {
-        let result = session(
-            &settings,
-            &names,
-            &identity,
-            &workflows,
-            &shutdown,
-            &mut backoff,
-        )
-        .await;
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "The workflow reader lost the events stream; reconnecting."
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    let backoff = Backoff::new(Duration::from_millis(250), settings.reconnect_max_delay);
+    reconnect_loop(
+        backoff,
+        &shutdown,
+        "The workflow reader lost the events stream; reconnecting.",
+        |up| session(&settings, &names, &identity, &workflows, &shutdown, up),
+    )
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -363,7 +344,7 @@ async fn session(
     identity: &str,
     workflows: &Workflows,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
+    backoff: BackoffReset,
 ) -> Result<(), ReadError> {
     let name = format!("{identity} workflows");
     let connection = tokio::select! {

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use super::message::{self, Converted, Refused};
 use super::{CeleryResults, CelerySettings};
-use crate::broker::{Backoff, ConnectError, connect};
+use crate::broker::{Backoff, BackoffReset, ConnectError, connect, queue_exists, reconnect_loop};
 use crate::contract::{self, Names, PERSISTENT, headers};
 use crate::publisher::{Due, PublishError, PublishOptions, Publisher};
 use crate::settings::BrokerSettings;
@@ -83,20 +83,14 @@ pub async fn run(
         results = bridge.results.is_some(),
         "Celery bridge starting."
     );
-    let mut backoff = Backoff::new(Duration::from_millis(250), broker.reconnect_max_delay);
-    loop {
-        match bridge.session(&broker, &shutdown, &mut backoff).await {
-            Ok(()) => break,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Celery bridge lost its connection; reconnecting.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    let backoff = Backoff::new(Duration::from_millis(250), broker.reconnect_max_delay);
+    reconnect_loop(
+        backoff,
+        &shutdown,
+        "Celery bridge lost its connection; reconnecting.",
+        |up| bridge.session(&broker, &shutdown, up),
+    )
+    .await;
     info!("Celery bridge stopped.");
     Ok(())
 }
@@ -121,14 +115,14 @@ impl Bridge {
         &self,
         broker: &BrokerSettings,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: BackoffReset,
     ) -> Result<(), BridgeError> {
         let name = format!("{} celery-bridge", self.identity);
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect(broker, &name) => c?,
         };
-        let result = self.consume(&connection, shutdown, backoff).await;
+        let result = self.consume(&connection, shutdown, &backoff).await;
         let _ = connection.close(200, "celery bridge stopping".into()).await;
         result
     }
@@ -137,7 +131,7 @@ impl Bridge {
         &self,
         connection: &Connection,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: &BackoffReset,
     ) -> Result<(), BridgeError> {
         self.declare(connection).await?;
         let publisher = Publisher::on(connection, self.names.clone()).await?;
@@ -206,26 +200,11 @@ impl Bridge {
             ..Default::default()
         };
         let queue = self.settings.queue.as_str();
-        let passive = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        // A failed passive declare closes the channel.
-        let channel = if passive.is_ok() {
-            channel
-        } else {
-            let channel = connection.create_channel().await?;
+        if !queue_exists(connection, queue).await? {
             channel
                 .queue_declare(queue.into(), durable_queue(), FieldTable::default())
                 .await?;
-            channel
-        };
+        }
         declare_exchange(
             &channel,
             &self.settings.exchange,

@@ -187,10 +187,15 @@ pub(super) async fn session(
             "Some task events were not confirmed before the connection closed; they go out on the next one."
         );
     }
-    if channel.status().connected() {
-        let _ = channel.close(200, "worker stopping".into()).await;
-    }
-    let _ = connection.close(200, "worker stopping".into()).await;
+    // A connection already lost (its node gone, lapin still trying to
+    // recover it) may never answer the close: do not wait on it.
+    let close = async {
+        if channel.status().connected() {
+            let _ = channel.close(200, "worker stopping".into()).await;
+        }
+        let _ = connection.close(200, "worker stopping".into()).await;
+    };
+    let _ = tokio::time::timeout(broker.connect_timeout, close).await;
     result
 }
 

@@ -282,3 +282,133 @@ async fn celery_messages_warren_cannot_read_are_parked_with_a_reason() {
     assert!(w.sink.messages_to(&to).is_empty());
     w.cleanup().await;
 }
+
+/// A Celery task whose `expires` has passed, and a Warren task whose
+/// `x-warren-expires-at-ms` has, reach the real email worker: neither is
+/// run; each is parked as `expired` in the worker's parking lot, and the
+/// Celery one's result is a FAILURE saying so (Celery's `expires`,
+/// docs/celery.md).
+#[tokio::test]
+async fn expired_tasks_reach_a_real_worker_and_are_parked_as_expired_not_run() {
+    let w = CeleryWorld::start().await;
+    let to = rcpt("celery-expired");
+    let past = chrono::Utc::now() - chrono::Duration::minutes(5);
+
+    // Celery protocol 2 as Celery's client writes it, with `expires` set
+    // five minutes back (and, unlike Celery's client, no AMQP
+    // `expiration`, so the broker never drops it before the bridge sees it).
+    let celery_id = format!("expired-{}", uuid::Uuid::new_v4().simple());
+    let mut hdrs = FieldTable::default();
+    for (k, v) in [
+        ("lang", "py".to_owned()),
+        ("task", "app.tasks.send_email_task".to_owned()),
+        ("id", celery_id.clone()),
+        ("root_id", celery_id.clone()),
+        ("expires", past.to_rfc3339()),
+    ] {
+        hdrs.insert(k.into(), AMQPValue::LongString(v.into()));
+    }
+    let body = json!([[to, "Too late", "Never sent"], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]);
+    w.broker
+        .channel
+        .basic_publish(
+            w.route.exchange.as_str().into(),
+            w.route.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body.to_string().as_bytes(),
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_headers(hdrs),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // A Warren task, by the contract, expired at publish.
+    let mut hdrs = FieldTable::default();
+    warren::contract::set_int(&mut hdrs, headers::EXPIRES_MS, past.timestamp_millis());
+    let warren_id = w
+        .broker
+        .publish(
+            "email.send",
+            &json!({"to": to, "subject": "Too late too", "text": "Never sent"}),
+            warren::PublishOptions {
+                headers: hdrs,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    // The bridge handed the Celery task on, with its expiry; the worker
+    // parked both without running them.
+    let parked = w
+        .broker
+        .take(&w.broker.email_dead_queue(), 2, WAIT)
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = parked.iter().map(|m| m.message_id().unwrap()).collect();
+    ids.sort();
+    let mut want = vec![celery_id.clone(), warren_id.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    for m in &parked {
+        assert_eq!(m.header(headers::ERROR_KIND).as_deref(), Some("expired"));
+        assert_eq!(m.header(headers::DEAD_REASON).as_deref(), Some("permanent"));
+        let error = m.header(headers::ERROR).unwrap();
+        assert!(error.contains("expired at"), "{error}");
+        assert_eq!(
+            warren::contract::header_i64(m.properties.headers().as_ref(), headers::EXPIRES_MS),
+            Some(past.timestamp_millis())
+        );
+    }
+    let dead = w.worker.logs_with_message("Task dead-lettered.");
+    for id in [&celery_id, &warren_id] {
+        let line = dead
+            .iter()
+            .find(|l| l["span"]["task_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no dead-lettered line for {id}: {dead:#?}"));
+        assert_eq!(line["fields"]["error_kind"], "expired", "{line}");
+    }
+    assert!(w.worker.logs_with_message("Task succeeded.").is_empty());
+    assert!(w.sink.messages_to(&to).is_empty());
+
+    // The Celery client's AsyncResult reads FAILURE, with the reason.
+    let mut redis = redis::Client::open(RESULT_BACKEND)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("celery-task-meta-{celery_id}");
+    let deadline = std::time::Instant::now() + WAIT;
+    let meta: serde_json::Value = loop {
+        let text: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Some(meta) = text
+            .as_deref()
+            .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap())
+            .filter(|m| m["status"] == "FAILURE")
+        {
+            break meta;
+        }
+        assert!(std::time::Instant::now() < deadline, "{key}: {text:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let message = meta["result"]["exc_message"][0].as_str().unwrap();
+    assert!(message.starts_with("expired: "), "{meta}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    w.cleanup().await;
+}

@@ -35,29 +35,63 @@ struct App {
     child: Child,
     addr: SocketAddr,
     output: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading stdout and stderr, done at their end.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
     async fn start(flavour: &str, env: &[(&str, String)]) -> App {
+        Self::spawn(&[flavour, "--app-only"], env, false).await
+    }
+
+    /// `examples/fastapi/run <flavour>` without `--app-only`: the script
+    /// starts the Warren processes (from `BIN_DIR`) and the app; it
+    /// alone decides their settings, from `env`.
+    async fn start_full(flavour: &str, env: &[(&str, String)]) -> App {
+        Self::spawn(&[flavour], env, true).await
+    }
+
+    async fn spawn(args: &[&str], env: &[(&str, String)], full: bool) -> App {
+        let flavour = args[0];
         let python = celery::python();
         assert!(
             python.exists(),
             "{} is missing: run scripts/prepare",
             python.display()
         );
-        let mut child = Command::new(example_dir().join("run"))
-            .args([flavour, "--app-only"])
+        let mut command = Command::new(example_dir().join("run"));
+        if full {
+            for (key, _) in std::env::vars() {
+                if key.starts_with("WARREN_") {
+                    command.env_remove(key);
+                }
+            }
+            command.env(
+                "WARREN_BROKER__DELAY_CASCADE",
+                warren_tests::broker::TEST_DELAY_CASCADE,
+            );
+        }
+        let mut child = command
+            .args(args)
             .env("PYTHON", &python)
             .env("PORT", "0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("examples/fastapi/run starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let output = Arc::new(Mutex::new(Vec::new()));
+        let out = output.clone();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut readers = vec![];
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                out.lock().unwrap().push(line);
+            }
+        }));
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         // uvicorn says where it listens once the app has started up.
         let find = async {
             while let Some(line) = lines.next_line().await.unwrap() {
@@ -77,15 +111,16 @@ impl App {
             );
         };
         let out = output.clone();
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 out.lock().unwrap().push(line);
             }
-        });
+        }));
         App {
             child,
             addr,
             output,
+            readers,
         }
     }
 
@@ -127,6 +162,50 @@ impl App {
     async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+
+    /// Waits until `n` lines of the output (the script's, the app's and in
+    /// full mode the Warren processes') contain `needle`.
+    async fn wait_output(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = {
+                let lines = self.output.lock().unwrap();
+                lines.iter().filter(|l| l.contains(needle)).count()
+            };
+            if found >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} x {needle:?} never showed:\n{}",
+                self.output.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM to the script, which stops every process it started.
+    async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        assert!(
+            matches!(status, Ok(Ok(_))),
+            "examples/fastapi/run did not stop on SIGTERM:\n{}",
+            self.output.lock().unwrap().join("\n")
+        );
+        // Every process it started has closed the output it shared.
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(WAIT, reader).await;
+        }
+        let output = self.output.lock().unwrap().join("\n");
+        for stopped in ["Worker stopped.", "Conductor stopped."] {
+            assert!(output.contains(stopped), "no {stopped:?}:\n{output}");
+        }
     }
 }
 
@@ -396,4 +475,310 @@ async fn the_fastapi_example_on_warrens_contract_publishes_with_aio_pika_and_rea
         .cleanup_stems(&["email", "image", "pipeline"], &[])
         .await
         .unwrap();
+}
+
+/// The directory of the Warren binaries `examples/fastapi/run` starts.
+fn bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = [
+        binary("email-worker", "email-worker"),
+        binary("image-worker", "image-worker"),
+        binary("gateway", "gateway"),
+        binary("conductor", "conductor"),
+        binary("warren-examples", "pipeline-worker"),
+    ]
+    .into_iter()
+    .map(|b| b.unwrap().parent().unwrap().to_owned())
+    .collect();
+    dirs.dedup();
+    assert_eq!(dirs.len(), 1, "the binaries are not side by side: {dirs:?}");
+    dirs.remove(0)
+}
+
+/// The settings `examples/fastapi/run` passes on to every process it
+/// starts: the test's namespace, SMTP sink and store; no fixed port.
+fn full_env(ns: &str, smtp_port: u16, store: &Path) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = email_env(ns, smtp_port)
+        .into_iter()
+        .chain(image_env(ns, store))
+        // The script sets the addresses; the thread count is the image
+        // worker's alone (the gateway reads the store's keys of `image`).
+        .filter(|(k, _)| {
+            !matches!(
+                *k,
+                "WARREN_OPS__ADDR" | "WARREN_HTTP__ADDR" | "WARREN_IMAGE__THREADS"
+            )
+        })
+        .collect();
+    env.push(("BIN_DIR", bin_dir().display().to_string()));
+    env.push(("OPS_PORT_BASE", "0".to_owned()));
+    env.push(("WARREN_BROKER__URL", AMQP_URL.to_owned()));
+    env.push(("WARREN_TELEMETRY__LOG_FORMAT", "json".to_owned()));
+    env
+}
+
+/// `examples/fastapi/run celery`, the one command, as a user runs it: the
+/// script starts the bridge-running workers and the conductor itself, and
+/// a registered user's welcome mail goes out and reads back as SUCCESS.
+#[tokio::test]
+async fn the_fastapi_example_runs_in_one_command_celery_flavour() {
+    let broker = TestBroker::new().await.unwrap();
+    let ns = broker.namespace().to_owned();
+    let sink = SmtpSink::start().await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let route = CeleryRoute::for_namespace(&ns);
+    let mut env = full_env(&ns, sink.port(), store.path());
+    env.extend([
+        ("WARREN_CELERY__QUEUE", route.queue.clone()),
+        ("WARREN_CELERY__EXCHANGE", route.exchange.clone()),
+        ("WARREN_CELERY__ROUTING_KEY", route.routing_key.clone()),
+        ("CELERY_BROKER_URL", celery::BROKER_URL.to_owned()),
+        ("CELERY_RESULT_BACKEND", celery::RESULT_BACKEND.to_owned()),
+        ("CELERY_QUEUE", route.queue.clone()),
+        ("CELERY_EXCHANGE", route.exchange.clone()),
+        ("CELERY_ROUTING_KEY", route.routing_key.clone()),
+    ]);
+    let app = App::start_full("celery", &env).await;
+    app.wait_output("Celery bridge consuming.", 2).await;
+    app.wait_output("Took the leader lock.", 1).await;
+
+    let to = rcpt("fastapi-full-celery");
+    let user = app
+        .post("/users", &json!({"email": to, "name": "Ada"}))
+        .await;
+    let id = user["task_id"].as_str().unwrap().to_owned();
+    let mails = sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    assert!(mails[0].data.contains("Hello Ada"), "{}", mails[0].data);
+    let status = app
+        .until_final(&format!("/task/{id}"), "status", &["SUCCESS", "FAILURE"])
+        .await;
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+
+    app.terminate().await;
+    let channel = broker.connection.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(route.queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(
+            route.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    broker
+        .cleanup_stems(&["email", "image", "celery"], &[])
+        .await
+        .unwrap();
+}
+
+/// `examples/fastapi/run warren`, the one command: the script starts the
+/// workers, the gateway (on `GATEWAY_PORT`) and the conductor; a welcome
+/// mail goes out and the order's chain runs, read back through the gateway.
+#[tokio::test]
+async fn the_fastapi_example_runs_in_one_command_warren_flavour() {
+    let broker = TestBroker::new().await.unwrap();
+    let ns = broker.namespace().to_owned();
+    let sink = SmtpSink::start().await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let pipeline_dir = tempfile::tempdir().unwrap();
+    let gateway_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = full_env(&ns, sink.port(), store.path());
+    // The events stream's retention stays the default: the conductor
+    // declares the stream too, with its own (docs/conductor.md).
+    env.extend(gateway_env(&ns, store.path()).into_iter().filter(|(k, _)| {
+        !matches!(
+            *k,
+            "WARREN_OPS__ADDR" | "WARREN_HTTP__ADDR" | "WARREN_EVENTS__RETENTION"
+        )
+    }));
+    env.extend([
+        ("GATEWAY_PORT", gateway_port.to_string()),
+        ("PIPELINE_DIR", pipeline_dir.path().display().to_string()),
+    ]);
+    let app = App::start_full("warren", &env).await;
+    app.wait_output("Read the workflow records from the events stream.", 1)
+        .await;
+    app.wait_output("Took the leader lock.", 1).await;
+    // The three workers consume (their queues are bound).
+    app.wait_output("Consuming.", 3).await;
+
+    let to = rcpt("fastapi-full-warren");
+    let user = app
+        .post("/users", &json!({"email": to, "name": "Grace"}))
+        .await;
+    let id = user["task_id"].as_str().unwrap().to_owned();
+    let mails = sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    assert!(mails[0].data.contains("Hello Grace"), "{}", mails[0].data);
+    let status = app
+        .until_final(
+            &format!("/task/{id}"),
+            "state",
+            &["succeeded", "dead_lettered"],
+        )
+        .await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let order = app.post("/orders", &json!({"id": "r2", "value": 2})).await;
+    let wf = order["workflow_id"].as_str().unwrap().to_owned();
+    let state = app
+        .until_final(&format!("/orders/{wf}"), "state", &["succeeded", "failed"])
+        .await;
+    assert_eq!(state["state"], "succeeded", "{state}");
+    assert!(pipeline_dir.path().join("r2.json").is_file());
+
+    app.terminate().await;
+    broker
+        .cleanup_stems(&["email", "image", "pipeline"], &[])
+        .await
+        .unwrap();
+}
+
+/// The Celery flavour's beat schedule and its Warren equivalent: the Beat
+/// schedule read out of the Celery app is the one the real conductor
+/// serves from `examples/fastapi/conductor.toml`, and a copy of it due
+/// every second (only the timing changed, and the recipient the test's)
+/// fires through the conductor to the real email worker and the SMTP
+/// server.
+#[tokio::test]
+async fn the_fastapi_examples_beat_schedule_fires_through_the_conductor() {
+    // Celery Beat's schedule, as the app declares it.
+    let beat = std::process::Command::new(celery::python())
+        .arg("-c")
+        .arg(
+            r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from app.tasks import celery_app
+out = {}
+for name, e in celery_app.conf.beat_schedule.items():
+    s = e["schedule"]
+    out[name] = {"task": e["task"], "args": list(e.get("args", ())),
+                 "priority": e.get("options", {}).get("priority"),
+                 "crontab": [str(v) for v in (s._orig_minute, s._orig_hour, s._orig_day_of_month,
+                                              s._orig_month_of_year, s._orig_day_of_week)]}
+print(json.dumps(out))
+"#,
+        )
+        .arg(example_dir().join("celery"))
+        .output()
+        .unwrap();
+    assert!(beat.status.success(), "{beat:?}");
+    let beat: Value = serde_json::from_slice(&beat.stdout).unwrap();
+    let digest = &beat["send-digest-weekly"];
+    assert_eq!(beat.as_object().unwrap().len(), 1, "{beat}");
+    assert_eq!(digest["task"], "app.tasks.send_email_task");
+    assert_eq!(
+        digest["crontab"],
+        json!(["0", "9", "*", "*", "1"]),
+        "{beat}"
+    );
+    assert_eq!(digest["priority"], 5);
+
+    let broker = TestBroker::new().await.unwrap();
+    let ns = broker.namespace().to_owned();
+    let sink = SmtpSink::start().await.unwrap();
+    let email = WorkerProcess::email(&email_env(&ns, sink.port()))
+        .await
+        .unwrap();
+    email.wait_ready().await.unwrap();
+
+    let example = std::fs::read_to_string(example_dir().join("conductor.toml")).unwrap();
+    let to = rcpt("fastapi-beat");
+    let block = &example[example.find("[[schedules]]").unwrap()..];
+    let now = block
+        .replace(
+            "name = \"send-digest-weekly\"",
+            "name = \"send-digest-weekly-now\"",
+        )
+        .replace("cron = \"0 0 9 * * MON\"", "every = \"1s\"")
+        .replace("time_zone = \"UTC\"\n", "")
+        .replace("team@example.com", &to);
+    assert!(
+        now.contains("every = \"1s\"") && !now.contains("cron") && now.contains(&to),
+        "{now}"
+    );
+    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(config.path(), format!("{example}\n{now}")).unwrap();
+    let mut conductor = WorkerProcess::start(
+        binary("conductor", "conductor").unwrap(),
+        "conductor",
+        &[
+            ("WARREN_CONFIG", config.path().display().to_string()),
+            ("WARREN_BROKER__NAMESPACE", ns.clone()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    conductor
+        .wait_for_log("Took the leader lock.", 1, WAIT)
+        .await
+        .unwrap();
+
+    // The Beat schedule, as the conductor serves it.
+    let serving = conductor
+        .wait_for_log(
+            "Serving /metrics, /healthz, /readyz and /v1/schedules.",
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let ops: SocketAddr = serving[0]["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let served = http::get(ops, "/v1/schedules").await.unwrap();
+    let served: Value = served.json().unwrap();
+    let weekly = served["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "send-digest-weekly")
+        .unwrap_or_else(|| panic!("{served}"))
+        .clone();
+    assert_eq!(weekly["cron"], "0 0 9 * * MON", "{weekly}");
+    assert_eq!(weekly["time_zone"], "UTC", "{weekly}");
+    assert_eq!(weekly["task_type"], "email.send", "{weekly}");
+    assert_eq!(weekly["misfire"], "run_once", "{weekly}");
+    let next = chrono::DateTime::parse_from_rfc3339(weekly["next_fire"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    use chrono::{Datelike, Timelike};
+    assert_eq!(next.weekday(), chrono::Weekday::Mon, "{weekly}");
+    assert_eq!((next.hour(), next.minute(), next.second()), (9, 0, 0));
+
+    // The copy fires: Beat's args, by the bridge's mapping, as a payload.
+    let mails = sink.wait_for_messages_to(&to, 1, WAIT).await.unwrap();
+    assert_eq!(
+        mails[0].subject().as_deref(),
+        digest["args"][1].as_str(),
+        "{}",
+        mails[0].data
+    );
+    assert!(
+        mails[0].data.contains(digest["args"][2].as_str().unwrap()),
+        "{}",
+        mails[0].data
+    );
+    let done = email
+        .wait_for_log("Task succeeded.", 1, WAIT)
+        .await
+        .unwrap();
+    let task_id = done[0]["span"]["task_id"].as_str().unwrap();
+    assert!(
+        task_id.starts_with("send-digest-weekly-now@"),
+        "{}",
+        done[0]
+    );
+
+    conductor.signal("TERM").unwrap();
+    conductor.wait_exit(WAIT).await.unwrap();
+    let mut email = email;
+    let _ = email.signal("TERM");
+    let _ = email.wait_exit(Duration::from_secs(20)).await;
+    broker.cleanup_stems(&["email"], &[]).await.unwrap();
 }

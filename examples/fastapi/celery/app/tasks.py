@@ -9,6 +9,7 @@ warren.toml next to this package, and docs/celery.md).
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 
 celery_app = Celery(
     "app",
@@ -26,6 +27,17 @@ celery_app.conf.update(
     result_serializer="json",
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
+    # Celery Beat's schedule, as the seed has it. With Warren, Beat is not
+    # run: the conductor fires the same schedule from ../conductor.toml
+    # (docs/conductor.md), once per fire however many conductors run.
+    beat_schedule={
+        "send-digest-weekly": {
+            "task": "app.tasks.send_email_task",
+            "schedule": crontab(minute=0, hour=9, day_of_week=1),
+            "args": ("team@example.com", "Weekly digest", "Here is the week."),
+            "options": {"priority": 5},
+        },
+    },
 )
 
 
