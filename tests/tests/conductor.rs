@@ -282,6 +282,8 @@ async fn chord_mid_group() -> ChordWorld {
 
     let serial = SERIAL.lock().await;
     let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
+    // Built before any broker connection opens, for `workflow_status`.
+    binary("gateway", "gateway").unwrap();
     let broker = TestBroker::new().await.unwrap();
     let namespace = broker.namespace().to_owned();
     // No schedules: the conductors only run chords.
@@ -344,6 +346,61 @@ async fn chord_mid_group() -> ChordWorld {
         worker,
         id,
     }
+}
+
+/// The chord as `GET /v1/workflows/{id}` shows it, from a gateway started
+/// now in the namespace: it reads the chord's record and every task event
+/// from the events stream, so what it shows is what the stream kept
+/// through the kill or the restart.
+async fn chord_status(namespace: &str, id: &str) -> serde_json::Value {
+    let store = tempfile::tempdir().unwrap();
+    let mut env = warren_tests::worker::gateway_env(namespace, store.path());
+    // The conductors declared the stream with the default retention.
+    env.retain(|(k, _)| *k != "WARREN_EVENTS__RETENTION");
+    let mut gateway = WorkerProcess::gateway(&env).await.unwrap();
+    let http = gateway.http_addr().await.unwrap();
+    gateway.wait_caught_up().await.unwrap();
+    gateway
+        .wait_for_log("Read the workflow records from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    let r = warren_tests::http::get(http, &format!("/v1/workflows/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json().unwrap();
+    gateway.signal("TERM").unwrap();
+    gateway.wait_exit(WAIT).await.unwrap();
+    body
+}
+
+/// The chord's status: succeeded, each of its 20 members succeeded (value
+/// `2 n`), its callback succeeded once, nothing failed.
+fn assert_chord_succeeded(body: &serde_json::Value, id: &str) {
+    assert_eq!(
+        (
+            body["kind"].as_str(),
+            body["state"].as_str(),
+            body["size"].as_u64()
+        ),
+        (Some("chord"), Some("succeeded"), Some(20)),
+        "{body}"
+    );
+    let members = body["members"].as_array().unwrap();
+    assert_eq!(members.len(), 20);
+    for (i, m) in members.iter().enumerate() {
+        let n = i as i64 + 1;
+        assert_eq!(m["task_id"], format!("{id}.{n}"), "{m}");
+        assert_eq!(m["state"], "succeeded", "{m}");
+        assert_eq!(m["result"]["value"], 2 * n, "{m}");
+    }
+    let callback = &body["callback"];
+    assert_eq!(
+        (callback["task_id"].as_str(), callback["state"].as_str()),
+        (Some(format!("{id}.callback").as_str()), Some("succeeded")),
+        "{callback}"
+    );
+    assert_eq!(body["failed"], serde_json::json!([]), "{body}");
 }
 
 /// A chord whose conductor leader is killed (`kill -9`) while the chord's
@@ -414,6 +471,8 @@ async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
     );
     let queue = broker.names.work_queue("pipeline");
     assert_eq!(broker.depth(&queue).await.unwrap(), 0);
+    // And GET /v1/workflows/{id} shows it, every member and the callback.
+    assert_chord_succeeded(&chord_status(broker.namespace(), &id).await, &id);
     let _ = broker.cleanup_stems(&["pipeline"], &[]).await;
     let _ = broker.cleanup().await;
 }
@@ -490,6 +549,8 @@ async fn a_chord_callback_runs_once_through_a_broker_restart_mid_group() {
     let broker = TestBroker::with_namespace(namespace.clone()).await.unwrap();
     let queue = broker.names.work_queue("pipeline");
     assert_eq!(broker.depth(&queue).await.unwrap(), 0);
+    // And GET /v1/workflows/{id} shows it through the restart.
+    assert_chord_succeeded(&chord_status(&namespace, &id).await, &id);
     let _ = broker.cleanup_stems(&["pipeline"], &[]).await;
     let _ = broker.cleanup().await;
 }

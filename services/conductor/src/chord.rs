@@ -18,7 +18,7 @@
 //! lock, the reader and the writer are gone with it, and the next session
 //! starts over from a new mark.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -73,11 +73,18 @@ struct Chords {
     members: HashMap<String, (String, usize)>,
     /// Callback id -> group id.
     callbacks: HashMap<String, String>,
+    /// Groups whose callback is published: a record seen again (a chain
+    /// step retried after publishing its group, a producer posting again)
+    /// is not tracked again, so its callback never runs twice.
+    fired: HashSet<String>,
 }
 
 impl Chords {
     fn add(&mut self, record: ChordRecord) {
-        if self.chords.contains_key(&record.id) || record.size == 0 {
+        if self.chords.contains_key(&record.id)
+            || self.fired.contains(&record.id)
+            || record.size == 0
+        {
             return;
         }
         for n in 1..=record.size {
@@ -102,6 +109,7 @@ impl Chords {
         if let Some(group) = self.callbacks.get(&event.task_id).cloned() {
             // The callback was published (by us or an earlier leader).
             self.forget(&group);
+            self.fired.insert(group);
             return None;
         }
         let (group, slot) = self.members.get(&event.task_id)?.clone();
@@ -419,6 +427,7 @@ async fn fire(
         "Chord complete; callback published."
     );
     chords.forget(group);
+    chords.fired.insert(group.to_owned());
     Ok(())
 }
 
@@ -488,7 +497,23 @@ mod tests {
             callback: Step::new("pipeline.report", json!({})),
             on_failure: OnFailure::Run,
             next: Vec::new(),
+            chain: None,
         }
+    }
+
+    #[test]
+    fn a_record_seen_again_after_its_callback_is_not_tracked_again() {
+        let r = record("g", 1);
+        let mut chords = Chords::default();
+        chords.add(r.clone());
+        assert_eq!(chords.apply(&succeeded(&r, 1)), Some("g".to_owned()));
+        let callback = TaskEvent::new(&r.callback_id(), "pipeline.report", TaskState::Queued, 1);
+        assert_eq!(chords.apply(&callback), None);
+        // The same record again (a retried chain step published its group
+        // twice), and its member's event again: nothing fires.
+        chords.add(r.clone());
+        assert_eq!(chords.apply(&succeeded(&r, 1)), None);
+        assert!(chords.complete().is_empty());
     }
 
     /// A member's `succeeded` event with the pipeline's small result.

@@ -15,7 +15,7 @@ use crate::api::list::TaskPage;
 use crate::api::model::{Accepted, ImageUpload, State, StatusBody, TaskEventDoc, TaskRequest};
 use crate::api::workflows::WorkflowAccepted;
 use crate::api::workflows::request::{KindRequest, OnFailureRequest, StepRequest, WorkflowRequest};
-use crate::api::workflows::status::{WorkflowState, WorkflowStatus, WorkflowTask};
+use crate::api::workflows::status::{WorkflowMember, WorkflowState, WorkflowStatus, WorkflowTask};
 use crate::problem::ProblemDocument;
 use crate::workflows::Kind;
 
@@ -63,6 +63,7 @@ use crate::workflows::Kind;
         WorkflowAccepted,
         WorkflowStatus,
         WorkflowTask,
+        WorkflowMember,
         WorkflowState,
         Kind,
     )),

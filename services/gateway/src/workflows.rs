@@ -11,7 +11,7 @@
 //! status store. The steps' states come from the status store, by their
 //! deterministic ids (`{id}.{n}`, `{id}.callback`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -26,8 +26,8 @@ use warren::broker::{Backoff, BackoffReset, connect, reconnect_loop};
 use warren::contract::broker_headers;
 use warren::settings::BrokerSettings;
 use warren::workflow::{
-    CHORD_CONTENT_TYPE, ChordRecord, OnFailure, WORKFLOW_CONTENT_TYPE, WorkflowKind,
-    WorkflowRecord, step_id,
+    CHORD_CONTENT_TYPE, ChordRecord, Link, OnFailure, StepShape, WORKFLOW_CONTENT_TYPE,
+    WorkflowKind, WorkflowRecord, step_id,
 };
 
 /// With no message for this long, the reader has read what the stream
@@ -55,6 +55,12 @@ pub struct Shape {
     pub types: Vec<String>,
     /// A chord's callback type and policy.
     pub callback: Option<(String, OnFailure)>,
+    /// A chain's groups, by link number: their members' types and policy
+    /// (member `m` of the group at link `n` is the task `{id}.{n}.{m}`).
+    pub groups: BTreeMap<u32, (Vec<String>, OnFailure)>,
+    /// The task types of the steps after a chord's callback (step `k`,
+    /// from 2, is the task `{id}.callback.{k}`).
+    pub after: Vec<String>,
     /// When the record was written (the message's timestamp).
     pub recorded_at: Option<DateTime<Utc>>,
 }
@@ -62,27 +68,62 @@ pub struct Shape {
 impl Shape {
     /// From a chain's or group's record.
     pub fn from_record(record: WorkflowRecord, at: Option<DateTime<Utc>>) -> Self {
+        let mut types = Vec::with_capacity(record.steps.len());
+        let mut groups = BTreeMap::new();
+        for (i, step) in record.steps.into_iter().enumerate() {
+            match step {
+                StepShape::Task(t) => types.push(t),
+                StepShape::Group { group, on_failure } => {
+                    types.push(String::new());
+                    groups.insert(
+                        u32::try_from(i + 1).unwrap_or(u32::MAX),
+                        (group, on_failure),
+                    );
+                }
+            }
+        }
         Self {
-            size: u32::try_from(record.steps.len()).unwrap_or(u32::MAX),
+            size: u32::try_from(types.len()).unwrap_or(u32::MAX),
             kind: match record.kind {
                 WorkflowKind::Chain => Kind::Chain,
                 WorkflowKind::Group => Kind::Group,
             },
             id: record.id,
-            types: record.steps,
+            types,
             callback: None,
+            groups,
+            after: Vec::new(),
             recorded_at: at,
         }
     }
 
     /// From a chord's record.
+    /// From a chord's record. A chord that is a link of a chain (its
+    /// record names the chain) is shown by the chain; it is kept too, so
+    /// `GET /v1/workflows/{chain}.{n}` shows the group alone, its callback
+    /// as `{chain}.{n+1}`.
     pub fn from_chord(record: ChordRecord, at: Option<DateTime<Utc>>) -> Self {
+        // The steps after the callback, up to a group (shown by the chain).
+        let after = if record.chain.is_none() {
+            record
+                .next
+                .iter()
+                .map_while(|l| match l {
+                    Link::Task(s) => Some(s.task_type.clone()),
+                    Link::Group(_) => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             id: record.id,
             kind: Kind::Chord,
             size: record.size,
             types: Vec::new(),
             callback: Some((record.callback.task_type, record.on_failure)),
+            groups: BTreeMap::new(),
+            after,
             recorded_at: at,
         }
     }
@@ -92,11 +133,37 @@ impl Shape {
         step_id(&self.id, n)
     }
 
+    /// Member `m` (from 1) of the group at link `n` of a chain.
+    pub fn member_id(&self, n: u32, m: u32) -> String {
+        step_id(&self.task_id(n), m)
+    }
+
     /// The callback's task id, for a chord.
     pub fn callback_id(&self) -> Option<String> {
         self.callback
             .as_ref()
             .map(|_| format!("{}.callback", self.id))
+    }
+
+    /// Step `k` (from 2) of the chain after a chord's callback.
+    pub fn after_id(&self, k: u32) -> String {
+        format!("{}.callback.{k}", self.id)
+    }
+
+    /// Every task id of the workflow, in order.
+    pub fn task_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for n in 1..=self.size {
+            match self.groups.get(&n) {
+                Some((types, _)) => {
+                    ids.extend((1..=types.len() as u32).map(|m| self.member_id(n, m)));
+                }
+                None => ids.push(self.task_id(n)),
+            }
+        }
+        ids.extend(self.callback_id());
+        ids.extend((2..=self.after.len() as u32 + 1).map(|k| self.after_id(k)));
+        ids
     }
 
     /// Whether `task_id` is one of this workflow's tasks.
@@ -107,11 +174,31 @@ impl Shape {
         else {
             return false;
         };
+        let number = |s: &str, max: u32| {
+            s.parse::<u32>()
+                .is_ok_and(|n| (1..=max).contains(&n) && !s.starts_with('0'))
+        };
         if rest == "callback" {
             return self.callback.is_some();
         }
-        rest.parse::<u32>()
-            .is_ok_and(|n| (1..=self.size).contains(&n) && !rest.starts_with('0'))
+        if let Some(k) = rest.strip_prefix("callback.") {
+            return !self.after.is_empty() && k != "1" && number(k, self.after.len() as u32 + 1);
+        }
+        match rest.split_once('.') {
+            Some((n, m)) => n.parse::<u32>().ok().is_some_and(|n| {
+                !rest.starts_with('0')
+                    && self
+                        .groups
+                        .get(&n)
+                        .is_some_and(|(types, _)| number(m, types.len() as u32))
+            }),
+            None => {
+                number(rest, self.size)
+                    && !rest
+                        .parse::<u32>()
+                        .is_ok_and(|n| self.groups.contains_key(&n))
+            }
+        }
     }
 }
 
@@ -343,5 +430,25 @@ mod tests {
         });
         assert!(w.get("c").is_none(), "the oldest went");
         assert_eq!(w.len(), 2);
+    }
+
+    #[test]
+    fn a_nested_chain_owns_its_group_members() {
+        let w = Workflows::new(4);
+        let chain = br#"{"id":"n","kind":"chain","steps":["a.x",{"group":["a.y","a.y"],"on_failure":"skip"},"a.z"]}"#;
+        assert!(w.apply_message(Some(WORKFLOW_CONTENT_TYPE), Some(1), chain));
+        let n = w.get("n").unwrap();
+        assert_eq!(n.size, 3);
+        assert_eq!(
+            n.task_ids(),
+            ["n.1", "n.2.1", "n.2.2", "n.3"].map(String::from)
+        );
+        assert!(n.owns("n.2.2") && n.owns("n.3") && !n.owns("n.2") && !n.owns("n.2.3"));
+        assert!(!n.owns("n.1.1") && !n.owns("n.02.1"));
+        let chord = br#"{"id":"g","size":2,"callback":{"type":"a.cb"},"next":[{"type":"a.z"}]}"#;
+        assert!(w.apply_message(Some(CHORD_CONTENT_TYPE), None, chord));
+        let g = w.get("g").unwrap();
+        assert_eq!(g.after, ["a.z"]);
+        assert!(g.owns("g.callback.2") && !g.owns("g.callback.3") && !g.owns("g.callback.1"));
     }
 }

@@ -12,7 +12,7 @@ use lapin::message::Delivery;
 use super::session::Outbound;
 use crate::contract::{self, headers};
 use crate::publisher::{PublishError, PublishOptions};
-use crate::workflow::Slip;
+use crate::workflow::{GroupError, Next, Slip};
 use crate::{Outcome, TaskContext, TaskError};
 
 /// The delivery's routing slip, if it carries one.
@@ -34,8 +34,31 @@ pub(super) async fn advance(
     slip: &Slip,
     outcome: &Outcome,
 ) -> Result<(), TaskError> {
-    let Some(next) = slip.advance(outcome.result.as_ref(), ctx.priority) else {
-        return Ok(());
+    let next = match slip.advance(outcome.result.as_ref(), ctx.priority) {
+        None => return Ok(()),
+        Some(Next::Task(next)) => next,
+        Some(Next::Group(group)) => {
+            // The whole group (its chord record, then every member) is
+            // confirmed before the step is acked; a failure retries the
+            // step, which publishes the group again under the same ids
+            // (the conductor ignores a chord record it has seen).
+            return out
+                .publisher
+                .publish_next_group(&group, Some(&ctx.id), false)
+                .await
+                .map_err(|e| {
+                    let message = format!(
+                        "group {} (step {} of chain {}) was not published: {e}",
+                        group.id, group.step, group.chain
+                    );
+                    match e {
+                        GroupError::TooManyMembers { .. } => {
+                            TaskError::permanent("invalid_chain", message)
+                        }
+                        _ => TaskError::retry("publish_failed", message),
+                    }
+                });
+        }
     };
     let invalid = |e: String| TaskError::permanent("invalid_chain", e);
     let mut options = PublishOptions {

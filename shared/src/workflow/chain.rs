@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::record::{WorkflowKind, WorkflowRecord};
+use super::nested::{Link, Next, check_links};
+use super::record::WorkflowRecord;
 use crate::contract::{self, MAX_PRIORITY, headers};
 use crate::publisher::{PublishError, PublishOptions, Publisher};
 
@@ -66,7 +67,7 @@ impl Step {
         self
     }
 
-    fn check(&self, index: usize) -> Result<(), ChainError> {
+    pub(super) fn check(&self, index: usize) -> Result<(), ChainError> {
         let invalid = |field: &str, reason: String| ChainError::InvalidStep {
             index,
             field: field.to_owned(),
@@ -148,9 +149,34 @@ pub enum ChainError {
     /// A received `x-warren-chain` header that does not parse or check.
     #[error("the x-warren-chain header is not a valid routing slip: {0}")]
     InvalidSlip(String),
+    /// A group is nested where it may not be (two groups in a row, or a
+    /// group where a step is needed).
+    #[error("step {index}: {reason}")]
+    Nesting {
+        /// The link at fault, from 0.
+        index: usize,
+        /// Why it may not be there.
+        reason: String,
+    },
+    /// A group's member is invalid.
+    #[error("step {index}: members[{member}].{field}: {reason}")]
+    InvalidMember {
+        /// The group's link, from 0.
+        index: usize,
+        /// The member, from 0.
+        member: usize,
+        /// Its field at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The first step was not published.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The chain's first link, a group, was not (or only partly)
+    /// published: the error says which members were.
+    #[error(transparent)]
+    Group(Box<super::chord::GroupError>),
 }
 
 impl ChainError {
@@ -162,7 +188,14 @@ impl ChainError {
             }
             Self::EmptyId => Some("id".to_owned()),
             Self::InvalidStep { index, field, .. } => Some(format!("steps[{index}].{field}")),
-            Self::InvalidSlip(_) | Self::Publish(_) => None,
+            Self::Nesting { index, .. } => Some(format!("steps[{index}]")),
+            Self::InvalidMember {
+                index,
+                member,
+                field,
+                ..
+            } => Some(format!("steps[{index}].members[{member}].{field}")),
+            Self::InvalidSlip(_) | Self::Publish(_) | Self::Group(_) => None,
         }
     }
 }
@@ -176,9 +209,19 @@ pub struct Slip {
     pub id: String,
     /// The number of the step carrying the slip, from 1.
     pub step: u32,
-    /// The steps after this one, in order; empty on the last step.
+    /// The links after this one, in order (each a step, or a group of
+    /// steps run in parallel: [`Link`]); empty on the last step.
     #[serde(default)]
-    pub next: Vec<Step>,
+    pub next: Vec<Link>,
+}
+
+/// `body` with `result` in its field `to`, if it names one.
+pub(super) fn with_result(body: &Value, to: Option<&str>, result: Option<&Value>) -> Value {
+    let mut body = body.clone();
+    if let (Some(field), Some(object)) = (to, body.as_object_mut()) {
+        object.insert(field.to_owned(), result.cloned().unwrap_or(Value::Null));
+    }
+    body
 }
 
 /// The step to publish after a success: its id, type, body (the result
@@ -210,11 +253,10 @@ impl Slip {
                 "step numbers start at 1".to_owned(),
             ));
         }
-        for (i, step) in slip.next.iter().enumerate() {
-            // Index as the whole chain counts it (the first step is 0).
-            step.check(slip.step as usize + i)
-                .map_err(|e| ChainError::InvalidSlip(e.to_string()))?;
-        }
+        // Index as the whole chain counts it (the first step is 0); the
+        // step carrying the slip is a task.
+        check_links(&slip.next, slip.step as usize, false)
+            .map_err(|e| ChainError::InvalidSlip(e.to_string()))?;
         Ok(slip)
     }
 
@@ -230,108 +272,118 @@ impl Slip {
         Ok(json)
     }
 
-    /// The step that follows this one, given this step's result and
-    /// priority; `None` at the end of the chain.
-    pub fn advance(&self, result: Option<&Value>, priority: u8) -> Option<NextStep> {
+    /// What follows this step, given its result and priority: the next
+    /// step, or a group (with the chord record that makes the step after
+    /// it its callback); `None` at the end of the chain.
+    pub fn advance(&self, result: Option<&Value>, priority: u8) -> Option<Next> {
         let (first, rest) = self.next.split_first()?;
-        let mut body = first.body.clone();
-        if let (Some(field), Some(object)) = (&first.result_to, body.as_object_mut()) {
-            object.insert(field.clone(), result.cloned().unwrap_or(Value::Null));
-        }
         let step = self.step + 1;
-        Some(NextStep {
-            id: step_id(&self.id, step),
-            task_type: first.task_type.clone(),
-            body,
-            priority: first.priority.unwrap_or(priority),
-            slip: Slip {
-                id: self.id.clone(),
-                step,
-                next: rest.to_vec(),
-            },
-        })
+        match first {
+            Link::Task(first) => Some(Next::Task(NextStep {
+                id: step_id(&self.id, step),
+                task_type: first.task_type.clone(),
+                body: with_result(&first.body, first.result_to.as_deref(), result),
+                priority: first.priority.unwrap_or(priority),
+                slip: Slip {
+                    id: self.id.clone(),
+                    step,
+                    next: rest.to_vec(),
+                },
+            })),
+            Link::Group(g) => Some(Next::Group(
+                g.next_group(&self.id, step, rest, result, priority),
+            )),
+        }
     }
 }
 
-/// Steps to run one after another, each receiving the previous one's
-/// result if it asks for it ([`Step::result_to`]). Build it with
-/// [`crate::chain!`] or [`Chain::new`], publish it with
-/// [`Publisher::publish_chain`].
+/// Links to run one after another, each a step or a group of steps run in
+/// parallel ([`Link`]), each receiving the previous one's result if it
+/// asks for it ([`Step::result_to`]). Build it with [`crate::chain!`] (which
+/// takes steps, groups and chords), [`Chain::new`] or [`Chain::of`];
+/// publish it with [`Publisher::publish_chain`].
 #[derive(Debug, Clone)]
 pub struct Chain {
     id: Option<String>,
-    steps: Vec<Step>,
+    links: Vec<Link>,
 }
 
 impl Chain {
     /// A chain of `steps`, in order.
     pub fn new(steps: Vec<Step>) -> Self {
-        Self { id: None, steps }
+        Self::of(steps.into_iter().map(Link::Task).collect())
+    }
+
+    /// A chain of `links` (steps and groups), in order.
+    pub fn of(links: Vec<Link>) -> Self {
+        Self { id: None, links }
     }
 
     /// This chain with its own id (default: a new UUID v7). Step `n`'s task
-    /// id is `{id}.{n}`.
+    /// id is `{id}.{n}`; a group at link `n` is the group `{id}.{n}`, its
+    /// members `{id}.{n}.{m}`.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
     }
 
-    /// How many steps.
+    /// How many links (a group counts one).
     pub fn len(&self) -> usize {
-        self.steps.len()
+        self.links.len()
     }
 
-    /// No steps at all (which [`Chain::check`] refuses).
+    /// No links at all (which [`Chain::check`] refuses).
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.links.is_empty()
     }
 
-    /// The steps, in order.
-    pub fn steps(&self) -> &[Step] {
-        &self.steps
+    /// The links, in order.
+    pub fn links(&self) -> &[Link] {
+        &self.links
     }
 
-    /// Checks the chain against `max_steps`: at least one step, each with a
-    /// type, a priority in range, and an object body where a result goes.
+    /// Checks the chain against `max_steps` (tasks, counting each group
+    /// member): at least one link, each step with a type, a priority in
+    /// range, and an object body where a result goes; groups as
+    /// [`Link`] says.
     pub fn check(&self, max_steps: usize) -> Result<(), ChainError> {
-        if self.steps.is_empty() {
+        if self.links.is_empty() {
             return Err(ChainError::NoSteps);
         }
-        if self.steps.len() > max_steps {
+        let tasks: usize = self.links.iter().map(Link::tasks).sum();
+        if self.links.len() > max_steps || tasks > max_steps {
             return Err(ChainError::TooManySteps {
-                count: self.steps.len(),
+                count: tasks.max(self.links.len()),
                 max: max_steps,
             });
         }
         if self.id.as_deref().is_some_and(str::is_empty) {
             return Err(ChainError::EmptyId);
         }
-        for (i, step) in self.steps.iter().enumerate() {
-            step.check(i)?;
-        }
-        Ok(())
+        check_links(&self.links, 0, false)
     }
 
-    /// The chain's id, its first step and that step's slip, once checked.
-    fn start(self) -> Result<(String, Step, Slip), ChainError> {
+    /// The chain's id and its links, once checked.
+    fn start(self) -> Result<(String, Vec<Link>), ChainError> {
         self.check(MAX_STEPS)?;
         let id = self.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let mut steps = self.steps.into_iter();
-        let first = steps.next().ok_or(ChainError::NoSteps)?;
-        let slip = Slip {
-            id: id.clone(),
-            step: 1,
-            next: steps.collect(),
-        };
-        Ok((id, first, slip))
+        Ok((id, self.links))
     }
 }
 
 impl Publisher {
     /// Writes the chain's [`WorkflowRecord`] to the events stream, then
-    /// publishes its first step, with the rest in its
-    /// `x-warren-chain` header, and returns the chain's id once the broker
-    /// has confirmed it. The workers then run the steps one after another.
+    /// publishes its first link and returns the chain's id once the broker
+    /// has confirmed it. A first step carries the rest in its
+    /// `x-warren-chain` header; a first group is published as a chord
+    /// whose callback is the step after it (see [`Link`]). The workers
+    /// (and the conductor, after a group) then run the links one after
+    /// another.
+    ///
+    /// If a first group's members are published only in part, the chord
+    /// is marked failed (its abort record, as [`Publisher::publish_chord`]
+    /// writes it) and the error ([`ChainError::Group`]) says which members
+    /// were published.
     ///
     /// ```no_run
     /// # async fn f(publisher: warren::Publisher) -> Result<(), warren::workflow::ChainError> {
@@ -348,22 +400,40 @@ impl Publisher {
     /// # Ok(()) }
     /// ```
     pub async fn publish_chain(&self, chain: Chain) -> Result<String, ChainError> {
-        let (id, first, slip) = chain.start()?;
+        let (id, links) = chain.start()?;
         // The chain's shape, for readers of the events stream, before its
         // first step: a reader never sees a step of a chain it cannot place.
-        let types = std::iter::once(&first)
-            .chain(&slip.next)
-            .map(|s| s.task_type.as_str());
-        let record = WorkflowRecord::new(&id, WorkflowKind::Chain, types);
+        let record = WorkflowRecord::of_chain(&id, &links);
         self.publish_workflow_record(&record).await?;
-        let mut options = PublishOptions {
-            id: Some(step_id(&id, 1)),
-            priority: first.priority,
-            ..Default::default()
+        // The chain as if a step 0 had just succeeded with no result.
+        let start = Slip {
+            id: id.clone(),
+            step: 0,
+            next: links,
         };
-        contract::set_str(&mut options.headers, headers::CHAIN, slip.to_json()?);
-        self.publish_task(&first.task_type, &first.body, options)
-            .await?;
+        match start.advance(None, 0) {
+            Some(Next::Task(first)) => {
+                let first_link = start.next.first();
+                let priority = match first_link {
+                    Some(Link::Task(s)) => s.priority,
+                    _ => None,
+                };
+                let mut options = PublishOptions {
+                    id: Some(first.id),
+                    priority,
+                    ..Default::default()
+                };
+                contract::set_str(&mut options.headers, headers::CHAIN, first.slip.to_json()?);
+                self.publish_task(&first.task_type, &first.body, options)
+                    .await?;
+            }
+            Some(Next::Group(group)) => {
+                self.publish_next_group(&group, None, true)
+                    .await
+                    .map_err(|e| ChainError::Group(Box::new(e)))?;
+            }
+            None => return Err(ChainError::NoSteps),
+        }
         Ok(id)
     }
 }
@@ -385,16 +455,31 @@ mod tests {
 
     #[test]
     fn each_success_hands_its_result_to_the_next_step() {
-        let (id, first, slip) = three().start().unwrap();
-        assert_eq!((id.as_str(), first.task_type.as_str()), ("c", "p.validate"));
-        let header = slip.to_json().unwrap();
+        let (id, links) = three().start().unwrap();
+        let start = Slip {
+            id,
+            step: 0,
+            next: links,
+        };
+        let Some(Next::Task(one)) = start.advance(None, 0) else {
+            panic!("a step first");
+        };
+        assert_eq!(
+            (one.id.as_str(), one.task_type.as_str()),
+            ("c.1", "p.validate")
+        );
+        let header = one.slip.to_json().unwrap();
         let slip = Slip::parse(&header).unwrap();
-        let two = slip.advance(Some(&json!({ "ok": true })), 5).unwrap();
+        let Some(Next::Task(two)) = slip.advance(Some(&json!({ "ok": true })), 5) else {
+            panic!("a step second");
+        };
         assert_eq!(two.id, "c.2");
         assert_eq!(two.body, json!({ "factor": 2, "input": { "ok": true } }));
         assert_eq!(two.priority, 5);
         assert_eq!(two.slip.next.len(), 1);
-        let three = two.slip.advance(None, 5).unwrap();
+        let Some(Next::Task(three)) = two.slip.advance(None, 5) else {
+            panic!("a step third");
+        };
         assert_eq!(three.id, "c.3");
         assert_eq!(three.body, json!({ "processed": null }));
         assert!(three.slip.advance(None, 5).is_none());

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::chain::{MAX_STEPS, Slip, Step, step_id};
+use super::nested::{ChainPlace, Link};
 use super::record::{WorkflowKind, WorkflowRecord};
 use crate::contract::PERSISTENT;
 use crate::publisher::{PublishError, PublishOptions, Publisher};
@@ -64,11 +65,17 @@ pub struct ChordRecord {
     /// What happens to the callback when a member was dead-lettered.
     #[serde(default)]
     pub on_failure: OnFailure,
-    /// Steps that run after the callback, as a chain: the callback is step
-    /// 1 of the chain `{id}.callback`, and carries the rest in its
+    /// Links (steps, groups) that run after the callback, as a chain: the
+    /// callback is step 1 of the chain `{id}.callback` (or step
+    /// `chain.step` of `chain.id`), and carries the rest in its
     /// `x-warren-chain` slip.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub next: Vec<Step>,
+    pub next: Vec<Link>,
+    /// Set when the group is a link of a chain: the callback is the step
+    /// after it, step `step` of chain `id`, with the task id
+    /// `{chain.id}.{chain.step}` instead of `{id}.callback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainPlace>,
 }
 
 impl ChordRecord {
@@ -77,18 +84,29 @@ impl ChordRecord {
         step_id(&self.id, n)
     }
 
-    /// The callback's task id: `{group}.callback`.
+    /// The callback's task id: `{group}.callback`, or, for a group in a
+    /// chain, its step's id `{chain}.{n}`.
     pub fn callback_id(&self) -> String {
-        format!("{}.callback", self.id)
+        match &self.chain {
+            Some(place) => step_id(&place.id, place.step),
+            None => format!("{}.callback", self.id),
+        }
     }
 
-    /// The callback's routing slip, when steps follow it (see
+    /// The callback's routing slip, when links follow it (see
     /// [`ChordRecord::next`]).
     pub fn callback_slip(&self) -> Option<Slip> {
-        (!self.next.is_empty()).then(|| Slip {
-            id: self.callback_id(),
-            step: 1,
-            next: self.next.clone(),
+        (!self.next.is_empty()).then(|| match &self.chain {
+            Some(place) => Slip {
+                id: place.id.clone(),
+                step: place.step,
+                next: self.next.clone(),
+            },
+            None => Slip {
+                id: self.callback_id(),
+                step: 1,
+                next: self.next.clone(),
+            },
         })
     }
 
@@ -203,7 +221,7 @@ pub struct Chord {
     group: Group,
     callback: Step,
     on_failure: OnFailure,
-    next: Vec<Step>,
+    next: Vec<Link>,
 }
 
 /// A group of `members`.
@@ -308,8 +326,30 @@ impl Chord {
     /// # let _ = chord;
     /// ```
     pub fn and_then(mut self, steps: Vec<Step>) -> Self {
-        self.next = steps;
+        self.next = steps.into_iter().map(Link::Task).collect();
         self
+    }
+
+    /// As [`Chord::and_then`], with groups among the links (see
+    /// [`Link`]).
+    pub fn and_then_links(mut self, links: Vec<Link>) -> Self {
+        self.next = links;
+        self
+    }
+
+    /// The links after the callback.
+    pub fn next(&self) -> &[Link] {
+        &self.next
+    }
+
+    /// Its members, callback, policy and the links after the callback.
+    pub(super) fn into_parts(self) -> (Vec<Step>, Step, OnFailure, Vec<Link>) {
+        (
+            self.group.members,
+            self.callback,
+            self.on_failure,
+            self.next,
+        )
     }
 }
 
@@ -354,6 +394,7 @@ impl Publisher {
             callback: chord.callback,
             on_failure: chord.on_failure,
             next: chord.next,
+            chain: None,
         };
         if record.next.len() >= MAX_STEPS {
             return Err(GroupError::InvalidCallback(format!(
@@ -367,16 +408,7 @@ impl Publisher {
                 .and_then(|json| Slip::parse(&json))
                 .map_err(|e| GroupError::InvalidCallback(e.to_string()))?;
         }
-        let body = serde_json::to_vec(&record).map_err(PublishError::Serialize)?;
-        let properties = lapin::BasicProperties::default()
-            .with_content_type(CHORD_CONTENT_TYPE.into())
-            .with_type(CHORD_MESSAGE_TYPE.into())
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(record.callback_id().into())
-            .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
-        let key = format!("{}.chord", record.callback.task_type);
-        self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
-            .await?;
+        self.publish_chord_record(&record).await?;
         match self.publish_members(&id, &chord.group.members).await {
             Err(GroupError::Partial {
                 id,
@@ -412,7 +444,24 @@ impl Publisher {
         }
     }
 
-    async fn publish_abort(
+    /// Writes a chord's record to the events exchange, confirmed.
+    pub(super) async fn publish_chord_record(
+        &self,
+        record: &ChordRecord,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(record).map_err(PublishError::Serialize)?;
+        let properties = lapin::BasicProperties::default()
+            .with_content_type(CHORD_CONTENT_TYPE.into())
+            .with_type(CHORD_MESSAGE_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(record.callback_id().into())
+            .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
+        let key = format!("{}.chord", record.callback.task_type);
+        self.publish_confirmed(&self.names().events_exchange(), &key, &body, properties)
+            .await
+    }
+
+    pub(super) async fn publish_abort(
         &self,
         record: &ChordRecord,
         abort: &ChordAbort,

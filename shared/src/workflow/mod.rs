@@ -27,6 +27,7 @@
 
 mod chain;
 mod chord;
+mod nested;
 mod record;
 
 pub use chain::{Chain, ChainError, MAX_SLIP_BYTES, MAX_STEPS, NextStep, Slip, Step, step_id};
@@ -35,13 +36,37 @@ pub use chord::{
     Chord, ChordAbort, ChordRecord, Group, GroupError, MARK_CONTENT_TYPE, MARK_MESSAGE_TYPE,
     MAX_MEMBERS, OnFailure, group,
 };
-pub use record::{WORKFLOW_CONTENT_TYPE, WORKFLOW_MESSAGE_TYPE, WorkflowKind, WorkflowRecord};
+pub use nested::{ChainPlace, GroupLink, IntoLinks, Link, Next, NextGroup};
+pub use record::{
+    StepShape, WORKFLOW_CONTENT_TYPE, WORKFLOW_MESSAGE_TYPE, WorkflowKind, WorkflowRecord,
+};
 
-/// A chain of [`Step`]s, in order: `chain![a, b, c]` is
-/// `Chain::new(vec![a, b, c])`.
+/// A chain of [`Step`]s, [`Group`]s and [`Chord`]s, in order:
+/// `chain![a, b, c]` is `Chain::of` their [`Link`]s. A group is a link
+/// whose members run in parallel; the step after it runs once they are
+/// all final, with their outcomes (see [`Link`]). A chord is its group,
+/// then its callback, then the steps of its [`Chord::and_then`].
+///
+/// ```
+/// use serde_json::json;
+/// use warren::workflow::{Step, group};
+///
+/// let chain = warren::chain![
+///     Step::new("pipeline.validate", json!({ "record": { "id": "r-1", "value": 2 } })),
+///     group(vec![
+///         Step::new("pipeline.process", json!({ "factor": 3 })).result_to("input"),
+///         Step::new("pipeline.process", json!({ "factor": 5 })).result_to("input"),
+///     ]),
+///     Step::new("pipeline.report", json!({})),
+/// ]
+/// .id("fan-1");
+/// assert_eq!(chain.len(), 3);
+/// ```
 #[macro_export]
 macro_rules! chain {
-    ($($step:expr),* $(,)?) => {
-        $crate::workflow::Chain::new(vec![$($step),*])
-    };
+    ($($link:expr),* $(,)?) => {{
+        let mut links: ::std::vec::Vec<$crate::workflow::Link> = ::std::vec::Vec::new();
+        $( links.extend($crate::workflow::IntoLinks::into_links($link)); )*
+        $crate::workflow::Chain::of(links)
+    }};
 }

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::chord::OnFailure;
+use super::nested::Link;
 use crate::contract::PERSISTENT;
 use crate::publisher::{PublishError, Publisher};
 
@@ -34,8 +36,36 @@ pub struct WorkflowRecord {
     pub id: String,
     /// Chain or group.
     pub kind: WorkflowKind,
-    /// The task type of each step or member, in order.
-    pub steps: Vec<String>,
+    /// Each step or member, in order: its task type, or (a group nested in
+    /// a chain) its members' types.
+    pub steps: Vec<StepShape>,
+}
+
+/// One entry of a [`WorkflowRecord`]'s `steps`: a task type
+/// (`"pipeline.save"`), or a group nested in a chain (`{"group":
+/// ["pipeline.process", ...], "on_failure": "skip"}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StepShape {
+    /// A step: its task type.
+    Task(String),
+    /// A group: its members' task types and its policy.
+    Group {
+        /// The members' task types, in order.
+        group: Vec<String>,
+        /// What the step after it does when a member failed.
+        on_failure: OnFailure,
+    },
+}
+
+impl StepShape {
+    /// A step's task type; a group's first member's.
+    pub fn first_type(&self) -> &str {
+        match self {
+            Self::Task(t) => t,
+            Self::Group { group, .. } => group.first().map_or("group", String::as_str),
+        }
+    }
 }
 
 impl WorkflowRecord {
@@ -44,7 +74,28 @@ impl WorkflowRecord {
         Self {
             id: id.to_owned(),
             kind,
-            steps: types.into_iter().map(str::to_owned).collect(),
+            steps: types
+                .into_iter()
+                .map(|t| StepShape::Task(t.to_owned()))
+                .collect(),
+        }
+    }
+
+    /// The record of chain `id` of `links`.
+    pub fn of_chain(id: &str, links: &[Link]) -> Self {
+        Self {
+            id: id.to_owned(),
+            kind: WorkflowKind::Chain,
+            steps: links
+                .iter()
+                .map(|l| match l {
+                    Link::Task(s) => StepShape::Task(s.task_type.clone()),
+                    Link::Group(g) => StepShape::Group {
+                        group: g.group.iter().map(|m| m.task_type.clone()).collect(),
+                        on_failure: g.on_failure,
+                    },
+                })
+                .collect(),
         }
     }
 }
@@ -63,7 +114,10 @@ impl Publisher {
             .with_delivery_mode(PERSISTENT)
             .with_message_id(format!("{}.workflow", record.id).into())
             .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0));
-        let first = record.steps.first().map_or("workflow", String::as_str);
+        let first = record
+            .steps
+            .first()
+            .map_or("workflow", StepShape::first_type);
         let key = format!("{first}.workflow");
         // A publish to a missing exchange would close the channel: a
         // producer may start before anything declared it.
@@ -96,5 +150,10 @@ mod tests {
             serde_json::json!({"id": "c", "kind": "chain", "steps": ["a.b", "a.c"]})
         );
         assert_eq!(serde_json::from_value::<WorkflowRecord>(json).unwrap(), r);
+        let nested = serde_json::json!({"id": "n", "kind": "chain", "steps": [
+            "a.b", {"group": ["a.c", "a.c"], "on_failure": "skip"}, "a.d"]});
+        let r: WorkflowRecord = serde_json::from_value(nested.clone()).unwrap();
+        assert!(matches!(&r.steps[1], StepShape::Group { group, .. } if group.len() == 2));
+        assert_eq!(serde_json::to_value(&r).unwrap(), nested);
     }
 }

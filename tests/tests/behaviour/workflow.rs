@@ -11,7 +11,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use warren::contract::headers;
-use warren::workflow::{OnFailure, Slip, Step, group};
+use warren::workflow::{Link, OnFailure, Slip, Step, group};
 use warren_tests::broker::{Message, TestBroker};
 use warren_tests::worker::{WorkerProcess, binary};
 use warren_tests::{WAIT, wait_until};
@@ -201,7 +201,10 @@ async fn a_parked_step_parks_the_chain_and_its_replay_resumes_it() {
     // The parking-lot copy carries the rest of the chain.
     let slip = Slip::parse(&parked.header(headers::CHAIN).unwrap()).unwrap();
     assert_eq!((slip.id.as_str(), slip.step), ("order-3", 2));
-    assert_eq!(slip.next[0].task_type, "pipeline.save");
+    assert!(
+        matches!(&slip.next[0], Link::Task(s) if s.task_type == "pipeline.save"),
+        "{slip:?}"
+    );
     assert!(!Path::new(&p.dir.path().join("r3.json")).exists());
 
     // The cause fixed, the parked copy is replayed as docs/operations.md
@@ -540,6 +543,146 @@ async fn a_chain_of_a_chord_then_a_final_step_runs_each_part_once_in_order() {
     )
     .unwrap();
     assert_eq!(results.len(), 5);
+    drop(conductor);
+    p.stop().await;
+}
+
+/// Starts the real conductor in the pipeline's namespace, once its leader
+/// has read the events stream.
+async fn conductor(p: &Pipeline) -> WorkerProcess {
+    let conductor = WorkerProcess::start(
+        binary("conductor", "conductor").unwrap(),
+        "conductor",
+        &[
+            ("WARREN_BROKER__NAMESPACE", p.broker.namespace().to_owned()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    conductor
+        .wait_for_log("Read the chords from the events stream.", 1, WAIT)
+        .await
+        .unwrap();
+    conductor
+}
+
+/// Nested with `chain!`: a chain whose first link is a chord (a group of
+/// 4 and its callback), then a final step. The group is `{chain}.1`
+/// (members `{chain}.1.{m}`), the callback is step 2 (`{chain}.2`), the
+/// final step 3: each runs once, in that order, the final step caused by
+/// the callback (docs/workflows.md, Nesting).
+#[tokio::test]
+async fn a_chain_of_a_group_and_its_callback_then_a_final_step_runs_each_once_in_order() {
+    let p = Pipeline::start().await;
+    let conductor = conductor(&p).await;
+    let id = format!("nest-{}", uuid::Uuid::new_v4().simple());
+    let members = (1..=4)
+        .map(|i| {
+            Step::new(
+                "pipeline.validate",
+                json!({ "record": { "id": format!("g{i}"), "value": i } }),
+            )
+        })
+        .collect();
+    let chain = warren::chain![
+        group(members).then(Step::new("pipeline.report", json!({}))),
+        Step::new(
+            "pipeline.validate",
+            json!({ "record": { "id": "final", "value": 0 } })
+        ),
+    ]
+    .id(&id);
+    assert_eq!(p.broker.publisher.publish_chain(chain).await.unwrap(), id);
+    let (callback, last) = (format!("{id}.2"), format!("{id}.3"));
+    p.succeeded(&last).await;
+    let seen = p.broker.take(&p.spy, 6, WAIT).await.unwrap();
+    let seen_ids = ids(&seen);
+    let mut members: Vec<String> = seen_ids[..4].to_vec();
+    members.sort();
+    assert_eq!(
+        members,
+        (1..=4).map(|m| format!("{id}.1.{m}")).collect::<Vec<_>>()
+    );
+    assert_eq!(seen_ids[4..], [callback.clone(), last.clone()]);
+    assert_eq!(
+        seen[5].header(headers::CAUSATION_ID).as_deref(),
+        Some(callback.as_str())
+    );
+    // The callback is step 2 of the chain itself.
+    let slip = Slip::parse(&seen[4].header(headers::CHAIN).unwrap()).unwrap();
+    assert_eq!(
+        (slip.id.as_str(), slip.step, slip.next.len()),
+        (id.as_str(), 2, 1)
+    );
+    for task in [callback.as_str(), last.as_str()] {
+        assert_eq!(p.logs_of("Task succeeded.", task), 1, "{task}");
+    }
+    // The callback had every member's outcome, in member order.
+    let results: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(p.dir.path().join(format!("{callback}.json"))).unwrap(),
+    )
+    .unwrap();
+    let order: Vec<&str> = results.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(
+        order,
+        (1..=4).map(|m| format!("{id}.1.{m}")).collect::<Vec<_>>()
+    );
+    drop(conductor);
+    p.stop().await;
+}
+
+/// Nested after a step: a chain of [step, group of 3, step]. The worker
+/// that ran step 1 publishes the group (its chord record, then each member
+/// with step 1's result in its `input`) before acking step 1; the
+/// conductor publishes step 3 once, with the members' outcomes.
+#[tokio::test]
+async fn a_group_between_two_steps_gets_the_first_result_and_hands_its_outcomes_on() {
+    let p = Pipeline::start().await;
+    let conductor = conductor(&p).await;
+    let id = format!("fan-{}", uuid::Uuid::new_v4().simple());
+    let chain = warren::chain![
+        Step::new(
+            "pipeline.validate",
+            json!({ "record": { "id": "f", "value": 2 } })
+        ),
+        group(
+            (1..=3)
+                .map(|k| Step::new("pipeline.process", json!({ "factor": k })).result_to("input"))
+                .collect()
+        ),
+        Step::new("pipeline.report", json!({})),
+    ]
+    .id(&id);
+    p.broker.publisher.publish_chain(chain).await.unwrap();
+    let last = format!("{id}.3");
+    p.succeeded(&last).await;
+    let seen = p.broker.take(&p.spy, 5, WAIT).await.unwrap();
+    let seen_ids = ids(&seen);
+    assert_eq!(seen_ids[0], format!("{id}.1"));
+    let mut members: Vec<String> = seen_ids[1..4].to_vec();
+    members.sort();
+    assert_eq!(
+        members,
+        (1..=3).map(|m| format!("{id}.2.{m}")).collect::<Vec<_>>()
+    );
+    assert_eq!(seen_ids[4], last);
+    for m in &seen[1..4] {
+        assert_eq!(
+            m.header(headers::CAUSATION_ID).as_deref(),
+            Some(format!("{id}.1").as_str())
+        );
+    }
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(p.dir.path().join(format!("{last}.json"))).unwrap())
+            .unwrap();
+    let values: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| r["result"]["value"].clone())
+        .collect();
+    assert_eq!(values, [json!(2), json!(4), json!(6)], "{results:?}");
+    assert_eq!(p.logs_of("Task succeeded.", &format!("{id}.1")), 1);
+    assert_eq!(p.logs_of("Task succeeded.", &last), 1);
     drop(conductor);
     p.stop().await;
 }

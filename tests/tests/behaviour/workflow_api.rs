@@ -410,9 +410,19 @@ async fn bad_workflows_get_a_problem_naming_the_field_and_nothing_is_published()
             "id",
         ),
         (
-            json!({"kind": "chain", "steps": [task("pipeline.validate"), {"kind": "group", "members": [task("pipeline.process")]}]}),
+            json!({"kind": "chain", "steps": [task("pipeline.validate"), {"kind": "group", "members": [{"kind": "group", "members": [task("pipeline.process")]}]}]}),
             "nesting_not_supported",
-            "steps[1]",
+            "steps[1].members[0]",
+        ),
+        (
+            json!({"kind": "chain", "steps": [task("pipeline.validate"), {"kind": "group", "members": [task("pipeline.validate")]}, {"kind": "group", "members": [task("pipeline.validate")]}]}),
+            "nesting_not_supported",
+            "steps[2]",
+        ),
+        (
+            json!({"kind": "chain", "steps": [task("pipeline.validate"), {"kind": "group", "members": [task("nosuch.thing")]}]}),
+            "unknown_task_type",
+            "steps[1].members[0].type",
         ),
         (
             json!({"kind": "chain", "steps": [task("pipeline.validate"), {"type": "pipeline.process", "body": {}, "prio": 1}]}),
@@ -445,5 +455,103 @@ async fn bad_workflows_get_a_problem_naming_the_field_and_nothing_is_published()
     assert_eq!(code, 202, "{body}");
     let first = w.broker.take(&spy, 1, WAIT).await.unwrap();
     assert_eq!(first[0].message_id().as_deref(), Some("order-9.1"));
+    w.stop().await;
+}
+
+/// Nested over HTTP: a chain of (a chord of 3 with one failing member, its
+/// callback), then a final step. `GET` shows the group as step 1 with its
+/// members (`{id}.1.{m}`), the callback as step 2 and the final step as 3;
+/// the SSE stream has every task's events and ends with the workflow.
+#[tokio::test]
+async fn a_nested_chain_posted_shows_its_group_members_and_each_step_to_the_end() {
+    let w = World::start(true, &[]).await;
+    let id = format!("nested-{}", uuid::Uuid::new_v4().simple());
+    let members: Vec<Value> = (1..=3)
+        .map(|i| {
+            let value = if i == 2 { -1 } else { i };
+            json!({"type": "pipeline.validate", "body": {"record": {"id": format!("n{i}"), "value": value}}})
+        })
+        .collect();
+    let (code, body, location) = w
+        .post(&json!({
+            "kind": "chain", "id": id, "steps": [
+                {"kind": "chord", "members": members,
+                 "callback": {"type": "pipeline.report", "body": {}}, "on_failure": "run"},
+                {"type": "pipeline.validate", "body": {"record": {"id": "final", "value": 0}}}
+            ]
+        }))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/v1/workflows/{id}").as_str())
+    );
+    assert_eq!(
+        (body["kind"].as_str(), body["size"].as_u64()),
+        (Some("chain"), Some(3))
+    );
+    let (states, last) = by_task(&w.follow(&id).await);
+    assert_eq!(
+        states.len(),
+        5,
+        "three members, the callback, the final step: {states:?}"
+    );
+    assert_eq!(
+        states[&format!("{id}.1.2")].last().map(String::as_str),
+        Some("dead_lettered")
+    );
+    for task in [format!("{id}.2"), format!("{id}.3")] {
+        assert_eq!(
+            states[&task].last().map(String::as_str),
+            Some("succeeded"),
+            "{task}"
+        );
+    }
+    assert_eq!(last["state"], "succeeded", "{last}");
+
+    let (code, body) = w.get(&id).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (body["kind"].as_str(), body["state"].as_str()),
+        (Some("chain"), Some("succeeded")),
+        "{body}"
+    );
+    let steps = body["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    let group = &steps[0];
+    assert_eq!(
+        (
+            group["kind"].as_str(),
+            group["task_id"].as_str(),
+            group["state"].as_str(),
+            group["on_failure"].as_str()
+        ),
+        (
+            Some("group"),
+            Some(format!("{id}.1").as_str()),
+            Some("succeeded"),
+            Some("run")
+        ),
+        "{group}"
+    );
+    let members = group["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for (i, m) in members.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(m["task_id"], format!("{id}.1.{n}"));
+        let want = if n == 2 { "dead_lettered" } else { "succeeded" };
+        assert_eq!(m["state"], want, "{m}");
+    }
+    assert_eq!(
+        (steps[1]["task_id"].as_str(), steps[1]["state"].as_str()),
+        (Some(format!("{id}.2").as_str()), Some("succeeded"))
+    );
+    assert_eq!(steps[1]["result"], json!({"succeeded": 2, "failed": 1}));
+    assert_eq!(
+        (steps[2]["task_id"].as_str(), steps[2]["state"].as_str()),
+        (Some(format!("{id}.3").as_str()), Some("succeeded"))
+    );
+    assert_eq!(body["failed"], json!([format!("{id}.1.2")]));
+
     w.stop().await;
 }

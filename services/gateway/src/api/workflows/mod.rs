@@ -18,7 +18,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use warren::PublishError;
 use warren::events::{TaskEvent, TaskState};
-use warren::workflow::{ChainError, GroupError};
+use warren::workflow::{ChainError, GroupError, Link, WorkflowKind, WorkflowRecord};
 
 use self::request::{Checked, Parsed, WorkflowRequest};
 use self::status::WorkflowState;
@@ -59,7 +59,7 @@ pub struct WorkflowAccepted {
     tag = "workflows",
     request_body(
         content = WorkflowRequest,
-        description = "A chain (`steps`), a group (`members`) or a chord (`members`, `callback`, `on_failure`). Each step is a task: `type`, `body`, `result_to`, `priority`. `email.send` and `image.thumbnail` bodies are checked as their workers check them."
+        description = "A chain (`steps`), a group (`members`) or a chord (`members`, `callback`, `on_failure`). Each step is a task: `type`, `body`, `result_to`, `priority`. Nesting, one level: a chain step may be a group or a chord (`kind`, `members`, `callback`, `on_failure`; a group's member `n` of chain step `k` is `{id}.{k}.{n}`, the step after it receives the members' outcomes), and a chord's callback may be a chain of tasks (`{\"kind\": \"chain\", \"steps\": [...]}`). `email.send` and `image.thumbnail` bodies are checked as their workers check them."
     ),
     responses(
         (status = 202, description = "The workflow's record and its first tasks (a chain's first step; every member) were confirmed by the broker.", body = WorkflowAccepted,
@@ -67,7 +67,7 @@ pub struct WorkflowAccepted {
         (status = 400, description = "The body is not JSON.", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 413, description = "The body is over `http.max_body_bytes`.", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json`.", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 422, description = "A field is invalid, named in `field` (`steps[2].type`): no steps (`no_steps`), more than `workflows.max_steps` (`too_many_steps`), a task type no worker queue takes (`unknown_task_type`), an id that is a callback's (`callback_cycle`), a nested workflow (`nesting_not_supported`), a body its worker would refuse.", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid, named in `field` (`steps[2].type`): no steps (`no_steps`), more than `workflows.max_steps` (`too_many_steps`), a task type no worker queue takes (`unknown_task_type`), an id that is a callback's (`callback_cycle`), a workflow nested deeper than one level, or two groups in a row in a chain (`nesting_not_supported`), a body its worker would refuse.", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 503, description = "The broker did not confirm the workflow. `partially_published`: publishing stopped midway, and `detail` says which members were published; otherwise nothing of it runs.", body = ProblemDocument, content_type = "application/problem+json"),
     )
 )]
@@ -147,64 +147,114 @@ pub async fn start_workflow(
 }
 
 /// The workflow's shape, and the tasks published at once (a chain's
-/// first step; every member) with their types.
+/// first step, or its first group's members; every member) with their
+/// types.
 fn shape_of(checked: &Checked) -> (Shape, Vec<(String, String)>) {
     let id = &checked.id;
-    let (kind, steps, callback) = match &checked.workflow {
-        Parsed::Chain(c) => (Kind::Chain, c.steps().to_vec(), None),
-        Parsed::Group(g) => (Kind::Group, g.members().to_vec(), None),
-        Parsed::Chord(c) => (
-            Kind::Chord,
-            c.members().to_vec(),
-            Some((c.callback().task_type.clone(), c.policy())),
+    let shape = match &checked.workflow {
+        Parsed::Chain(c) => Shape::from_record(
+            WorkflowRecord::of_chain(id, c.links()),
+            Some(chrono::Utc::now()),
         ),
+        Parsed::Group(g) => {
+            let types = g.members().iter().map(|m| m.task_type.as_str());
+            Shape::from_record(
+                WorkflowRecord::new(id, WorkflowKind::Group, types),
+                Some(chrono::Utc::now()),
+            )
+        }
+        Parsed::Chord(c) => Shape {
+            id: id.clone(),
+            kind: Kind::Chord,
+            size: u32::try_from(c.members().len()).unwrap_or(u32::MAX),
+            types: c.members().iter().map(|s| s.task_type.clone()).collect(),
+            callback: Some((c.callback().task_type.clone(), c.policy())),
+            groups: Default::default(),
+            after: c
+                .next()
+                .iter()
+                .map_while(|l| match l {
+                    Link::Task(s) => Some(s.task_type.clone()),
+                    Link::Group(_) => None,
+                })
+                .collect(),
+            recorded_at: Some(chrono::Utc::now()),
+        },
     };
-    let shape = Shape {
-        id: id.clone(),
-        kind,
-        size: u32::try_from(steps.len()).unwrap_or(u32::MAX),
-        types: steps.iter().map(|s| s.task_type.clone()).collect(),
-        callback,
-        recorded_at: Some(chrono::Utc::now()),
+    let first = match &checked.workflow {
+        Parsed::Chain(c) => match c.links().first() {
+            Some(Link::Group(g)) => g
+                .group
+                .iter()
+                .enumerate()
+                .map(|(m, s)| (shape.member_id(1, m as u32 + 1), s.task_type.clone()))
+                .collect(),
+            Some(Link::Task(s)) => vec![(shape.task_id(1), s.task_type.clone())],
+            None => Vec::new(),
+        },
+        Parsed::Group(_) | Parsed::Chord(_) => shape
+            .types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (shape.task_id(i as u32 + 1), t.clone()))
+            .collect(),
     };
-    let first = steps
-        .iter()
-        .enumerate()
-        .take(if kind == Kind::Chain { 1 } else { steps.len() })
-        .map(|(i, s)| (shape.task_id(i as u32 + 1), s.task_type.clone()))
-        .collect();
     (shape, first)
 }
 
 /// `email.send` and `image.thumbnail` bodies, as their workers check them.
 fn check_bodies(app: &AppState, checked: &Checked) -> Result<(), Problem> {
-    let bodies: Vec<(String, &warren::workflow::Step)> = match &checked.workflow {
-        Parsed::Chain(c) => c
-            .steps()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("steps[{i}]"), s))
-            .collect(),
-        Parsed::Group(g) => g
-            .members()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("members[{i}]"), s))
-            .collect(),
-        Parsed::Chord(c) => c
-            .members()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("members[{i}]"), s))
-            .chain(std::iter::once(("callback".to_owned(), c.callback())))
-            .collect(),
-    };
-    for (i, (field, step)) in bodies.into_iter().enumerate() {
+    // (field, task id, step)
+    let mut bodies: Vec<(String, String, &warren::workflow::Step)> = Vec::new();
+    let id = &checked.id;
+    match &checked.workflow {
+        Parsed::Chain(c) => {
+            // Request fields count a chord as one entry; links count its
+            // callback apart.
+            for (n, link) in c.links().iter().enumerate() {
+                match link {
+                    Link::Task(s) => {
+                        bodies.push((format!("link {}", n + 1), format!("{id}.{}", n + 1), s))
+                    }
+                    Link::Group(g) => bodies.extend(g.group.iter().enumerate().map(|(m, s)| {
+                        (
+                            format!("link {} member {}", n + 1, m + 1),
+                            format!("{id}.{}.{}", n + 1, m + 1),
+                            s,
+                        )
+                    })),
+                }
+            }
+            // Name each body by the request's field of its type.
+            for ((field, _, _), (type_field, _)) in bodies.iter_mut().zip(&checked.types) {
+                *field = type_field.trim_end_matches(".type").to_owned();
+            }
+        }
+        Parsed::Group(g) => bodies.extend(
+            g.members()
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("members[{i}]"), format!("{id}.{}", i + 1), s)),
+        ),
+        Parsed::Chord(c) => {
+            bodies.extend(
+                c.members()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("members[{i}]"), format!("{id}.{}", i + 1), s)),
+            );
+            bodies.push((
+                "callback".to_owned(),
+                format!("{id}.callback"),
+                c.callback(),
+            ));
+        }
+    }
+    for (field, task_id, step) in bodies {
         // A step whose body receives a result is checked by its worker.
         if step.result_to.is_some() {
             continue;
         }
-        let task_id = format!("{}.{}", checked.id, i + 1);
         app.checks.check_payload(
             &step.task_type,
             &step.body,
@@ -262,6 +312,7 @@ fn publish_detail(e: &PublishError) -> String {
 
 fn chain_problem(e: ChainError) -> Problem {
     match e {
+        ChainError::Group(g) => group_problem(*g),
         ChainError::Publish(p) => Problem::unavailable(
             "broker_unavailable",
             format!(

@@ -5,15 +5,17 @@
 //!
 //! The JSON is a tree: a workflow has `kind` and its `steps` (a chain) or
 //! `members` (a group; a chord adds `callback` and `on_failure`); each
-//! step is a task (`type`, `body`, `result_to`, `priority`). A step that
-//! is itself a workflow (an object with `kind`: a group or chord as a
-//! chain step, a chain as a chord's callback) is the nesting of issue 14,
-//! refused for now with `nesting_not_supported`.
+//! step is a task (`type`, `body`, `result_to`, `priority`). One level of
+//! nesting is taken: a chain step may be a group or a chord (an object with
+//! `kind`, whose members and callback are tasks), and a chord's callback
+//! may be a chain (of tasks). Anything deeper (a workflow inside a nested
+//! one, a workflow as a group's member, a chain inside a chain) is refused
+//! with `nesting_not_supported`, naming the field.
 
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
-use warren::workflow::{Chain, ChainError, Chord, Group, OnFailure, Step, group};
+use warren::workflow::{Chain, ChainError, Chord, Group, GroupLink, Link, OnFailure, Step, group};
 
 use crate::enqueue;
 use crate::problem::{self, Problem};
@@ -204,20 +206,30 @@ pub fn parse(value: Value, max_steps: usize) -> Result<Checked, Problem> {
         ));
     }
     let mut types = Vec::with_capacity(list.len() + 1);
+    if request.kind == KindRequest::Chain {
+        let mut links = Vec::with_capacity(list.len());
+        for (i, raw) in list.into_iter().enumerate() {
+            let field = format!("{list_field}[{i}]");
+            links.extend(link(raw, &field, &mut types)?);
+        }
+        let chain = Chain::of(links).id(&id);
+        chain.check(max_steps).map_err(chain_problem)?;
+        return Ok(Checked {
+            id,
+            workflow: Parsed::Chain(chain),
+            types,
+        });
+    }
     let mut steps = Vec::with_capacity(list.len());
     for (i, raw) in list.into_iter().enumerate() {
         let field = format!("{list_field}[{i}]");
-        let step = step(raw, &field)?;
+        let step = task(raw, &field, "a group's member")?;
         types.push((format!("{field}.type"), step.task_type.clone()));
         steps.push(step);
     }
-    let workflow = match request.kind {
-        KindRequest::Chain => {
-            let chain = Chain::new(steps).id(&id);
-            chain.check(max_steps).map_err(chain_problem)?;
-            Parsed::Chain(chain)
-        }
-        KindRequest::Group | KindRequest::Chord => {
+    // A group or a chord (a chain returned above).
+    let workflow = {
+        {
             for (i, s) in steps.iter().enumerate() {
                 if s.result_to.is_some() {
                     return Err(Problem::invalid(
@@ -238,7 +250,7 @@ pub fn parse(value: Value, max_steps: usize) -> Result<Checked, Problem> {
                         "a chord needs a callback",
                     ));
                 };
-                let callback = step(raw, "callback")?;
+                let (callback, after) = callback_chain(raw, max_steps, &mut types)?;
                 if !callback.body.is_object() {
                     return Err(Problem::invalid(
                         "invalid_value",
@@ -253,12 +265,11 @@ pub fn parse(value: Value, max_steps: usize) -> Result<Checked, Problem> {
                         "the field name is empty",
                     ));
                 }
-                types.push(("callback.type".to_owned(), callback.task_type.clone()));
                 let policy = match request.on_failure {
                     Some(OnFailureRequest::Skip) => OnFailure::Skip,
                     _ => OnFailure::Run,
                 };
-                Parsed::Chord(g.then(callback).on_failure(policy))
+                Parsed::Chord(g.then(callback).on_failure(policy).and_then(after))
             }
         }
     };
@@ -300,18 +311,158 @@ fn workflow_id(raw: Option<&str>) -> Result<String, Problem> {
     Ok(id)
 }
 
-/// One step: a task, or (refused for now) a nested workflow.
-fn step(raw: Value, field: &str) -> Result<Step, Problem> {
+/// A task (no `kind`); a nested workflow here is refused.
+fn task(raw: Value, field: &str, place: &str) -> Result<Step, Problem> {
     if raw.get("kind").is_some() {
         return Err(Problem::invalid(
             "nesting_not_supported",
             field,
             format!(
-                "{field} is a nested workflow (it has a kind); nesting (a group or chord as a chain step, \
-                 a chain as a chord's callback) is not supported yet: give a task (type, body, result_to, priority)"
+                "{field} is a nested workflow (it has a kind); {place} must be a task (type, body, \
+                 result_to, priority). One level of nesting is supported: a group or chord as a \
+                 chain step, a chain as a top-level chord's callback"
             ),
         ));
     }
+    step(raw, field)
+}
+
+/// A chain's link: a task, or a group or chord nested in the chain (a
+/// chord is its group, then its callback as the next step). Records each
+/// task's type field.
+fn link(raw: Value, field: &str, types: &mut Vec<(String, String)>) -> Result<Vec<Link>, Problem> {
+    let Some(kind) = raw.get("kind").cloned() else {
+        let s = step(raw, field)?;
+        types.push((format!("{field}.type"), s.task_type.clone()));
+        return Ok(vec![Link::Task(s)]);
+    };
+    let request: WorkflowRequest = serde_path_to_error::deserialize(raw)
+        .map_err(|e| problem::from_serde(e, &format!("{field}.")))?;
+    if request.kind == KindRequest::Chain {
+        return Err(Problem::invalid(
+            "nesting_not_supported",
+            &format!("{field}.kind"),
+            format!(
+                "{field} is a chain inside a chain ({kind}); list its steps in the outer chain instead"
+            ),
+        ));
+    }
+    refuse_field(
+        request.id.is_some(),
+        &format!("{field}.id"),
+        "a nested group's id is the chain's: {chain}.{n}",
+    )?;
+    refuse_field(
+        request.steps.is_some(),
+        &format!("{field}.steps"),
+        "a group or chord has members, not steps",
+    )?;
+    let Some(members) = request.members else {
+        return Err(Problem::invalid(
+            "missing_field",
+            &format!("{field}.members"),
+            "a nested group or chord needs members",
+        ));
+    };
+    let mut group = Vec::with_capacity(members.len());
+    for (m, raw) in members.into_iter().enumerate() {
+        let member_field = format!("{field}.members[{m}]");
+        let s = task(raw, &member_field, "a group's member")?;
+        types.push((format!("{member_field}.type"), s.task_type.clone()));
+        group.push(s);
+    }
+    if request.kind == KindRequest::Group {
+        refuse_field(
+            request.callback.is_some(),
+            &format!("{field}.callback"),
+            "a group has no callback (make it a chord, or put the step after the group)",
+        )?;
+        // In a chain, a failed member stops the chain by default.
+        let on_failure = match request.on_failure {
+            Some(OnFailureRequest::Run) => OnFailure::Run,
+            _ => OnFailure::Skip,
+        };
+        return Ok(vec![Link::Group(GroupLink { group, on_failure })]);
+    }
+    let Some(raw) = request.callback else {
+        return Err(Problem::invalid(
+            "missing_field",
+            &format!("{field}.callback"),
+            "a chord needs a callback",
+        ));
+    };
+    let callback_field = format!("{field}.callback");
+    let callback = task(raw, &callback_field, "a nested chord's callback")?;
+    types.push((format!("{callback_field}.type"), callback.task_type.clone()));
+    let on_failure = match request.on_failure {
+        Some(OnFailureRequest::Skip) => OnFailure::Skip,
+        _ => OnFailure::Run,
+    };
+    Ok(vec![
+        Link::Group(GroupLink { group, on_failure }),
+        Link::Task(callback),
+    ])
+}
+
+/// A chord's callback: a task, or a chain of tasks (the callback, then
+/// the steps after it).
+fn callback_chain(
+    raw: Value,
+    max_steps: usize,
+    types: &mut Vec<(String, String)>,
+) -> Result<(Step, Vec<Step>), Problem> {
+    if raw.get("kind").and_then(Value::as_str) != Some("chain") {
+        let callback = task(raw, "callback", "a chord's callback")?;
+        types.push(("callback.type".to_owned(), callback.task_type.clone()));
+        return Ok((callback, Vec::new()));
+    }
+    let request: WorkflowRequest =
+        serde_path_to_error::deserialize(raw).map_err(|e| problem::from_serde(e, "callback."))?;
+    refuse_field(
+        request.id.is_some(),
+        "callback.id",
+        "a callback chain's id is the chord's: {id}.callback",
+    )?;
+    refuse_field(
+        request.members.is_some() || request.callback.is_some() || request.on_failure.is_some(),
+        "callback",
+        "a callback chain has steps only",
+    )?;
+    let steps = request.steps.unwrap_or_default();
+    if steps.is_empty() {
+        return Err(Problem::invalid(
+            "no_steps",
+            "callback.steps",
+            "callback.steps is empty; the callback chain needs at least one step",
+        ));
+    }
+    let mut chain = Vec::with_capacity(steps.len());
+    for (k, raw) in steps.into_iter().enumerate() {
+        let field = format!("callback.steps[{k}]");
+        let s = task(raw, &field, "a callback chain's step")?;
+        types.push((format!("{field}.type"), s.task_type.clone()));
+        chain.push(s);
+    }
+    // Checked as a chain, the callback's own result_to aside (it names
+    // where the members' outcomes go).
+    let mut first = chain[0].clone();
+    first.result_to = None;
+    let mut check = chain.clone();
+    check[0] = first;
+    Chain::new(check).check(max_steps).map_err(|e| {
+        let p = chain_problem(e);
+        let field = p.field.clone().unwrap_or_default();
+        Problem::invalid(p.slug(), &format!("callback.{field}"), p.detail.clone())
+    })?;
+    let mut chain = chain.into_iter();
+    let callback = chain.next().ok_or_else(|| {
+        Problem::invalid("no_steps", "callback.steps", "the callback chain is empty")
+    })?;
+    Ok((callback, chain.collect()))
+}
+
+/// One step: a task.
+fn step(raw: Value, field: &str) -> Result<Step, Problem> {
     let prefix = format!("{field}.");
     let s: StepRequest =
         serde_path_to_error::deserialize(raw).map_err(|e| problem::from_serde(e, &prefix))?;
@@ -334,6 +485,7 @@ fn chain_problem(e: ChainError) -> Problem {
         ChainError::NoSteps => "no_steps",
         ChainError::TooManySteps { .. } => "too_many_steps",
         ChainError::TooLarge { .. } => "too_large",
+        ChainError::Nesting { .. } => "nesting_not_supported",
         _ => "invalid_value",
     };
     Problem::invalid(slug, &field, e.to_string())
@@ -375,6 +527,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.types.last().unwrap().0, "callback.type");
+        // Nested: a chain of (group, callback), then a final step; and a
+        // chord whose callback is a chain.
+        let n = parse(
+            json!({"kind": "chain", "id": "n1", "steps": [
+                {"kind": "chord", "members": [t("a.x"), t("a.x")], "callback": t("a.cb")},
+                {"type": "a.z", "result_to": "report"}]}),
+            5,
+        )
+        .unwrap();
+        let Parsed::Chain(chain) = &n.workflow else {
+            panic!("a chain")
+        };
+        assert_eq!(chain.len(), 3);
+        assert_eq!(n.types[1].0, "steps[0].members[1].type");
+        assert_eq!(n.types[2].0, "steps[0].callback.type");
+        let c = parse(
+            json!({"kind": "chord", "members": [t("a.x")], "callback":
+                {"kind": "chain", "steps": [{"type": "a.cb", "result_to": "outcomes"}, t("a.z")]}}),
+            5,
+        )
+        .unwrap();
+        let Parsed::Chord(chord) = &c.workflow else {
+            panic!("a chord")
+        };
+        assert_eq!(chord.next().len(), 1);
+        assert_eq!(c.types.last().unwrap().0, "callback.steps[1].type");
     }
 
     #[test]
@@ -412,14 +590,39 @@ mod tests {
                 "steps[1].priority",
             ),
             (
-                json!({"kind": "chain", "steps": [t("a.x"), {"kind": "group", "members": [t("a.y")]}]}),
+                json!({"kind": "chain", "steps": [t("a.x"), {"kind": "group", "members": [{"kind": "group", "members": [t("a.y")]}]}]}),
+                "nesting_not_supported",
+                "steps[1].members[0]",
+            ),
+            (
+                json!({"kind": "chain", "steps": [{"kind": "group", "members": [t("a.y")]}, {"kind": "group", "members": [t("a.y")]}]}),
                 "nesting_not_supported",
                 "steps[1]",
             ),
             (
-                json!({"kind": "chord", "members": [t("a.x")], "callback": {"kind": "chain", "steps": []}}),
+                json!({"kind": "chain", "steps": [{"kind": "chord", "members": [t("a.y")], "callback": {"kind": "chain", "steps": [t("a.z")]}}]}),
                 "nesting_not_supported",
-                "callback",
+                "steps[0].callback",
+            ),
+            (
+                json!({"kind": "chain", "steps": [t("a.x"), {"kind": "chain", "steps": [t("a.y")]}]}),
+                "nesting_not_supported",
+                "steps[1].kind",
+            ),
+            (
+                json!({"kind": "group", "members": [{"kind": "group", "members": [t("a.y")]}]}),
+                "nesting_not_supported",
+                "members[0]",
+            ),
+            (
+                json!({"kind": "chord", "members": [t("a.x")], "callback": {"kind": "chain", "steps": []}}),
+                "no_steps",
+                "callback.steps",
+            ),
+            (
+                json!({"kind": "chord", "members": [t("a.x")], "callback": {"kind": "chain", "steps": [t("a.y"), {"type": "a.z", "body": [], "result_to": "r"}]}}),
+                "invalid_value",
+                "callback.steps[1].body",
             ),
             (
                 json!({"kind": "chord", "members": [t("a.x")]}),

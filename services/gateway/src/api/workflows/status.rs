@@ -69,6 +69,27 @@ pub struct WorkflowTask {
     pub n: Option<u32>,
     #[serde(flatten)]
     pub status: StatusBody,
+    /// A group nested in a chain: `group` (its `task_id` is the group's
+    /// id, `{chain}.{n}`, and its `state` the group's: `succeeded` once
+    /// every member is final, `dead_lettered` if one was and the chain
+    /// stops there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// A nested group's policy for the step after it: `skip` or `run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// A nested group's members, in order (`{chain}.{n}.{m}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<WorkflowMember>>,
+}
+
+/// A member of a group nested in a chain.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WorkflowMember {
+    /// The member's number, from 1.
+    pub n: u32,
+    #[serde(flatten)]
+    pub status: StatusBody,
 }
 
 /// `GET /v1/workflows/{id}`.
@@ -107,6 +128,10 @@ pub struct WorkflowStatus {
     /// A chord's callback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback: Option<WorkflowTask>,
+    /// The steps after a chord's callback, when its callback is a chain
+    /// (`n` from 2: `{id}.callback.{n}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub then: Option<Vec<WorkflowTask>>,
     /// The ids of its dead-lettered tasks, in order.
     pub failed: Vec<String>,
 }
@@ -159,6 +184,74 @@ pub fn overall(
             _ => going,
         },
     }
+}
+
+/// A group nested in a chain, from its members' states: `succeeded` once
+/// every member is final (`dead_lettered` instead when one was and
+/// `strict`: its policy is `skip`, or it ends the chain), else `running`
+/// once one started, else `queued` or `pending`.
+pub fn group_state(members: &[TaskStateDoc], strict: bool) -> TaskStateDoc {
+    use TaskStateDoc as S;
+    if members
+        .iter()
+        .all(|s| matches!(s, S::Succeeded | S::DeadLettered))
+    {
+        if strict && members.contains(&S::DeadLettered) {
+            S::DeadLettered
+        } else {
+            S::Succeeded
+        }
+    } else if members
+        .iter()
+        .any(|s| !matches!(s, S::Pending | S::Unknown | S::Queued | S::Scheduled))
+    {
+        S::Running
+    } else if members
+        .iter()
+        .any(|s| matches!(s, S::Queued | S::Scheduled))
+    {
+        S::Queued
+    } else {
+        S::Pending
+    }
+}
+
+/// A chord's callback and the steps after it, as one state for
+/// [`overall`]: `dead_lettered` if one was, `succeeded` if all were, else
+/// the callback's (`running` once a later step started).
+fn callback_chain_state(chain: &[TaskStateDoc]) -> TaskStateDoc {
+    use TaskStateDoc as S;
+    if chain.contains(&S::DeadLettered) {
+        S::DeadLettered
+    } else if chain.iter().all(|s| *s == S::Succeeded) {
+        S::Succeeded
+    } else if chain.iter().skip(1).any(|s| *s != S::Pending) {
+        S::Running
+    } else {
+        chain.first().copied().unwrap_or(S::Pending)
+    }
+}
+
+/// The overall state of a workflow of `shape`, its tasks' states looked
+/// up by id with `of`.
+pub fn overall_of(shape: &Shape, of: impl Fn(&str) -> TaskStateDoc) -> WorkflowState {
+    let steps: Vec<TaskStateDoc> = (1..=shape.size)
+        .map(|n| match shape.groups.get(&n) {
+            Some((types, policy)) => {
+                let members: Vec<TaskStateDoc> = (1..=types.len() as u32)
+                    .map(|m| of(&shape.member_id(n, m)))
+                    .collect();
+                group_state(&members, *policy == OnFailure::Skip || n == shape.size)
+            }
+            None => of(&shape.task_id(n)),
+        })
+        .collect();
+    let callback = shape.callback_id().map(|id| {
+        let mut chain = vec![of(&id)];
+        chain.extend((2..=shape.after.len() as u32 + 1).map(|k| of(&shape.after_id(k))));
+        callback_chain_state(&chain)
+    });
+    overall(shape.kind, &steps, callback)
 }
 
 /// The shape of a known workflow; 503 while the gateway is still reading
@@ -216,32 +309,82 @@ async fn task(
             body
         }
     };
-    Ok(WorkflowTask { n, status })
+    Ok(WorkflowTask {
+        n,
+        status,
+        kind: None,
+        on_failure: None,
+        members: None,
+    })
+}
+
+fn policy_name(p: OnFailure) -> String {
+    match p {
+        OnFailure::Run => "run",
+        OnFailure::Skip => "skip",
+    }
+    .to_owned()
 }
 
 /// The workflow's status, every task looked up.
 pub async fn status_of(app: &AppState, shape: &Shape) -> Result<WorkflowStatus, Problem> {
     let mut tasks = Vec::with_capacity(shape.size as usize);
+    let mut states: HashMap<String, TaskStateDoc> = HashMap::new();
+    let mut failed = Vec::new();
+    let mut note = |t: &StatusBody| {
+        states.insert(t.task_id.clone(), t.state);
+        if t.state == TaskStateDoc::DeadLettered {
+            failed.push(t.task_id.clone());
+        }
+    };
     for n in 1..=shape.size {
+        if let Some((types, policy)) = shape.groups.get(&n) {
+            let mut members = Vec::with_capacity(types.len());
+            for (m, ty) in (1..).zip(types) {
+                let t = task(app, &shape.member_id(n, m), Some(m), Some(ty)).await?;
+                note(&t.status);
+                members.push(WorkflowMember {
+                    n: m,
+                    status: t.status,
+                });
+            }
+            let member_states: Vec<TaskStateDoc> = members.iter().map(|m| m.status.state).collect();
+            let mut status = StatusBody::unknown(&shape.task_id(n));
+            status.state = group_state(
+                &member_states,
+                *policy == OnFailure::Skip || n == shape.size,
+            );
+            tasks.push(WorkflowTask {
+                n: Some(n),
+                status,
+                kind: Some(Kind::Group),
+                on_failure: Some(policy_name(*policy)),
+                members: Some(members),
+            });
+            continue;
+        }
         let expected = shape.types.get(n as usize - 1).map(String::as_str);
-        tasks.push(task(app, &shape.task_id(n), Some(n), expected).await?);
+        let t = task(app, &shape.task_id(n), Some(n), expected).await?;
+        note(&t.status);
+        tasks.push(t);
     }
     let callback = match (&shape.callback_id(), &shape.callback) {
-        (Some(id), Some((ty, _))) => Some(task(app, id, None, Some(ty)).await?),
+        (Some(id), Some((ty, _))) => {
+            let t = task(app, id, None, Some(ty)).await?;
+            note(&t.status);
+            Some(t)
+        }
         _ => None,
     };
-    let states: Vec<TaskStateDoc> = tasks.iter().map(|t| t.status.state).collect();
-    let state = overall(
-        shape.kind,
-        &states,
-        callback.as_ref().map(|c| c.status.state),
-    );
-    let failed = tasks
-        .iter()
-        .chain(callback.iter())
-        .filter(|t| t.status.state == TaskStateDoc::DeadLettered)
-        .map(|t| t.status.task_id.clone())
-        .collect();
+    let mut then = Vec::with_capacity(shape.after.len());
+    for (k, ty) in (2..).zip(&shape.after) {
+        let t = task(app, &shape.after_id(k), Some(k), Some(ty)).await?;
+        note(&t.status);
+        then.push(t);
+    }
+    let state = overall_of(shape, |id| {
+        states.get(id).copied().unwrap_or(TaskStateDoc::Pending)
+    });
     let (steps, members) = match shape.kind {
         Kind::Chain => (Some(tasks), None),
         Kind::Group | Kind::Chord => (None, Some(tasks)),
@@ -251,17 +394,12 @@ pub async fn status_of(app: &AppState, shape: &Shape) -> Result<WorkflowStatus, 
         kind: shape.kind,
         state,
         size: shape.size,
-        on_failure: shape.callback.as_ref().map(|(_, p)| {
-            match p {
-                OnFailure::Run => "run",
-                OnFailure::Skip => "skip",
-            }
-            .to_owned()
-        }),
+        on_failure: shape.callback.as_ref().map(|(_, p)| policy_name(*p)),
         recorded_at: shape.recorded_at,
         steps,
         members,
         callback,
+        then: (!then.is_empty()).then_some(then),
         failed,
     })
 }
@@ -364,10 +502,7 @@ impl WorkflowFeed {
     /// Every task's stored events, oldest first.
     async fn stored(&self) -> Vec<StreamedEvent> {
         let tracker: &Arc<Tracker> = &self.app.tracker;
-        let mut ids: Vec<String> = (1..=self.shape.size)
-            .map(|n| self.shape.task_id(n))
-            .collect();
-        ids.extend(self.shape.callback_id());
+        let ids = self.shape.task_ids();
         let mut all = Vec::new();
         for id in ids {
             match tracker.events(&id).await {
@@ -388,11 +523,7 @@ impl WorkflowFeed {
                 .get(id)
                 .map_or(TaskStateDoc::Pending, |(_, s)| TaskStateDoc::from(*s))
         };
-        let steps: Vec<TaskStateDoc> = (1..=self.shape.size)
-            .map(|n| of(&self.shape.task_id(n)))
-            .collect();
-        let callback = self.shape.callback_id().map(|id| of(&id));
-        overall(self.shape.kind, &steps, callback)
+        overall_of(&self.shape, of)
     }
 
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
@@ -510,6 +641,28 @@ mod tests {
         assert_eq!(
             overall(Kind::Chord, &[S::DeadLettered], Some(S::DeadLettered)),
             WorkflowState::Failed
+        );
+    }
+
+    #[test]
+    fn a_nested_group_is_final_when_its_members_are() {
+        assert_eq!(group_state(&[S::Succeeded, S::Running], true), S::Running);
+        assert_eq!(group_state(&[S::Queued, S::Pending], true), S::Queued);
+        assert_eq!(
+            group_state(&[S::Succeeded, S::DeadLettered], false),
+            S::Succeeded
+        );
+        assert_eq!(
+            group_state(&[S::Succeeded, S::DeadLettered], true),
+            S::DeadLettered
+        );
+        assert_eq!(
+            callback_chain_state(&[S::Succeeded, S::Running]),
+            S::Running
+        );
+        assert_eq!(
+            callback_chain_state(&[S::Succeeded, S::DeadLettered]),
+            S::DeadLettered
         );
     }
 }
