@@ -216,4 +216,3 @@ impl Scan {
 pub async fn exists(connection: &Connection, queue: &str) -> Result<bool, DeadError> {
     Ok(crate::broker::queue_exists(connection, queue).await?)
 }
-

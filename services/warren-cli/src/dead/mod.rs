@@ -26,7 +26,8 @@ pub async fn run(
     // first connection dies), so a replay or purge on it could only fail
     // later and less clearly. A lost connection ends the command (status 1);
     // run it again.
-    let connection = warren::broker::connect_without_recovery(&settings.broker, "warren-cli").await?;
+    let connection =
+        warren::broker::connect_without_recovery(&settings.broker, "warren-cli").await?;
     let result = match command {
         DeadCommand::List(filters) => list(settings, out, &connection, &filters).await,
         DeadCommand::Show { id, queue, full } => {
