@@ -368,7 +368,13 @@ async fn expired_tasks_reach_a_real_worker_and_are_parked_as_expired_not_run() {
             Some(past.timestamp_millis())
         );
     }
-    let dead = w.worker.logs_with_message("Task dead-lettered.");
+    // The worker logs a park after the broker confirms it: the parked copy
+    // may be seen first.
+    let dead = w
+        .worker
+        .wait_for_log("Task dead-lettered.", 2, WAIT)
+        .await
+        .unwrap();
     for id in [&celery_id, &warren_id] {
         let line = dead
             .iter()
