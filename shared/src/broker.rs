@@ -26,7 +26,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
+use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
@@ -167,7 +167,114 @@ fn tls_config(settings: &BrokerSettings) -> Result<OwnedTLSConfig, ConnectError>
 /// Opens a connection named `name` (shown in the management UI), with
 /// automatic recovery.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, ConnectError> {
-    open(settings, name, true).await
+    open(settings, name, true, &Arc::default(), None).await
+}
+
+/// Opens a connection named `name` for one session of a long-lived
+/// process, with automatic recovery while the session holds it. Dropping
+/// it (or [`SessionConnection::retire`]) ends that recovery for good: no
+/// reconnect is made after it, and a connection that is connected (or
+/// reconnects in the instant it is retired) is closed.
+///
+/// For whoever gives up on a recovery and starts over with a fresh
+/// connection (a worker's consumer, the gateway): lapin has no way to stop
+/// its recovery, and a connection left to it would reconnect once its node
+/// answers again and replay its consumers, which nobody reads any more.
+/// Their prefetched deliveries would stay unacked on that connection for as
+/// long as it lives (docs/cluster.md, "Duplicates").
+pub async fn connect_session(
+    settings: &BrokerSettings,
+    name: &str,
+) -> Result<SessionConnection, ConnectError> {
+    let retired = Arc::new(AtomicBool::new(false));
+    let (gone_tx, gone) = tokio::sync::watch::channel(());
+    let connection = open(settings, name, true, &retired, Some(gone_tx)).await?;
+    Ok(SessionConnection {
+        connection: Some(connection),
+        retired,
+        gone,
+        close_timeout: settings.connect_timeout,
+    })
+}
+
+/// A connection of [`connect_session`]: lapin's [`Connection`] (it derefs
+/// to it) whose recovery ends when it is dropped or retired.
+pub struct SessionConnection {
+    /// Always `Some` until retired or dropped.
+    connection: Option<Connection>,
+    /// Set when retired: every later reconnect of lapin's recovery fails.
+    retired: Arc<AtomicBool>,
+    /// Closed when lapin's IO loop, which owns the sender, has ended.
+    gone: tokio::sync::watch::Receiver<()>,
+    /// How long the close of a connected connection may take.
+    close_timeout: Duration,
+}
+
+impl std::ops::Deref for SessionConnection {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        // Taken only by `retire` and `drop`, which consume it.
+        self.connection.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl SessionConnection {
+    /// Ends the connection for good; the future completes once it is gone:
+    /// closed, or lapin's recovery over without a reconnect. Dropping the
+    /// connection does the same in a task of its own.
+    pub fn retire(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.retired.store(true, Ordering::SeqCst);
+        retire(
+            self.connection.take(),
+            self.gone.clone(),
+            self.close_timeout,
+        )
+    }
+}
+
+impl Drop for SessionConnection {
+    fn drop(&mut self) {
+        self.retired.store(true, Ordering::SeqCst);
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        // Outside a runtime the flag alone must do: no reconnect is made
+        // after it, and lapin closes a connected connection when dropped.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(retire(
+                Some(connection),
+                self.gone.clone(),
+                self.close_timeout,
+            ));
+        }
+    }
+}
+
+/// Waits until a retired connection is gone: closes it if it is (or
+/// becomes) connected, and lets it go once lapin's IO loop has ended.
+async fn retire(
+    connection: Option<Connection>,
+    mut gone: tokio::sync::watch::Receiver<()>,
+    close_timeout: Duration,
+) {
+    let Some(connection) = connection else {
+        return;
+    };
+    loop {
+        if connection.status().connected() {
+            // Connected, or a reconnect that landed as it was retired:
+            // closing hands back whatever its consumers had received.
+            let _ =
+                tokio::time::timeout(close_timeout, connection.close(200, "retired".into())).await;
+        }
+        tokio::select! {
+            // The IO loop ended: closed, or its recovery gave up (every
+            // reconnect after the retirement is refused).
+            _ = gone.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 /// Opens a connection named `name` that does not recover: once it is lost
@@ -184,13 +291,15 @@ pub async fn connect_without_recovery(
     settings: &BrokerSettings,
     name: &str,
 ) -> Result<Connection, ConnectError> {
-    open(settings, name, false).await
+    open(settings, name, false, &Arc::default(), None).await
 }
 
 async fn open(
     settings: &BrokerSettings,
     name: &str,
     recover: bool,
+    retired: &Arc<AtomicBool>,
+    gone: Option<tokio::sync::watch::Sender<()>>,
 ) -> Result<Connection, ConnectError> {
     // lapin's default reconnect backoff doubles from 1 s: after a broker
     // restart of a few seconds the next try may be half a minute away. Start
@@ -216,7 +325,7 @@ async fn open(
     let mut errors = Vec::new();
     for index in rotation.order(addresses.len()) {
         let address = &addresses[index];
-        match open_one(settings, address, properties.clone()).await {
+        match open_one(settings, address, properties.clone(), retired, gone.clone()).await {
             Ok(connection) => {
                 rotation.answered(index);
                 if !errors.is_empty() {
@@ -285,20 +394,54 @@ async fn open_one(
     settings: &BrokerSettings,
     address: &SecretString,
     properties: ConnectionProperties,
+    retired: &Arc<AtomicBool>,
+    gone: Option<tokio::sync::watch::Sender<()>>,
 ) -> Result<Connection, ConnectError> {
     let timeout = settings.connect_timeout;
     let url = address.expose_secret();
     tls_preflight(settings, address, timeout).await?;
-    let builder = DefaultConnectionBuilder::new()
-        .map_err(|source| ConnectError::Broker {
-            url: redact_url(url),
-            source,
-        })?
-        .with_uri_str(url.to_owned())
-        .with_properties(properties)
-        // Kept by lapin for every reconnect of the recovery.
-        .with_tls_config(tls_config(settings)?);
-    match tokio::time::timeout(timeout, builder.connect()).await {
+    let broker_error = |source| ConnectError::Broker {
+        url: redact_url(url),
+        source,
+    };
+    let uri = url
+        .parse::<lapin::uri::AMQPUri>()
+        .map_err(|e| broker_error(std::io::Error::other(e).into()))?;
+    let runtime = lapin::runtime::default_runtime().map_err(broker_error)?;
+    // Kept by lapin for every reconnect of the recovery.
+    let tls = tls_config(settings)?;
+    let retired = retired.clone();
+    // lapin's own TCP (and TLS) connect, refused once the connection is
+    // retired (`SessionConnection`): the only way to end lapin's recovery.
+    // The closure lives as long as lapin's IO loop: `gone`, which it owns,
+    // tells the retirement when that loop has ended.
+    let connect = Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            let _io_loop = &gone;
+            let refused = || {
+                lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the connection was retired; no more reconnects",
+                ))
+            };
+            if retired.load(Ordering::SeqCst) {
+                return Err(refused());
+            }
+            let stream =
+                lapin::tcp::AMQPUriTcpExt::connect_with_config_async(&uri, tls.as_ref(), &runtime)
+                    .await
+                    .map_err(lapin::Error::from)?;
+            // Retired while this connect was under way: not handed to lapin.
+            if retired.load(Ordering::SeqCst) {
+                return Err(refused());
+            }
+            Ok(stream)
+        },
+        properties,
+    );
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(match tls_cause(&source) {
             Some(cause) => ConnectError::Tls {

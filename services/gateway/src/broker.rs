@@ -18,7 +18,7 @@ use futures::StreamExt;
 use lapin::Connection;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use tokio_util::sync::CancellationToken;
-use warren::broker::{Backoff, ConnectError, connect};
+use warren::broker::{Backoff, ConnectError, SessionConnection, connect_session};
 use warren::events::{self, EventPublisher, StreamStart};
 use warren::settings::BrokerSettings;
 use warren::{Names, PublishError, Publisher, topology};
@@ -36,7 +36,7 @@ pub struct Outbound {
     pub events: EventPublisher,
     status: lapin::ConnectionStatus,
     /// The connection that reads the events stream.
-    reader: Arc<Connection>,
+    reader: Arc<SessionConnection>,
 }
 
 impl Outbound {
@@ -173,8 +173,9 @@ impl Broker {
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
         let connections = async {
-            let publishing = connect(settings, &format!("{} publish", self.identity)).await?;
-            let following = connect(settings, &format!("{} events", self.identity)).await?;
+            let publishing =
+                connect_session(settings, &format!("{} publish", self.identity)).await?;
+            let following = connect_session(settings, &format!("{} events", self.identity)).await?;
             Ok::<_, ConnectError>((publishing, following))
         };
         let (publishing, following) = tokio::select! {
@@ -216,7 +217,7 @@ impl Broker {
     async fn connected(
         &self,
         publishing: &Connection,
-        following: &Arc<Connection>,
+        following: &Arc<SessionConnection>,
         Durations {
             retention,
             recovery_limit,

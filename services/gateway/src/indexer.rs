@@ -22,7 +22,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use warren::Names;
-use warren::broker::{Backoff, BackoffReset, ConnectError, connect, reconnect_loop};
+use warren::broker::{Backoff, BackoffReset, ConnectError, connect_session, reconnect_loop};
 use warren::events::{self, StreamStart};
 use warren::settings::BrokerSettings;
 
@@ -83,7 +83,7 @@ impl Indexer {
         let name = format!("{} indexer", self.identity);
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            c = connect(&self.broker, &name) => c?,
+            c = connect_session(&self.broker, &name) => c?,
         };
         let result = self.connected(&connection, shutdown, &backoff).await;
         let _ = connection.close(200, "indexer stopping".into()).await;

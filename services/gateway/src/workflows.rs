@@ -22,7 +22,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
 use warren::Names;
-use warren::broker::{Backoff, BackoffReset, connect, reconnect_loop};
+use warren::broker::{Backoff, BackoffReset, connect_session, reconnect_loop};
 use warren::contract::broker_headers;
 use warren::settings::BrokerSettings;
 use warren::workflow::{
@@ -349,7 +349,7 @@ async fn session(
     let name = format!("{identity} workflows");
     let connection = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        c = connect(settings, &name) => c?,
+        c = connect_session(settings, &name) => c?,
     };
     let result = async {
         let channel = connection.create_channel().await?;

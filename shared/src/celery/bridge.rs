@@ -25,7 +25,9 @@ use tracing::{error, info, warn};
 
 use super::message::{self, Converted, Refused};
 use super::{CeleryResults, CelerySettings};
-use crate::broker::{Backoff, BackoffReset, ConnectError, connect, queue_exists, reconnect_loop};
+use crate::broker::{
+    Backoff, BackoffReset, ConnectError, connect_session, queue_exists, reconnect_loop,
+};
 use crate::contract::{self, Names, PERSISTENT, headers};
 use crate::publisher::{Due, PublishError, PublishOptions, Publisher};
 use crate::settings::BrokerSettings;
@@ -120,7 +122,7 @@ impl Bridge {
         let name = format!("{} celery-bridge", self.identity);
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            c = connect(broker, &name) => c?,
+            c = connect_session(broker, &name) => c?,
         };
         let result = self.consume(&connection, shutdown, &backoff).await;
         let _ = connection.close(200, "celery bridge stopping".into()).await;

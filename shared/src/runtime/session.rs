@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use super::Inner;
 use super::delivery::process;
 use super::drain::drain;
-use crate::broker::{Backoff, ConnectError, connect};
+use crate::broker::{Backoff, ConnectError, connect_session};
 use crate::events::EventPublisher;
 use crate::metrics;
 use crate::publisher::{PublishError, Publisher};
@@ -80,7 +80,7 @@ pub(super) async fn session(
 ) -> Result<(), SessionError> {
     let connection = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        connection = connect(broker, &inner.identity) => connection?,
+        connection = connect_session(broker, &inner.identity) => connection?,
     };
     match inner.topology.declare(&connection).await {
         Ok(()) => {}

@@ -30,6 +30,7 @@ mod runtime;
 mod s3;
 mod scenarios;
 mod secrets;
+mod session_connection;
 mod settings;
 mod smtp_auth;
 mod smtp_sink;
