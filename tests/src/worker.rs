@@ -173,6 +173,12 @@ impl WorkerProcess {
             .unwrap_or_default()
     }
 
+    /// Every line of its output as written (JSON or not), to keep as a
+    /// test artefact.
+    pub fn raw_output(&self) -> Vec<String> {
+        self.logs.raw.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
     /// Log lines whose message is `message`.
     pub fn logs_with_message(&self, message: &str) -> Vec<serde_json::Value> {
         self.logs()
