@@ -3,7 +3,11 @@
 //! Connections use lapin's automatic recovery: after a dropped connection it
 //! reconnects and replays channels, QoS, confirms and consumers. When
 //! recovery gives up, the runtime starts over with a fresh connection, so the
-//! two layers together survive a broker restart of any length.
+//! two layers together survive a broker restart of any length. A session
+//! that starts over opens its connections with [`connect_session`], whose
+//! recovery ends for good when the session drops them: lapin cannot stop
+//! a recovery, and one left running would bring the old connection (and
+//! its consumers) back when its node returns.
 //!
 //! `broker.url` may name several nodes of a cluster. A connection goes to
 //! the first that answers, starting from the one that answered last and on

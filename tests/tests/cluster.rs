@@ -271,7 +271,7 @@ async fn where_are(
                     q["consumers"]
                 );
                 let ready_count = q["messages_ready"].as_u64().unwrap_or(0);
-                if ready_count == 0 {
+                if ready_count == 0 || q["type"] == "stream" {
                     continue;
                 }
                 // Ready messages, peeked (requeued): their ids.
@@ -293,6 +293,21 @@ async fn where_are(
                 }
             }
         }
+        // The name each process gave its connections (its identity).
+        let named: HashMap<String, String> =
+            management(n, "/api/connections?columns=name,user_provided_name")
+                .await
+                .ok()
+                .and_then(|c| c.as_array().cloned())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    Some((
+                        c["name"].as_str()?.to_owned(),
+                        c["user_provided_name"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
         match management(
             n,
             "/api/channels?columns=name,node,messages_unacknowledged,consumer_count,prefetch_count,connection_details",
@@ -304,15 +319,16 @@ async fn where_are(
                     if c["messages_unacknowledged"].as_u64().unwrap_or(0) == 0 {
                         continue;
                     }
+                    let connection = c["connection_details"]["name"].as_str().unwrap_or_default();
                     let _ = writeln!(
                         out,
-                        "node {n}: channel {} on {} holds {} unacked ({} consumers, prefetch {}); connection {}",
+                        "node {n}: channel {} on {} holds {} unacked ({} consumers, prefetch {}); connection {connection} named {:?}",
                         c["name"],
                         c["node"],
                         c["messages_unacknowledged"],
                         c["consumer_count"],
                         c["prefetch_count"],
-                        c["connection_details"]
+                        named.get(connection).map_or("(not known to this node)", String::as_str)
                     );
                 }
             }
