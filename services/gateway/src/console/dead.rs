@@ -264,6 +264,8 @@ pub struct Outcome {
     /// A replay's pace: at most this many messages a second
     /// (`console.replay_rate`); none when unlimited.
     pub rate: Option<f64>,
+    /// The rate as shown: `5`, `2.5`.
+    pub rate_shown: Option<String>,
     /// How long a replay took, as `1.2s`.
     pub took: Option<String>,
 }
@@ -337,6 +339,7 @@ async fn settle(
         action,
         queues: wanted.keys().cloned().collect(),
         rate: if action == "replay" { rate } else { None },
+        rate_shown: rate.filter(|_| action == "replay").map(|r| r.to_string()),
         ..Outcome::default()
     };
     let started = std::time::Instant::now();
