@@ -38,6 +38,18 @@ pub struct Step {
     /// The step's priority, 0-9; unset, the priority of the step before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// The step's own task id, for a chain whose producer assigned its
+    /// steps' ids (the Celery bridge keeps each Celery signature's
+    /// `task_id`). Unset: `{chain id}.{n}` ([`step_id`]). Not allowed on a
+    /// group's members, whose ids are `{group}.{m}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The Celery task name the Celery bridge mapped this step from: the
+    /// step is published with `x-warren-celery-task` (and the chain's
+    /// `x-warren-celery-root-id`), so a worker with a Celery result backend
+    /// writes its states as Celery results (docs/celery.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub celery_task: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -52,7 +64,15 @@ impl Step {
             body,
             result_to: None,
             priority: None,
+            id: None,
+            celery_task: None,
         }
+    }
+
+    /// This step with its own task id instead of `{chain id}.{n}`.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 
     /// This step with the previous step's result in its body's `field`.
@@ -84,6 +104,9 @@ impl Step {
                 format!("priority {p} is out of range 0-{MAX_PRIORITY}"),
             ));
         }
+        if self.id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+            return Err(invalid("id", "the step's id is empty".to_owned()));
+        }
         if let Some(field) = &self.result_to {
             if index == 0 {
                 return Err(invalid(
@@ -105,8 +128,9 @@ impl Step {
     }
 }
 
-/// The id of step `n` (1-based) of chain `chain_id`: `{chain_id}.{n}`.
-/// Deterministic, so a step published twice is the same task.
+/// The id of step `n` (1-based) of chain `chain_id`: `{chain_id}.{n}`,
+/// unless the step has its own ([`Step::with_id`]). Deterministic, so a
+/// step published twice is the same task.
 pub fn step_id(chain_id: &str, n: u32) -> String {
     format!("{chain_id}.{n}")
 }
@@ -238,6 +262,8 @@ pub struct NextStep {
     pub priority: u8,
     /// The slip it carries.
     pub slip: Slip,
+    /// The Celery task name it was mapped from ([`Step::celery_task`]).
+    pub celery_task: Option<String>,
 }
 
 impl Slip {
@@ -280,7 +306,7 @@ impl Slip {
         let step = self.step + 1;
         match first {
             Link::Task(first) => Some(Next::Task(NextStep {
-                id: step_id(&self.id, step),
+                id: first.id.clone().unwrap_or_else(|| step_id(&self.id, step)),
                 task_type: first.task_type.clone(),
                 body: with_result(&first.body, first.result_to.as_deref(), result),
                 priority: first.priority.unwrap_or(priority),
@@ -289,6 +315,7 @@ impl Slip {
                     step,
                     next: rest.to_vec(),
                 },
+                celery_task: first.celery_task.clone(),
             })),
             Link::Group(g) => Some(Next::Group(
                 g.next_group(&self.id, step, rest, result, priority),
@@ -483,6 +510,36 @@ mod tests {
         assert_eq!(three.id, "c.3");
         assert_eq!(three.body, json!({ "processed": null }));
         assert!(three.slip.advance(None, 5).is_none());
+    }
+
+    #[test]
+    fn a_step_with_its_own_id_keeps_it_and_its_celery_name() {
+        let mut own = Step::new("email.send", json!({ "to": "a@x" }))
+            .with_id("celery-2")
+            .result_to("variables");
+        own.celery_task = Some("app.tasks.send_receipt".to_owned());
+        let slip = Slip {
+            id: "celery-1".to_owned(),
+            step: 1,
+            next: vec![Link::Task(own), Link::Task(Step::new("a.b", json!({})))],
+        };
+        let slip = Slip::parse(&slip.to_json().unwrap()).unwrap();
+        let Some(Next::Task(two)) = slip.advance(Some(&json!({ "n": 1 })), 0) else {
+            panic!("a step second");
+        };
+        assert_eq!(two.id, "celery-2");
+        assert_eq!(two.celery_task.as_deref(), Some("app.tasks.send_receipt"));
+        assert_eq!(two.body, json!({ "to": "a@x", "variables": { "n": 1 } }));
+        let Some(Next::Task(three)) = two.slip.advance(None, 0) else {
+            panic!("a step third");
+        };
+        assert_eq!((three.id.as_str(), three.celery_task), ("celery-1.3", None));
+        let empty = Slip {
+            id: "c".to_owned(),
+            step: 1,
+            next: vec![Link::Task(Step::new("a.b", json!({})).with_id(" "))],
+        };
+        assert!(Slip::parse(&empty.to_json().unwrap()).is_err());
     }
 
     #[test]
