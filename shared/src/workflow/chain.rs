@@ -38,16 +38,18 @@ pub struct Step {
     /// The step's priority, 0-9; unset, the priority of the step before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
-    /// The step's own task id, for a chain whose producer assigned its
-    /// steps' ids (the Celery bridge keeps each Celery signature's
-    /// `task_id`). Unset: `{chain id}.{n}` ([`step_id`]). Not allowed on a
-    /// group's members, whose ids are `{group}.{m}`.
+    /// The step's own task id, in a slip the Celery bridge wrote (it keeps
+    /// each Celery signature's `task_id`). Unset: `{chain id}.{n}`
+    /// ([`step_id`]). [`Chain::check`] refuses it: a chain Warren publishes
+    /// numbers its steps, which its workflow record and the gateway's
+    /// `GET /v1/workflows/{id}` follow. Not allowed on a group's members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// The Celery task name the Celery bridge mapped this step from: the
     /// step is published with `x-warren-celery-task` (and the chain's
     /// `x-warren-celery-root-id`), so a worker with a Celery result backend
-    /// writes its states as Celery results (docs/celery.md).
+    /// writes its states as Celery results (docs/celery.md). Like `id`,
+    /// only in the bridge's slips.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub celery_task: Option<String>,
 }
@@ -67,12 +69,6 @@ impl Step {
             id: None,
             celery_task: None,
         }
-    }
-
-    /// This step with its own task id instead of `{chain id}.{n}`.
-    pub fn with_id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
-        self
     }
 
     /// This step with the previous step's result in its body's `field`.
@@ -129,7 +125,8 @@ impl Step {
 }
 
 /// The id of step `n` (1-based) of chain `chain_id`: `{chain_id}.{n}`,
-/// unless the step has its own ([`Step::with_id`]). Deterministic, so a
+/// unless the step has its own ([`Step::id`], in the Celery bridge's
+/// chains). Deterministic, so a
 /// step published twice is the same task.
 pub fn step_id(chain_id: &str, n: u32) -> String {
     format!("{chain_id}.{n}")
@@ -387,6 +384,22 @@ impl Chain {
         if self.id.as_deref().is_some_and(str::is_empty) {
             return Err(ChainError::EmptyId);
         }
+        for (index, link) in self.links.iter().enumerate() {
+            if let Link::Task(step) = link {
+                let field = match (&step.id, &step.celery_task) {
+                    (Some(_), _) => "id",
+                    (None, Some(_)) => "celery_task",
+                    (None, None) => continue,
+                };
+                return Err(ChainError::InvalidStep {
+                    index,
+                    field: field.to_owned(),
+                    reason: "only the Celery bridge's chains carry it: a published chain's \
+                             steps are {chain id}.{n}, which its workflow record follows"
+                        .to_owned(),
+                });
+            }
+        }
         check_links(&self.links, 0, false)
     }
 
@@ -514,10 +527,14 @@ mod tests {
 
     #[test]
     fn a_step_with_its_own_id_keeps_it_and_its_celery_name() {
-        let mut own = Step::new("email.send", json!({ "to": "a@x" }))
-            .with_id("celery-2")
-            .result_to("variables");
+        let mut own = Step::new("email.send", json!({ "to": "a@x" })).result_to("variables");
+        own.id = Some("celery-2".to_owned());
         own.celery_task = Some("app.tasks.send_receipt".to_owned());
+        // Only in the bridge's slips, never in a chain Warren publishes.
+        let e = crate::chain![Step::new("a.b", json!({})), own.clone()]
+            .check(10)
+            .unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("steps[1].id"));
         let slip = Slip {
             id: "celery-1".to_owned(),
             step: 1,
@@ -534,10 +551,12 @@ mod tests {
             panic!("a step third");
         };
         assert_eq!((three.id.as_str(), three.celery_task), ("celery-1.3", None));
+        let mut blank = Step::new("a.b", json!({}));
+        blank.id = Some(" ".to_owned());
         let empty = Slip {
             id: "c".to_owned(),
             step: 1,
-            next: vec![Link::Task(Step::new("a.b", json!({})).with_id(" "))],
+            next: vec![Link::Task(blank)],
         };
         assert!(Slip::parse(&empty.to_json().unwrap()).is_err());
     }
