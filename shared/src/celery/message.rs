@@ -132,13 +132,19 @@ pub fn convert(
         ));
     };
     let Some(map) = tasks.iter().find(|t| t.name == name) else {
-        return Err(refuse(
-            "celery_unmapped_task",
-            format!(
-                "no Warren task type is mapped to the Celery task {name}; add a [[celery.tasks]] entry \
-                 with name = \"{name}\""
-            ),
-        ));
+        return Err(Refused {
+            // A chain after it will not run either.
+            chain_ids: read_body(body)
+                .map(|(_, _, embed)| canvas::chain_ids(&embed))
+                .unwrap_or_default(),
+            ..refuse(
+                "celery_unmapped_task",
+                format!(
+                    "no Warren task type is mapped to the Celery task {name}; add a [[celery.tasks]] entry \
+                     with name = \"{name}\""
+                ),
+            )
+        });
     };
     let (args, kwargs, embed) = read_body(body).map_err(|e| refuse("celery_invalid_body", e))?;
     // From here on, a refusal is the whole chain's.
@@ -366,6 +372,9 @@ mod tests {
         let refused = convert(&props(&headers), ok_body, &tasks).unwrap_err();
         assert_eq!(refused.kind, "celery_unmapped_task");
         assert!(refused.reason.contains("app.tasks.other"));
+        let chained = br#"[[], {}, {"chain": [{"task": "x", "options": {"task_id": "id-2"}}]}]"#;
+        let refused = convert(&props(&headers), chained, &tasks).unwrap_err();
+        assert_eq!(refused.chain_ids, ["id-2"]);
 
         for body in [
             &b"{not json"[..],
