@@ -52,6 +52,8 @@ pub enum GatewayError {
     StatusStore(#[from] warren::events::StatusStoreError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error("{0}")]
+    Console(String),
 }
 
 /// The `redis` store's key prefix: `status.key_prefix`, or
@@ -82,6 +84,7 @@ impl Gateway {
     /// Checks the settings and opens the image store; connects nothing yet.
     pub fn build(settings: Settings) -> Result<Self, GatewayError> {
         let auth = Arc::new(Auth::from_settings(&settings.auth, &settings.http.addr)?);
+        settings.console.checked().map_err(GatewayError::Console)?;
         let image = policy(&settings.image)?;
         let store = Store::from_settings(&settings.image)?;
         let default_from = EmailAddress::parse("default_from", PLACEHOLDER_FROM)
@@ -192,10 +195,15 @@ impl Gateway {
             )),
             shutdown: shutdown.clone(),
             auth: auth.clone(),
-            console: Some(Arc::new(crate::console::Console::new(
-                auth.clone(),
-                settings.broker.clone(),
-            ))),
+            console: Some(Arc::new(
+                crate::console::Console::new(auth.clone(), settings.broker.clone()).with_options(
+                    crate::console::Options {
+                        // Checked in `build`.
+                        conductor: settings.console.checked().ok().flatten(),
+                        replay_rate: settings.console.replay_rate,
+                    },
+                ),
+            )),
         });
         if auth.is_open() {
             tracing::warn!(

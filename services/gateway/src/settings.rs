@@ -36,6 +36,8 @@ pub struct Settings {
     pub image: ImageSettings,
     /// `[auth]`: the API keys (hashed); none only on a loopback address.
     pub auth: crate::auth::AuthSettings,
+    /// `[console]`: the web console at `/console`.
+    pub console: ConsoleSettings,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             email: EmailChecks::default(),
             image: ImageSettings::default(),
             auth: crate::auth::AuthSettings::default(),
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -272,6 +275,60 @@ impl Default for EmailChecks {
     }
 }
 
+/// The most messages a console replay sends a second by default: a page's
+/// selection (at most 500) is replayed within `http.request_timeout`'s
+/// default 30 s, and the workers see a steady trickle, not a burst.
+pub const DEFAULT_CONSOLE_REPLAY_RATE: f64 = 50.0;
+
+/// `[console]`: the web console at `/console`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// The conductor's HTTP address (its ops port), e.g.
+    /// `http://conductor:9404`, for the Schedules page (`GET
+    /// /v1/schedules`); empty: not configured, and the page says so.
+    pub conductor_url: String,
+    /// The most messages a console replay sends a second (as `warren dead
+    /// replay --rate`); 0 sends them as fast as the broker confirms.
+    pub replay_rate: f64,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            conductor_url: String::new(),
+            replay_rate: DEFAULT_CONSOLE_REPLAY_RATE,
+        }
+    }
+}
+
+impl ConsoleSettings {
+    /// The conductor's base URL, if one is configured; an error naming the
+    /// setting when it is not an `http` or `https` URL, or the rate is not
+    /// a finite number of zero or more.
+    pub fn checked(&self) -> Result<Option<url::Url>, String> {
+        if !self.replay_rate.is_finite() || self.replay_rate < 0.0 {
+            return Err(format!(
+                "console.replay_rate {} is not a number of messages a second (0 or more)",
+                self.replay_rate
+            ));
+        }
+        let raw = self.conductor_url.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let url = url::Url::parse(raw).map_err(|e| {
+            format!("console.conductor_url '{raw}' is not a URL such as http://conductor:9404: {e}")
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "console.conductor_url '{raw}' is not an http(s) URL with a host, such as http://conductor:9404"
+            ));
+        }
+        Ok(Some(url))
+    }
+}
+
 #[cfg(test)]
 // A failing unwrap is how a test reports failure.
 #[allow(clippy::unwrap_used)]
@@ -289,6 +346,27 @@ mod tests {
         assert_eq!(back.events.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(back.tasks.retry_delays.len(), 5);
         assert_eq!(back.image.output_prefix, "thumbnails/{task_id}");
+        assert_eq!(back.console.conductor_url, "");
+        assert_eq!(back.console.replay_rate, DEFAULT_CONSOLE_REPLAY_RATE);
+    }
+
+    #[test]
+    fn the_console_settings_are_checked() {
+        let mut c = ConsoleSettings::default();
+        assert_eq!(c.checked().unwrap(), None);
+        c.conductor_url = "http://127.0.0.1:9404".into();
+        assert_eq!(
+            c.checked().unwrap().unwrap().as_str(),
+            "http://127.0.0.1:9404/"
+        );
+        for bad in ["conductor:9404", "ftp://x:1", "not a url"] {
+            c.conductor_url = bad.into();
+            let e = c.checked().unwrap_err();
+            assert!(e.contains("console.conductor_url"), "{bad}: {e}");
+        }
+        c.conductor_url = String::new();
+        c.replay_rate = -1.0;
+        assert!(c.checked().unwrap_err().contains("console.replay_rate"));
     }
 
     #[test]

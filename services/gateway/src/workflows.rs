@@ -249,6 +249,18 @@ impl Workflows {
             .cloned()
     }
 
+    /// The `n` most recently recorded shapes, newest first.
+    pub fn recent(&self, n: usize) -> Vec<Shape> {
+        let shapes = self.shapes.read().unwrap_or_else(|e| e.into_inner());
+        shapes
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| shapes.by_id.get(id).cloned())
+            .take(n)
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.shapes
             .read()

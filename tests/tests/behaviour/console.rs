@@ -369,3 +369,489 @@ async fn the_console_in_a_real_browser_shows_queues_and_parked_messages_replays_
     }
     broker.cleanup_stems(&["email"], &ladder).await.unwrap();
 }
+
+/// Logs the browser in with the admin key and waits for the queues page.
+async fn log_in(browser: &warren_tests::browser::Browser, base: &str) {
+    browser
+        .client
+        .goto(&format!("{base}/console/login"))
+        .await
+        .unwrap();
+    let key = browser.wait_for("input[name=key]").await.unwrap();
+    key.send_keys(ADMIN_KEY).await.unwrap();
+    browser
+        .wait_for("#login button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for("h2 code").await.unwrap();
+}
+
+/// Waits, in the page, until the element of `css` reads `text`: a
+/// MutationObserver answers when the DOM changes (the WebDriver script
+/// timeout bounds it).
+async fn wait_for_text(browser: &warren_tests::browser::Browser, css: &str, text: &str) {
+    let script = r#"
+        var css = arguments[0], want = arguments[1], done = arguments[arguments.length - 1];
+        var el = document.querySelector(css);
+        if (!el) { done('no element ' + css); return; }
+        if (el.textContent.trim() === want) { done(null); return; }
+        new MutationObserver(function (changes, observer) {
+            if (el.textContent.trim() === want) { observer.disconnect(); done(null); }
+        }).observe(el, { childList: true, characterData: true, subtree: true });
+    "#;
+    let outcome = browser
+        .client
+        .execute_async(script, vec![css.into(), text.into()])
+        .await;
+    match outcome {
+        Ok(serde_json::Value::Null) => {}
+        other => panic!("'{css}' never read '{text}': {other:?}"),
+    }
+}
+
+fn console_keys() -> String {
+    format!(
+        r#"[{{name = "shop", hash = "{}", scopes = ["enqueue"]}}, {{name = "ops", hash = "{}", scopes = ["admin"]}}]"#,
+        gateway_key_hash(ENQUEUE_KEY),
+        gateway_key_hash(ADMIN_KEY)
+    )
+}
+
+#[tokio::test]
+async fn the_console_refreshes_queue_depths_live_replays_all_shown_at_its_rate_and_shows_the_conductors_schedules()
+ {
+    warren_tests::worker::binary("gateway", "gateway").unwrap();
+    let conductor_bin = warren_tests::worker::binary("conductor", "conductor").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let ladder = [Duration::from_millis(200), Duration::from_millis(300)];
+    broker.declare_email_topology(&ladder).await.unwrap();
+    let work = broker.names.work_queue("email");
+    let dead = broker.email_dead_queue();
+    let parked: Vec<String> = (0..3)
+        .map(|i| format!("all-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    for id in &parked {
+        park(
+            &broker,
+            &dead,
+            id,
+            br#"{"to":"a@example.com","subject":"hello","text":"t"}"#,
+            "451 try later",
+        )
+        .await;
+    }
+
+    // A gateway without console.conductor_url, replaying at most 5 a second.
+    let store = tempfile::tempdir().unwrap();
+    let keys = console_keys();
+    let env = with(
+        gateway_env(broker.namespace(), store.path()),
+        &[
+            ("WARREN_AUTH__KEYS", keys.as_str()),
+            ("WARREN_CONSOLE__REPLAY_RATE", "5"),
+        ],
+    );
+    let mut gateway = WorkerProcess::gateway(&env).await.unwrap();
+    let addr = gateway.http_addr().await.unwrap();
+    gateway.wait_caught_up().await.unwrap();
+    let base = format!("http://{addr}");
+    // The counters' endpoint is the session's only.
+    let r = page(addr, "/console/queues.json", None).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    let browser = warren_tests::browser::Browser::start().await.unwrap();
+    let b = &browser.client;
+    log_in(&browser, &base).await;
+
+    // The queues page: the work queue's ready count goes from 0 to 2 in
+    // place when two tasks are published, without a reload (a global set
+    // before survives).
+    let ready = format!("#queues tr[data-queue=\"{work}\"] td[data-field=ready]");
+    wait_for_text(&browser, &ready, "0").await;
+    b.execute("window.warrenNoReload = 7; return null;", vec![])
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let id = format!("live-{i}-{}", uuid::Uuid::new_v4().simple());
+        broker
+            .publisher
+            .publish_confirmed(
+                "",
+                &work,
+                br#"{"to":"l@example.com","subject":"live","text":"t"}"#,
+                warren::task_properties(&id, "email.send", 0),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for_text(&browser, &ready, "2").await;
+    let marker = b
+        .execute("return window.warrenNoReload;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, serde_json::json!(7), "the page was reloaded");
+    let state = browser.wait_for("#queues-state").await.unwrap();
+    assert!(
+        state.text().await.unwrap().starts_with("last read "),
+        "{}",
+        state.text().await.unwrap()
+    );
+    browser.screenshot("queues-live").await.unwrap();
+
+    // The parking lot: "select all shown" ticks the three; one replay
+    // sends them all, at most 5 a second.
+    b.goto(&format!("{base}/console/dead?queue=email"))
+        .await
+        .unwrap();
+    for id in &parked {
+        browser
+            .wait_for(&format!("article[data-id=\"{id}\"]"))
+            .await
+            .unwrap();
+    }
+    let ticked = "return document.querySelectorAll('#settle input[name=id]:checked').length;";
+    assert_eq!(
+        b.execute(ticked, vec![]).await.unwrap(),
+        serde_json::json!(0)
+    );
+    browser
+        .wait_for("#select-all")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        b.execute(ticked, vec![]).await.unwrap(),
+        serde_json::json!(3)
+    );
+    browser.screenshot("select-all").await.unwrap();
+    browser
+        .wait_for("#replay-selected")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let replayed = browser.wait_for("#replayed").await.unwrap();
+    assert_eq!(replayed.text().await.unwrap(), "3");
+    let rate = browser
+        .wait_for("#rate")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rate, "at most 5 a second");
+    let took = browser
+        .wait_for("#took")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let took = humantime::parse_duration(&took).unwrap();
+    // Three at 5 a second: the second and third wait 200 ms each.
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    browser.screenshot("replayed-all").await.unwrap();
+    let delivered = broker.take(&work, 5, warren_tests::WAIT).await.unwrap();
+    for id in &parked {
+        let copies: Vec<_> = delivered
+            .iter()
+            .filter(|m| m.message_id().as_deref() == Some(id.as_str()))
+            .collect();
+        assert_eq!(copies.len(), 1, "{id} on {work}: {delivered:?}");
+        assert_eq!(copies[0].header("x-warren-attempt").as_deref(), Some("1"));
+    }
+    assert_eq!(broker.depth(&dead).await.unwrap(), 0);
+
+    // Schedules, without the setting: said so.
+    b.goto(&format!("{base}/console/schedules")).await.unwrap();
+    browser.wait_for("#not-configured").await.unwrap();
+    gateway.signal("TERM").unwrap();
+    gateway.wait_exit(Duration::from_secs(20)).await.unwrap();
+
+    // A real conductor, and a gateway pointing at it.
+    let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(
+        &mut config,
+        br#"
+[[schedules]]
+name = "tick"
+every = "1s"
+task_type = "email.send"
+payload = { to = "tick@example.com", subject = "Tick", text = "tock" }
+
+[[schedules]]
+name = "nightly"
+cron = "0 3 * * *"
+time_zone = "Europe/Paris"
+task_type = "email.send"
+payload = { to = "night@example.com", subject = "Night", text = "report" }
+"#,
+    )
+    .unwrap();
+    let mut conductor = WorkerProcess::start(
+        conductor_bin,
+        "conductor",
+        &[
+            ("WARREN_CONFIG", config.path().display().to_string()),
+            ("WARREN_BROKER__NAMESPACE", broker.namespace().to_owned()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+            // The events stream's retention, as the gateway's (gateway_env).
+            ("WARREN_CONDUCTOR__EVENTS_RETENTION", "1h".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    let serving = conductor
+        .wait_for_log(
+            "Serving /metrics, /healthz, /readyz and /v1/schedules.",
+            1,
+            warren_tests::WAIT,
+        )
+        .await
+        .unwrap();
+    let conductor_addr = serving[0]["fields"]["addr"].as_str().unwrap().to_owned();
+    conductor
+        .wait_for_log("Fired.", 1, warren_tests::WAIT)
+        .await
+        .unwrap();
+    let truth = http::get(conductor_addr.parse().unwrap(), "/v1/schedules")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let identity = truth["identity"].as_str().unwrap().to_owned();
+    assert_eq!(truth["leader"], true, "{truth}");
+
+    let conductor_url = format!("http://{conductor_addr}");
+    let env = with(
+        gateway_env(broker.namespace(), store.path()),
+        &[
+            ("WARREN_AUTH__KEYS", keys.as_str()),
+            ("WARREN_CONSOLE__CONDUCTOR_URL", conductor_url.as_str()),
+        ],
+    );
+    let mut gateway = WorkerProcess::gateway(&env).await.unwrap();
+    let addr = gateway.http_addr().await.unwrap();
+    let base = format!("http://{addr}");
+    log_in(&browser, &base).await;
+    b.goto(&format!("{base}/console/schedules")).await.unwrap();
+    let leader = browser.wait_for("#leader").await.unwrap();
+    assert_eq!(leader.text().await.unwrap(), identity);
+    let leads = browser.wait_for("#conductor").await.unwrap();
+    assert_eq!(
+        leads.attr("data-leader").await.unwrap().as_deref(),
+        Some("true")
+    );
+    let cell =
+        |name: &str, class: &str| format!("#schedules tr[data-schedule=\"{name}\"] .{class}");
+    let text = |css: String| {
+        let browser = &browser;
+        async move { browser.wait_for(&css).await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(text(cell("nightly", "cron")).await, "0 3 * * *");
+    assert_eq!(text(cell("nightly", "last-fire")).await, "-");
+    let next = text(cell("nightly", "next-fire")).await;
+    chrono::DateTime::parse_from_rfc3339(&next).unwrap_or_else(|e| panic!("{next}: {e}"));
+    assert_eq!(text(cell("tick", "every")).await, "1s");
+    let last = text(cell("tick", "last-fire")).await;
+    chrono::DateTime::parse_from_rfc3339(&last).unwrap_or_else(|e| panic!("{last}: {e}"));
+    assert_eq!(text(cell("tick", "task-type")).await, "email.send");
+    browser.screenshot("schedules").await.unwrap();
+
+    browser.close().await;
+    for p in [&gateway, &conductor] {
+        p.signal("TERM").unwrap();
+    }
+    gateway.wait_exit(Duration::from_secs(20)).await.unwrap();
+    conductor.wait_exit(Duration::from_secs(20)).await.unwrap();
+    broker.cleanup_stems(&["email"], &ladder).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_console_lists_workflows_shows_a_chains_steps_and_links_each_to_its_timeline() {
+    // Built before any broker connection opens (see TestBroker::new).
+    let pipeline = warren_tests::worker::binary("warren-examples", "pipeline-worker").unwrap();
+    warren_tests::worker::binary("gateway", "gateway").unwrap();
+    let broker = TestBroker::new().await.unwrap();
+    let ns = broker.namespace().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = WorkerProcess::start(
+        pipeline,
+        "pipeline-worker",
+        &[
+            ("WARREN_BROKER__NAMESPACE", ns.clone()),
+            ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+            (
+                "WARREN_CONSUMER__RETRY_DELAYS",
+                r#"["200ms","300ms"]"#.to_owned(),
+            ),
+            ("PIPELINE_DIR", dir.path().display().to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    worker
+        .wait_for_log("Consuming.", 1, warren_tests::WAIT)
+        .await
+        .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let keys = console_keys();
+    let env = with(
+        gateway_env(&ns, store.path()),
+        &[("WARREN_AUTH__KEYS", keys.as_str())],
+    );
+    let mut gateway = WorkerProcess::gateway(&env).await.unwrap();
+    let addr = gateway.http_addr().await.unwrap();
+    gateway.wait_caught_up().await.unwrap();
+    gateway
+        .wait_for_log(
+            "Read the workflow records from the events stream.",
+            1,
+            warren_tests::WAIT,
+        )
+        .await
+        .unwrap();
+    let base = format!("http://{addr}");
+
+    // A chain of three steps through the real pipeline worker, followed
+    // to its end over SSE. (Markup in fields is the unit tests' part: an
+    // id of the HTTP API is [A-Za-z0-9._~:-] only.)
+    let id = format!("order-{}", uuid::Uuid::new_v4().simple());
+    let chain = serde_json::json!({
+        "kind": "chain",
+        "id": id,
+        "steps": [
+            {"type": "pipeline.validate", "body": {"record": {"id": "c1", "value": 4}}},
+            {"type": "pipeline.process", "body": {"factor": 3}, "result_to": "input"},
+            {"type": "pipeline.save", "body": {}, "result_to": "processed"}
+        ]
+    });
+    let bearer = format!("Bearer {ENQUEUE_KEY}");
+    let r = http::request(
+        addr,
+        "POST",
+        "/v1/workflows",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        chain.to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let admin = format!("Bearer {ADMIN_KEY}");
+    let mut stream = http::sse(
+        addr,
+        &format!("/v1/workflows/{id}/events"),
+        &[("Authorization", admin.as_str())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.status, 200);
+    let mut last = None;
+    tokio::time::timeout(warren_tests::WAIT, async {
+        while let Some(e) = stream.next_event().await.unwrap() {
+            last = Some(e);
+        }
+    })
+    .await
+    .expect("the workflow's stream ends once it is final");
+    let last = last.unwrap();
+    assert_eq!(last.event.as_deref(), Some("workflow"));
+    assert_eq!(last.json().unwrap()["state"], "succeeded");
+
+    let browser = warren_tests::browser::Browser::start().await.unwrap();
+    let b = &browser.client;
+    log_in(&browser, &base).await;
+
+    // The list: the chain, succeeded, linking to its page.
+    b.goto(&format!("{base}/console/workflows")).await.unwrap();
+    let listed = browser
+        .wait_for("#recent tr[data-workflow] a.workflow-link")
+        .await
+        .unwrap();
+    assert_eq!(listed.text().await.unwrap(), id);
+    let row = browser.wait_for("#recent tr[data-workflow]").await.unwrap();
+    assert_eq!(
+        row.attr("data-state").await.unwrap().as_deref(),
+        Some("succeeded")
+    );
+    browser.screenshot("workflows").await.unwrap();
+    listed.click().await.unwrap();
+
+    // Its page: three steps, each succeeded with its type, each a link to
+    // its task's timeline.
+    let state = browser.wait_for("#workflow-state").await.unwrap();
+    assert_eq!(state.text().await.unwrap(), "succeeded");
+    let steps = b
+        .find_all(fantoccini::Locator::Css("#steps tr.step"))
+        .await
+        .unwrap();
+    assert_eq!(steps.len(), 3);
+    for (n, ty) in [
+        (1, "pipeline.validate"),
+        (2, "pipeline.process"),
+        (3, "pipeline.save"),
+    ] {
+        let task = format!("{id}.{n}");
+        let row = &steps[n - 1];
+        assert_eq!(
+            row.attr("data-task").await.unwrap().as_deref(),
+            Some(task.as_str())
+        );
+        assert_eq!(
+            row.attr("data-state").await.unwrap().as_deref(),
+            Some("succeeded")
+        );
+        let cells = row.find_all(fantoccini::Locator::Css("td")).await.unwrap();
+        assert_eq!(cells[2].text().await.unwrap(), ty);
+        let link = row
+            .find(fantoccini::Locator::Css("a.timeline-link"))
+            .await
+            .unwrap();
+        assert_eq!(link.text().await.unwrap(), task);
+    }
+    browser.screenshot("workflow").await.unwrap();
+
+    // The second step's link: its timeline, to `succeeded`.
+    steps[1]
+        .find(fantoccini::Locator::Css("a.timeline-link"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for("#events tr.event[data-state=\"succeeded\"]")
+        .await
+        .unwrap();
+    let shown = browser.wait_for("#timeline").await.unwrap();
+    assert_eq!(
+        shown.attr("data-task").await.unwrap().as_deref(),
+        Some(format!("{id}.2").as_str())
+    );
+
+    // An unknown id: said so.
+    b.goto(&format!(
+        "{base}/console/workflows?id=nosuch-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .await
+    .unwrap();
+    browser.wait_for("#error").await.unwrap();
+
+    browser.close().await;
+    for p in [&gateway, &worker] {
+        p.signal("TERM").unwrap();
+    }
+    gateway.wait_exit(Duration::from_secs(20)).await.unwrap();
+    worker.wait_exit(Duration::from_secs(20)).await.unwrap();
+    broker.cleanup_stems(&["pipeline"], &[]).await.unwrap();
+}

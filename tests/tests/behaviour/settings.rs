@@ -53,3 +53,17 @@ async fn an_unknown_key_in_the_file_stops_every_binary_naming_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_gateway_refuses_a_console_conductor_url_that_is_not_an_http_url() {
+    let env = [
+        ("WARREN_HTTP__ADDR", "127.0.0.1:0".to_owned()),
+        ("WARREN_CONSOLE__CONDUCTOR_URL", "conductor:9404".to_owned()),
+    ];
+    let (status, output) = stops("gateway", &env).await;
+    assert!(!status.success(), "the gateway started: {output}");
+    assert!(
+        output.contains("console.conductor_url 'conductor:9404' is not an http(s) URL"),
+        "the error does not name the setting:\n{output}"
+    );
+}

@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
                 "/console/tasks/{id}/events",
                 get(crate::console::timeline::events),
             )
+            .route("/console/workflows", get(crate::console::workflows::page))
             .merge(crate::console::router(console));
     }
     layered(routes, state)

@@ -261,6 +261,13 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// The parking lots touched, for the way back.
     pub queues: Vec<String>,
+    /// A replay's pace: at most this many messages a second
+    /// (`console.replay_rate`); none when unlimited.
+    pub rate: Option<f64>,
+    /// The rate as shown: `5`, `2.5`.
+    pub rate_shown: Option<String>,
+    /// How long a replay took, as `1.2s`.
+    pub took: Option<String>,
 }
 
 /// The messages a settling form names, by parking lot: the `one` button's
@@ -327,11 +334,15 @@ async fn settle(
         return refused.into_response();
     }
     let wanted = selection(&body);
+    let rate = Some(console.options.replay_rate).filter(|r| *r > 0.0 && r.is_finite());
     let mut outcome = Outcome {
         action,
         queues: wanted.keys().cloned().collect(),
+        rate: if action == "replay" { rate } else { None },
+        rate_shown: rate.filter(|_| action == "replay").map(|r| r.to_string()),
         ..Outcome::default()
     };
+    let started = std::time::Instant::now();
     if wanted.is_empty() {
         outcome.errors.push("No message was selected.".into());
     } else {
@@ -349,6 +360,12 @@ async fn settle(
             }
         }
     }
+    if action == "replay" {
+        let took = std::time::Duration::from_millis(
+            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        );
+        outcome.took = Some(humantime::format_duration(took).to_string());
+    }
     tracing::info!(
         key = %caller.name,
         action,
@@ -356,6 +373,7 @@ async fn settle(
         purged = outcome.purged.len(),
         parked_again = outcome.parked_again.len(),
         not_found = outcome.not_found.len(),
+        rate = outcome.rate,
         "Console settled parked messages."
     );
     console.render(
@@ -396,7 +414,7 @@ async fn settle_queue(
         &scans,
         &console.broker.names(),
         &warren_tasks::body_problem,
-        None,
+        outcome.rate,
         "gateway-console",
         |_| {},
     )

@@ -14,10 +14,17 @@
 //! the management API through the code `warren queues` uses
 //! ([`warren::management`]); the parking lot ([`dead`]) is read and
 //! settled by the code `warren dead` runs ([`warren::dead`]); a task's
-//! timeline ([`timeline`]) follows its events over SSE.
+//! timeline ([`timeline`]) follows its events over SSE. The queues page
+//! refreshes its counters in place from `GET /console/queues.json`
+//! (polled by `console.js`). The workflows page ([`workflows`]) reads
+//! what `GET /v1/workflows/{id}` answers; the schedules page
+//! ([`schedules`]) what the conductor's `GET /v1/schedules` answers, at
+//! `console.conductor_url`.
 
 pub mod dead;
+pub mod schedules;
 pub mod timeline;
+pub mod workflows;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,8 +37,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use minijinja::Environment;
+use serde::Serialize;
 use subtle::ConstantTimeEq;
-use warren::management::{Management, queue_rows};
+use warren::management::{Management, QueueRow, queue_rows};
 use warren::settings::BrokerSettings;
 
 use crate::auth::{Auth, Caller, Scope};
@@ -55,12 +63,31 @@ struct Session {
     expires: Instant,
 }
 
+/// What the `[console]` settings give the console.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The conductor's base URL, for the schedules page.
+    pub conductor: Option<url::Url>,
+    /// The most messages a replay sends a second; 0: no limit.
+    pub replay_rate: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            conductor: None,
+            replay_rate: crate::settings::DEFAULT_CONSOLE_REPLAY_RATE,
+        }
+    }
+}
+
 /// The console's state: templates, sessions, the management API.
 pub struct Console {
     auth: Arc<Auth>,
     broker: BrokerSettings,
     templates: Environment<'static>,
     sessions: Mutex<HashMap<String, Session>>,
+    options: Options,
 }
 
 impl Console {
@@ -73,6 +100,8 @@ impl Console {
             ("dead.html", include_str!("templates/dead.html")),
             ("settled.html", include_str!("templates/settled.html")),
             ("task.html", include_str!("templates/task.html")),
+            ("workflows.html", include_str!("templates/workflows.html")),
+            ("schedules.html", include_str!("templates/schedules.html")),
         ] {
             templates
                 .add_template(name, source)
@@ -83,7 +112,15 @@ impl Console {
             broker,
             templates,
             sessions: Mutex::new(HashMap::new()),
+            options: Options::default(),
         }
+    }
+
+    /// The console with the `[console]` settings' options.
+    #[must_use]
+    pub fn with_options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
     }
 
     fn render(&self, name: &str, context: minijinja::Value) -> Response {
@@ -122,6 +159,8 @@ impl Console {
 pub fn router<S: Clone + Send + Sync + 'static>(console: Arc<Console>) -> Router<S> {
     Router::new()
         .route("/console", get(queues_page))
+        .route("/console/queues.json", get(queues_json))
+        .route("/console/schedules", get(schedules::page))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/console.css", get(css))
@@ -241,18 +280,61 @@ async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, body: B
     response
 }
 
+/// The namespace's work queues, or what kept the management API from
+/// answering.
+async fn queue_table(console: &Console) -> (Vec<QueueRow>, Option<String>) {
+    let namespace = &console.broker.namespace;
+    match Management::new(&console.broker) {
+        Ok(m) => match m.queues().await {
+            Ok(queues) => (queue_rows(namespace, &queues, false), None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        },
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    }
+}
+
+/// `GET /console/queues.json`: what the queues page shows, for
+/// `console.js` to refresh it in place.
+#[derive(Debug, Serialize)]
+pub struct QueuesNow {
+    pub rows: Vec<QueueRow>,
+    pub error: Option<String>,
+    /// When the management API was read (RFC 3339).
+    pub at: String,
+}
+
+async fn queues_json(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if console.session(&headers).is_none() {
+        return no_session();
+    }
+    let (rows, error) = queue_table(&console).await;
+    let now = QueuesNow {
+        rows,
+        error,
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let mut response = axum::Json(now).into_response();
+    secure(response.headers_mut());
+    response
+}
+
+/// 401 for a console resource a script fetches without a session.
+pub(crate) fn no_session() -> Response {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "No console session",
+        "log in to the console first",
+    )
+    .into_response()
+}
+
 async fn queues_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some((_, caller, csrf)) = console.session(&headers) else {
         return Redirect::to("/console/login").into_response();
     };
     let namespace = console.broker.namespace.clone();
-    let (rows, error) = match Management::new(&console.broker) {
-        Ok(m) => match m.queues().await {
-            Ok(queues) => (queue_rows(&namespace, &queues, false), None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
-        },
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
+    let (rows, error) = queue_table(&console).await;
     console.render(
         "queues.html",
         minijinja::context! {
@@ -332,6 +414,46 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("<b>"), "{html}");
+    }
+
+    #[test]
+    fn a_workflows_fields_are_escaped_and_each_step_links_to_its_timeline() {
+        let console = Console::new(Arc::new(Auth::open()), BrokerSettings::default());
+        let status = serde_json::json!({
+            "workflow_id": "<i>w</i>", "kind": "chain", "state": "failed", "size": 2,
+            "failed": ["<i>w</i>.2"],
+            "steps": [
+                {"n": 1, "task_id": "<i>w</i>.1", "state": "succeeded", "task_type": "a.b", "attempt": 1},
+                {"n": 2, "task_id": "<i>w</i>.2", "kind": "group", "state": "dead_lettered", "on_failure": "skip",
+                 "members": [{"n": 1, "task_id": "<i>w</i>.2.1", "state": "dead_lettered",
+                              "error_kind": "bad", "error": "<script>x()</script>"}]}
+            ]
+        });
+        let recent = vec![
+            serde_json::json!({"id": "<i>w</i>", "kind": "chain", "size": 2, "state": "failed"}),
+        ];
+        let html = console
+            .templates
+            .get_template("workflows.html")
+            .unwrap()
+            .render(minijinja::context! {
+                id => "<i>w</i>", status, recent, known => 1, caught_up => true, csrf => "t", caller => "c"
+            })
+            .unwrap();
+        assert!(
+            !html.contains("<i>") && !html.contains("<script>"),
+            "{html}"
+        );
+        assert!(
+            // (minijinja keeps `/` in a query, which the escaping writes as `&#x2f;`.)
+            html.contains("href=\"/console/task?id=%3Ci%3Ew%3C&#x2f;i%3E.2.1\""),
+            "{html}"
+        );
+        assert!(html.contains("&lt;script&gt;x()"), "{html}");
+        assert!(
+            html.contains("data-workflow=\"&lt;i&gt;w&lt;&#x2f;i&gt;\""),
+            "{html}"
+        );
     }
 
     #[test]

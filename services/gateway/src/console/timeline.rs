@@ -10,12 +10,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::{Console, secure};
 use crate::api::AppState;
-use crate::problem::Problem;
 
 const JS: &str = include_str!("console.js");
 
@@ -67,13 +66,7 @@ pub async fn events(
         .as_ref()
         .is_some_and(|c| c.session(&headers).is_some());
     if !signed_in {
-        return Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "No console session",
-            "log in to the console first",
-        )
-        .into_response();
+        return super::no_session();
     }
     match crate::api::status::task_events(State(app), Ok(Path(id)), headers).await {
         Ok(r) => r,

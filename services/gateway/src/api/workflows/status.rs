@@ -256,7 +256,7 @@ pub fn overall_of(shape: &Shape, of: impl Fn(&str) -> TaskStateDoc) -> WorkflowS
 
 /// The shape of a known workflow; 503 while the gateway is still reading
 /// the stream, else 404.
-fn shape_of(app: &AppState, id: &str) -> Result<Shape, Problem> {
+pub(crate) fn shape_of(app: &AppState, id: &str) -> Result<Shape, Problem> {
     if let Some(shape) = app.workflows.get(id) {
         return Ok(shape);
     }
