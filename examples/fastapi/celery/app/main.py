@@ -88,21 +88,16 @@ class OrderIn(BaseModel):
 ORDER_STEPS = ("validate", "process", "save")
 
 
-def step_id(order_id: str, step: str) -> str:
-    # The client names each step's task id, so GET /orders/{id} finds every
-    # step again from the order's id alone (a fresh AsyncResult has no
-    # .parent).
-    return f"{order_id}-{step}"
-
-
 @app.post("/orders", status_code=202)
 def place_order(order: OrderIn):
+    # Each step gets the task id {order_id}-{step}, so GET /orders/{id}
+    # finds every step again from the order's id alone (an AsyncResult made
+    # from an id has no .parent).
     order_id = uuid.uuid4().hex
-    ids = {step: step_id(order_id, step) for step in ORDER_STEPS}
     result = chain(
-        validate_order.s({"id": order.id, "value": order.value}).set(task_id=ids["validate"]),
-        process_order.s(order.factor).set(task_id=ids["process"]),
-        save_order.s().set(task_id=ids["save"]),
+        validate_order.s({"id": order.id, "value": order.value}).set(task_id=f"{order_id}-validate"),
+        process_order.s(order.factor).set(task_id=f"{order_id}-process"),
+        save_order.s().set(task_id=f"{order_id}-save"),
     ).delay()
     # result is the last step's AsyncResult; result.parent the one before.
     return {"order_id": order_id, "task_id": result.id}
@@ -111,9 +106,9 @@ def place_order(order: OrderIn):
 @app.get("/orders/{order_id}")
 def order_status(order_id: str):
     # The order's state is its last step's: SUCCESS once save_order ran.
-    out = describe(step_id(order_id, ORDER_STEPS[-1]))
+    out = describe(f"{order_id}-save")
     out["order_id"] = order_id
     out["steps"] = [
-        {"step": step, **describe(step_id(order_id, step))} for step in ORDER_STEPS
+        {"step": step, **describe(f"{order_id}-{step}")} for step in ORDER_STEPS
     ]
     return out
