@@ -12,13 +12,23 @@ JSON line on stdout, in order::
     {"call": "apply_async", "kwargs": {...}}
     {"call": "apply_async", "args": [...], "serializer": "pickle"}
     {"call": "send_task", "name": "app.tasks.unknown", "args": [...]}
+    {"call": "apply_async", "args": [...], "link": SIG, "link_error": SIG}
+    {"call": "chain", "steps": [SIG, SIG, ...]}
+
+where SIG is {"name": ..., "args": [...], "kwargs": {...}, "immutable": false}:
+``app.signature(name, args, kwargs)`` (``.s()``), or ``.si()`` when
+immutable. A chain is sent as ``(a | b | ...).delay()``; its outcome line
+has the ids of all its steps, first to last ("ids"), and the result of the
+last, as ``AsyncResult(last_id).get()`` returns it.
 
 With "wait" true (the default) the script waits, with ``.get(timeout=...)``,
 for each result; it prints the task id before it waits ({"sent": id}).
 """
 
 import argparse
+import functools
 import json
+import operator
 import sys
 
 from celery import Celery
@@ -52,6 +62,20 @@ def main() -> int:
     def send_email_task(to, subject, body):  # pragma: no cover
         raise RuntimeError("runs in Warren")
 
+    # A second task, chained after the first: it receives the first one's
+    # result as its first argument, as Celery passes it.
+    @app.task(name="app.tasks.send_receipt")
+    def send_receipt(delivered, to, template=None):  # pragma: no cover
+        raise RuntimeError("runs in Warren")
+
+    def sig(spec):
+        return app.signature(
+            spec["name"],
+            args=spec.get("args", []),
+            kwargs=spec.get("kwargs", {}),
+            immutable=spec.get("immutable", False),
+        )
+
     calls = json.load(sys.stdin)
     for call in calls:
         kind = call["call"]
@@ -65,7 +89,12 @@ def main() -> int:
                 for k in ("countdown", "priority", "serializer", "expires")
                 if k in call
             }
+            for k in ("link", "link_error"):
+                if k in call:
+                    options[k] = sig(call[k])
             result = send_email_task.apply_async(args=args, kwargs=kwargs, **options)
+        elif kind == "chain":
+            result = functools.reduce(operator.or_, map(sig, call["steps"])).delay()
         elif kind == "send_task":
             result = app.send_task(call["name"], args=args, kwargs=kwargs)
         else:
@@ -75,6 +104,12 @@ def main() -> int:
             continue
         value = result.get(timeout=opts.timeout, propagate=False)
         out = {"id": result.id, "status": result.status}
+        if kind == "chain":
+            ids, node = [], result
+            while node is not None:
+                ids.insert(0, node.id)
+                node = node.parent
+            out["ids"] = ids
         if isinstance(value, BaseException):
             out["error_type"] = type(value).__name__
             out["error"] = str(value)

@@ -31,6 +31,7 @@ use crate::broker::{
 use crate::contract::{self, Names, PERSISTENT, headers};
 use crate::publisher::{Due, PublishError, PublishOptions, Publisher};
 use crate::settings::BrokerSettings;
+use crate::workflow::{Link, Slip};
 
 /// The stem of the bridge's parking lot: `{ns}.celery.dead`, bound to
 /// `{ns}.dead` with key `{ns}.celery`.
@@ -267,8 +268,21 @@ impl Bridge {
             Ok(task) => task,
             Err(refused) => return self.park(publisher, delivery, &refused).await,
         };
+        let chain_ids = || task.chain.iter().filter_map(|s| s.id.clone()).collect();
+        let options = match options(&task) {
+            Ok(options) => options,
+            Err(reason) => {
+                let refused = Refused {
+                    kind: "celery_unsupported_workflow",
+                    reason,
+                    id: Some(task.id.clone()),
+                    chain_ids: chain_ids(),
+                };
+                return self.park(publisher, delivery, &refused).await;
+            }
+        };
         match publisher
-            .publish_task(&task.task_type, &task.body, options(&task))
+            .publish_task(&task.task_type, &task.body, options)
             .await
         {
             Ok(_) => {
@@ -278,6 +292,7 @@ impl Bridge {
                     task_type = %task.task_type,
                     priority = task.priority,
                     eta = task.eta.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                    chain_steps = task.chain.len(),
                     "Celery task handed on as a Warren task."
                 );
                 Ok(Handed::On)
@@ -291,6 +306,7 @@ impl Bridge {
                         task.task_type, task.name
                     ),
                     id: Some(task.id.clone()),
+                    chain_ids: chain_ids(),
                 };
                 self.park(publisher, delivery, &refused).await
             }
@@ -299,6 +315,7 @@ impl Bridge {
                     kind: "celery_invalid_header",
                     reason: e.to_string(),
                     id: Some(task.id.clone()),
+                    chain_ids: chain_ids(),
                 };
                 self.park(publisher, delivery, &refused).await
             }
@@ -358,8 +375,10 @@ impl Bridge {
             dead_queue = %self.names.dead_queue(STEM),
             "Celery message parked."
         );
-        if let (Some(results), Some(id)) = (&self.results, &refused.id) {
-            results.refused(id, refused.kind, &refused.reason).await;
+        if let Some(results) = &self.results {
+            for id in refused.id.iter().chain(&refused.chain_ids) {
+                results.refused(id, refused.kind, &refused.reason).await;
+            }
         }
         Ok(Handed::Parked)
     }
@@ -385,8 +404,11 @@ async fn declare_exchange(
 
 /// The Warren publish of a converted Celery task: its id, priority and
 /// `eta`; `retries` as the attempt; `expires`, the root and parent ids and
-/// the Celery name (which turns result writing on) as headers.
-fn options(task: &Converted) -> PublishOptions {
+/// the Celery name (which turns result writing on) as headers; its Celery
+/// chain as a Warren routing slip (`x-warren-chain`) whose id is the task's
+/// own. `Err`: the chain cannot travel as a slip (too many steps, too
+/// large), said as a reason.
+fn options(task: &Converted) -> Result<PublishOptions, String> {
     let mut hdrs = FieldTable::default();
     contract::set_int(
         &mut hdrs,
@@ -403,11 +425,28 @@ fn options(task: &Converted) -> PublishOptions {
     if let Some(expires) = task.expires {
         contract::set_int(&mut hdrs, headers::EXPIRES_MS, expires.timestamp_millis());
     }
-    PublishOptions {
+    if !task.chain.is_empty() {
+        let slip = Slip {
+            id: task.id.clone(),
+            step: 1,
+            next: task.chain.iter().cloned().map(Link::Task).collect(),
+        };
+        let json = slip
+            .to_json()
+            .and_then(|json| Slip::parse(&json).map(|_| json))
+            .map_err(|e| {
+                format!(
+                    "the Celery chain of {} cannot run as a Warren chain: {e}",
+                    task.name
+                )
+            })?;
+        contract::set_str(&mut hdrs, headers::CHAIN, json);
+    }
+    Ok(PublishOptions {
         id: Some(task.id.clone()),
         priority: task.priority,
         expiration: None,
         headers: hdrs,
         due: task.eta.map(Due::At),
-    }
+    })
 }

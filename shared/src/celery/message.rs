@@ -1,7 +1,8 @@
 //! A Celery protocol 2 message read into a Warren task, or refused with a
 //! reason: its headers (`task`, `id`, `retries`, `eta`, `expires`,
-//! `root_id`, `parent_id`), its JSON body `[args, kwargs, embed]`, and the
-//! mapping of its task name and arguments onto a Warren task type and body.
+//! `root_id`, `parent_id`), its JSON body `[args, kwargs, embed]` (the
+//! chain in `embed` is read by [`super::canvas`]), and the mapping of its
+//! task name and arguments onto a Warren task type and body.
 //!
 //! Nothing here talks to a broker: the bridge hands it a message's
 //! properties and body, and gets back what to publish or why to park.
@@ -13,8 +14,9 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Map, Value};
 
-use super::CeleryTaskMap;
+use super::{CeleryTaskMap, canvas};
 use crate::contract::{self, MAX_PRIORITY};
+use crate::workflow::Step;
 
 /// A Celery task, ready to be published as a Warren task.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +42,9 @@ pub struct Converted {
     pub root_id: Option<String>,
     /// Celery's `parent_id`, kept as the causation id.
     pub parent_id: Option<String>,
+    /// The steps of its Celery chain and `link` callback (`embed`), to run
+    /// after it as a Warren chain; empty when it has none.
+    pub chain: Vec<Step>,
 }
 
 /// Why a Celery message is parked instead of handed on.
@@ -51,6 +56,10 @@ pub struct Refused {
     pub reason: String,
     /// The Celery task id, when the message had one.
     pub id: Option<String>,
+    /// The Celery ids of the steps of its chain, none of which will run:
+    /// their results are `FAILURE` too, so a client waiting on the
+    /// chain's last result hears why.
+    pub chain_ids: Vec<String>,
 }
 
 /// Content types the bridge reads: Celery's `json` serializer.
@@ -76,6 +85,7 @@ pub fn convert(
         kind,
         reason,
         id: id.clone(),
+        chain_ids: Vec::new(),
     };
     let content_type = properties
         .content_type()
@@ -122,18 +132,28 @@ pub fn convert(
         ));
     };
     let Some(map) = tasks.iter().find(|t| t.name == name) else {
-        return Err(refuse(
-            "celery_unmapped_task",
-            format!(
-                "no Warren task type is mapped to the Celery task {name}; add a [[celery.tasks]] entry \
-                 with name = \"{name}\""
-            ),
-        ));
+        return Err(Refused {
+            // A chain after it will not run either.
+            chain_ids: read_body(body)
+                .map(|(_, _, embed)| canvas::chain_ids(&embed))
+                .unwrap_or_default(),
+            ..refuse(
+                "celery_unmapped_task",
+                format!(
+                    "no Warren task type is mapped to the Celery task {name}; add a [[celery.tasks]] entry \
+                     with name = \"{name}\""
+                ),
+            )
+        });
     };
     let (args, kwargs, embed) = read_body(body).map_err(|e| refuse("celery_invalid_body", e))?;
-    if let Some(workflow) = unsupported_workflow(&embed) {
-        return Err(refuse("celery_unsupported_workflow", workflow));
-    }
+    // From here on, a refusal is the whole chain's.
+    let chain_ids = canvas::chain_ids(&embed);
+    let refuse = |kind: &'static str, reason: String| Refused {
+        chain_ids: chain_ids.clone(),
+        ..refuse(kind, reason)
+    };
+    let chain = canvas::steps(&embed, tasks).map_err(|(kind, reason)| refuse(kind, reason))?;
     let body = map_arguments(map, args, kwargs).map_err(|e| refuse("celery_invalid_body", e))?;
     let eta = time_header(hdrs, "eta").map_err(|e| refuse("celery_invalid_header", e))?;
     let expires = time_header(hdrs, "expires").map_err(|e| refuse("celery_invalid_header", e))?;
@@ -150,6 +170,7 @@ pub fn convert(
         retries,
         root_id: contract::header_str(hdrs, "root_id").filter(|s| !s.is_empty()),
         parent_id: contract::header_str(hdrs, "parent_id").filter(|s| !s.is_empty()),
+        chain,
     })
 }
 
@@ -189,30 +210,9 @@ fn read_body(body: &[u8]) -> Result<Body, String> {
     Ok((args, kwargs, embed))
 }
 
-/// What of `embed` Warren cannot honour, said as a reason.
-fn unsupported_workflow(embed: &Map<String, Value>) -> Option<String> {
-    let present = |key: &str| match embed.get(key) {
-        None | Some(Value::Null) => false,
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
-        Some(_) => true,
-    };
-    let found: Vec<&str> = ["chain", "callbacks", "errbacks", "chord"]
-        .into_iter()
-        .filter(|k| present(k))
-        .collect();
-    (!found.is_empty()).then(|| {
-        format!(
-            "the message carries a Celery workflow ({}) in embed, which the Celery bridge does not run: \
-             publish the steps as a Warren chain (docs/workflows.md) instead",
-            found.join(", ")
-        )
-    })
-}
-
 /// The Warren body: positional arguments by the map's `args` names, keyword
 /// arguments under their `kwargs` rename or their own name.
-fn map_arguments(
+pub(super) fn map_arguments(
     map: &CeleryTaskMap,
     args: Vec<Value>,
     kwargs: Map<String, Value>,
@@ -372,6 +372,9 @@ mod tests {
         let refused = convert(&props(&headers), ok_body, &tasks).unwrap_err();
         assert_eq!(refused.kind, "celery_unmapped_task");
         assert!(refused.reason.contains("app.tasks.other"));
+        let chained = br#"[[], {}, {"chain": [{"task": "x", "options": {"task_id": "id-2"}}]}]"#;
+        let refused = convert(&props(&headers), chained, &tasks).unwrap_err();
+        assert_eq!(refused.chain_ids, ["id-2"]);
 
         for body in [
             &b"{not json"[..],
@@ -384,10 +387,16 @@ mod tests {
             let refused = convert(&props(&celery_headers()), body, &tasks).unwrap_err();
             assert_eq!(refused.kind, "celery_invalid_body", "{refused:?}");
         }
-        let chained = br#"[[], {}, {"chain": [{"task": "x", "args": [], "kwargs": {}}]}]"#;
+        // A chain with a step no entry maps: the whole chain is refused,
+        // its ids named so their results say why.
+        let chained = br#"[[], {}, {"chain": [{"task": "x", "args": [], "kwargs": {}, "options": {"task_id": "id-2"}}]}]"#;
         let refused = convert(&props(&celery_headers()), chained, &tasks).unwrap_err();
+        assert_eq!(refused.kind, "celery_unmapped_task");
+        assert!(refused.reason.contains("step 2 of the Celery chain"));
+        assert_eq!(refused.chain_ids, ["id-2"]);
+        let chord = br#"[[], {}, {"chord": {"task": "x"}}]"#;
+        let refused = convert(&props(&celery_headers()), chord, &tasks).unwrap_err();
         assert_eq!(refused.kind, "celery_unsupported_workflow");
-        assert!(refused.reason.contains("chain"));
 
         let mut headers = celery_headers();
         headers[3] = ("eta", s("tomorrow"));

@@ -13,10 +13,12 @@
 //! broker per task.
 //!
 //! The rooms: [`message`] (reading a Celery message into a Warren task, or
-//! refusing it with a reason), [`bridge`] (the consumer) and [`results`]
-//! (Celery's result metas in Redis).
+//! refusing it with a reason), `canvas` (a Celery chain or `link` callback
+//! in the message's `embed`, read into Warren chain steps), [`bridge`] (the
+//! consumer) and [`results`] (Celery's result metas in Redis).
 
 pub mod bridge;
+mod canvas;
 pub mod message;
 pub mod results;
 

@@ -30,6 +30,7 @@ pub(super) fn read(delivery: &Delivery) -> Result<Option<Slip>, TaskError> {
 /// confirm. Nothing to do on the chain's last step.
 pub(super) async fn advance(
     out: &Outbound,
+    delivery: &Delivery,
     ctx: &TaskContext,
     slip: &Slip,
     outcome: &Outcome,
@@ -69,6 +70,17 @@ pub(super) async fn advance(
     let header = next.slip.to_json().map_err(|e| invalid(e.to_string()))?;
     contract::set_str(&mut options.headers, headers::CHAIN, header);
     contract::set_str(&mut options.headers, headers::CAUSATION_ID, ctx.id.clone());
+    // A step the Celery bridge mapped: its states are Celery results too,
+    // under the same root as the step before.
+    if let Some(name) = &next.celery_task {
+        contract::set_str(&mut options.headers, headers::CELERY_TASK, name.clone());
+        if let Some(root) = contract::header_str(
+            delivery.properties.headers().as_ref(),
+            headers::CELERY_ROOT_ID,
+        ) {
+            contract::set_str(&mut options.headers, headers::CELERY_ROOT_ID, root);
+        }
+    }
     // Published from within the task's span: the next step continues its
     // trace.
     out.publisher

@@ -162,7 +162,7 @@ pub(super) async fn process(
         // A chain step's success publishes the next step before the ack.
         let result = match (result, &slip) {
             (Ok(Handled::Done(outcome)), Some(slip)) => {
-                super::chain::advance(&out, &ctx, slip, &outcome)
+                super::chain::advance(&out, &delivery, &ctx, slip, &outcome)
                     .await
                     .map(|()| Handled::Done(outcome))
             }

@@ -38,6 +38,20 @@ pub struct Step {
     /// The step's priority, 0-9; unset, the priority of the step before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// The step's own task id, in a slip the Celery bridge wrote (it keeps
+    /// each Celery signature's `task_id`). Unset: `{chain id}.{n}`
+    /// ([`step_id`]). [`Chain::check`] refuses it: a chain Warren publishes
+    /// numbers its steps, which its workflow record and the gateway's
+    /// `GET /v1/workflows/{id}` follow. Not allowed on a group's members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The Celery task name the Celery bridge mapped this step from: the
+    /// step is published with `x-warren-celery-task` (and the chain's
+    /// `x-warren-celery-root-id`), so a worker with a Celery result backend
+    /// writes its states as Celery results (docs/celery.md). Like `id`,
+    /// only in the bridge's slips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub celery_task: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -52,6 +66,8 @@ impl Step {
             body,
             result_to: None,
             priority: None,
+            id: None,
+            celery_task: None,
         }
     }
 
@@ -84,6 +100,9 @@ impl Step {
                 format!("priority {p} is out of range 0-{MAX_PRIORITY}"),
             ));
         }
+        if self.id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+            return Err(invalid("id", "the step's id is empty".to_owned()));
+        }
         if let Some(field) = &self.result_to {
             if index == 0 {
                 return Err(invalid(
@@ -105,8 +124,10 @@ impl Step {
     }
 }
 
-/// The id of step `n` (1-based) of chain `chain_id`: `{chain_id}.{n}`.
-/// Deterministic, so a step published twice is the same task.
+/// The id of step `n` (1-based) of chain `chain_id`: `{chain_id}.{n}`,
+/// unless the step has its own ([`Step::id`], in the Celery bridge's
+/// chains). Deterministic, so a
+/// step published twice is the same task.
 pub fn step_id(chain_id: &str, n: u32) -> String {
     format!("{chain_id}.{n}")
 }
@@ -238,6 +259,8 @@ pub struct NextStep {
     pub priority: u8,
     /// The slip it carries.
     pub slip: Slip,
+    /// The Celery task name it was mapped from ([`Step::celery_task`]).
+    pub celery_task: Option<String>,
 }
 
 impl Slip {
@@ -280,7 +303,7 @@ impl Slip {
         let step = self.step + 1;
         match first {
             Link::Task(first) => Some(Next::Task(NextStep {
-                id: step_id(&self.id, step),
+                id: first.id.clone().unwrap_or_else(|| step_id(&self.id, step)),
                 task_type: first.task_type.clone(),
                 body: with_result(&first.body, first.result_to.as_deref(), result),
                 priority: first.priority.unwrap_or(priority),
@@ -289,6 +312,7 @@ impl Slip {
                     step,
                     next: rest.to_vec(),
                 },
+                celery_task: first.celery_task.clone(),
             })),
             Link::Group(g) => Some(Next::Group(
                 g.next_group(&self.id, step, rest, result, priority),
@@ -359,6 +383,22 @@ impl Chain {
         }
         if self.id.as_deref().is_some_and(str::is_empty) {
             return Err(ChainError::EmptyId);
+        }
+        for (index, link) in self.links.iter().enumerate() {
+            if let Link::Task(step) = link {
+                let field = match (&step.id, &step.celery_task) {
+                    (Some(_), _) => "id",
+                    (None, Some(_)) => "celery_task",
+                    (None, None) => continue,
+                };
+                return Err(ChainError::InvalidStep {
+                    index,
+                    field: field.to_owned(),
+                    reason: "only the Celery bridge's chains carry it: a published chain's \
+                             steps are {chain id}.{n}, which its workflow record follows"
+                        .to_owned(),
+                });
+            }
         }
         check_links(&self.links, 0, false)
     }
@@ -483,6 +523,42 @@ mod tests {
         assert_eq!(three.id, "c.3");
         assert_eq!(three.body, json!({ "processed": null }));
         assert!(three.slip.advance(None, 5).is_none());
+    }
+
+    #[test]
+    fn a_step_with_its_own_id_keeps_it_and_its_celery_name() {
+        let mut own = Step::new("email.send", json!({ "to": "a@x" })).result_to("variables");
+        own.id = Some("celery-2".to_owned());
+        own.celery_task = Some("app.tasks.send_receipt".to_owned());
+        // Only in the bridge's slips, never in a chain Warren publishes.
+        let e = crate::chain![Step::new("a.b", json!({})), own.clone()]
+            .check(10)
+            .unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("steps[1].id"));
+        let slip = Slip {
+            id: "celery-1".to_owned(),
+            step: 1,
+            next: vec![Link::Task(own), Link::Task(Step::new("a.b", json!({})))],
+        };
+        let slip = Slip::parse(&slip.to_json().unwrap()).unwrap();
+        let Some(Next::Task(two)) = slip.advance(Some(&json!({ "n": 1 })), 0) else {
+            panic!("a step second");
+        };
+        assert_eq!(two.id, "celery-2");
+        assert_eq!(two.celery_task.as_deref(), Some("app.tasks.send_receipt"));
+        assert_eq!(two.body, json!({ "to": "a@x", "variables": { "n": 1 } }));
+        let Some(Next::Task(three)) = two.slip.advance(None, 0) else {
+            panic!("a step third");
+        };
+        assert_eq!((three.id.as_str(), three.celery_task), ("celery-1.3", None));
+        let mut blank = Step::new("a.b", json!({}));
+        blank.id = Some(" ".to_owned());
+        let empty = Slip {
+            id: "c".to_owned(),
+            step: 1,
+            next: vec![Link::Task(blank)],
+        };
+        assert!(Slip::parse(&empty.to_json().unwrap()).is_err());
     }
 
     #[test]

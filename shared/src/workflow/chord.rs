@@ -278,6 +278,12 @@ impl Group {
             if m.result_to.is_some() {
                 return Err(invalid("result_to", "a member has no previous result"));
             }
+            if m.id.is_some() || m.celery_task.is_some() {
+                return Err(invalid(
+                    "id",
+                    "a member has no id of its own: it is {group}.{m}",
+                ));
+            }
             if m.priority
                 .is_some_and(|p| p > crate::contract::MAX_PRIORITY)
             {
@@ -381,6 +387,19 @@ impl Publisher {
         if !chord.callback.body.is_object() {
             return Err(GroupError::InvalidCallback(
                 "the body must be a JSON object (the results go into it)".into(),
+            ));
+        }
+        let own_ids = std::iter::once(&chord.callback)
+            .chain(chord.next.iter().filter_map(|l| match l {
+                Link::Task(s) => Some(s),
+                Link::Group(_) => None,
+            }))
+            .any(|s| s.id.is_some() || s.celery_task.is_some());
+        if own_ids {
+            return Err(GroupError::InvalidCallback(
+                "the callback and the steps after it have no ids of their own: they are \
+                 {group}.callback and {group}.callback.{k}"
+                    .into(),
             ));
         }
         let id = chord

@@ -203,6 +203,18 @@ impl GroupLink {
             if m.priority.is_some_and(|p| p > MAX_PRIORITY) {
                 return Err(invalid("priority", "out of range 0-9"));
             }
+            if m.id.is_some() {
+                return Err(invalid(
+                    "id",
+                    "a group's member has no id of its own: it is {group}.{m}",
+                ));
+            }
+            if m.celery_task.is_some() {
+                return Err(invalid(
+                    "celery_task",
+                    "only the Celery bridge's chain steps carry a Celery task name",
+                ));
+            }
             if let Some(field) = &m.result_to {
                 if index == 0 {
                     return Err(invalid(
@@ -243,6 +255,8 @@ impl GroupLink {
                 body: with_result(&m.body, m.result_to.as_deref(), result),
                 result_to: None,
                 priority: Some(m.priority.unwrap_or(priority)),
+                id: None,
+                celery_task: None,
             })
             .collect();
         // The step after the group is the chord's callback, and step

@@ -28,6 +28,12 @@ struct CeleryWorld {
 
 impl CeleryWorld {
     async fn start() -> Self {
+        Self::start_with(&documented_settings(), &[]).await
+    }
+
+    /// A world whose worker reads `settings` as its `warren.toml`, with
+    /// `env` added.
+    async fn start_with(settings: &str, extra: &[(&'static str, String)]) -> Self {
         let broker = TestBroker::new().await.unwrap();
         let sink = SmtpSink::start().await.unwrap();
         let route = CeleryRoute::for_namespace(broker.namespace());
@@ -35,8 +41,9 @@ impl CeleryWorld {
         // Celery names from the environment.
         let config = tempfile::tempdir().unwrap();
         let path = config.path().join("warren.toml");
-        std::fs::write(&path, documented_settings()).unwrap();
+        std::fs::write(&path, settings).unwrap();
         let mut env = email_env(broker.namespace(), sink.port());
+        env.extend(extra.iter().cloned());
         env.push(("WARREN_CONFIG", path.display().to_string()));
         env.push(("WARREN_CELERY__QUEUE", route.queue.clone()));
         env.push(("WARREN_CELERY__EXCHANGE", route.exchange.clone()));
@@ -92,6 +99,232 @@ fn documented_settings() -> String {
         "{toml}"
     );
     toml
+}
+
+/// The TOML block of docs/celery.md's "Chains and link callbacks": the
+/// chained task's mapping, added to the first block's.
+fn documented_chain_settings() -> String {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/celery.md")).unwrap();
+    let section = &page[page
+        .find("## Chains and link callbacks")
+        .expect("docs/celery.md has the chains section")..];
+    let start = section.find("```toml\n").expect("a TOML example") + 8;
+    let end = start + section[start..].find("```").unwrap();
+    let toml = &section[start..end];
+    assert!(toml.contains("app.tasks.send_receipt"), "{toml}");
+    format!("{}\n{toml}", documented_settings())
+}
+
+/// A chain world: the documented settings and mappings, and a templates
+/// folder holding the documented `delivered` template.
+async fn chain_world() -> (CeleryWorld, tempfile::TempDir) {
+    let templates = tempfile::tempdir().unwrap();
+    let dir = templates.path().join("delivered");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("subject.txt"), "Delivered: {{ message_id }}").unwrap();
+    std::fs::write(
+        dir.join("body.txt"),
+        "{{ message_id }} went to {{ recipients }} recipient(s) over {{ transport }}.",
+    )
+    .unwrap();
+    let world = CeleryWorld::start_with(
+        &documented_chain_settings(),
+        &[(
+            "WARREN_EMAIL__TEMPLATES_DIR",
+            templates.path().display().to_string(),
+        )],
+    )
+    .await;
+    (world, templates)
+}
+
+/// The meta of `id` in Celery's result backend, once its status is `status`.
+async fn celery_meta(id: &str, status: &str) -> serde_json::Value {
+    let mut redis = redis::Client::open(RESULT_BACKEND)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("celery-task-meta-{id}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Some(meta) = text
+            .as_deref()
+            .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap())
+            .filter(|m| m["status"] == status)
+        {
+            return meta;
+        }
+        assert!(std::time::Instant::now() < deadline, "{key}: {text:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// docs/celery.md's chain from the real Celery client: `(send_email_task.s(...)
+/// | send_receipt.s(...)).delay()` runs as a Warren chain under Celery's ids,
+/// the first mail's result passed as the receipt's first argument; a `.si()`
+/// step gets none; a `link` callback runs after its task.
+#[tokio::test]
+async fn a_celery_chain_runs_as_a_warren_chain_passing_each_result_on() {
+    let (w, _templates) = chain_world().await;
+    let (customer, shop, plain, linked, shop2) = (
+        rcpt("celery-chain-customer"),
+        rcpt("celery-chain-shop"),
+        rcpt("celery-chain-si"),
+        rcpt("celery-link"),
+        rcpt("celery-link-shop"),
+    );
+    let receipt = |to: &str| json!({"name": "app.tasks.send_receipt", "args": [to], "kwargs": {"template": "delivered"}});
+    let calls = json!([
+        {"call": "chain", "steps": [
+            {"name": "app.tasks.send_email_task", "args": [customer, "Your order", "It has shipped."]},
+            receipt(&shop),
+        ]},
+        {"call": "chain", "steps": [
+            {"name": "app.tasks.send_email_task", "args": [customer, "Second", "Then an immutable step"]},
+            {"name": "app.tasks.send_email_task", "args": [plain, "Immutable", "No result passed"], "immutable": true},
+        ]},
+        {"call": "apply_async", "args": [linked, "Linked", "With a callback"], "link": receipt(&shop2)},
+    ]);
+    let out = run_client(&w.route, &calls, WAIT).await.unwrap();
+    let results: Vec<_> = out.iter().filter(|l| l.get("status").is_some()).collect();
+    assert_eq!(results.len(), 3, "{out:#?}");
+
+    // The chain: AsyncResult(last).get() is the receipt's result, under
+    // its Celery id.
+    let chain = results[0];
+    assert_eq!(chain["status"], "SUCCESS", "{chain}");
+    let ids: Vec<&str> = chain["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{chain}");
+    assert_eq!(chain["id"], ids[1]);
+    let last_mid = chain["result"]["message_id"].as_str().unwrap();
+    assert!(last_mid.contains(ids[1]), "{chain}");
+    // The first step ran under its own Celery id, and its result is there.
+    let first = celery_meta(ids[0], "SUCCESS").await;
+    let first_mid = first["result"]["message_id"].as_str().unwrap();
+    assert!(first_mid.contains(ids[0]), "{first}");
+    // In order, the result passed: the shop's mail names the customer's.
+    let mail = &w
+        .sink
+        .wait_for_messages_to(&customer, 1, WAIT)
+        .await
+        .unwrap()[0];
+    assert_eq!(mail.subject().as_deref(), Some("Your order"));
+    let to_shop = &w.sink.wait_for_messages_to(&shop, 1, WAIT).await.unwrap()[0];
+    assert_eq!(
+        to_shop.subject(),
+        Some(format!("Delivered: {first_mid}")),
+        "{}",
+        to_shop.data
+    );
+    assert_eq!(
+        to_shop.text_body().as_deref().map(str::trim_end),
+        Some(format!("{first_mid} went to 1 recipient(s) over smtp.").as_str()),
+        "{}",
+        to_shop.data
+    );
+    assert!(to_shop.at >= mail.at);
+    // The second step was a Warren chain step, caused by the first.
+    let handed = w
+        .worker
+        .logs_with_message("Celery task handed on as a Warren task.")
+        .into_iter()
+        .find(|l| l["fields"]["task_id"] == ids[0])
+        .expect("the bridge logged the chain's first task");
+    assert_eq!(handed["fields"]["chain_steps"], 1, "{handed}");
+
+    // `.si()`: its own arguments, no result.
+    let si = results[1];
+    assert_eq!(si["status"], "SUCCESS", "{si}");
+    let mail = &w.sink.wait_for_messages_to(&plain, 1, WAIT).await.unwrap()[0];
+    assert_eq!(mail.subject().as_deref(), Some("Immutable"));
+    assert_eq!(
+        mail.text_body().as_deref().map(str::trim_end),
+        Some("No result passed")
+    );
+
+    // `link=`: the callback runs after the task, with its result, as
+    // `{task id}.2`.
+    let linked_result = results[2];
+    assert_eq!(linked_result["status"], "SUCCESS", "{linked_result}");
+    let linked_id = linked_result["id"].as_str().unwrap();
+    let linked_mid = linked_result["result"]["message_id"].as_str().unwrap();
+    let to_shop2 = &w.sink.wait_for_messages_to(&shop2, 1, WAIT).await.unwrap()[0];
+    assert_eq!(to_shop2.subject(), Some(format!("Delivered: {linked_mid}")));
+    let callback = celery_meta(&format!("{linked_id}.2"), "SUCCESS").await;
+    assert_eq!(callback["result"]["recipients"], 1, "{callback}");
+    w.cleanup().await;
+}
+
+/// A chain with a step no entry maps, and a task with an errback: each is
+/// parked whole with its reason before anything runs, and the chain's last
+/// id reads FAILURE with the reason.
+#[tokio::test]
+async fn a_celery_chain_warren_cannot_run_is_parked_whole_with_its_reason() {
+    let (w, _templates) = chain_world().await;
+    let to = rcpt("celery-chain-bad");
+    let calls = json!([
+        {"call": "chain", "steps": [
+            {"name": "app.tasks.send_email_task", "args": [to, "Never", "sent"]},
+            {"name": "app.tasks.not_mapped", "args": []},
+        ]},
+        {"call": "apply_async", "args": [to, "Never", "sent either"],
+         "link_error": {"name": "app.tasks.send_receipt", "args": [to], "immutable": true}},
+    ]);
+    let out = run_client(&w.route, &calls, WAIT).await.unwrap();
+    let results: Vec<_> = out.iter().filter(|l| l.get("status").is_some()).collect();
+    assert_eq!(results.len(), 2, "{out:#?}");
+    // `.get()` on the chain's last task: FAILURE, naming the unmapped task.
+    let chain = results[0];
+    assert_eq!(chain["status"], "FAILURE", "{chain}");
+    let error = chain["error"].as_str().unwrap();
+    assert!(error.starts_with("celery_unmapped_task: "), "{error}");
+    assert!(error.contains("step 2 of the Celery chain"), "{error}");
+    assert!(error.contains("app.tasks.not_mapped"), "{error}");
+    let errback = results[1];
+    assert_eq!(errback["status"], "FAILURE", "{errback}");
+    let error = errback["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("celery_unsupported_workflow: "),
+        "{error}"
+    );
+    assert!(error.contains("link_error"), "{error}");
+
+    let parked = w
+        .broker
+        .take(&w.broker.dead_queue("celery"), 2, WAIT)
+        .await
+        .unwrap();
+    let kinds: Vec<_> = parked
+        .iter()
+        .map(|m| m.header(headers::ERROR_KIND).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["celery_unmapped_task", "celery_unsupported_workflow"]
+    );
+    // The chain's first task is parked as it came, under its own id.
+    let ids = chain["ids"].as_array().unwrap();
+    assert_eq!(parked[0].message_id().as_deref(), ids[0].as_str());
+    // Parked before any of it ran: nothing was handed on or sent.
+    assert!(
+        w.worker
+            .logs_with_message("Celery task handed on as a Warren task.")
+            .is_empty()
+    );
+    assert!(w.sink.messages_to(&to).is_empty());
+    w.cleanup().await;
 }
 
 #[tokio::test]

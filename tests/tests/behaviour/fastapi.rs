@@ -4,8 +4,9 @@
 //! processes. A user registers over HTTP and the welcome mail reaches the
 //! real SMTP server; an uploaded image gets its thumbnails; `GET /task/{id}`
 //! reads the outcome back (Celery's `AsyncResult` in one flavour, the
-//! gateway's status in the other); the warren flavour's order runs the
-//! validate -> process -> save chain through the gateway.
+//! gateway's status in the other); an order runs the validate -> process
+//! -> save chain (a Celery chain through the bridge in one flavour, through
+//! the gateway in the other).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -218,10 +219,12 @@ fn png() -> Vec<u8> {
 async fn the_fastapi_example_with_celerys_client_runs_on_warren_workers() {
     binary("email-worker", "email-worker").unwrap();
     binary("image-worker", "image-worker").unwrap();
+    let pipeline = binary("warren-examples", "pipeline-worker").unwrap();
     let broker = TestBroker::new().await.unwrap();
     let ns = broker.namespace().to_owned();
     let sink = SmtpSink::start().await.unwrap();
     let store = tempfile::tempdir().unwrap();
+    let pipeline_dir = tempfile::tempdir().unwrap();
     let route = CeleryRoute::for_namespace(&ns);
     // The example's own bridge settings; the test's Celery names.
     let settings = example_dir().join("celery/warren.toml");
@@ -235,12 +238,23 @@ async fn the_fastapi_example_with_celerys_client_runs_on_warren_workers() {
     email.extend(celery_env.iter().cloned());
     let mut image = image_env(&ns, store.path());
     image.extend(celery_env.iter().cloned());
+    // The pipeline worker, with the same settings: the order chain's
+    // pipeline.* tasks, their results written for AsyncResult.
+    let mut pipeline_env = vec![
+        ("WARREN_BROKER__NAMESPACE", ns.clone()),
+        ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
+        ("PIPELINE_DIR", pipeline_dir.path().display().to_string()),
+    ];
+    pipeline_env.extend(celery_env.iter().cloned());
     let mut workers = Vec::new();
     for w in [
         WorkerProcess::email(&email).await.unwrap(),
         WorkerProcess::image(&image).await.unwrap(),
+        WorkerProcess::start(pipeline, "pipeline-worker", &pipeline_env)
+            .await
+            .unwrap(),
     ] {
-        w.wait_ready().await.unwrap();
+        w.wait_for_log("Consuming.", 1, WAIT).await.unwrap();
         w.wait_for_log("Celery bridge consuming.", 1, WAIT)
             .await
             .unwrap();
@@ -294,6 +308,72 @@ async fn the_fastapi_example_with_celerys_client_runs_on_warren_workers() {
     }
     assert_eq!(outputs[1]["width"], 64, "{status}");
 
+    // An order -> chain(validate_order.s(order), process_order.s(3),
+    // save_order.s()).delay() -> the bridge -> a Warren chain on the
+    // pipeline worker; GET /orders/{id} reads AsyncResult of each step.
+    let order = app.post("/orders", &json!({"id": "r1", "value": 7})).await;
+    let oid = order["order_id"].as_str().unwrap().to_owned();
+    let state = app
+        .until_final(&format!("/orders/{oid}"), "status", &["SUCCESS", "FAILURE"])
+        .await;
+    assert_eq!(state["status"], "SUCCESS", "{state}");
+    assert_eq!(state["task_id"], order["task_id"], "{state}");
+    let saved_path = pipeline_dir.path().join("r1.json");
+    assert_eq!(
+        state["result"]["saved"],
+        saved_path.display().to_string(),
+        "{state}"
+    );
+    let saved: Value = serde_json::from_slice(&std::fs::read(&saved_path).unwrap()).unwrap();
+    assert_eq!(saved, json!({"id": "r1", "value": 21}));
+    // Every step under the id the Celery client gave it, with its result.
+    let steps = state["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(names, ["validate", "process", "save"], "{state}");
+    for s in steps {
+        assert_eq!(s["status"], "SUCCESS", "{state}");
+        assert_eq!(
+            s["task_id"],
+            format!("{oid}-{}", s["step"].as_str().unwrap()),
+            "{state}"
+        );
+    }
+    assert_eq!(steps[0]["result"], json!({"id": "r1", "value": 7}));
+    assert_eq!(steps[1]["result"], json!({"id": "r1", "value": 21}));
+    workers[2]
+        .wait_for_log("Task succeeded.", 3, WAIT)
+        .await
+        .unwrap();
+    // A record validate_order refuses: the chain stops there, FAILURE, and
+    // the later steps never run (PENDING).
+    let order = app
+        .post("/orders", &json!({"id": "bad id", "value": 1}))
+        .await;
+    let oid = order["order_id"].as_str().unwrap().to_owned();
+    let refused = app
+        .until_final(
+            &format!("/task/{oid}-validate"),
+            "status",
+            &["SUCCESS", "FAILURE"],
+        )
+        .await;
+    assert_eq!(refused["status"], "FAILURE", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_record"),
+        "{refused}"
+    );
+    let state = http::get(app.addr, &format!("/orders/{oid}"))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(state["status"], "PENDING", "{state}");
+    assert_eq!(state["steps"][1]["status"], "PENDING", "{state}");
+    assert!(!pipeline_dir.path().join("bad id.json").exists());
+
     // An unknown id is PENDING, as Celery answers.
     let unknown = http::get(app.addr, "/task/no-such-task").await.unwrap();
     assert_eq!(unknown.json().unwrap()["status"], "PENDING");
@@ -316,7 +396,7 @@ async fn the_fastapi_example_with_celerys_client_runs_on_warren_workers() {
         )
         .await;
     broker
-        .cleanup_stems(&["email", "image", "celery"], &[])
+        .cleanup_stems(&["email", "image", "pipeline", "celery"], &[])
         .await
         .unwrap();
 }
@@ -517,17 +597,20 @@ fn full_env(ns: &str, smtp_port: u16, store: &Path) -> Vec<(&'static str, String
 }
 
 /// `examples/fastapi/run celery`, the one command, as a user runs it: the
-/// script starts the bridge-running workers and the conductor itself, and
-/// a registered user's welcome mail goes out and reads back as SUCCESS.
+/// script starts the bridge-running workers (the pipeline worker too) and
+/// the conductor itself, a registered user's welcome mail goes out and reads
+/// back as SUCCESS, and an order's Celery chain saves its record.
 #[tokio::test]
 async fn the_fastapi_example_runs_in_one_command_celery_flavour() {
     let broker = TestBroker::new().await.unwrap();
     let ns = broker.namespace().to_owned();
     let sink = SmtpSink::start().await.unwrap();
     let store = tempfile::tempdir().unwrap();
+    let pipeline_dir = tempfile::tempdir().unwrap();
     let route = CeleryRoute::for_namespace(&ns);
     let mut env = full_env(&ns, sink.port(), store.path());
     env.extend([
+        ("PIPELINE_DIR", pipeline_dir.path().display().to_string()),
         ("WARREN_CELERY__QUEUE", route.queue.clone()),
         ("WARREN_CELERY__EXCHANGE", route.exchange.clone()),
         ("WARREN_CELERY__ROUTING_KEY", route.routing_key.clone()),
@@ -538,7 +621,9 @@ async fn the_fastapi_example_runs_in_one_command_celery_flavour() {
         ("CELERY_ROUTING_KEY", route.routing_key.clone()),
     ]);
     let app = App::start_full("celery", &env).await;
-    app.wait_output("Celery bridge consuming.", 2).await;
+    // The email, image and pipeline workers, each with its bridge.
+    app.wait_output("Celery bridge consuming.", 3).await;
+    app.wait_output("Consuming.", 3).await;
     app.wait_output("Took the leader lock.", 1).await;
 
     let to = rcpt("fastapi-full-celery");
@@ -552,6 +637,17 @@ async fn the_fastapi_example_runs_in_one_command_celery_flavour() {
         .until_final(&format!("/task/{id}"), "status", &["SUCCESS", "FAILURE"])
         .await;
     assert_eq!(status["status"], "SUCCESS", "{status}");
+    // The order's Celery chain, on the pipeline worker the script started.
+    let order = app.post("/orders", &json!({"id": "r2", "value": 2})).await;
+    let oid = order["order_id"].as_str().unwrap().to_owned();
+    let state = app
+        .until_final(&format!("/orders/{oid}"), "status", &["SUCCESS", "FAILURE"])
+        .await;
+    assert_eq!(state["status"], "SUCCESS", "{state}");
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(pipeline_dir.path().join("r2.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["value"], 6, "{saved}");
 
     app.terminate().await;
     let channel = broker.connection.create_channel().await.unwrap();
@@ -565,7 +661,7 @@ async fn the_fastapi_example_runs_in_one_command_celery_flavour() {
         )
         .await;
     broker
-        .cleanup_stems(&["email", "image", "celery"], &[])
+        .cleanup_stems(&["email", "image", "pipeline", "celery"], &[])
         .await
         .unwrap();
 }

@@ -2,19 +2,30 @@
 
     POST /users            register a user; a welcome email goes out
     POST /images           upload an image; thumbnails are made
+    POST /orders           validate -> process -> save, as one Celery chain
+    GET  /orders/{id}      the chain's last step and each step, from AsyncResult
     GET  /task/{task_id}   the task's state and result, from AsyncResult
 
-Warren's email and image workers do the work, behind the Celery bridge
+Warren's email, image and pipeline workers do the work, behind the Celery bridge
 (examples/fastapi/celery/warren.toml). Run it with examples/fastapi/run celery.
 """
 
 import base64
+import uuid
 
+from celery import chain
 from celery.result import AsyncResult
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from pydantic import BaseModel
 
-from .tasks import celery_app, process_image, send_email_task
+from .tasks import (
+    celery_app,
+    process_image,
+    process_order,
+    save_order,
+    send_email_task,
+    validate_order,
+)
 
 app = FastAPI(title="Warren example: FastAPI with Celery's client")
 
@@ -53,12 +64,51 @@ async def upload_image(file: UploadFile = File(...)):
     return {"task_id": task.id}
 
 
-@app.get("/task/{task_id}")
-def task_status(task_id: str):
+def describe(task_id: str) -> dict:
     result = AsyncResult(task_id, app=celery_app)
     out = {"task_id": task_id, "status": result.status}
     if result.successful():
         out["result"] = result.result
     elif result.failed():
         out["error"] = str(result.result)
+    return out
+
+
+@app.get("/task/{task_id}")
+def task_status(task_id: str):
+    return describe(task_id)
+
+
+class OrderIn(BaseModel):
+    id: str
+    value: int
+    factor: int = 3
+
+
+ORDER_STEPS = ("validate", "process", "save")
+
+
+@app.post("/orders", status_code=202)
+def place_order(order: OrderIn):
+    # Each step gets the task id {order_id}-{step}, so GET /orders/{id}
+    # finds every step again from the order's id alone (an AsyncResult made
+    # from an id has no .parent).
+    order_id = uuid.uuid4().hex
+    result = chain(
+        validate_order.s({"id": order.id, "value": order.value}).set(task_id=f"{order_id}-validate"),
+        process_order.s(order.factor).set(task_id=f"{order_id}-process"),
+        save_order.s().set(task_id=f"{order_id}-save"),
+    ).delay()
+    # result is the last step's AsyncResult; result.parent the one before.
+    return {"order_id": order_id, "task_id": result.id}
+
+
+@app.get("/orders/{order_id}")
+def order_status(order_id: str):
+    # The order's state is its last step's: SUCCESS once save_order ran.
+    out = describe(f"{order_id}-save")
+    out["order_id"] = order_id
+    out["steps"] = [
+        {"step": step, **describe(f"{order_id}-{step}")} for step in ORDER_STEPS
+    ]
     return out

@@ -49,3 +49,22 @@ def send_email_task(email, subject, body):  # pragma: no cover - Warren runs it
 @celery_app.task(name="app.tasks.process_image")
 def process_image(source, sizes):  # pragma: no cover - Warren runs it
     raise RuntimeError("Warren's image worker runs this task")
+
+
+# The seed's order pipeline, validate -> process -> save, sent as one
+# chain: each task gets the previous one's result as its first argument.
+
+
+@celery_app.task(name="app.tasks.validate_order")
+def validate_order(order):  # pragma: no cover - Warren runs it
+    raise RuntimeError("Warren's pipeline worker runs this task")
+
+
+@celery_app.task(name="app.tasks.process_order")
+def process_order(order, factor):  # pragma: no cover - Warren runs it
+    raise RuntimeError("Warren's pipeline worker runs this task")
+
+
+@celery_app.task(name="app.tasks.save_order")
+def save_order(order):  # pragma: no cover - Warren runs it
+    raise RuntimeError("Warren's pipeline worker runs this task")

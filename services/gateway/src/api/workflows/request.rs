@@ -475,6 +475,8 @@ fn step(raw: Value, field: &str) -> Result<Step, Problem> {
         body: s.body,
         result_to: s.result_to,
         priority: s.priority,
+        id: None,
+        celery_task: None,
     })
 }
 
