@@ -239,6 +239,19 @@ async fn a_server_that_answers_421_gets_fewer_connections_and_every_email() {
         .await
         .unwrap();
     let broker = TestBroker::new().await.unwrap();
+    // Every email is queued before the worker starts, so its eight handlers
+    // want eight connections at once however slowly a loaded machine
+    // publishes (published one by one beside a running worker, each email
+    // could be sent before the next arrived, and two connections do).
+    broker
+        .declare_email_topology(&[Duration::from_millis(200), Duration::from_millis(300)])
+        .await
+        .unwrap();
+    let to = rcpt("busy");
+    let ids: HashSet<String> = publish_emails(&broker, &to, None, N)
+        .await
+        .into_iter()
+        .collect();
     let worker = worker_for(
         &broker,
         server.port,
@@ -249,11 +262,6 @@ async fn a_server_that_answers_421_gets_fewer_connections_and_every_email() {
         ],
     )
     .await;
-    let to = rcpt("busy");
-    let ids: HashSet<String> = publish_emails(&broker, &to, None, N)
-        .await
-        .into_iter()
-        .collect();
     let messages = wait_for_messages(&server, N).await.unwrap();
 
     let delivered: HashSet<String> = messages
