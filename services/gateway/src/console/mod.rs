@@ -386,6 +386,15 @@ fn token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The `id` of a page's query string (`?id=...`), trimmed; `None` when it is
+/// missing or blank.
+fn id_param(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 // A failing unwrap is how a test reports failure.
 #[allow(clippy::unwrap_used)]

@@ -27,10 +27,7 @@ pub async fn page(
     let Some((_, caller, csrf)) = console.session(&headers) else {
         return Redirect::to("/console/login").into_response();
     };
-    let id = url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "id")
-        .map(|(_, v)| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
+    let id = super::id_param(query.as_deref());
     let events = id.as_deref().map(|id| {
         format!(
             "/console/tasks/{}/events",
