@@ -135,9 +135,15 @@ pub(super) async fn session(
     let result = loop {
         // Take a permit before the next delivery, so at most `concurrency`
         // handlers run and the rest of the prefetch waits in the buffer.
+        // A lost connection is watched here too: with every permit held by
+        // a task whose ack or event waits on that connection, no permit
+        // comes back until the session starts over (seen on a cluster
+        // node's loss: the worker sat there, consuming nothing).
         let permit = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
+            _ = restart.cancelled() => break Err(SessionError::ChannelBroken),
+            _ = stalled.cancelled() => break Err(SessionError::RecoveryStalled(limit)),
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break Ok(()),
