@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{info, warn};
 
 use super::Inner;
@@ -117,9 +116,7 @@ pub(super) async fn defer(inner: &Inner, out: &Outbound, delivery: &Delivery, et
     };
     match published {
         Ok(()) => {
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                warn!(error = %e, "Could not ack a deferred task; the broker will redeliver it.");
-            }
+            super::settle::ack(delivery).await;
             info!(
                 due_at = %eta,
                 delay_s = wait.as_secs(),
@@ -129,13 +126,7 @@ pub(super) async fn defer(inner: &Inner, out: &Outbound, delivery: &Delivery, et
         Err(e) => {
             warn!(error = %e, "Could not move a task into the delay cascade; handing it back.");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            super::settle::nack_requeue(delivery).await;
         }
     }
 }

@@ -298,25 +298,44 @@ fn copy_properties(p: &BasicProperties, ctx: &TaskContext, hdrs: FieldTable) -> 
     out
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+/// The longest a task waits for its ack or nack to be written. lapin
+/// queues the frame when asked; the wait only says it went out. On a
+/// connection that is lost (lapin still recovering it, or the session
+/// starting over without it) that can take as long as the recovery, or
+/// forever, and a task waiting holds its handler slot all that time: after
+/// this long the task lets go. The frame goes out if the connection comes
+/// back; otherwise the broker redelivers the task (and the idempotency
+/// store keeps a task that succeeded from running again).
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+
+/// Acks the delivery.
+pub(super) async fn ack(delivery: &Delivery) {
+    match tokio::time::timeout(SETTLE_WAIT, delivery.acker.ack(BasicAckOptions::default())).await {
+        Ok(Ok(_)) => {}
         // The channel is gone; the broker requeues the message and the
         // idempotency store keeps a second run from repeating the work.
-        warn!(error = %e, "Could not ack the task; the broker will redeliver it.");
+        Ok(Err(e)) => warn!(error = %e, "Could not ack the task; the broker will redeliver it."),
+        Err(_) => warn!(
+            wait_ms = SETTLE_WAIT.as_millis() as u64,
+            "The ack did not go out in time (is the connection lost?); it goes out if the connection recovers, otherwise the broker redelivers the task."
+        ),
     }
 }
 
 /// Gives the delivery back to its queue.
 pub(super) async fn nack_requeue(delivery: &Delivery) {
-    if let Err(e) = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-    {
-        debug!(error = %e, "Could not nack the task; the broker will redeliver it.");
+    let nack = delivery.acker.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    });
+    match tokio::time::timeout(SETTLE_WAIT, nack).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            debug!(error = %e, "Could not nack the task; the broker will redeliver it.");
+        }
+        Err(_) => debug!(
+            "The nack did not go out in time (is the connection lost?); the broker redelivers the task if it does not."
+        ),
     }
 }
 
