@@ -8,8 +8,13 @@
 //! short that way.
 //!
 //! The "node" here is a TCP proxy on loopback in front of the real
-//! RabbitMQ, cut (its listener and every connection through it closed) and
-//! restored on the same port.
+//! RabbitMQ, cut (its listener closed and every connection through it
+//! reset) and restored on the same port.
+//!
+//! And a worker whose one handler slot is busy when its node vanishes must
+//! still start over on another address, and ack the redelivery of the task
+//! that finished meanwhile as a duplicate: the node-loss test once saw a
+//! worker sit for minutes, consuming nothing, after losing its node.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,10 +22,15 @@ use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use serde::Deserialize;
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
-use warren::settings::BrokerSettings;
+use tokio_util::sync::CancellationToken;
+use warren::idempotency::MemoryStore;
+use warren::settings::{BrokerSettings, ConsumerSettings};
+use warren::{Outcome, PublishOptions, Task, TaskContext, Worker};
 use warren_tests::broker::TestBroker;
 use warren_tests::{WAIT, wait_until};
 
@@ -52,6 +62,10 @@ impl Proxy {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let forward = tokio::spawn(async move {
                     if let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await {
+                        // Cut, both ends see a reset, as from a node killed
+                        // with SIGKILL (the node-loss test saw ECONNRESET).
+                        let _ = client.set_zero_linger();
+                        let _ = broker.set_zero_linger();
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
                     }
                 });
@@ -164,4 +178,101 @@ async fn a_session_connection_dropped_while_recovering_never_reconnects() {
         .await;
     proxy.cut().await;
     broker.cleanup().await.unwrap();
+}
+
+#[derive(Debug, Deserialize)]
+struct Hold {
+    n: usize,
+}
+
+impl Task for Hold {
+    const TYPE: &'static str = "sc.hold";
+}
+
+#[tokio::test]
+async fn a_worker_whose_only_slot_waits_on_a_lost_connection_starts_over_elsewhere() {
+    let broker = TestBroker::new().await.unwrap();
+    let proxy = Proxy::start().await;
+    // The "node" through the proxy first, the broker itself second: the
+    // fresh connection of a session that starts over goes to the second.
+    let settings = BrokerSettings {
+        url: format!("{}, amqp://guest:guest@127.0.0.1:5672/%2f", proxy.url()).into(),
+        connect_timeout: Duration::from_secs(1),
+        // lapin's recovery keeps trying the vanished "node" for some 20 s.
+        reconnect_max_delay: Duration::from_secs(1),
+        ..broker.settings()
+    };
+    // One slot, one prefetched delivery.
+    let consumer = ConsumerSettings {
+        prefetch: 1,
+        concurrency: 1,
+        ..ConsumerSettings::default()
+    };
+    let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..2).map(|_| AtomicUsize::new(0)).collect());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (r, g) = (runs.clone(), gate.clone());
+    let worker = Worker::new("slot-test", "sc", &["sc.#"], settings, consumer)
+        .with_idempotency(Some(Arc::new(MemoryStore::new(
+            100,
+            Duration::from_secs(600),
+        ))))
+        .handle(move |_ctx: TaskContext, task: Hold| {
+            let (r, g) = (r.clone(), g.clone());
+            async move {
+                r[task.n].fetch_add(1, Ordering::SeqCst);
+                if task.n == 0
+                    && let Ok(permit) = g.acquire().await
+                {
+                    permit.forget();
+                }
+                Ok(Outcome::done())
+            }
+        });
+    let status = worker.status();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await.unwrap() }
+    });
+    wait_until("the worker to consume", WAIT, || status.is_ready()).await;
+    assert!(
+        proxy.accepted.load(Ordering::SeqCst) > 0,
+        "the worker did not connect through the proxy"
+    );
+
+    // Task 0 holds the one slot; its node vanishes (both ends of the
+    // connection reset, a reconnect refused); then it finishes, and its ack
+    // has only the lost connection to go out on.
+    broker
+        .publish(Hold::TYPE, &json!({"n": 0}), PublishOptions::default())
+        .await
+        .unwrap();
+    wait_until("task 0 to start", WAIT, || {
+        runs[0].load(Ordering::SeqCst) == 1
+    })
+    .await;
+    proxy.cut().await;
+    wait_until("the worker to see its connection lost", WAIT, || {
+        !status.is_ready()
+    })
+    .await;
+    gate.add_permits(1);
+
+    // The worker starts over on the broker's own address and runs the next
+    // task; task 0, requeued by the broker with the lost connection, is
+    // acked there as a duplicate without running again.
+    broker
+        .publish(Hold::TYPE, &json!({"n": 1}), PublishOptions::default())
+        .await
+        .unwrap();
+    wait_until("task 1 to run on a fresh connection", WAIT, || {
+        runs[1].load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(runs[0].load(Ordering::SeqCst), 1, "task 0 ran again");
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, running).await.unwrap().unwrap();
+    proxy.cut().await;
+    broker.cleanup_stems(&["sc"], &[]).await.unwrap();
 }
