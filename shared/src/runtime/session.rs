@@ -135,10 +135,10 @@ pub(super) async fn session(
     let result = loop {
         // Take a permit before the next delivery, so at most `concurrency`
         // handlers run and the rest of the prefetch waits in the buffer.
-        // A lost connection is watched here too: with every permit held by
-        // a task whose ack or event waits on that connection, no permit
-        // comes back until the session starts over (seen on a cluster
-        // node's loss: the worker sat there, consuming nothing).
+        // A lost connection is watched here too: with every permit held (a
+        // long handler, an ack waiting on the lost connection), the session
+        // must still start over (seen on a cluster node's loss: the worker
+        // sat there, consuming nothing).
         let permit = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),

@@ -12,9 +12,10 @@
 //! reset) and restored on the same port.
 //!
 //! And a worker whose one handler slot is busy when its node vanishes must
-//! still start over on another address, and ack the redelivery of the task
-//! that finished meanwhile as a duplicate: the node-loss test once saw a
-//! worker sit for minutes, consuming nothing, after losing its node.
+//! still start over on another address, without waiting for the slot, and
+//! ack the redelivery of that task as a duplicate once it has finished: the
+//! node-loss test once saw a worker sit for minutes, consuming nothing,
+//! after losing its node.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -190,7 +191,7 @@ impl Task for Hold {
 }
 
 #[tokio::test]
-async fn a_worker_whose_only_slot_waits_on_a_lost_connection_starts_over_elsewhere() {
+async fn a_worker_whose_only_slot_is_busy_when_its_node_vanishes_starts_over_elsewhere() {
     let broker = TestBroker::new().await.unwrap();
     let proxy = Proxy::start().await;
     // The "node" through the proxy first, the broker itself second: the
@@ -241,12 +242,17 @@ async fn a_worker_whose_only_slot_waits_on_a_lost_connection_starts_over_elsewhe
     );
 
     // Task 0 holds the one slot; its node vanishes (both ends of the
-    // connection reset, a reconnect refused); then it finishes, and its ack
-    // has only the lost connection to go out on.
-    broker
-        .publish(Hold::TYPE, &json!({"n": 0}), PublishOptions::default())
-        .await
-        .unwrap();
+    // connection reset, a reconnect refused) while its handler still runs.
+    let publish = |n: usize| {
+        let broker = &broker;
+        async move {
+            broker
+                .publish(Hold::TYPE, &json!({ "n": n }), PublishOptions::default())
+                .await
+                .unwrap()
+        }
+    };
+    publish(0).await;
     wait_until("task 0 to start", WAIT, || {
         runs[0].load(Ordering::SeqCst) == 1
     })
@@ -256,16 +262,22 @@ async fn a_worker_whose_only_slot_waits_on_a_lost_connection_starts_over_elsewhe
         !status.is_ready()
     })
     .await;
+    // With its one slot still taken, the worker gives up on the lost
+    // connection and consumes again on the broker's own address.
+    wait_until(
+        "the worker to consume again, its slot still busy",
+        WAIT,
+        || status.is_ready(),
+    )
+    .await;
+    assert_eq!(runs[0].load(Ordering::SeqCst), 1);
     gate.add_permits(1);
 
-    // The worker starts over on the broker's own address and runs the next
-    // task; task 0, requeued by the broker with the lost connection, is
-    // acked there as a duplicate without running again.
-    broker
-        .publish(Hold::TYPE, &json!({"n": 1}), PublishOptions::default())
-        .await
-        .unwrap();
-    wait_until("task 1 to run on a fresh connection", WAIT, || {
+    // Task 0 finishes (its ack has only the lost connection to go out on);
+    // the broker requeued it with that connection, and the fresh session
+    // acks it as a duplicate without running it again, then runs task 1.
+    publish(1).await;
+    wait_until("task 1 to run on the fresh connection", WAIT, || {
         runs[1].load(Ordering::SeqCst) == 1
     })
     .await;
