@@ -23,6 +23,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The documented takeover time (docs/conductor.md): from the leader's
 /// death to the first fire of its successor.
 const TAKEOVER: Duration = Duration::from_secs(3);
+/// The chord tests' pipeline worker retries a failed member after this.
+const PIPELINE_RETRY: Duration = Duration::from_secs(3);
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A settings file with one schedule firing every second.
@@ -304,7 +306,10 @@ async fn chord_mid_group() -> ChordWorld {
         &[
             ("WARREN_BROKER__NAMESPACE", namespace.clone()),
             ("WARREN_OPS__ADDR", "127.0.0.1:0".to_owned()),
-            ("WARREN_CONSUMER__RETRY_DELAYS", r#"["3s"]"#.to_owned()),
+            (
+                "WARREN_CONSUMER__RETRY_DELAYS",
+                format!(r#"["{}s"]"#, PIPELINE_RETRY.as_secs()),
+            ),
             ("PIPELINE_DIR", dir.path().display().to_string()),
         ],
     )
@@ -473,10 +478,8 @@ async fn a_chord_callback_runs_once_when_the_leader_is_killed_mid_group() {
     assert_eq!(broker.depth(&queue).await.unwrap(), 0);
     // And GET /v1/workflows/{id} shows it, every member and the callback.
     assert_chord_succeeded(&chord_status(broker.namespace(), &id).await, &id);
-    // The worker's retry rung of 3 s is not among the usual ones.
-    let _ = broker
-        .cleanup_stems(&["pipeline"], &[Duration::from_secs(3)])
-        .await;
+    // The worker's retry rung is not among the usual ones.
+    let _ = broker.cleanup_stems(&["pipeline"], &[PIPELINE_RETRY]).await;
     let _ = broker.cleanup().await;
 }
 
@@ -554,9 +557,7 @@ async fn a_chord_callback_runs_once_through_a_broker_restart_mid_group() {
     assert_eq!(broker.depth(&queue).await.unwrap(), 0);
     // And GET /v1/workflows/{id} shows it through the restart.
     assert_chord_succeeded(&chord_status(&namespace, &id).await, &id);
-    // The worker's retry rung of 3 s is not among the usual ones.
-    let _ = broker
-        .cleanup_stems(&["pipeline"], &[Duration::from_secs(3)])
-        .await;
+    // The worker's retry rung is not among the usual ones.
+    let _ = broker.cleanup_stems(&["pipeline"], &[PIPELINE_RETRY]).await;
     let _ = broker.cleanup().await;
 }
