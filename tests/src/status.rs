@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -34,7 +35,7 @@ pub struct StatusWorld {
     /// The store, as the gateways see it.
     pub store: RedisStatusStore,
     pub retention: Duration,
-    connection: Connection,
+    connection: Arc<Connection>,
     publisher: EventPublisher,
     store_root: tempfile::TempDir,
     pub processes: Vec<WorkerProcess>,
@@ -63,7 +64,7 @@ impl StatusWorld {
             .ping()
             .await
             .context("Redis must run on 127.0.0.1:6379")?;
-        let connection = crate::broker::connect(crate::broker::AMQP_URL).await?;
+        let connection = Arc::new(crate::broker::connect(crate::broker::AMQP_URL).await?);
         // The stream exists before any event is published, so it keeps
         // them all.
         events::declare_stream(&connection, &names, retention).await?;

@@ -481,6 +481,77 @@ async fn readyz_turns_unready_while_the_broker_is_down_and_ready_after() {
     fresh.cleanup().await.unwrap();
 }
 
+/// Right after a broker restart, RabbitMQ 3.10 confirms messages routed to
+/// a stream it has not started again yet, and drops them (a chord whose
+/// members' `succeeded` events went that way never fired its callback).
+/// Task events published the moment the broker is back, on a fresh
+/// connection as a worker's next session has, all reach the stream: the
+/// publisher waits until the stream answers.
+#[tokio::test]
+async fn task_events_published_the_moment_the_broker_is_back_all_reach_the_stream() {
+    use warren::events::{self, Batching, EventPublisher, TaskEvent, TaskState};
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::new().await.unwrap();
+    let namespace = broker.namespace().to_owned();
+    let names = broker.names.clone();
+    events::declare_stream(&broker.connection, &names, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    drop(broker);
+    let publisher = EventPublisher::new(
+        &names,
+        Batching {
+            max_events: 4,
+            max_delay: Duration::from_millis(1),
+        },
+    );
+    let mut sent = HashSet::new();
+    for round in 0..3 {
+        rabbitmqctl(&["stop_app"]);
+        // No `await_startup`: the node takes connections before it has
+        // started its streams again, and so does a worker.
+        rabbitmqctl(&["start_app"]);
+        let connection = std::sync::Arc::new(
+            warren_tests::broker::connect(warren_tests::broker::AMQP_URL)
+                .await
+                .unwrap(),
+        );
+        publisher.attach(&connection).await.unwrap();
+        // Spread over the first few hundred milliseconds, where the
+        // broker's window is.
+        for i in 0..100 {
+            let id = format!("back-{round}-{i}");
+            publisher
+                .emit(TaskEvent::new(&id, "email.send", TaskState::Succeeded, 1))
+                .await;
+            sent.insert(id);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        assert!(publisher.flush(WAIT).await, "every event is confirmed");
+        let _ = connection.close(200, "round done".into()).await;
+    }
+    let broker = TestBroker::with_namespace(namespace).await.unwrap();
+    let mut stream = Box::pin(events::follow(&broker.connection, &names).await.unwrap());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut read = HashSet::new();
+    while read.len() < sent.len() {
+        let next = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut stream)).await;
+        let Ok(Some(Ok(event))) = next else {
+            let mut lost: Vec<_> = sent.difference(&read).collect();
+            lost.sort();
+            panic!(
+                "{} of {} confirmed events on the stream; missing: {lost:?}",
+                read.len(),
+                sent.len()
+            );
+        };
+        read.insert(event.event.task_id);
+    }
+    assert_eq!(read, sent);
+    drop(stream);
+    broker.cleanup().await.unwrap();
+}
+
 async fn broker_publish_after_restart(old: &TestBroker, to: &str) {
     // The test's own connection died with the broker: publish on a new one.
     let fresh = TestBroker::with_namespace(old.namespace().to_owned())

@@ -15,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::Connection;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use tokio_util::sync::CancellationToken;
 use warren::broker::{Backoff, ConnectError, SessionConnection, connect_session};
@@ -182,6 +181,9 @@ impl Broker {
             _ = shutdown.cancelled() => return Ok(()),
             c = connections => c?,
         };
+        // Shared (weakly) with the event publisher, for its checks of the
+        // stream.
+        let publishing = Arc::new(publishing);
         let following = Arc::new(following);
         let result = self
             .connected(
@@ -216,7 +218,7 @@ impl Broker {
 
     async fn connected(
         &self,
-        publishing: &Connection,
+        publishing: &Arc<SessionConnection>,
         following: &Arc<SessionConnection>,
         Durations {
             retention,

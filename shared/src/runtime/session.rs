@@ -78,10 +78,12 @@ pub(super) async fn session(
     backoff: &mut Backoff,
     events: Option<&EventPublisher>,
 ) -> Result<(), SessionError> {
-    let connection = tokio::select! {
+    // Shared (weakly) with the event publisher, for its checks of the
+    // stream; closed when this session drops it.
+    let connection = Arc::new(tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         connection = connect_session(broker, &inner.identity) => connection?,
-    };
+    });
     match inner.topology.declare(&connection).await {
         Ok(()) => {}
         Err(e @ (TopologyError::Conflict { .. } | TopologyError::QueueTypeChanged { .. })) => {

@@ -44,7 +44,12 @@ async fn events_go_out_in_confirmed_envelopes_and_readers_unpack_old_and_new() {
             max_delay: Duration::from_millis(20),
         },
     );
-    publisher.attach(&broker.connection).await.unwrap();
+    let connection = std::sync::Arc::new(
+        warren_tests::broker::connect(warren_tests::broker::AMQP_URL)
+            .await
+            .unwrap(),
+    );
+    publisher.attach(&connection).await.unwrap();
 
     // A single event, as Warren wrote them before envelopes.
     let old = TaskEvent::new("old-1", "email.send", TaskState::Queued, 1);
