@@ -513,7 +513,13 @@ async fn a_chord_callback_runs_once_through_a_broker_restart_mid_group() {
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     while ran(&worker) == 0 {
-        assert!(Instant::now() < deadline, "{}", worker.tail(30));
+        assert!(
+            Instant::now() < deadline,
+            "worker:\n{}\nconductors:\n{}\n{}",
+            worker.tail(30),
+            conductors[0].tail(40),
+            conductors[1].tail(40)
+        );
         let seen = worker.logs_with_message("Task succeeded.").len();
         let _ = worker
             .wait_for_log("Task succeeded.", seen + 1, Duration::from_secs(90))
