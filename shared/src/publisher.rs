@@ -41,6 +41,7 @@ use tracing::Instrument;
 
 use crate::broker::{ConnectError, connect};
 use crate::contract::{self, CONTENT_TYPE_JSON, MAX_PRIORITY, Names, PERSISTENT};
+use crate::events::ChannelSource;
 use crate::settings::BrokerSettings;
 use crate::topology::delay::{self, DelayTooLong, Destination};
 
@@ -83,6 +84,10 @@ pub enum PublishError {
     /// The delay cascade could not be declared.
     #[error(transparent)]
     Topology(Box<crate::topology::TopologyError>),
+    /// The events stream did not take messages within the confirm timeout
+    /// (the broker is still starting it again): a record was not sent.
+    #[error("the events stream {0} did not take messages in time (is the broker starting?)")]
+    StreamUnavailable(String),
 }
 
 /// How long a publish may wait for the broker's confirm. A broker under a
@@ -149,6 +154,9 @@ pub struct Publisher {
     names: Names,
     // Keeps a connection that this publisher opened itself alive.
     _connection: Option<std::sync::Arc<Connection>>,
+    /// Where the events stream is checked before a record goes to it
+    /// ([`Publisher::checking_stream_on`]); not kept alive from here.
+    stream_check: Option<std::sync::Weak<dyn ChannelSource>>,
 }
 
 impl Publisher {
@@ -167,8 +175,49 @@ impl Publisher {
             .await
             .map_err(|e| PublishError::Topology(Box::new(e)))?;
         let _ = cascade.close(200, "declared".into()).await;
-        publisher._connection = Some(std::sync::Arc::new(connection));
+        let connection = std::sync::Arc::new(connection);
+        publisher = publisher.checking_stream_on(&connection);
+        publisher._connection = Some(connection);
         Ok(publisher)
+    }
+
+    /// Before each publish to the events exchange (workflow and chord
+    /// records), checks on `connection` that the events stream takes
+    /// messages, waiting up to [`CONFIRM_TIMEOUT`] for it: right after a
+    /// broker restart, RabbitMQ 3.10 confirms messages routed to a stream
+    /// it has not started again yet, and drops them
+    /// ([`crate::events::stream_ready`]). A chord whose record were lost so
+    /// would never fire its callback.
+    pub fn checking_stream_on<C: ChannelSource>(mut self, connection: &std::sync::Arc<C>) -> Self {
+        let source: std::sync::Weak<C> = std::sync::Arc::downgrade(connection);
+        self.stream_check = Some(source);
+        self
+    }
+
+    /// Waits until the events stream takes messages, if this publisher
+    /// checks it.
+    async fn stream_taking(&self) -> Result<(), PublishError> {
+        let Some(check) = &self.stream_check else {
+            return Ok(());
+        };
+        let stream = self.names.events_stream();
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        loop {
+            // With its connection gone, the publish fails on its own.
+            let Some(source) = check.upgrade() else {
+                return Ok(());
+            };
+            if crate::events::stream_ready(source.as_ref(), &stream).await
+                != crate::events::StreamReady::No
+            {
+                return Ok(());
+            }
+            drop(source);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PublishError::StreamUnavailable(stream));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A publisher on a channel of an existing connection.
@@ -181,6 +230,7 @@ impl Publisher {
             channel,
             names,
             _connection: None,
+            stream_check: None,
         })
     }
 
@@ -309,6 +359,9 @@ impl Publisher {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        if self.stream_check.is_some() && exchange == self.names.events_exchange() {
+            self.stream_taking().await?;
+        }
         let publish = async {
             self.channel
                 .basic_publish(

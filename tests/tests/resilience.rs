@@ -485,10 +485,14 @@ async fn readyz_turns_unready_while_the_broker_is_down_and_ready_after() {
 /// a stream it has not started again yet, and drops them (a chord whose
 /// members' `succeeded` events went that way never fired its callback).
 /// Task events published the moment the broker is back, on a fresh
-/// connection as a worker's next session has, all reach the stream: the
-/// publisher waits until the stream answers.
+/// connection as a worker's next session has, all reach the stream, and so
+/// do messages a `Publisher` sends to the events exchange (workflow and
+/// chord records; here single events, which readers read too): both wait
+/// until the stream answers.
 #[tokio::test]
 async fn task_events_published_the_moment_the_broker_is_back_all_reach_the_stream() {
+    use lapin::BasicProperties;
+    use warren::contract::{CONTENT_TYPE_JSON, EVENT_MESSAGE_TYPE, PERSISTENT};
     use warren::events::{self, Batching, EventPublisher, TaskEvent, TaskState};
     let _serial = SERIAL.lock().await;
     let broker = TestBroker::new().await.unwrap();
@@ -517,6 +521,10 @@ async fn task_events_published_the_moment_the_broker_is_back_all_reach_the_strea
                 .unwrap(),
         );
         publisher.attach(&connection).await.unwrap();
+        let records = warren::Publisher::on(&connection, names.clone())
+            .await
+            .unwrap()
+            .checking_stream_on(&connection);
         // Spread over the first few hundred milliseconds, where the
         // broker's window is.
         for i in 0..100 {
@@ -525,6 +533,24 @@ async fn task_events_published_the_moment_the_broker_is_back_all_reach_the_strea
                 .emit(TaskEvent::new(&id, "email.send", TaskState::Succeeded, 1))
                 .await;
             sent.insert(id);
+            if i % 10 == 0 {
+                let id = format!("record-{round}-{i}");
+                let event = TaskEvent::new(&id, "email.send", TaskState::Queued, 1);
+                let properties = BasicProperties::default()
+                    .with_content_type(CONTENT_TYPE_JSON.into())
+                    .with_type(EVENT_MESSAGE_TYPE.into())
+                    .with_delivery_mode(PERSISTENT);
+                records
+                    .publish_confirmed(
+                        &names.events_exchange(),
+                        "email.send.queued",
+                        &serde_json::to_vec(&event).unwrap(),
+                        properties,
+                    )
+                    .await
+                    .unwrap();
+                sent.insert(id);
+            }
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         assert!(publisher.flush(WAIT).await, "every event is confirmed");

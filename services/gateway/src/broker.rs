@@ -251,7 +251,9 @@ impl Broker {
                 }
             })?;
         tracker.set_stream_declared();
-        let publisher = Publisher::on(publishing, self.names.clone()).await?;
+        let publisher = Publisher::on(publishing, self.names.clone())
+            .await?
+            .checking_stream_on(publishing);
         let events = EventPublisher::on(publishing, &self.names).await?;
         self.set_outbound(Some(Outbound {
             publisher,

@@ -300,6 +300,9 @@ fn publish_problem(broker: &Broker, task: &Enqueue, e: PublishError) -> Problem 
             return Problem::internal(format!("the task could not be serialized: {e}"));
         }
         PublishError::Connect(e) => Problem::unavailable("broker_unavailable", e.to_string()),
+        e @ PublishError::StreamUnavailable(_) => {
+            Problem::unavailable("broker_unavailable", e.to_string())
+        }
         PublishError::Broker(e) => Problem::unavailable(
             "broker_unavailable",
             format!("the broker did not take the task: {e}"),

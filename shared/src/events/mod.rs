@@ -35,7 +35,10 @@ mod view;
 
 pub use crate::topology::declare_events_stream as declare_stream;
 pub use model::{TaskEvent, TaskState};
-pub use publish::{Batching, EventPublisher, GIVE_UP_AFTER, MAX_ATTEMPTS};
+pub use publish::{
+    Batching, ChannelSource, EventPublisher, GIVE_UP_AFTER, MAX_ATTEMPTS, RECHECK_AFTER_IDLE,
+    StreamReady, stream_ready,
+};
 pub use store::{RESULT_REF, RedisOptions, RedisStatusStore, StatusStoreError, result_ref};
 pub use stream::{StreamStart, StreamedEvent, follow, follow_after, follow_from, follow_on};
 pub use view::{

@@ -27,7 +27,10 @@
 //! confirm, the writer checks that the events stream takes messages
 //! ([`stream_ready`]): right after a broker (re)start, RabbitMQ 3.10
 //! confirms messages routed to a stream it has not started again yet, and
-//! drops them.
+//! drops them. Envelopes go out with `mandatory`: once the broker returns
+//! one (no stream is bound: nothing reads the events), the writer stops
+//! checking until an envelope is routed again, so a namespace without a
+//! stream does not get a `NOT_FOUND` (and a broker log line) per check.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,6 +104,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection on which short-lived channels can be opened: where the
 /// writer publishes, and where it checks the stream ([`stream_ready`]).
 pub trait ChannelSource: Send + Sync + 'static {
+    /// Opens a channel on this connection.
     fn open_channel(&self) -> BoxFuture<'_, Result<Channel, lapin::Error>>;
 }
 
@@ -125,7 +129,7 @@ impl ChannelSource for crate::broker::SessionConnection {
 /// on the stream. Meanwhile a passive declare fails with `NOT_FOUND -
 /// home node ... is down or inaccessible`; once it answers, nothing was
 /// lost (600 of 600).
-pub async fn stream_ready(source: &dyn ChannelSource, stream: &str) -> bool {
+pub async fn stream_ready(source: &dyn ChannelSource, stream: &str) -> StreamReady {
     let check = async {
         let channel = source.open_channel().await?;
         let declared = channel
@@ -141,17 +145,32 @@ pub async fn stream_ready(source: &dyn ChannelSource, stream: &str) -> bool {
         match declared {
             Ok(_) => {
                 let _ = channel.close(200, "checked".into()).await;
-                Ok::<_, lapin::Error>(true)
+                Ok::<_, lapin::Error>(StreamReady::Yes)
             }
             // The broker closed the channel; "no queue" is the only
             // NOT_FOUND that says the stream is absent.
-            Err(e) => Ok(crate::broker::is_not_found(&e) && e.to_string().contains("no queue")),
+            Err(e) if crate::broker::is_not_found(&e) && e.to_string().contains("no queue") => {
+                Ok(StreamReady::Absent)
+            }
+            Err(_) => Ok(StreamReady::No),
         }
     };
-    matches!(
-        tokio::time::timeout(CHECK_TIMEOUT, check).await,
-        Ok(Ok(true))
-    )
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(_)) | Err(_) => StreamReady::No,
+    }
+}
+
+/// What [`stream_ready`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamReady {
+    /// The stream takes messages.
+    Yes,
+    /// There is no stream: messages to the exchange are unrouted.
+    Absent,
+    /// The stream exists and does not take messages yet (or the check
+    /// failed): wait.
+    No,
 }
 
 /// The writer's channel, and the connection it came from (not kept alive
@@ -239,6 +258,7 @@ impl EventPublisher {
             exchange: ShortString::from(names.events_exchange()),
             stream: names.events_stream(),
             checked_at: None,
+            stream_absent: false,
             reemit: reemit.clone(),
             batching: Batching {
                 max_events: batching.max_events.clamp(1, envelope::MAX_ENVELOPE_EVENTS),
@@ -362,6 +382,9 @@ struct Writer {
     /// When the stream last took messages (a check, a confirm) on the
     /// current channel.
     checked_at: Option<Instant>,
+    /// No stream is bound to the exchange (an envelope came back
+    /// unroutable, or a check found none): nothing to check.
+    stream_absent: bool,
     reemit: Arc<Reemit>,
     batching: Batching,
     batch: Vec<TaskEvent>,
@@ -386,7 +409,11 @@ struct Writer {
 
 /// The broker's answer to an envelope.
 enum Settled {
-    Ack,
+    /// Confirmed: on the stream, or (`routed == false`) returned
+    /// unroutable, with no stream bound.
+    Ack {
+        routed: bool,
+    },
     Nack,
     Failed(Box<lapin::Error>),
     TimedOut,
@@ -495,9 +522,10 @@ impl Writer {
 
     /// Whether the stream takes messages, checked if it was not lately.
     async fn stream_checked(&mut self) -> bool {
-        if self
-            .checked_at
-            .is_some_and(|at| at.elapsed() < RECHECK_AFTER_IDLE)
+        if self.stream_absent
+            || self
+                .checked_at
+                .is_some_and(|at| at.elapsed() < RECHECK_AFTER_IDLE)
         {
             return true;
         }
@@ -508,8 +536,10 @@ impl Writer {
             .and_then(|a| a.source.upgrade());
         let ready = match source {
             Some(source) => stream_ready(source.as_ref(), &self.stream).await,
-            None => false,
+            None => StreamReady::No,
         };
+        self.stream_absent = ready == StreamReady::Absent;
+        let ready = ready != StreamReady::No;
         if ready {
             self.checked_at = Some(Instant::now());
         } else {
@@ -546,7 +576,10 @@ impl Writer {
                 .basic_publish(
                     self.exchange.clone(),
                     envelope.routing_key.clone(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &envelope.body,
                     envelope::properties(envelope.newest_at),
                 )
@@ -574,7 +607,8 @@ impl Writer {
 
     fn settle_front(&mut self, settled: Settled) {
         let (label, counts) = match &settled {
-            Settled::Ack => {
+            Settled::Ack { routed } => {
+                self.stream_absent = !routed;
                 if let Some(done) = self.in_flight.pop_front() {
                     self.settled = self.settled.max(done.envelope.last_seq);
                 }
@@ -729,7 +763,10 @@ async fn confirm_front(in_flight: &mut VecDeque<InFlight>) -> Settled {
         return std::future::pending().await;
     };
     match tokio::time::timeout_at(front.deadline, &mut front.confirm).await {
-        Ok(Ok(Confirmation::Ack(_) | Confirmation::NotRequested)) => Settled::Ack,
+        Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
+            Settled::Ack { routed: true }
+        }
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Settled::Ack { routed: false },
         Ok(Ok(Confirmation::Nack(_))) => Settled::Nack,
         Ok(Err(e)) => Settled::Failed(Box::new(e)),
         Err(_) => Settled::TimedOut,

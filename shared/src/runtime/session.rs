@@ -92,7 +92,9 @@ pub(super) async fn session(
         }
         Err(TopologyError::Broker { source, .. }) => return Err(SessionError::Broker(source)),
     }
-    let publisher = Publisher::on(&connection, inner.names.clone()).await?;
+    let publisher = Publisher::on(&connection, inner.names.clone())
+        .await?
+        .checking_stream_on(&connection);
     // The worker's one event publisher, on this connection: what it could
     // not publish on the last one goes out here.
     if let Some(events) = events {
@@ -251,7 +253,12 @@ async fn watch_connection(
                     "The broker blocked this connection (resource alarm); retry and dead-letter copies wait."
                 ),
                 Some(lapin::Event::ConnectionUnblocked) => info!("The broker unblocked this connection."),
-                Some(lapin::Event::Error(_)) => interrupted(status.reconnecting()),
+                // A channel closed by the broker (a passive declare's
+                // NOT_FOUND) says so here too: only a connection that is
+                // down is an interruption.
+                Some(lapin::Event::Error(_)) if !status.connected() => {
+                    interrupted(status.reconnecting())
+                }
                 Some(lapin::Event::Connected) => {
                     if logged_ahead > 0 {
                         logged_ahead -= 1;
