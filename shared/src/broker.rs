@@ -668,12 +668,21 @@ impl BackoffReset {
 
 /// Whether the queue `queue` exists, by a passive declare on a channel of
 /// its own (a failed passive declare closes its channel, so the caller's
-/// channels are never at risk). `NOT_FOUND` is `Ok(false)`; any other
-/// failure (the connection lost, access refused) is an error, never taken
-/// for an absent queue.
+/// channels are never at risk). `NOT_FOUND - no queue` is `Ok(false)`; any
+/// other failure (the connection lost, access refused, the queue's home
+/// node down) is an error, never taken for an absent queue.
 pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    let found = channel
+    match declare_passive(connection.create_channel().await?, queue).await {
+        Ok(()) => Ok(true),
+        Err(e) if is_absent(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A passive declare of `queue` on `channel`, which it closes when the
+/// queue answers (a failed declare has the broker close it).
+pub async fn declare_passive(channel: lapin::Channel, queue: &str) -> Result<(), lapin::Error> {
+    channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
@@ -682,15 +691,16 @@ pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, 
             },
             FieldTable::default(),
         )
-        .await;
-    match found {
-        Ok(_) => {
-            let _ = channel.close(200, "checked".into()).await;
-            Ok(true)
-        }
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
+        .await?;
+    let _ = channel.close(200, "checked".into()).await;
+    Ok(())
+}
+
+/// A passive declare's `NOT_FOUND - no queue ...`: the queue does not
+/// exist. (A queue whose home node is down, or a stream the broker has not
+/// started again yet, is `NOT_FOUND` too, with another text.)
+pub fn is_absent(e: &lapin::Error) -> bool {
+    is_not_found(e) && e.to_string().contains("no queue")
 }
 
 /// The broker's `404 NOT_FOUND` channel error (no such queue or exchange).

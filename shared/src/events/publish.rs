@@ -38,13 +38,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::{TaskEvent, envelope};
+use crate::broker::{declare_passive, is_absent};
 use crate::contract::Names;
 use crate::publisher::CONFIRM_TIMEOUT;
 use crate::topology::declare_events_exchange;
@@ -132,28 +133,11 @@ impl ChannelSource for crate::broker::SessionConnection {
 pub async fn stream_ready(source: &dyn ChannelSource, stream: &str) -> StreamReady {
     let check = async {
         let channel = source.open_channel().await?;
-        let declared = channel
-            .queue_declare(
-                stream.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(_) => {
-                let _ = channel.close(200, "checked".into()).await;
-                Ok::<_, lapin::Error>(StreamReady::Yes)
-            }
-            // The broker closed the channel; "no queue" is the only
-            // NOT_FOUND that says the stream is absent.
-            Err(e) if crate::broker::is_not_found(&e) && e.to_string().contains("no queue") => {
-                Ok(StreamReady::Absent)
-            }
-            Err(_) => Ok(StreamReady::No),
-        }
+        Ok::<_, lapin::Error>(match declare_passive(channel, stream).await {
+            Ok(()) => StreamReady::Yes,
+            Err(e) if is_absent(&e) => StreamReady::Absent,
+            Err(_) => StreamReady::No,
+        })
     };
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Ok(Ok(ready)) => ready,
