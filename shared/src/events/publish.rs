@@ -27,10 +27,12 @@
 //! confirm, the writer checks that the events stream takes messages
 //! ([`stream_ready`]): right after a broker (re)start, RabbitMQ 3.10
 //! confirms messages routed to a stream it has not started again yet, and
-//! drops them. Envelopes go out with `mandatory`: once the broker returns
-//! one (no stream is bound: nothing reads the events), the writer stops
-//! checking until an envelope is routed again, so a namespace without a
-//! stream does not get a `NOT_FOUND` (and a broker log line) per check.
+//! drops them. A check that finds no stream (nothing reads the events)
+//! is not repeated: from then on at most one envelope a second goes out
+//! with `mandatory`, and the writer checks again once one of those is
+//! routed (a stream was declared) instead of returned. So a namespace
+//! without a stream gets neither a `NOT_FOUND` (a broker log line) per
+//! check nor every envelope sent back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,6 +245,7 @@ impl EventPublisher {
             stream: names.events_stream(),
             checked_at: None,
             stream_absent: false,
+            absent_asked_at: None,
             reemit: reemit.clone(),
             batching: Batching {
                 max_events: batching.max_events.clamp(1, envelope::MAX_ENVELOPE_EVENTS),
@@ -354,6 +357,9 @@ struct InFlight {
     envelope: Envelope,
     confirm: PublisherConfirm,
     deadline: Instant,
+    /// Published with `mandatory`: its confirm says whether a stream is
+    /// bound.
+    mandatory: bool,
 }
 
 /// The writer's side: batching, publishing, confirms, retries.
@@ -366,9 +372,12 @@ struct Writer {
     /// When the stream last took messages (a check, a confirm) on the
     /// current channel.
     checked_at: Option<Instant>,
-    /// No stream is bound to the exchange (an envelope came back
-    /// unroutable, or a check found none): nothing to check.
+    /// No stream is bound to the exchange (a check found none, or a
+    /// `mandatory` envelope came back): nothing to check.
     stream_absent: bool,
+    /// When the last `mandatory` envelope went out while no stream was
+    /// bound.
+    absent_asked_at: Option<Instant>,
     reemit: Arc<Reemit>,
     batching: Batching,
     batch: Vec<TaskEvent>,
@@ -556,12 +565,22 @@ impl Writer {
             let Some(mut envelope) = self.waiting.pop_front() else {
                 break;
             };
+            // With a stream bound, `mandatory` costs nothing; without, a
+            // returned envelope comes back whole, so only one a second
+            // asks whether a stream is bound yet.
+            let mandatory = !self.stream_absent
+                || self
+                    .absent_asked_at
+                    .is_none_or(|at| at.elapsed() >= RECHECK_AFTER_IDLE);
+            if self.stream_absent && mandatory {
+                self.absent_asked_at = Some(Instant::now());
+            }
             let published = channel
                 .basic_publish(
                     self.exchange.clone(),
                     envelope.routing_key.clone(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..Default::default()
                     },
                     &envelope.body,
@@ -575,6 +594,7 @@ impl Writer {
                         envelope,
                         confirm,
                         deadline: Instant::now() + CONFIRM_TIMEOUT,
+                        mandatory,
                     });
                 }
                 Err(e) => {
@@ -592,12 +612,21 @@ impl Writer {
     fn settle_front(&mut self, settled: Settled) {
         let (label, counts) = match &settled {
             Settled::Ack { routed } => {
-                self.stream_absent = !routed;
                 if let Some(done) = self.in_flight.pop_front() {
                     self.settled = self.settled.max(done.envelope.last_seq);
+                    if done.mandatory {
+                        // Routed once more: a stream is bound (check it
+                        // before the next publish, it may be new).
+                        if self.stream_absent && *routed {
+                            self.checked_at = None;
+                        }
+                        self.stream_absent = !routed;
+                    }
                 }
                 crate::metrics::publish_result("events", "ack");
-                self.checked_at = Some(Instant::now());
+                if !self.stream_absent && self.checked_at.is_some() {
+                    self.checked_at = Some(Instant::now());
+                }
                 self.retry_at = None;
                 self.reemit_delay = REEMIT_FIRST_DELAY;
                 self.reemit_finals();
