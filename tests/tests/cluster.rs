@@ -39,7 +39,7 @@ const PREFETCH: usize = 16;
 const FAULTS: usize = 2;
 /// The most one step of the flow (the next 1,000 tasks accepted) may take.
 /// The step and drain bounds keep the test within scripts/test's budget
-/// (5 minutes), so that a failure reports itself instead of being killed.
+/// (7 minutes), so that a failure reports itself instead of being killed.
 const STEP: Duration = Duration::from_secs(90);
 /// The most the flow may take once every task is accepted: the workers
 /// keep up with the clients, so this is only the last few tasks.
