@@ -155,8 +155,9 @@ pub struct Publisher {
     // Keeps a connection that this publisher opened itself alive.
     _connection: Option<std::sync::Arc<Connection>>,
     /// Where the events stream is checked before a record goes to it
-    /// ([`Publisher::checking_stream_on`]); not kept alive from here.
-    stream_check: Option<std::sync::Weak<dyn ChannelSource>>,
+    /// ([`Publisher::checking_stream_on`]; not kept alive from here), and
+    /// the events exchange, named once rather than at every publish.
+    stream_check: Option<(std::sync::Weak<dyn ChannelSource>, String)>,
 }
 
 impl Publisher {
@@ -190,14 +191,14 @@ impl Publisher {
     /// would never fire its callback.
     pub fn checking_stream_on<C: ChannelSource>(mut self, connection: &std::sync::Arc<C>) -> Self {
         let source: std::sync::Weak<C> = std::sync::Arc::downgrade(connection);
-        self.stream_check = Some(source);
+        self.stream_check = Some((source, self.names.events_exchange()));
         self
     }
 
     /// Waits until the events stream takes messages, if this publisher
     /// checks it.
     async fn stream_taking(&self) -> Result<(), PublishError> {
-        let Some(check) = &self.stream_check else {
+        let Some((check, _)) = &self.stream_check else {
             return Ok(());
         };
         let stream = self.names.events_stream();
@@ -359,7 +360,11 @@ impl Publisher {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        if self.stream_check.is_some() && exchange == self.names.events_exchange() {
+        if self
+            .stream_check
+            .as_ref()
+            .is_some_and(|(_, events)| exchange == events)
+        {
             self.stream_taking().await?;
         }
         let publish = async {
