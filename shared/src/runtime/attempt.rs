@@ -1,13 +1,15 @@
 //! One attempt of a task, whatever carried it: find the type's handler,
-//! skip an id that already succeeded, run the handler on a task of its own
-//! under the type's soft and hard time limits (a panic or a timeout is a
+//! skip an id that already succeeded, run the handler under the type's
+//! soft and hard time limits (a panic or a timeout is a
 //! failed attempt, not a dead worker), and, after a success, remember the
 //! id. The AMQP runtime ([`super::delivery`]) and the in-memory test kit
 //! (`warren::testing`) both run attempts through here.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -99,9 +101,14 @@ impl Dispatch<'_> {
         let timeout = self.time_limit(&ctx.task_type);
         let _soft = limits::soft_limit(route.options.soft_time_limit, cancel);
         let future = (route.handler)(ctx, body);
-        // A task of its own: a panic in the handler surfaces as a JoinError
-        // here instead of unwinding through the consumer.
-        match tokio::spawn(tokio::time::timeout(timeout, future)).await {
+        // Polled right here, not on a task of its own (a spawn and a
+        // cross-thread wake per task): a panic in the handler is caught
+        // and becomes a failed attempt instead of unwinding through the
+        // consumer, and the hard limit drops the handler's future.
+        match AssertUnwindSafe(tokio::time::timeout(timeout, future))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(Ok(outcome))) => Ok(Handled::Done(outcome)),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_elapsed)) => Err(TaskError::retry(
@@ -111,8 +118,7 @@ impl Dispatch<'_> {
                     humantime::format_duration(timeout)
                 ),
             )),
-            Err(join) if join.is_panic() => {
-                let payload = join.into_panic();
+            Err(payload) => {
                 let message = payload
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
@@ -123,7 +129,6 @@ impl Dispatch<'_> {
                     format!("the handler panicked: {message}"),
                 ))
             }
-            Err(join) => Err(TaskError::retry("cancelled", join)),
         }
     }
 }
