@@ -82,6 +82,9 @@ const MAX_IN_FLIGHT: usize = 16;
 /// Envelopes closed and not yet confirmed (published or waiting): past
 /// this the writer stops taking events, and the buffer fills.
 const MAX_PENDING: usize = 64;
+
+/// Most commands the writer takes in at one wake-up.
+const TAKE_AT_ONCE: usize = 1024;
 /// Publishes of one envelope that may fail (nack, no confirm in time)
 /// before its events are given up.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -434,7 +437,10 @@ impl Writer {
                 return;
             }
             let pending = self.waiting.len() + self.in_flight.len();
-            let take = open && pending < MAX_PENDING;
+            // While a batch is open its events are left in the channel
+            // until its deadline and taken in then, all at once: one
+            // wake-up of this task per envelope, not one per event.
+            let take = open && pending < MAX_PENDING && self.batch_deadline.is_none();
             let batch_deadline = self.batch_deadline;
             let confirming = !self.in_flight.is_empty();
             let can_publish = !self.waiting.is_empty() && self.in_flight.len() < MAX_IN_FLIGHT;
@@ -444,18 +450,15 @@ impl Writer {
                 .unwrap_or_else(|| Instant::now() + CHANNEL_POLL);
             let reemit_at = self.reemit_due();
             tokio::select! {
-                command = self.rx.recv(), if take => match command {
-                    Some(Command::Event(event)) => self.push(*event),
-                    Some(Command::Flush(done)) => {
-                        self.close_batch();
-                        self.flushes.push((self.received, done));
+                command = self.rx.recv(), if take => {
+                    open = self.take(command) && self.take_ready();
+                }
+                () = sleep_until(batch_deadline), if batch_deadline.is_some() => {
+                    if open {
+                        open = self.take_ready();
                     }
-                    None => {
-                        open = false;
-                        self.close_batch();
-                    }
-                },
-                () = sleep_until(batch_deadline), if batch_deadline.is_some() => self.close_batch(),
+                    self.close_batch();
+                }
                 () = sleep_until(reemit_at), if reemit_at.is_some() => self.reemit_idle(),
                 settled = confirm_front(&mut self.in_flight), if confirming => self.settle_front(settled),
                 changed = self.channels.changed(), if watching => {
@@ -466,6 +469,44 @@ impl Writer {
                 () = tokio::time::sleep_until(wake), if can_publish => {}
             }
         }
+    }
+
+    /// Takes in the commands already in the channel (at most
+    /// [`TAKE_AT_ONCE`], and none while [`MAX_PENDING`] envelopes are
+    /// pending); whether more may come.
+    fn take_ready(&mut self) -> bool {
+        for _ in 0..TAKE_AT_ONCE {
+            if self.waiting.len() + self.in_flight.len() >= MAX_PENDING {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(command) => {
+                    if !self.take(Some(command)) {
+                        return false;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return self.take(None),
+            }
+        }
+        true
+    }
+
+    /// Takes in one command (`None`: every handle is gone); whether more
+    /// may come.
+    fn take(&mut self, command: Option<Command>) -> bool {
+        match command {
+            Some(Command::Event(event)) => self.push(*event),
+            Some(Command::Flush(done)) => {
+                self.close_batch();
+                self.flushes.push((self.received, done));
+            }
+            None => {
+                self.close_batch();
+                return false;
+            }
+        }
+        true
     }
 
     fn push(&mut self, event: TaskEvent) {
