@@ -292,18 +292,20 @@ impl Publisher {
                 routing_key = route.routing_key;
             }
         }
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = %format!("publish {exchange}"),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.destination.name = %exchange,
-            messaging.rabbitmq.destination.routing_key = %routing_key,
-            messaging.message.id = %id,
-            messaging.message.body.size = payload.len(),
-        );
+        // As for a consumer's span (`trace::messaging_attributes`): what
+        // only an exporter reads is set on an exported span alone, not
+        // formatted for every publish.
+        let span = if crate::trace::exporting() {
+            let span = tracing::info_span!(
+                "publish",
+                otel.name = %format!("publish {exchange}"),
+                otel.kind = "producer",
+            );
+            crate::trace::publish_attributes(&span, &exchange, &routing_key, &id, payload.len());
+            span
+        } else {
+            tracing::info_span!("publish", otel.kind = "producer")
+        };
         // A caller that set its own trace context keeps it; otherwise the
         // task continues the caller's current trace through this span.
         let mut headers = properties.headers().clone().unwrap_or_default();

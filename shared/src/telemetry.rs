@@ -14,8 +14,9 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
@@ -94,13 +95,23 @@ where
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(&settings.log_level).add_directive("lapin=off".parse().unwrap_or_default())
     });
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // Without an exporter the spans are kept for their ids alone (the
+    // `trace_id` of log lines, the `traceparent` of follow-up tasks): what
+    // only an exported span shows (its log events, source location,
+    // thread, busy and idle times, the OpenTelemetry context made current
+    // at every poll) would cost every task for nothing.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(exporting)
+        .with_threads(exporting)
+        .with_tracked_inactivity(exporting)
+        .with_context_activation(exporting)
+        .with_filter(filter_fn(move |meta| exporting || meta.is_span()));
     let registry = Registry::default().with(filter).with(otel);
     match settings.log_format {
         LogFormat::Json => registry
             .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
+                json_subscriber::fmt::layer()
                     .with_current_span(true)
                     .with_span_list(false)
                     .with_writer(writer),

@@ -83,6 +83,29 @@ pub(crate) fn record_ids(span: &tracing::Span) {
     tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
 }
 
+/// The OpenTelemetry messaging attributes of a producer's `publish` span.
+pub(crate) fn publish_attributes(
+    span: &tracing::Span,
+    exchange: &str,
+    routing_key: &str,
+    message_id: &str,
+    body_size: usize,
+) {
+    span.set_attribute("messaging.system", "rabbitmq");
+    span.set_attribute("messaging.operation.type", "send");
+    span.set_attribute("messaging.operation.name", "publish");
+    span.set_attribute("messaging.destination.name", exchange.to_owned());
+    span.set_attribute(
+        "messaging.rabbitmq.destination.routing_key",
+        routing_key.to_owned(),
+    );
+    span.set_attribute("messaging.message.id", message_id.to_owned());
+    span.set_attribute(
+        "messaging.message.body.size",
+        i64::try_from(body_size).unwrap_or(i64::MAX),
+    );
+}
+
 /// The OpenTelemetry messaging attributes of a consumer's `process` span.
 pub(crate) fn messaging_attributes(
     span: &tracing::Span,
