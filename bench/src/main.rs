@@ -10,6 +10,11 @@ use clap::Parser;
 use warren_bench::peers::{Peer, Peers};
 use warren_bench::{Config, Section};
 
+// The allocator of Warren's services (docs/performance.md, "The
+// allocator"), for both sides of every comparison.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks Warren's runtime, producer, mailer and worker processes
 /// against their bare baselines, alternating round by round.
 #[derive(Debug, Parser)]

@@ -6,6 +6,11 @@ use anyhow::Context;
 use warren::prelude::*;
 use warren_examples::*;
 
+// mimalloc, not the system's malloc: see "The allocator" in
+// docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let root = std::env::var("CLEANUP_ROOT").context("Set CLEANUP_ROOT")?;

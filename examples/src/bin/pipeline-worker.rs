@@ -7,6 +7,11 @@ use anyhow::Context;
 use warren::prelude::*;
 use warren_examples::pipeline::{self, PipelineDir, Validate};
 
+// mimalloc, not the system's malloc: see "The allocator" in
+// docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let app = App::from_env("pipeline-worker")?;

@@ -6,6 +6,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use conductor::{Conductor, Settings};
 
+// mimalloc, not the system's malloc: see "The allocator" in
+// docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("Could not load the settings")?;

@@ -7,6 +7,11 @@
 use anyhow::Context;
 use gateway::{Gateway, Settings};
 
+// mimalloc, not the system's malloc: see "The allocator" in
+// docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {

@@ -5,6 +5,11 @@ use anyhow::Context;
 use image_worker::{Settings, ThumbnailTask, Thumbnailer};
 use warren::{App, Worker};
 
+// mimalloc, not the system's malloc: see "The allocator" in
+// docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("Could not load the settings")?;
