@@ -337,11 +337,22 @@ impl BenchBroker {
                 QueueDeleteOptions::default(),
             )
             .await?;
-        for x in [
+        // The delay cascade's exchanges: the workers declared them (its
+        // queues are among the topologies' queues).
+        let cascade = warren::topology::DelayCascade::new(&self.names);
+        let owned = cascade.owned_names();
+        let mut exchanges: Vec<String> = cascade
+            .exchanges()
+            .into_iter()
+            .map(|x| x.name)
+            .filter(|x| owned.contains(x))
+            .collect();
+        exchanges.extend([
             self.names.tasks_exchange(),
             self.names.dead_exchange(),
             self.names.events_exchange(),
-        ] {
+        ]);
+        for x in exchanges {
             channel
                 .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
                 .await?;
