@@ -339,14 +339,7 @@ impl BenchBroker {
             .await?;
         // The delay cascade's exchanges: the workers declared them (its
         // queues are among the topologies' queues).
-        let cascade = warren::topology::DelayCascade::new(&self.names);
-        let owned = cascade.owned_names();
-        let mut exchanges: Vec<String> = cascade
-            .exchanges()
-            .into_iter()
-            .map(|x| x.name)
-            .filter(|x| owned.contains(x))
-            .collect();
+        let mut exchanges = warren::topology::DelayCascade::new(&self.names).owned_exchanges();
         exchanges.extend([
             self.names.tasks_exchange(),
             self.names.dead_exchange(),

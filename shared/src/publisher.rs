@@ -301,7 +301,16 @@ impl Publisher {
                 otel.name = %format!("publish {exchange}"),
                 otel.kind = "producer",
             );
-            crate::trace::publish_attributes(&span, &exchange, &routing_key, &id, payload.len());
+            crate::trace::messaging_attributes(
+                &span,
+                crate::trace::Operation::Publish,
+                &crate::trace::Message {
+                    destination: &exchange,
+                    routing_key: &routing_key,
+                    id: &id,
+                    body_size: payload.len(),
+                },
+            );
             span
         } else {
             tracing::info_span!("publish", otel.kind = "producer")

@@ -83,49 +83,46 @@ pub(crate) fn record_ids(span: &tracing::Span) {
     tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
 }
 
-/// The OpenTelemetry messaging attributes of a producer's `publish` span.
-pub(crate) fn publish_attributes(
-    span: &tracing::Span,
-    exchange: &str,
-    routing_key: &str,
-    message_id: &str,
-    body_size: usize,
-) {
-    span.set_attribute("messaging.system", "rabbitmq");
-    span.set_attribute("messaging.operation.type", "send");
-    span.set_attribute("messaging.operation.name", "publish");
-    span.set_attribute("messaging.destination.name", exchange.to_owned());
-    span.set_attribute(
-        "messaging.rabbitmq.destination.routing_key",
-        routing_key.to_owned(),
-    );
-    span.set_attribute("messaging.message.id", message_id.to_owned());
-    span.set_attribute(
-        "messaging.message.body.size",
-        i64::try_from(body_size).unwrap_or(i64::MAX),
-    );
+/// What a messaging span does: a producer's `publish` or a consumer's
+/// `process`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Operation {
+    Publish,
+    Process,
 }
 
-/// The OpenTelemetry messaging attributes of a consumer's `process` span.
+/// The message a messaging span is about.
+pub(crate) struct Message<'a> {
+    /// The exchange published to, or the queue consumed from.
+    pub(crate) destination: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) body_size: usize,
+}
+
+/// The OpenTelemetry messaging attributes of a `publish` or `process`
+/// span (set on exported spans only: nothing else reads them).
 pub(crate) fn messaging_attributes(
     span: &tracing::Span,
-    queue: &str,
-    routing_key: &str,
-    message_id: &str,
-    body_size: usize,
+    operation: Operation,
+    message: &Message<'_>,
 ) {
+    let (kind, name) = match operation {
+        Operation::Publish => ("send", "publish"),
+        Operation::Process => ("process", "process"),
+    };
     span.set_attribute("messaging.system", "rabbitmq");
-    span.set_attribute("messaging.operation.type", "process");
-    span.set_attribute("messaging.operation.name", "process");
-    span.set_attribute("messaging.destination.name", queue.to_owned());
+    span.set_attribute("messaging.operation.type", kind);
+    span.set_attribute("messaging.operation.name", name);
+    span.set_attribute("messaging.destination.name", message.destination.to_owned());
     span.set_attribute(
         "messaging.rabbitmq.destination.routing_key",
-        routing_key.to_owned(),
+        message.routing_key.to_owned(),
     );
-    span.set_attribute("messaging.message.id", message_id.to_owned());
+    span.set_attribute("messaging.message.id", message.id.to_owned());
     span.set_attribute(
         "messaging.message.body.size",
-        i64::try_from(body_size).unwrap_or(i64::MAX),
+        i64::try_from(message.body_size).unwrap_or(i64::MAX),
     );
 }
 

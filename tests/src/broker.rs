@@ -347,12 +347,7 @@ pub async fn cleanup_namespace_stems(
             .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let mut exchanges: Vec<String> = cascade
-        .exchanges()
-        .into_iter()
-        .map(|x| x.name)
-        .filter(|x| owned.contains(x))
-        .collect();
+    let mut exchanges = cascade.owned_exchanges();
     exchanges.extend([
         names.tasks_exchange(),
         names.dead_exchange(),

@@ -59,10 +59,13 @@ pub(super) async fn process(
     if trace::exporting() {
         trace::messaging_attributes(
             &span,
-            &inner.queue,
-            delivery.routing_key.as_str(),
-            &ctx.id,
-            delivery.data.len(),
+            trace::Operation::Process,
+            &trace::Message {
+                destination: &inner.queue,
+                routing_key: delivery.routing_key.as_str(),
+                id: &ctx.id,
+                body_size: delivery.data.len(),
+            },
         );
     }
     // A task that is not due yet goes into the delay cascade untouched: no

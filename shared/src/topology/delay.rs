@@ -250,6 +250,17 @@ impl DelayCascade {
         v
     }
 
+    /// The names of the exchanges among [`DelayCascade::owned_names`]:
+    /// the cascade's exchanges a namespace's clean-up may delete.
+    pub fn owned_exchanges(&self) -> Vec<String> {
+        let owned = self.owned_names();
+        self.exchanges()
+            .into_iter()
+            .map(|x| x.name)
+            .filter(|x| owned.contains(x))
+            .collect()
+    }
+
     /// The level queues, then the unrouted queue(s).
     pub fn queues(&self) -> Vec<QueueSpec> {
         let mut v: Vec<QueueSpec> = (0..DELAY_LEVELS)
