@@ -1,8 +1,8 @@
 //! One attempt of a task, whatever carried it: find the type's handler,
 //! skip an id that already succeeded, run the handler under the type's
-//! soft and hard time limits (a panic or a timeout is a
-//! failed attempt, not a dead worker), and, after a success, remember the
-//! id. The AMQP runtime ([`super::delivery`]) and the in-memory test kit
+//! soft and hard time limits (a panic or a timeout is a failed attempt,
+//! not a dead worker), and, after a success, remember the id. The AMQP
+//! runtime ([`super::delivery`]) and the in-memory test kit
 //! (`warren::testing`) both run attempts through here.
 
 use std::collections::HashMap;
