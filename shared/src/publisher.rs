@@ -292,33 +292,41 @@ impl Publisher {
                 routing_key = route.routing_key;
             }
         }
-        // As for a consumer's span (`trace::messaging_attributes`): what
-        // only an exporter reads is set on an exported span alone, not
-        // formatted for every publish.
-        let span = if crate::trace::exporting() {
-            let span = tracing::info_span!(
-                "publish",
-                otel.name = %format!("publish {exchange}"),
-                otel.kind = "producer",
-            );
-            crate::trace::messaging_attributes(
-                &span,
-                crate::trace::Operation::Publish,
-                &crate::trace::Message {
-                    destination: &exchange,
-                    routing_key: &routing_key,
-                    id: &id,
-                    body_size: payload.len(),
-                },
-            );
-            span
-        } else {
-            tracing::info_span!("publish", otel.kind = "producer")
-        };
         // A caller that set its own trace context keeps it; otherwise the
-        // task continues the caller's current trace through this span.
+        // task continues the caller's current trace.
         let mut headers = properties.headers().clone().unwrap_or_default();
-        if !crate::trace::has_context(&headers) {
+        let own_context = crate::trace::has_context(&headers);
+        if !crate::trace::exporting() {
+            // No span to export: the task's parent is the caller's current
+            // span, or, outside any trace, a new one.
+            if !own_context {
+                let sc = crate::trace::local(&tracing::Span::current())
+                    .unwrap_or_else(|| crate::trace::child_of(&opentelemetry::Context::new()));
+                crate::trace::inject(sc, &mut headers);
+                properties = properties.with_headers(headers);
+            }
+            self.publish_confirmed(&exchange, &routing_key, &payload, properties)
+                .await?;
+            return Ok(id);
+        }
+        // As for a consumer's span (`trace::messaging_attributes`): what
+        // only an exporter reads is set on an exported span alone.
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {exchange}"),
+            otel.kind = "producer",
+        );
+        crate::trace::messaging_attributes(
+            &span,
+            crate::trace::Operation::Publish,
+            &crate::trace::Message {
+                destination: &exchange,
+                routing_key: &routing_key,
+                id: &id,
+                body_size: payload.len(),
+            },
+        );
+        if !own_context {
             crate::trace::inject_span(&span, &mut headers);
             properties = properties.with_headers(headers);
         }

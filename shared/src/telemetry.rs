@@ -5,18 +5,18 @@
 //! Traces are exported over OTLP/HTTP when the standard variables ask for it
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`;
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` picks `http/protobuf` or `http/json`;
-//! `OTEL_SERVICE_NAME` names the service). Without them spans still get
-//! trace and span ids, so log lines carry `trace_id` and `span_id` and
-//! propagate a producer's trace, but nothing is exported.
+//! `OTEL_SERVICE_NAME` names the service). Without them a task's span still
+//! gets trace and span ids, so log lines carry `trace_id` and `span_id` and
+//! follow-up tasks continue a producer's trace, but no OpenTelemetry span
+//! is built (see `trace`).
 //!
 //! Generic over the writer so tests can capture or silence the output.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Layer as _, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
@@ -95,18 +95,13 @@ where
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(&settings.log_level).add_directive("lapin=off".parse().unwrap_or_default())
     });
-    // Without an exporter the spans are kept for their ids alone (the
-    // `trace_id` of log lines, the `traceparent` of follow-up tasks): what
-    // only an exported span shows (its log events, source location,
-    // thread, busy and idle times, the OpenTelemetry context made current
-    // at every poll) would cost every task for nothing.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(exporting)
-        .with_threads(exporting)
-        .with_tracked_inactivity(exporting)
-        .with_context_activation(exporting)
-        .with_filter(filter_fn(move |meta| exporting || meta.is_span()));
+    // Without an exporter no OpenTelemetry span is built: a task's span
+    // carries a trace context of its own (`trace::start`) for the
+    // `trace_id` of its log lines and the `traceparent` of its follow-up
+    // tasks, and nothing else an OpenTelemetry span would hold (attributes,
+    // log events, source location, thread, busy and idle times) is made
+    // for every task only to be dropped.
+    let otel = exporting.then(|| tracing_opentelemetry::layer().with_tracer(tracer));
     let registry = Registry::default().with(filter).with(otel);
     match settings.log_format {
         LogFormat::Json => registry

@@ -4,15 +4,31 @@
 //! Producers inject `traceparent`/`tracestate` into a task's headers; the
 //! runtime extracts them as the parent of the task's span, and injects its
 //! own span into retry and parking-lot copies.
+//!
+//! Two ways to hold a span's trace context, picked once by
+//! `telemetry::init`:
+//!
+//! - **Exporting** (OTLP configured): the OpenTelemetry layer builds a real
+//!   span for every tracing span, and the ids are that span's.
+//! - **Not exporting**: no OpenTelemetry layer runs at all. The runtime
+//!   gives the spans that start or continue a trace (a task's, a publish
+//!   without a current span) a [`SpanContext`] of their own, kept in the
+//!   span's extensions ([`start`]); spans opened inside them share it. Log
+//!   lines still carry `trace_id` and `span_id`, and follow-up tasks still
+//!   carry `traceparent`, without an OpenTelemetry span built, filled with
+//!   attributes and dropped for every task.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Registry;
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::contract::{self, headers};
 
@@ -51,10 +67,79 @@ pub(crate) fn extract(headers: Option<&FieldTable>) -> Context {
 /// Writes `span`'s context into `headers` (replacing any previous one);
 /// does nothing when tracing is not set up for the span.
 pub fn inject_span(span: &tracing::Span, table: &mut FieldTable) {
-    let cx = span.context();
+    let cx = if exporting() {
+        span.context()
+    } else {
+        match local(span) {
+            Some(sc) => Context::new().with_remote_span_context(sc),
+            None => return,
+        }
+    };
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(table));
     }
+}
+
+/// Writes `sc` into `headers` as `traceparent` (and `tracestate`).
+pub(crate) fn inject(sc: SpanContext, table: &mut FieldTable) {
+    let cx = Context::new().with_remote_span_context(sc);
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(table));
+}
+
+/// A new span's context under `parent` (a message's extracted context):
+/// the parent's trace with a new span id, or a new sampled trace when the
+/// parent carries none. For spans that are not exported.
+pub(crate) fn child_of(parent: &Context) -> SpanContext {
+    let ids = RandomIdGenerator::default();
+    let span = parent.span();
+    let parent = span.span_context();
+    if parent.is_valid() {
+        SpanContext::new(
+            parent.trace_id(),
+            ids.new_span_id(),
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        )
+    } else {
+        SpanContext::new(
+            ids.new_trace_id(),
+            ids.new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        )
+    }
+}
+
+/// The trace context of a span that is not exported, kept in its
+/// extensions by [`start`].
+struct Local(SpanContext);
+
+/// Gives `span` its own trace context (when spans are not exported): what
+/// [`inject_span`] writes for it and for the spans opened inside it. Does
+/// nothing to a disabled span.
+pub(crate) fn start(span: &tracing::Span, sc: SpanContext) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(data) = dispatch
+            .downcast_ref::<Registry>()
+            .and_then(|registry| registry.span(id))
+        {
+            data.extensions_mut().insert(Local(sc));
+        }
+    });
+}
+
+/// The trace context [`start`] gave `span` or the nearest span it is in.
+pub(crate) fn local(span: &tracing::Span) -> Option<SpanContext> {
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        registry
+            .span(id)?
+            .scope()
+            .find_map(|s| s.extensions().get::<Local>().map(|l| l.0.clone()))
+    })
+    .flatten()
 }
 
 /// Whether the headers already carry a trace context.
@@ -73,9 +158,9 @@ pub(crate) fn set_exporting(on: bool) {
     EXPORTING.store(on, Ordering::Relaxed);
 }
 
-/// Records `span`'s trace and span id in its `trace_id` and `span_id`
-/// fields, for the log lines, in one call: the JSON log layer re-encodes a
-/// span's fields on every record.
+/// Records an exported `span`'s trace and span id in its `trace_id` and
+/// `span_id` fields, for the log lines, in one call: the JSON log layer
+/// re-encodes a span's fields on every record.
 pub(crate) fn record_ids(span: &tracing::Span) {
     let Some((trace_id, span_id)) = ids(span) else {
         return;
@@ -161,5 +246,42 @@ mod tests {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
         assert!(!extract(None).span().span_context().is_valid());
+    }
+
+    #[test]
+    fn a_span_not_exported_continues_its_parents_trace_and_lends_it_to_spans_inside() {
+        let mut t = FieldTable::default();
+        contract::set_str(
+            &mut t,
+            headers::TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let sc = child_of(&extract(Some(&t)));
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_ne!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(sc.is_valid() && sc.is_sampled());
+        let root = child_of(&Context::new());
+        assert!(root.is_valid() && root.is_sampled());
+        assert_ne!(root.trace_id(), sc.trace_id());
+
+        tracing::subscriber::with_default(Registry::default(), || {
+            let task = tracing::info_span!("task");
+            start(&task, sc.clone());
+            let inner = task.in_scope(|| tracing::info_span!("inner"));
+            assert_eq!(local(&inner), Some(sc.clone()));
+            let mut out = FieldTable::default();
+            inner.in_scope(|| inject_span(&tracing::Span::current(), &mut out));
+            assert_eq!(
+                contract::header_str(Some(&out), headers::TRACEPARENT),
+                Some(format!(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                    sc.span_id()
+                ))
+            );
+            assert_eq!(local(&tracing::info_span!("elsewhere")), None);
+        });
     }
 }

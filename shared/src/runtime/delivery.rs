@@ -38,36 +38,7 @@ pub(super) async fn process(
     permit: OwnedSemaphorePermit,
 ) {
     let Meta { ctx, id_assigned } = read_meta(&delivery, &inner);
-    // The span's fields are what a log line needs; every one of them is
-    // formatted into JSON when the span opens, for every task, so the
-    // OpenTelemetry messaging attributes, which only an exporter reads,
-    // are set on the exported span alone (see `trace::messaging_attributes`).
-    let span = info_span!(
-        "task",
-        otel.name = %inner.span_name,
-        otel.kind = "consumer",
-        task_id = %ctx.id,
-        task_type = %ctx.task_type,
-        attempt = ctx.attempt,
-        redelivered = ctx.redelivered,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
-    // The producer's (or the failed attempt's) span is this one's parent.
-    let _ = span.set_parent(trace::extract(delivery.properties.headers().as_ref()));
-    trace::record_ids(&span);
-    if trace::exporting() {
-        trace::messaging_attributes(
-            &span,
-            trace::Operation::Process,
-            &trace::Message {
-                destination: &inner.queue,
-                routing_key: delivery.routing_key.as_str(),
-                id: &ctx.id,
-                body_size: delivery.data.len(),
-            },
-        );
-    }
+    let span = task_span(&inner, &delivery, &ctx);
     // A task that is not due yet goes into the delay cascade untouched: no
     // handler, no event, no metric of a run.
     let early = match defer::due(&delivery, Utc::now()) {
@@ -202,6 +173,54 @@ pub(super) async fn process(
     }
     .instrument(span)
     .await
+}
+
+/// The task's span, continuing the trace of the producer (or of the failed
+/// attempt). Its fields are what a log line needs, formatted into JSON
+/// once when it opens, for every task; what only an exporter reads (the
+/// OpenTelemetry name, kind and messaging attributes) is set on an
+/// exported span alone. Not exporting, the span gets its trace context
+/// from `trace::start` instead of an OpenTelemetry span.
+fn task_span(inner: &Inner, delivery: &Delivery, ctx: &TaskContext) -> tracing::Span {
+    let parent = trace::extract(delivery.properties.headers().as_ref());
+    if !trace::exporting() {
+        let sc = trace::child_of(&parent);
+        let span = info_span!(
+            "task",
+            task_id = %ctx.id,
+            task_type = %ctx.task_type,
+            attempt = ctx.attempt,
+            redelivered = ctx.redelivered,
+            trace_id = %sc.trace_id(),
+            span_id = %sc.span_id(),
+        );
+        trace::start(&span, sc);
+        return span;
+    }
+    let span = info_span!(
+        "task",
+        otel.name = %inner.span_name,
+        otel.kind = "consumer",
+        task_id = %ctx.id,
+        task_type = %ctx.task_type,
+        attempt = ctx.attempt,
+        redelivered = ctx.redelivered,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let _ = span.set_parent(parent);
+    trace::record_ids(&span);
+    trace::messaging_attributes(
+        &span,
+        trace::Operation::Process,
+        &trace::Message {
+            destination: &inner.queue,
+            routing_key: delivery.routing_key.as_str(),
+            id: &ctx.id,
+            body_size: delivery.data.len(),
+        },
+    );
+    span
 }
 
 /// Seconds the task waited in its queue: since the end of its retry delay

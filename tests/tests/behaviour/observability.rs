@@ -264,3 +264,52 @@ async fn a_producers_trace_context_reaches_the_worker_and_survives_a_retry() {
     );
     broker.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn without_an_exporter_log_lines_and_copies_still_carry_the_trace() {
+    let world = EmailWorld::start(&[]).await.unwrap();
+    let (broker, worker) = (&world.broker, &world.worker);
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut headers = lapin::types::FieldTable::default();
+    warren::contract::set_str(
+        &mut headers,
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01"),
+    );
+    let body = json!({"to": rcpt("reject550"), "subject": "traced", "text": "t"});
+    let id = broker
+        .publish(
+            "email.send",
+            &body,
+            PublishOptions {
+                headers,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let parked = worker
+        .wait_for_log("Task dead-lettered.", 1, WAIT)
+        .await
+        .unwrap();
+    let span = &parked[0]["span"];
+    assert_eq!(span["task_id"], id.as_str(), "{}", parked[0]);
+    assert_eq!(span["trace_id"], trace_id, "{}", parked[0]);
+    let span_id = span["span_id"].as_str().expect("a span_id").to_owned();
+    assert_eq!(span_id.len(), 16, "{}", parked[0]);
+    assert_ne!(
+        span_id, "b7ad6b7169203331",
+        "the attempt has a span of its own"
+    );
+    // The parked copy continues the trace from the attempt's span, the one
+    // its log lines name.
+    let copy = &broker
+        .take(&broker.email_dead_queue(), 1, WAIT)
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        copy.header("traceparent").as_deref(),
+        Some(format!("00-{trace_id}-{span_id}-01").as_str())
+    );
+    broker.cleanup().await.unwrap();
+}
