@@ -5,29 +5,36 @@
 //! always emitted before the task's final event; and the soft time limit's
 //! cancellation.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::Inner;
+use super::session::Outbound;
 use crate::contract::{self, headers};
 use crate::events::{EventPublisher, TaskEvent, TaskState};
-use crate::publisher::{PublishError, PublishOptions, Publisher};
+use crate::publisher::{PublishError, PublishOptions};
 use crate::{ContextRuntime, FollowUp, TaskContext, TaskError};
 use warren_core::BoxFuture;
 
 /// The runtime behind one delivery's [`TaskContext`].
 pub(super) struct DeliveryRuntime {
-    pub(super) publisher: Publisher,
+    out: Arc<Outbound>,
     /// The parent task's id: the follow-ups' causation id.
-    pub(super) parent_id: String,
+    parent_id: String,
+    task_type: String,
+    attempt: u32,
+    /// The worker (its identity is the `by` of progress events).
+    inner: Arc<Inner>,
     /// The task's span: follow-ups continue its trace.
-    pub(super) span: tracing::Span,
+    span: tracing::Span,
     /// Cancelled when the soft time limit passes.
     pub(super) cancel: CancellationToken,
-    /// Where `progress` events go (`None` with `consumer.events = false`).
-    pub(super) progress: Option<Arc<ProgressPump>>,
+    /// Made at the first progress report (most tasks make none); never
+    /// with `consumer.events = false`.
+    progress: OnceLock<Arc<ProgressPump>>,
 }
 
 /// At most one `progress` event per this interval per task.
@@ -55,11 +62,15 @@ struct PumpState {
 }
 
 impl ProgressPump {
-    /// A pump of `ctx`'s progress events, emitted as `by`.
-    pub(super) fn new(events: EventPublisher, ctx: &TaskContext, by: &str) -> Arc<Self> {
-        let mut template =
-            TaskEvent::new(&ctx.id, &ctx.task_type, TaskState::Progress, ctx.attempt);
-        template.by = Some(by.to_owned());
+    /// A pump of the progress events of `runtime`'s task.
+    fn new(events: EventPublisher, runtime: &DeliveryRuntime) -> Arc<Self> {
+        let mut template = TaskEvent::new(
+            &runtime.parent_id,
+            &runtime.task_type,
+            TaskState::Progress,
+            runtime.attempt,
+        );
+        template.by = Some(runtime.inner.identity.clone());
         Arc::new(Self {
             events,
             template,
@@ -113,7 +124,7 @@ impl ProgressPump {
 
     /// The attempt ended: emits the last pending report now and waits
     /// until it is queued, so it precedes the task's final event.
-    pub(super) async fn finish(&self) {
+    async fn finish(&self) {
         let running = {
             let mut state = self.lock();
             state.finished = true;
@@ -127,15 +138,37 @@ impl ProgressPump {
 }
 
 impl DeliveryRuntime {
+    /// The runtime of `ctx`'s delivery, in the current (the task's) span.
+    pub(super) fn new(inner: Arc<Inner>, out: Arc<Outbound>, ctx: &TaskContext) -> Arc<Self> {
+        Arc::new(Self {
+            out,
+            parent_id: ctx.id.clone(),
+            task_type: ctx.task_type.clone(),
+            attempt: ctx.attempt,
+            inner,
+            span: tracing::Span::current(),
+            cancel: CancellationToken::new(),
+            progress: OnceLock::new(),
+        })
+    }
+
     /// `ctx` with this runtime behind it.
-    pub(super) fn attach(self, ctx: TaskContext) -> TaskContext {
-        ctx.with_runtime(Arc::new(self))
+    pub(super) fn attach(self: &Arc<Self>, ctx: TaskContext) -> TaskContext {
+        ctx.with_runtime(Arc::clone(self) as Arc<dyn ContextRuntime>)
+    }
+
+    /// The attempt ended: its last progress report, if any, is queued
+    /// before the task's final event.
+    pub(super) async fn finish(&self) {
+        if let Some(pump) = self.progress.get() {
+            pump.finish().await;
+        }
     }
 }
 
 impl ContextRuntime for DeliveryRuntime {
     fn publish(&self, follow_up: FollowUp) -> BoxFuture<Result<String, TaskError>> {
-        let publisher = self.publisher.clone();
+        let out = Arc::clone(&self.out);
         let parent_id = self.parent_id.clone();
         let span = self.span.clone();
         Box::pin(
@@ -155,7 +188,7 @@ impl ContextRuntime for DeliveryRuntime {
                     ..Default::default()
                 };
                 contract::set_str(&mut options.headers, headers::CAUSATION_ID, parent_id);
-                publisher
+                out.publisher
                     .publish_task(&task_type, &body, options)
                     .await
                     .map_err(|e| follow_up_error(&task_type, e))
@@ -165,8 +198,10 @@ impl ContextRuntime for DeliveryRuntime {
     }
 
     fn progress(&self, fraction: f64, message: Option<String>) {
-        if let Some(pump) = &self.progress {
-            pump.report(fraction, message);
+        if let Some(events) = &self.out.events {
+            self.progress
+                .get_or_init(|| ProgressPump::new(events.clone(), self))
+                .report(fraction, message);
         }
     }
 

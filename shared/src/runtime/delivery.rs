@@ -13,12 +13,11 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::attempt::Handled;
-use super::context::{DeliveryRuntime, ProgressPump};
+use super::context::DeliveryRuntime;
 use super::poison::DeliveryCount;
 use super::record::{Recorder, Started};
 use super::session::Outbound;
@@ -33,7 +32,7 @@ use crate::{TaskContext, TaskError, trace};
 /// error: every path ends in ack, a confirmed copy plus ack, or a hand-back.
 pub(super) async fn process(
     inner: Arc<Inner>,
-    out: Outbound,
+    out: Arc<Outbound>,
     delivery: Delivery,
     permit: OwnedSemaphorePermit,
 ) {
@@ -107,32 +106,19 @@ pub(super) async fn process(
         let poisoned = count.exceeded(inner.delivery_limit);
         let early = poisoned.clone().or(early);
         let started = Instant::now();
-        let cancel = CancellationToken::new();
-        let progress = out
-            .events
-            .clone()
-            .map(|events| ProgressPump::new(events, &ctx, &inner.identity));
         let result = match early {
             // Bad due headers: parked at once with the reason.
             Some(e) => Err(e),
             None => {
-                let handler_ctx = DeliveryRuntime {
-                    publisher: out.publisher.clone(),
-                    parent_id: ctx.id.clone(),
-                    span: tracing::Span::current(),
-                    cancel: cancel.clone(),
-                    progress: progress.clone(),
-                }
-                .attach(ctx.clone());
-                inner
+                let runtime = DeliveryRuntime::new(inner.clone(), out.clone(), &ctx);
+                let result = inner
                     .dispatch()
-                    .run(handler_ctx, &delivery.data, &cancel)
-                    .await
+                    .run(runtime.attach(ctx.clone()), &delivery.data, &runtime.cancel)
+                    .await;
+                runtime.finish().await;
+                result
             }
         };
-        if let Some(progress) = progress {
-            progress.finish().await;
-        }
         // A chain step's success publishes the next step before the ack.
         let result = match (result, &slip) {
             (Ok(Handled::Done(outcome)), Some(slip)) => {

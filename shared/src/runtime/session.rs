@@ -102,11 +102,12 @@ pub(super) async fn session(
     }
     let events = events.cloned();
     let restart = CancellationToken::new();
-    let out = Outbound {
+    // Shared by every delivery of the session (one reference count each).
+    let out = Arc::new(Outbound {
         publisher,
         events,
         restart: restart.clone(),
-    };
+    });
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(inner.consumer.prefetch, BasicQosOptions::default())
