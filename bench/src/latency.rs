@@ -232,6 +232,14 @@ async fn status_once(
     Ok(samples)
 }
 
+/// Adds one round's samples to `all`; the round's p99, in milliseconds.
+fn extend(all: &mut Vec<u64>, mut round_samples: Vec<u64>) -> f64 {
+    round_samples.sort_unstable();
+    let p99 = round(percentile(&round_samples, 99.0) as f64 / 1000.0, 3);
+    all.extend(round_samples);
+    p99
+}
+
 fn summary(sorted: &[u64]) -> serde_json::Value {
     let ms = |us: u64| round(us as f64 / 1000.0, 3);
     json!({
@@ -249,20 +257,25 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
     let per_round = (total / cfg.rounds.max(1)).max(1);
     let mut warren = Vec::with_capacity(total);
     let mut bare = Vec::with_capacity(total);
+    // Each round's p99 as well: a stall in one round shows as that round's
+    // outlier, not only as a pooled p99 that moved.
+    let (mut warren_p99s, mut bare_p99s) = (Vec::new(), Vec::new());
     for r in 0..cfg.rounds {
         for k in 0..2 {
             if (k + r) % 2 == 0 {
-                warren.extend(warren_once(cfg, bench, &pad, per_round).await?);
+                let p99 = extend(&mut warren, warren_once(cfg, bench, &pad, per_round).await?);
+                warren_p99s.push(p99);
                 report.note(format!(
-                    "latency round {}/{}: warren {per_round} tasks at {}/s",
+                    "latency round {}/{}: warren {per_round} tasks at {}/s, p99 {p99:.2} ms",
                     r + 1,
                     cfg.rounds,
                     cfg.rate
                 ));
             } else {
-                bare.extend(bare_once(cfg, bench, &pad, per_round).await?);
+                let p99 = extend(&mut bare, bare_once(cfg, bench, &pad, per_round).await?);
+                bare_p99s.push(p99);
                 report.note(format!(
-                    "latency round {}/{}: bare_lapin {per_round} tasks at {}/s",
+                    "latency round {}/{}: bare_lapin {per_round} tasks at {}/s, p99 {p99:.2} ms",
                     r + 1,
                     cfg.rounds,
                     cfg.rate
@@ -279,8 +292,10 @@ pub async fn run(cfg: &Config, bench: &BenchBroker, report: &mut Report) -> anyh
     warren.sort_unstable();
     bare.sort_unstable();
     status.sort_unstable();
-    let w = summary(&warren);
-    let b = summary(&bare);
+    let mut w = summary(&warren);
+    let mut b = summary(&bare);
+    w["p99_ms_by_round"] = json!(warren_p99s);
+    b["p99_ms_by_round"] = json!(bare_p99s);
     let st = summary(&status);
     let p99 = w["p99_ms"].as_f64().unwrap_or(f64::NAN);
     let p99_ratio = ratio(p99, b["p99_ms"].as_f64().unwrap_or(f64::NAN));
