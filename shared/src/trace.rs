@@ -35,7 +35,13 @@ use crate::contract::{self, headers};
 struct HeaderInjector<'a>(&'a mut FieldTable);
 
 impl Injector for HeaderInjector<'_> {
+    /// An empty value (the `tracestate` of a trace that has none) is left
+    /// out, as W3C Trace Context allows, rather than sent with every task.
+    /// (A copy keeps the original's `tracestate`, which is its trace's.)
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         self.0
             .insert(ShortString::from(key), AMQPValue::LongString(value.into()));
     }
@@ -280,6 +286,11 @@ mod tests {
                     "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
                     sc.span_id()
                 ))
+            );
+            assert_eq!(
+                contract::header_str(Some(&out), headers::TRACESTATE),
+                None,
+                "an empty tracestate is left out"
             );
             assert_eq!(local(&tracing::info_span!("elsewhere")), None);
         });
