@@ -261,16 +261,11 @@ impl Publisher {
         if priority > MAX_PRIORITY {
             return Err(PublishError::InvalidPriority(priority));
         }
-        let mut properties = task_properties(&id, task_type, priority);
-        if !options.headers.inner().is_empty() {
-            let mut headers = properties.headers().clone().unwrap_or_default();
-            for (k, v) in options.headers.inner() {
-                headers.insert(k.clone(), v.clone());
-            }
-            properties = properties.with_headers(headers);
-        }
-        if let Some(ttl) = options.expiration {
-            properties = properties.with_expiration(ttl.as_millis().to_string().into());
+        // The header table is built once: the contract's, the caller's,
+        // a delayed task's due time, the trace context.
+        let mut headers = task_headers(chrono::Utc::now().timestamp_millis());
+        for (k, v) in options.headers.inner() {
+            headers.insert(k.clone(), v.clone());
         }
         let mut exchange = self.names.tasks_exchange();
         let mut routing_key = task_type.to_owned();
@@ -281,31 +276,34 @@ impl Publisher {
                 && !wait.is_zero()
             {
                 let route = delay::route(&self.names, wait, Destination::TaskType(task_type))?;
-                let mut headers = properties.headers().clone().unwrap_or_default();
                 contract::set_int(
                     &mut headers,
                     contract::headers::ETA_MS,
                     eta.timestamp_millis(),
                 );
-                properties = properties.with_headers(headers);
                 exchange = route.exchange;
                 routing_key = route.routing_key;
             }
         }
         // A caller that set its own trace context keeps it; otherwise the
         // task continues the caller's current trace.
-        let mut headers = properties.headers().clone().unwrap_or_default();
         let own_context = crate::trace::has_context(&headers);
+        let task_properties = |headers: FieldTable| {
+            let mut properties = properties_with(&id, task_type, priority, headers);
+            if let Some(ttl) = options.expiration {
+                properties = properties.with_expiration(ttl.as_millis().to_string().into());
+            }
+            properties
+        };
         if !crate::trace::exporting() {
             // No span to export: the task's parent is the caller's current
             // span, or, outside any trace, a new one.
             if !own_context {
                 let sc = crate::trace::local(&tracing::Span::current())
                     .unwrap_or_else(|| crate::trace::child_of(&opentelemetry::Context::new()));
-                crate::trace::inject(sc, &mut headers);
-                properties = properties.with_headers(headers);
+                crate::trace::inject(&sc, &mut headers);
             }
-            self.publish_confirmed(&exchange, &routing_key, &payload, properties)
+            self.publish_confirmed(&exchange, &routing_key, &payload, task_properties(headers))
                 .await?;
             return Ok(id);
         }
@@ -328,9 +326,8 @@ impl Publisher {
         );
         if !own_context {
             crate::trace::inject_span(&span, &mut headers);
-            properties = properties.with_headers(headers);
         }
-        self.publish_confirmed(&exchange, &routing_key, &payload, properties)
+        self.publish_confirmed(&exchange, &routing_key, &payload, task_properties(headers))
             .instrument(span)
             .await?;
         Ok(id)
@@ -446,16 +443,32 @@ impl Purpose {
 /// The AMQP properties of a fresh task, as the contract defines them.
 pub fn task_properties(id: &str, task_type: &str, priority: u8) -> BasicProperties {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let now = now_ms / 1000;
+    properties_with(id, task_type, priority, task_headers(now_ms))
+}
+
+/// The headers of a fresh task published at `now_ms`.
+fn task_headers(now_ms: i64) -> FieldTable {
     let mut headers = FieldTable::default();
     contract::set_int(&mut headers, contract::headers::ATTEMPT, 1);
     contract::set_int(&mut headers, contract::headers::PUBLISHED_AT_MS, now_ms);
+    headers
+}
+
+/// A fresh task's properties with `headers` (which carry its publish time).
+fn properties_with(
+    id: &str,
+    task_type: &str,
+    priority: u8,
+    headers: FieldTable,
+) -> BasicProperties {
+    let now_ms = contract::header_i64(Some(&headers), contract::headers::PUBLISHED_AT_MS)
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     BasicProperties::default()
         .with_message_id(id.into())
         .with_content_type(CONTENT_TYPE_JSON.into())
         .with_delivery_mode(PERSISTENT)
         .with_priority(priority)
-        .with_timestamp(u64::try_from(now).unwrap_or(0))
+        .with_timestamp(u64::try_from(now_ms / 1000).unwrap_or(0))
         .with_type(task_type.into())
         .with_headers(headers)
 }

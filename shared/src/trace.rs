@@ -73,23 +73,30 @@ pub(crate) fn extract(headers: Option<&FieldTable>) -> Context {
 /// Writes `span`'s context into `headers` (replacing any previous one);
 /// does nothing when tracing is not set up for the span.
 pub fn inject_span(span: &tracing::Span, table: &mut FieldTable) {
-    let cx = if exporting() {
-        span.context()
-    } else {
-        match local(span) {
-            Some(sc) => Context::new().with_remote_span_context(sc),
-            None => return,
+    if !exporting() {
+        if let Some(sc) = local(span) {
+            inject(&sc, table);
         }
-    };
+        return;
+    }
+    let cx = span.context();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(table));
     }
 }
 
-/// Writes `sc` into `headers` as `traceparent` (and `tracestate`).
-pub(crate) fn inject(sc: SpanContext, table: &mut FieldTable) {
-    let cx = Context::new().with_remote_span_context(sc);
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(table));
+/// Writes `sc` into `headers` as `traceparent` (and `tracestate`, when it
+/// has one), as W3C Trace Context version 00 spells them.
+pub(crate) fn inject(sc: &SpanContext, table: &mut FieldTable) {
+    let traceparent = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()
+    );
+    let mut injector = HeaderInjector(table);
+    injector.set(headers::TRACEPARENT, traceparent);
+    injector.set(headers::TRACESTATE, sc.trace_state().header());
 }
 
 /// A new span's context under `parent` (a message's extracted context):
