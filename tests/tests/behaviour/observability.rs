@@ -192,24 +192,8 @@ async fn a_producers_trace_context_reaches_the_worker_and_survives_a_retry() {
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let producer_span = "00f067aa0ba902b7";
-    let mut headers = lapin::types::FieldTable::default();
-    warren::contract::set_str(
-        &mut headers,
-        "traceparent",
-        format!("00-{trace_id}-{producer_span}-01"),
-    );
-    let body = json!({"to": rcpt("tempfail451x1"), "subject": "traced", "text": "t"});
-    let id = broker
-        .publish(
-            "email.send",
-            &body,
-            PublishOptions {
-                headers,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let traceparent = format!("00-{trace_id}-{producer_span}-01");
+    let id = publish_traced(broker, "tempfail451x1", &traceparent).await;
     let done = worker
         .wait_for_log("Task succeeded.", 1, WAIT)
         .await
@@ -270,24 +254,8 @@ async fn without_an_exporter_log_lines_and_copies_still_carry_the_trace() {
     let world = EmailWorld::start(&[]).await.unwrap();
     let (broker, worker) = (&world.broker, &world.worker);
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let mut headers = lapin::types::FieldTable::default();
-    warren::contract::set_str(
-        &mut headers,
-        "traceparent",
-        format!("00-{trace_id}-b7ad6b7169203331-01"),
-    );
-    let body = json!({"to": rcpt("reject550"), "subject": "traced", "text": "t"});
-    let id = broker
-        .publish(
-            "email.send",
-            &body,
-            PublishOptions {
-                headers,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let id = publish_traced(broker, "reject550", &traceparent).await;
     let parked = worker
         .wait_for_log("Task dead-lettered.", 1, WAIT)
         .await
@@ -312,4 +280,27 @@ async fn without_an_exporter_log_lines_and_copies_still_carry_the_trace() {
         Some(format!("00-{trace_id}-{span_id}-01").as_str())
     );
     broker.cleanup().await.unwrap();
+}
+
+/// Publishes an `email.send` task to a recipient tagged `tag`, in the
+/// producer's trace `traceparent`; returns its id.
+async fn publish_traced(
+    broker: &warren_tests::broker::TestBroker,
+    tag: &str,
+    traceparent: &str,
+) -> String {
+    let mut headers = lapin::types::FieldTable::default();
+    warren::contract::set_str(&mut headers, "traceparent", traceparent);
+    let body = json!({"to": rcpt(tag), "subject": "traced", "text": "t"});
+    broker
+        .publish(
+            "email.send",
+            &body,
+            PublishOptions {
+                headers,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
 }
