@@ -263,7 +263,8 @@ impl Publisher {
         }
         // The header table is built once: the contract's, the caller's,
         // a delayed task's due time, the trace context.
-        let mut headers = task_headers(chrono::Utc::now().timestamp_millis());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut headers = task_headers(now_ms);
         for (k, v) in options.headers.inner() {
             headers.insert(k.clone(), v.clone());
         }
@@ -285,49 +286,38 @@ impl Publisher {
                 routing_key = route.routing_key;
             }
         }
+        // As for a consumer's span (`trace::messaging_attributes`): a
+        // publish span exists only to be exported.
+        let span = if crate::trace::exporting() {
+            let span = tracing::info_span!(
+                "publish",
+                otel.name = %format!("publish {exchange}"),
+                otel.kind = "producer",
+            );
+            crate::trace::messaging_attributes(
+                &span,
+                crate::trace::Operation::Publish,
+                &crate::trace::Message {
+                    destination: &exchange,
+                    routing_key: &routing_key,
+                    id: &id,
+                    body_size: payload.len(),
+                },
+            );
+            span
+        } else {
+            tracing::Span::none()
+        };
         // A caller that set its own trace context keeps it; otherwise the
         // task continues the caller's current trace.
-        let own_context = crate::trace::has_context(&headers);
-        let task_properties = |headers: FieldTable| {
-            let mut properties = properties_with(&id, task_type, priority, headers);
-            if let Some(ttl) = options.expiration {
-                properties = properties.with_expiration(ttl.as_millis().to_string().into());
-            }
-            properties
-        };
-        if !crate::trace::exporting() {
-            // No span to export: the task's parent is the caller's current
-            // span, or, outside any trace, a new one.
-            if !own_context {
-                let sc = crate::trace::local(&tracing::Span::current())
-                    .unwrap_or_else(|| crate::trace::child_of(&opentelemetry::Context::new()));
-                crate::trace::inject(&sc, &mut headers);
-            }
-            self.publish_confirmed(&exchange, &routing_key, &payload, task_properties(headers))
-                .await?;
-            return Ok(id);
+        if !crate::trace::has_context(&headers) {
+            crate::trace::inject_publish(&span, &mut headers);
         }
-        // As for a consumer's span (`trace::messaging_attributes`): what
-        // only an exporter reads is set on an exported span alone.
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = %format!("publish {exchange}"),
-            otel.kind = "producer",
-        );
-        crate::trace::messaging_attributes(
-            &span,
-            crate::trace::Operation::Publish,
-            &crate::trace::Message {
-                destination: &exchange,
-                routing_key: &routing_key,
-                id: &id,
-                body_size: payload.len(),
-            },
-        );
-        if !own_context {
-            crate::trace::inject_span(&span, &mut headers);
+        let mut properties = properties_with(&id, task_type, priority, now_ms, headers);
+        if let Some(ttl) = options.expiration {
+            properties = properties.with_expiration(ttl.as_millis().to_string().into());
         }
-        self.publish_confirmed(&exchange, &routing_key, &payload, task_properties(headers))
+        self.publish_confirmed(&exchange, &routing_key, &payload, properties)
             .instrument(span)
             .await?;
         Ok(id)
@@ -443,7 +433,7 @@ impl Purpose {
 /// The AMQP properties of a fresh task, as the contract defines them.
 pub fn task_properties(id: &str, task_type: &str, priority: u8) -> BasicProperties {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    properties_with(id, task_type, priority, task_headers(now_ms))
+    properties_with(id, task_type, priority, now_ms, task_headers(now_ms))
 }
 
 /// The headers of a fresh task published at `now_ms`.
@@ -454,15 +444,14 @@ fn task_headers(now_ms: i64) -> FieldTable {
     headers
 }
 
-/// A fresh task's properties with `headers` (which carry its publish time).
+/// The properties of a fresh task published at `now_ms`, with `headers`.
 fn properties_with(
     id: &str,
     task_type: &str,
     priority: u8,
+    now_ms: i64,
     headers: FieldTable,
 ) -> BasicProperties {
-    let now_ms = contract::header_i64(Some(&headers), contract::headers::PUBLISHED_AT_MS)
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     BasicProperties::default()
         .with_message_id(id.into())
         .with_content_type(CONTENT_TYPE_JSON.into())

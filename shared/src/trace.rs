@@ -11,11 +11,11 @@
 //! - **Exporting** (OTLP configured): the OpenTelemetry layer builds a real
 //!   span for every tracing span, and the ids are that span's.
 //! - **Not exporting**: no OpenTelemetry layer runs at all. The runtime
-//!   gives the spans that start or continue a trace (a task's, a publish
-//!   without a current span) a [`SpanContext`] of their own, kept in the
-//!   span's extensions ([`start`]); spans opened inside them share it. Log
-//!   lines still carry `trace_id` and `span_id`, and follow-up tasks still
-//!   carry `traceparent`, without an OpenTelemetry span built, filled with
+//!   gives a task's span a [`SpanContext`] of its own, kept in the span's
+//!   extensions ([`start`]); spans opened inside it share it, and a task
+//!   published outside any such span starts a new trace. Log lines still
+//!   carry `trace_id` and `span_id`, and follow-up tasks still carry
+//!   `traceparent`, without an OpenTelemetry span built, filled with
 //!   attributes and dropped for every task.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +82,18 @@ pub fn inject_span(span: &tracing::Span, table: &mut FieldTable) {
     let cx = span.context();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(table));
+    }
+}
+
+/// Writes the trace context of a task being published into `headers`:
+/// exporting, the publish `span`'s; otherwise the current span's trace (a
+/// handler's task), or a new trace outside any.
+pub(crate) fn inject_publish(span: &tracing::Span, table: &mut FieldTable) {
+    if exporting() {
+        inject_span(span, table);
+    } else {
+        let sc = local(&tracing::Span::current()).unwrap_or_else(|| child_of(&Context::new()));
+        inject(&sc, table);
     }
 }
 
